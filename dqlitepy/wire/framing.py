@@ -1,0 +1,124 @@
+"""Message framing: the 8-byte header and an incremental frame buffer (§1.3).
+
+:class:`FrameBuffer` takes bytes in arbitrary chunks and yields whole frames.  It
+enforces a hard limit on the body size it will accept, so a peer cannot make us
+allocate gigabytes by announcing a huge ``words`` value.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+
+from .constants import HEADER_SIZE, WORD_SIZE
+from .errors import LocalProtocolError, MessageTooLarge, RemoteProtocolError
+
+__all__ = [
+    "DEFAULT_MAX_MESSAGE_SIZE",
+    "Frame",
+    "FrameBuffer",
+    "encode_frame",
+    "encode_header",
+]
+
+#: Default limit on an incoming message body: 64 MiB.  SQLite allows values of up
+#: to ~1e9 bytes, but a server that accepts that from anyone is an open door.
+DEFAULT_MAX_MESSAGE_SIZE = 64 * 1024 * 1024
+
+_HEADER = struct.Struct("<IBBH")
+_MAX_WORDS = 0xFFFF_FFFF
+
+
+@dataclass(frozen=True, slots=True)
+class Frame:
+    """One message as it travels: header fields and the raw body."""
+
+    type: int
+    schema: int
+    body: bytes
+    extra: int = 0
+
+
+def encode_header(type_: int, schema: int, body_size: int) -> bytes:
+    """Return the 8-byte header for a body of ``body_size`` bytes.
+
+    Raises:
+        LocalProtocolError: the body is not whole words or is too large.
+    """
+    if body_size % WORD_SIZE:
+        raise LocalProtocolError(f"body of {body_size} bytes is not a whole number of words")
+    words = body_size // WORD_SIZE
+    if words > _MAX_WORDS:
+        raise LocalProtocolError(f"body of {body_size} bytes exceeds the 32-bit word count")
+    return _HEADER.pack(words, type_, schema, 0)
+
+
+def encode_frame(type_: int, schema: int, body: bytes) -> bytes:
+    """Return header and body of one message."""
+    return encode_header(type_, schema, len(body)) + body
+
+
+class FrameBuffer:
+    """Accumulates received bytes and cuts them into frames.
+
+    Args:
+        max_body_size: bodies larger than this raise :class:`MessageTooLarge`
+            as soon as their header arrives, before any of the body is buffered.
+        allow_empty: accept 0-word bodies; the C server aborts or hangs on them
+            (§1.3), so a server should treat them as a protocol violation.
+    """
+
+    __slots__ = ("_allow_empty", "_buf", "_max_body_size")
+
+    def __init__(
+        self, max_body_size: int = DEFAULT_MAX_MESSAGE_SIZE, *, allow_empty: bool = False
+    ) -> None:
+        self._buf = bytearray()
+        self._max_body_size = max_body_size
+        self._allow_empty = allow_empty
+
+    def feed(self, data: bytes | bytearray | memoryview) -> None:
+        """Append received bytes."""
+        self._buf += data
+
+    def __len__(self) -> int:
+        return len(self._buf)
+
+    def take(self, n: int) -> bytes | None:
+        """Remove and return the first ``n`` raw bytes, or None if fewer are buffered."""
+        if len(self._buf) < n:
+            return None
+        data = bytes(self._buf[:n])
+        del self._buf[:n]
+        return data
+
+    def take_all(self) -> bytes:
+        """Remove and return everything buffered (e.g. bytes after a CONNECT)."""
+        data = bytes(self._buf)
+        self._buf.clear()
+        return data
+
+    def next_frame(self) -> Frame | None:
+        """Return the next complete frame, or None if more bytes are needed.
+
+        Raises:
+            MessageTooLarge: the announced body exceeds the limit.
+            RemoteProtocolError: the header announces an empty body.
+        """
+        buf = self._buf
+        if len(buf) < HEADER_SIZE:
+            return None
+        words, type_, schema, extra = _HEADER.unpack_from(buf, 0)
+        size = words * WORD_SIZE
+        if size > self._max_body_size:
+            raise MessageTooLarge(
+                f"message of {size} bytes exceeds the limit of {self._max_body_size} bytes"
+            )
+        if size == 0 and not self._allow_empty:
+            raise RemoteProtocolError(f"message of type {type_} has an empty body")
+        end = HEADER_SIZE + size
+        if len(buf) < end:
+            return None
+        body = bytes(buf[HEADER_SIZE:end])
+        del buf[:end]
+        return Frame(type_, schema, body, extra)

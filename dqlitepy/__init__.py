@@ -1,5 +1,123 @@
-"""dqlitepy: highly-available SQLite, a Python re-creation of dqlite."""
+"""dqlitepy: highly-available SQLite, a Python re-creation of dqlite.
+
+The package root is a drop-in for the standard library's ``sqlite3``::
+
+    import dqlitepy as sqlite3
+    conn = sqlite3.connect("dqlite://127.0.0.1:9001,127.0.0.1:9002/app.db")
+
+plus :class:`Client` for cluster administration.
+"""
 
 from __future__ import annotations
 
+from .client.admin import Client, NodeMetadata
+from .client.constants import *  # noqa: F403 - the sqlite3 module's SQLITE_* names
+from .client.constants import __all__ as _constants_all
+from .client.dbapi import (
+    LEGACY_TRANSACTION_CONTROL,
+    Connection,
+    Cursor,
+    complete_statement,
+    connect,
+    enable_callback_tracebacks,
+)
+from .client.errors import (
+    DatabaseError,
+    DataError,
+    Error,
+    IntegrityError,
+    InterfaceError,
+    InternalError,
+    LeadershipLostError,
+    NoLeaderError,
+    NotLeaderError,
+    NotSupportedError,
+    OperationalError,
+    ProgrammingError,
+    Warning,
+)
+from .client.types import (
+    PARSE_COLNAMES,
+    PARSE_DECLTYPES,
+    Binary,
+    Date,
+    DateFromTicks,
+    PrepareProtocol,
+    Row,
+    Time,
+    TimeFromTicks,
+    Timestamp,
+    TimestampFromTicks,
+    adapt,
+    adapters,
+    converters,
+    register_adapter,
+    register_converter,
+)
+from .wire import NodeInfo, NodeRole
+
 __version__ = "0.1.0.dev0"
+
+#: PEP 249 globals.
+apilevel = "2.0"
+#: Threads may share the module but not connections (``check_same_thread``).
+threadsafety = 1
+#: qmark is native; named (``:x``) and numbered (``?1``) are accepted too.
+paramstyle = "qmark"
+
+#: The SQLite version the oldest supported server (Debian's dqlite 1.11.1) runs.
+sqlite_version = "3.40.1"
+sqlite_version_info = tuple(int(p) for p in sqlite_version.split("."))
+#: The version of this DB-API module, as ``sqlite3.version`` (deprecated there).
+version = "2.6.0"
+version_info = (2, 6, 0)
+
+__all__ = [
+    "LEGACY_TRANSACTION_CONTROL",
+    "PARSE_COLNAMES",
+    "PARSE_DECLTYPES",
+    "Binary",
+    "Client",
+    "Connection",
+    "Cursor",
+    "DataError",
+    "DatabaseError",
+    "Date",
+    "DateFromTicks",
+    "Error",
+    "IntegrityError",
+    "InterfaceError",
+    "InternalError",
+    "LeadershipLostError",
+    "NoLeaderError",
+    "NodeInfo",
+    "NodeMetadata",
+    "NodeRole",
+    "NotLeaderError",
+    "NotSupportedError",
+    "OperationalError",
+    "PrepareProtocol",
+    "ProgrammingError",
+    "Row",
+    "Time",
+    "TimeFromTicks",
+    "Timestamp",
+    "TimestampFromTicks",
+    "Warning",
+    "adapt",
+    "adapters",
+    "apilevel",
+    "complete_statement",
+    "connect",
+    "converters",
+    "enable_callback_tracebacks",
+    "paramstyle",
+    "register_adapter",
+    "register_converter",
+    "sqlite_version",
+    "sqlite_version_info",
+    "threadsafety",
+    "version",
+    "version_info",
+    *_constants_all,
+]

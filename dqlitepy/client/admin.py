@@ -1,0 +1,178 @@
+"""Cluster administration: one method per wire request (``design.md`` §1).
+
+Requests that only the leader serves (ADD, ASSIGN, REMOVE, TRANSFER) go to the
+leader, found as the driver finds it.  The others are answered by whichever node
+they are sent to: CLUSTER and LEADER by any node, DESCRIBE, WEIGHT and DUMP by
+the node named (the first known server by default), as the Go shell does.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from types import TracebackType
+from typing import TypeVar
+
+from ..wire import (
+    AddRequest,
+    AssignRequest,
+    ClusterRequest,
+    DescribeRequest,
+    DumpRequest,
+    EmptyResponse,
+    FilesResponse,
+    LeaderRequest,
+    MetadataResponse,
+    NodeInfo,
+    NodeRole,
+    RemoveRequest,
+    Request,
+    Response,
+    ServerResponse,
+    ServersResponse,
+    TransferRequest,
+    WeightRequest,
+)
+from .errors import InterfaceError, NotLeaderError, OperationalError
+from .protocol import ConnectionLostError, Protocol, find_leader
+
+__all__ = ["Client", "NodeMetadata"]
+
+R = TypeVar("R", bound=Response)
+
+_ROLE_NAMES = {"voter": NodeRole.VOTER, "standby": NodeRole.STANDBY,
+               "stand-by": NodeRole.STANDBY, "spare": NodeRole.SPARE}
+
+
+@dataclass(frozen=True, slots=True)
+class NodeMetadata:
+    """What DESCRIBE reports about a node."""
+
+    failure_domain: int
+    weight: int
+
+
+def _role(role: NodeRole | int | str) -> NodeRole:
+    if isinstance(role, str):
+        try:
+            return _ROLE_NAMES[role.lower()]
+        except KeyError:
+            raise ValueError(f"unknown role {role!r}: expected voter, standby or spare") from None
+    return NodeRole(role)
+
+
+class Client:
+    """Administers a dqlite cluster.
+
+    Args:
+        servers: addresses of known nodes, as a list or a comma-separated string.
+        timeout: the budget of each call (leader discovery included).
+        attempt_timeout: the budget of one attempt through one node.
+    """
+
+    def __init__(
+        self,
+        servers: Sequence[str] | str,
+        *,
+        timeout: float = 10.0,
+        attempt_timeout: float = 2.0,
+    ) -> None:
+        if isinstance(servers, str):
+            servers = [s for s in servers.split(",") if s]
+        if not servers:
+            raise InterfaceError("Client needs at least one server address")
+        self.servers = list(servers)
+        self.timeout = timeout
+        self.attempt_timeout = attempt_timeout
+        self._leader: Protocol | None = None
+
+    def close(self) -> None:
+        """Close the connection to the leader, if any."""
+        proto, self._leader = self._leader, None
+        if proto is not None:
+            proto.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def _on_node(self, address: str | None, request: Request, expect: type[R]) -> R:
+        target = address or self.servers[0]
+        proto = Protocol.open(target, self.attempt_timeout)
+        try:
+            return proto.call(request, expect, self.timeout)
+        finally:
+            proto.close()
+
+    def _on_leader(self, request: Request, expect: type[R]) -> R:
+        proto = self._leader
+        if proto is None or not proto.is_alive():
+            self.close()
+            proto = self._leader = find_leader(
+                self.servers,
+                attempt_timeout=self.attempt_timeout,
+                total_timeout=self.timeout,
+            )
+        try:
+            return proto.call(request, expect, self.timeout)
+        except (NotLeaderError, ConnectionLostError):
+            # Not-leader is refused before anything happens; a lost connection
+            # leaves the change's fate unknown: either way, rediscover next time.
+            self.close()
+            raise
+
+    def leader(self) -> NodeInfo | None:
+        """Return the current leader (id and address), or None if none is known."""
+        last: OperationalError | None = None
+        for address in self.servers:
+            try:
+                info = self._on_node(address, LeaderRequest(), ServerResponse)
+            except OperationalError as exc:
+                last = exc
+                continue
+            if info.address:
+                return NodeInfo(info.id, info.address, NodeRole.VOTER)
+        if last is not None and len(self.servers) == 1:
+            raise last
+        return None
+
+    def cluster(self) -> list[NodeInfo]:
+        """Return every member with its id, address and role (from the leader)."""
+        return list(self._on_leader(ClusterRequest(1), ServersResponse).servers)
+
+    def add(self, node_id: int, address: str) -> None:
+        """Add a node; it joins as a spare."""
+        self._on_leader(AddRequest(node_id, address), EmptyResponse)
+
+    def assign(self, node_id: int, role: NodeRole | int | str) -> None:
+        """Give a node a role: voter, standby or spare."""
+        self._on_leader(AssignRequest(node_id, _role(role)), EmptyResponse)
+
+    def remove(self, node_id: int) -> None:
+        """Remove a node from the cluster."""
+        self._on_leader(RemoveRequest(node_id), EmptyResponse)
+
+    def transfer(self, node_id: int) -> None:
+        """Hand leadership to a node (0: let Raft choose a voter)."""
+        self._on_leader(TransferRequest(node_id), EmptyResponse)
+
+    def describe(self, address: str | None = None) -> NodeMetadata:
+        """Return a node's failure domain and weight (default: the first server)."""
+        meta = self._on_node(address, DescribeRequest(0), MetadataResponse)
+        return NodeMetadata(meta.failure_domain, meta.weight)
+
+    def weight(self, weight: int, address: str | None = None) -> None:
+        """Set a node's weight, in memory on that node (default: the first server)."""
+        self._on_node(address, WeightRequest(weight), EmptyResponse)
+
+    def dump(self, database: str, address: str | None = None) -> dict[str, bytes]:
+        """Return a database's files by name (the database and its WAL)."""
+        files = self._on_node(address, DumpRequest(database), FilesResponse)
+        return dict(files.files)

@@ -1,0 +1,361 @@
+"""Blocking I/O around the sans-I/O client connection, and leader discovery.
+
+:class:`Protocol` owns one socket to one node.  A socket error or a timeout
+between sending a request and reading its whole response leaves the conversation
+out of step, so the protocol is *poisoned*: it closes and every later call fails.
+:class:`ConnectionLostError` tells the caller whether the request had been sent,
+because only a request that provably did not reach the server may be retried
+(``style.md`` habit 5; go-dqlite documents the same ambiguous window).
+
+:func:`find_leader` follows go-dqlite's connector (``protocol.md`` §5.2): ask any
+node for the leader, dial the leader, check it names itself, register with
+CLIENT.  Each attempt has its own timeout so one dead node cannot eat the budget.
+"""
+
+from __future__ import annotations
+
+import logging
+import select
+import socket
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from typing import TypeVar
+
+from ..wire import (
+    NEED_DATA,
+    PROTOCOL_VERSION,
+    PROTOCOL_VERSION_LEGACY,
+    ClientConnection,
+    ClientRequest,
+    ClientState,
+    FailureResponse,
+    InterruptRequest,
+    LeaderRequest,
+    ProtocolError,
+    Request,
+    Response,
+    RowsResponse,
+    ServerResponse,
+    WelcomeResponse,
+)
+from .errors import NoLeaderError, OperationalError, error_from_code
+
+__all__ = [
+    "ConnectionLostError",
+    "Protocol",
+    "dial",
+    "find_leader",
+    "parse_address",
+]
+
+log = logging.getLogger("dqlitepy.client")
+
+R = TypeVar("R", bound=Response)
+
+_RECV_SIZE = 256 * 1024
+
+
+class ConnectionLostError(OperationalError):
+    """The connection to a node failed.
+
+    Attributes:
+        request_sent: False when the failure happened before any byte of the
+            request left this process, so the request certainly did not run.
+    """
+
+    def __init__(self, message: str, *, request_sent: bool) -> None:
+        super().__init__(message)
+        self.request_sent = request_sent
+
+
+def parse_address(address: str) -> tuple[int, str | tuple[str, int]]:
+    """Split a node address into a socket family and a socket address.
+
+    ``@name`` is an abstract Unix socket (as in go-dqlite); ``host:port`` and
+    ``[v6]:port`` are TCP.
+
+    Raises:
+        ValueError: the address has no usable port.
+    """
+    if address.startswith("@"):
+        return socket.AF_UNIX, "\0" + address[1:]
+    host, sep, port = address.rpartition(":")
+    if not sep or not port.isdigit() or not host:
+        raise ValueError(f"invalid node address {address!r}: expected host:port or @name")
+    if host.startswith("[") and host.endswith("]"):
+        return socket.AF_INET6, (host[1:-1], int(port))
+    return socket.AF_INET, (host, int(port))
+
+
+def dial(address: str, timeout: float) -> socket.socket:
+    """Open a socket to a node within ``timeout`` seconds."""
+    family, sockaddr = parse_address(address)
+    if family == socket.AF_UNIX:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            sock.settimeout(timeout)
+            sock.connect(sockaddr)
+        except BaseException:
+            sock.close()
+            raise
+        return sock
+    assert isinstance(sockaddr, tuple)
+    sock = socket.create_connection(sockaddr, timeout=timeout)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    return sock
+
+
+class Protocol:
+    """One open, handshaken connection to one node.
+
+    Args:
+        sock: a connected socket; the protocol owns it from now on.
+        address: the address it was dialed with (reported in errors).
+        version: the protocol version to send.
+    """
+
+    def __init__(self, sock: socket.socket, address: str, version: int = PROTOCOL_VERSION) -> None:
+        self.address = address
+        self._sock: socket.socket | None = sock
+        self._conn = ClientConnection()
+        self._pending_out = self._conn.handshake(version)
+
+    @classmethod
+    def open(cls, address: str, timeout: float, version: int = PROTOCOL_VERSION) -> Protocol:
+        """Dial ``address`` and prepare the handshake (sent with the first request)."""
+        try:
+            sock = dial(address, timeout)
+        except (OSError, ValueError) as exc:
+            raise ConnectionLostError(
+                f"cannot connect to {address}: {exc}", request_sent=False
+            ) from exc
+        return cls(sock, address, version)
+
+    @property
+    def closed(self) -> bool:
+        """True once the socket is closed (by :meth:`close` or a failure)."""
+        return self._sock is None
+
+    def close(self) -> None:
+        """Close the socket; idempotent."""
+        sock, self._sock = self._sock, None
+        if sock is not None:
+            sock.close()
+
+    def is_alive(self) -> bool:
+        """Check without blocking that the peer has not closed the connection.
+
+        A node killed while we were idle leaves an EOF (or reset) waiting in the
+        socket: detecting it *before* sending lets the caller reconnect knowing
+        the next request never reached anyone.
+        """
+        sock = self._sock
+        if sock is None or self._conn.state is not ClientState.IDLE:
+            return False
+        try:
+            readable, _, _ = select.select([sock], [], [], 0)
+            if not readable:
+                return True
+            # Anything readable while idle is EOF, a reset or garbage: all fatal.
+            sock.setblocking(False)
+            try:
+                data = sock.recv(1, socket.MSG_PEEK)
+            finally:
+                sock.setblocking(True)
+        except (OSError, ValueError):
+            data = b""
+        self.close()
+        if data:
+            log.warning("unsolicited data from %s; dropping the connection", self.address)
+        return False
+
+    def _poison(self, exc: BaseException, *, sent: bool, what: str) -> ConnectionLostError:
+        self.close()
+        return ConnectionLostError(f"{what} {self.address}: {exc}", request_sent=sent)
+
+    def _send(self, data: bytes, deadline: float | None) -> None:
+        sock = self._sock
+        if sock is None:
+            raise ConnectionLostError(f"connection to {self.address} is closed", request_sent=False)
+        if self._pending_out:
+            data = self._pending_out + data
+            self._pending_out = b""
+        try:
+            sock.settimeout(_remaining(deadline))
+            sock.sendall(data)
+        except (OSError, ValueError) as exc:
+            # Part of the request may have left: its fate is unknown.
+            raise self._poison(exc, sent=True, what="lost connection while sending to") from exc
+
+    def _receive(self, deadline: float | None) -> Response:
+        sock = self._sock
+        conn = self._conn
+        while True:
+            try:
+                event = conn.next_event()
+            except ProtocolError as exc:
+                raise self._poison(exc, sent=True, what="protocol error from") from exc
+            if event is not NEED_DATA:
+                assert isinstance(event, Response)
+                return event
+            if sock is None:
+                raise ConnectionLostError(
+                    f"connection to {self.address} is closed", request_sent=True
+                )
+            try:
+                sock.settimeout(_remaining(deadline))
+                data = sock.recv(_RECV_SIZE)
+            except (OSError, ValueError) as exc:
+                raise self._poison(exc, sent=True, what="lost connection to") from exc
+            if not data:
+                closed = EOFError("connection closed by the server")
+                raise self._poison(closed, sent=True, what="lost connection to")
+            conn.receive_data(data)
+
+    def call(self, request: Request, expect: type[R], timeout: float | None) -> R:
+        """Send a request and return its single response.
+
+        Raises:
+            Error: the server answered FAILURE (mapped through ``error_from_code``).
+            ConnectionLostError: the connection failed; it is closed.
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        try:
+            data = self._conn.send(request)
+        except ProtocolError as exc:
+            raise OperationalError(f"cannot send {type(request).__name__}: {exc}") from exc
+        self._send(data, deadline)
+        response = self._receive(deadline)
+        if isinstance(response, FailureResponse):
+            raise error_from_code(response.code, response.message)
+        if not isinstance(response, expect):
+            raise self._poison(
+                TypeError(f"unexpected {type(response).__name__}"),
+                sent=True,
+                what="bad response from",
+            )
+        return response
+
+    def query(self, request: Request, timeout: float | None) -> Iterator[RowsResponse]:
+        """Send a QUERY or QUERY_SQL and yield its ROWS batches as they arrive.
+
+        The generator must be exhausted (or :meth:`interrupt_stream` called)
+        before the next request.
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        try:
+            data = self._conn.send(request)
+        except ProtocolError as exc:
+            raise OperationalError(f"cannot send {type(request).__name__}: {exc}") from exc
+        self._send(data, deadline)
+        while True:
+            response = self._receive(deadline)
+            if isinstance(response, FailureResponse):
+                raise error_from_code(response.code, response.message)
+            if not isinstance(response, RowsResponse):
+                raise self._poison(
+                    TypeError(f"unexpected {type(response).__name__}"),
+                    sent=True,
+                    what="bad response from",
+                )
+            yield response
+            if response.done:
+                return
+
+    def interrupt_stream(self, timeout: float | None) -> None:
+        """Stop reading a ROWS stream: send INTERRUPT and discard until its EMPTY (§5.4)."""
+        if self._conn.state is not ClientState.STREAMING:
+            return
+        deadline = None if timeout is None else time.monotonic() + timeout
+        self._send(self._conn.send(InterruptRequest(0)), deadline)
+        self._receive(deadline)
+
+
+def _remaining(deadline: float | None) -> float | None:
+    if deadline is None:
+        return None
+    left = deadline - time.monotonic()
+    if left <= 0:
+        raise TimeoutError("timed out")
+    return left
+
+
+def _ask_leader(address: str, timeout: float) -> tuple[Protocol, ServerResponse]:
+    """Dial a node and ask it for the leader, falling back to the legacy handshake."""
+    try:
+        proto = Protocol.open(address, timeout)
+        return proto, proto.call(LeaderRequest(), ServerResponse, timeout)
+    except ConnectionLostError as exc:
+        if not exc.request_sent or isinstance(exc.__cause__, TimeoutError | socket.timeout):
+            raise
+    # go-dqlite retries with the legacy version when v1 got EOF or a reset.
+    proto = Protocol.open(address, timeout, PROTOCOL_VERSION_LEGACY)
+    return proto, proto.call(LeaderRequest(), ServerResponse, timeout)
+
+
+def _try_node(address: str, attempt_timeout: float) -> Protocol | None:
+    """One attempt through one node: a Protocol to the leader, or None."""
+    deadline = time.monotonic() + attempt_timeout
+    proto, leader = _ask_leader(address, attempt_timeout)
+    if leader.address != address:
+        proto.close()
+        if not leader.address:
+            return None
+        proto, leader = _ask_leader(leader.address, max(0.05, deadline - time.monotonic()))
+        if leader.address != proto.address:
+            # The node it named does not think it leads: an election is under way.
+            proto.close()
+            return None
+    try:
+        proto.call(ClientRequest(0), WelcomeResponse, max(0.05, deadline - time.monotonic()))
+    except BaseException:
+        proto.close()
+        raise
+    return proto
+
+
+def find_leader(
+    servers: Sequence[str],
+    *,
+    attempt_timeout: float,
+    total_timeout: float,
+    preferred: Iterable[str] = (),
+) -> Protocol:
+    """Return a connection to the current leader, registered with CLIENT.
+
+    Args:
+        servers: known node addresses.
+        attempt_timeout: the budget of one attempt through one node.
+        total_timeout: the overall budget; rounds are retried with exponential
+            backoff (100 ms, doubling, capped at 1 s) until it runs out.
+        preferred: addresses tried first (e.g. the last known leader).
+
+    Raises:
+        NoLeaderError: no leader could be found within ``total_timeout``.
+    """
+    order = list(dict.fromkeys([*preferred, *servers]))
+    if not order:
+        raise NoLeaderError("no dqlite servers to connect to")
+    deadline = time.monotonic() + total_timeout
+    delay = 0.1
+    errors: dict[str, str] = {}
+    while True:
+        for address in order:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            try:
+                proto = _try_node(address, min(attempt_timeout, left))
+            except (OperationalError, ProtocolError, OSError) as exc:
+                errors[address] = str(exc)
+                log.debug("leader discovery through %s failed: %s", address, exc)
+                continue
+            if proto is not None:
+                return proto
+            errors[address] = "no leader known"
+        left = deadline - time.monotonic()
+        if left <= 0:
+            detail = "; ".join(f"{a}: {e}" for a, e in errors.items())
+            raise NoLeaderError(f"no leader found within {total_timeout:g}s ({detail})")
+        time.sleep(min(delay, left))
+        delay = min(delay * 2, 1.0)

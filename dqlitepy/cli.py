@@ -1,0 +1,276 @@
+"""The ``dqlitepy`` command line: ``dqlitepy shell``, modelled on the Go ``dqlite`` shell.
+
+Output follows the Go shell so scripts written for one work with the other.
+Rows print as ``|``-separated values formatted as Go's ``%v`` would (``<nil>``
+for NULL, ``[1 2]`` for blobs, ``true``/``false`` for booleans); ``.cluster``
+prints ``id|address|role`` with the id in hex; ``.cluster`` and ``.describe``
+honour ``-f json`` exactly as the Go shell does.  With ``-f json`` query results
+print as a JSON array of objects (the Go shell 1.11 prints them as tabular).
+Exit codes: 0 ok, 1 SQL or cluster error (message on stderr), 2 usage error.
+
+Only public APIs are used here (``dqlitepy.connect`` and ``dqlitepy.Client``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import math
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any, TextIO
+
+import dqlitepy
+
+__all__ = ["format_value", "main"]
+
+_ROLE_NAMES = {0: "voter", 1: "stand-by", 2: "spare"}
+_HELP = """\
+.cluster                   Show the cluster members (id|address|role).
+.leader                    Show the current leader's address.
+.remove <address>          Remove a node from the cluster.
+.describe <address>        Show a node's failure domain and weight.
+.weight <address> <n>      Set a node's weight.
+.dump <address> <db>       Write a database's files into the current directory.
+.add <id> <address>        Add a node as a spare.
+.assign <address> <role>   Give a node a role (voter, standby, spare).
+.transfer <address>        Hand leadership over to a node.
+.help                      Show this help.
+"""
+
+
+def _go_float(value: float) -> str:
+    """Format a float the way Go's ``%v`` does: shortest digits, %e past 1e6 or below 1e-4."""
+    if math.isnan(value):
+        return "NaN"
+    if math.isinf(value):
+        return "+Inf" if value > 0 else "-Inf"
+    sign = "-" if math.copysign(1.0, value) < 0 else ""
+    if value == 0:
+        return sign + "0"
+    # repr() gives the shortest digits that round-trip, as Go's strconv does.
+    digits = repr(abs(value))
+    if "e" in digits:
+        significand, _, exp_text = digits.partition("e")
+        exp = int(exp_text)  # repr puts exactly one digit before the point here
+        sig = significand.replace(".", "").rstrip("0") or "0"
+    else:
+        whole, _, frac = digits.partition(".")
+        if whole != "0":
+            exp = len(whole) - 1
+            sig = (whole + frac).rstrip("0")
+        else:
+            stripped = frac.lstrip("0")
+            exp = -(len(frac) - len(stripped)) - 1
+            sig = stripped.rstrip("0")
+    if exp < -4 or exp >= 6:
+        body = sig[0] + ("." + sig[1:] if len(sig) > 1 else "")
+        return f"{sign}{body}e{'-' if exp < 0 else '+'}{abs(exp):02d}"
+    point = exp + 1
+    if point <= 0:
+        return f"{sign}0.{'0' * -point}{sig}"
+    if point >= len(sig):
+        return f"{sign}{sig}{'0' * (point - len(sig))}"
+    return f"{sign}{sig[:point]}.{sig[point:]}"
+
+
+def format_value(value: Any) -> str:
+    """Render one result value as the Go shell prints it."""
+    if value is None:
+        return "<nil>"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float):
+        return _go_float(value)
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return "[" + " ".join(str(b) for b in bytes(value)) + "]"
+    return str(value)
+
+
+class Shell:
+    """Runs SQL and dot commands against one database of a cluster."""
+
+    def __init__(self, servers: list[str], database: str, fmt: str, out: TextIO) -> None:
+        self.servers = servers
+        self.database = database
+        self.format = fmt
+        self.out = out
+        self._conn: dqlitepy.Connection | None = None
+        self._client: dqlitepy.Client | None = None
+
+    @property
+    def conn(self) -> dqlitepy.Connection:
+        if self._conn is None:
+            self._conn = dqlitepy.connect(self.database, servers=self.servers, isolation_level=None)
+        return self._conn
+
+    @property
+    def client(self) -> dqlitepy.Client:
+        if self._client is None:
+            self._client = dqlitepy.Client(self.servers)
+        return self._client
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+        if self._client is not None:
+            self._client.close()
+
+    def run(self, line: str) -> None:
+        """Run one statement or dot command, printing its output."""
+        line = line.strip()
+        if not line:
+            return
+        if line.startswith("."):
+            self._dot(line.split())
+            return
+        cursor = self.conn.execute(line)
+        if cursor.description is None:
+            return
+        columns = [d[0] for d in cursor.description]
+        rows = cursor.fetchall()
+        if self.format == "json":
+            self.out.write(
+                json.dumps([dict(zip(columns, map(_json_value, r), strict=True)) for r in rows])
+                + "\n"
+            )
+            return
+        for row in rows:
+            self.out.write("|".join(format_value(v) for v in row) + "\n")
+
+    def _node_id(self, address: str) -> int:
+        for node in self.client.cluster():
+            if node.address == address:
+                return node.id
+        raise dqlitepy.OperationalError(f"no node has address {address!r}")
+
+    def _dot(self, words: list[str]) -> None:
+        command, args = words[0], words[1:]
+        handlers: dict[str, tuple[int, Callable[[list[str]], None]]] = {
+            ".cluster": (0, self._cluster),
+            ".leader": (0, self._leader),
+            ".remove": (1, lambda a: self.client.remove(self._node_id(a[0]))),
+            ".describe": (1, self._describe),
+            ".weight": (2, lambda a: self.client.weight(int(a[1]), a[0])),
+            ".dump": (2, self._dump),
+            ".add": (2, lambda a: self.client.add(int(a[0], 0), a[1])),
+            ".assign": (2, lambda a: self.client.assign(self._node_id(a[0]), a[1])),
+            ".transfer": (1, lambda a: self.client.transfer(self._node_id(a[0]))),
+            ".help": (0, self._help),
+        }
+        if command not in handlers:
+            raise dqlitepy.OperationalError(f"unknown command {command!r}; try .help")
+        arity, handler = handlers[command]
+        if len(args) != arity:
+            raise dqlitepy.OperationalError(f"{command} takes {arity} argument(s)")
+        handler(args)
+
+    def _help(self, args: list[str]) -> None:
+        self.out.write(_HELP)
+
+    def _cluster(self, args: list[str]) -> None:
+        nodes = self.client.cluster()
+        if self.format == "json":
+            records = [{"ID": n.id, "Address": n.address, "Role": int(n.role)} for n in nodes]
+            self.out.write(json.dumps(records, indent="\t") + "\n")
+            return
+        for node in nodes:
+            role = _ROLE_NAMES.get(int(node.role), str(node.role))
+            self.out.write(f"{node.id:x}|{node.address}|{role}\n")
+
+    def _leader(self, args: list[str]) -> None:
+        leader = self.client.leader()
+        self.out.write((leader.address if leader else "") + "\n")
+
+    def _describe(self, args: list[str]) -> None:
+        meta = self.client.describe(args[0])
+        if self.format == "json":
+            record = {"FailureDomain": meta.failure_domain, "Weight": meta.weight}
+            self.out.write(json.dumps(record, indent="\t") + "\n")
+            return
+        self.out.write(f"{args[0]}|{meta.failure_domain}|{meta.weight}\n")
+
+    def _dump(self, args: list[str]) -> None:
+        for name, data in self.client.dump(args[1], args[0]).items():
+            with open(name, "wb") as f:
+                f.write(data)
+
+
+def _json_value(value: Any) -> Any:
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return list(bytes(value))
+    return value
+
+
+def _split_script(text: str) -> list[str]:
+    statements = []
+    for part in text.split(";"):
+        if part.strip():
+            statements.append(part.strip())
+    return statements
+
+
+def _shell(args: argparse.Namespace) -> int:
+    servers = [s for s in ",".join(args.servers).split(",") if s]
+    shell = Shell(servers, args.database, args.format, sys.stdout)
+    try:
+        if args.sql is not None:
+            shell.run(args.sql)
+        elif sys.stdin.isatty():
+            _interactive(shell)
+        else:
+            for statement in _split_script(sys.stdin.read()):
+                shell.run(statement)
+    except (dqlitepy.Error, OSError, ValueError) as exc:
+        print(f"Error: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        shell.close()
+    return 0
+
+
+def _interactive(shell: Shell) -> None:
+    with contextlib.suppress(ImportError):  # readline is missing on some platforms
+        import readline  # noqa: F401 - line editing and history for input()
+    buffer = ""
+    while True:
+        try:
+            line = input("dqlite> " if not buffer else "   ...> ")
+        except EOFError:
+            print()
+            return
+        if not buffer and line.strip().startswith("."):
+            statements = [line]
+        else:
+            buffer += line + "\n"
+            if not dqlitepy.complete_statement(buffer):
+                continue
+            statements, buffer = [buffer], ""
+        for statement in statements:
+            try:
+                shell.run(statement)
+            except dqlitepy.Error as exc:
+                print(f"Error: {exc}", file=sys.stderr)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="dqlitepy", description="dqlitepy command line")
+    parser.add_argument("--version", action="version", version=dqlitepy.__version__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    shell = sub.add_parser("shell", help="run SQL against a dqlite cluster (like `dqlite`)")
+    shell.add_argument(
+        "-s", "--servers", action="append", required=True, help="comma-separated node addresses"
+    )
+    shell.add_argument("-f", "--format", choices=("tabular", "json"), default="tabular")
+    shell.add_argument("database")
+    shell.add_argument("sql", nargs="?", help="one statement or dot command (default: stdin)")
+    shell.set_defaults(func=_shell)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``dqlitepy`` command."""
+    args = _parser().parse_args(argv)
+    func: Callable[[argparse.Namespace], int] = args.func
+    return func(args)

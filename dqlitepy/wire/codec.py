@@ -114,10 +114,17 @@ class Writer:
         self.buf = bytearray()
 
     def u32_pair(self, a: int, b: int) -> None:
-        self.buf += _U32_PAIR.pack(a, b)
+        try:
+            self.buf += _U32_PAIR.pack(a, b)
+        except struct.error as exc:
+            raise LocalProtocolError(f"not a pair of uint32: {a!r}, {b!r}") from exc
 
     def u64(self, value: int) -> None:
+        # Negative values travel as two's complement (a rowid, a BOOLEAN read from
+        # SQLite); anything outside int64 ∪ uint64 would be silently truncated.
         try:
+            if not _INT64_MIN <= value <= _U64_MASK:
+                raise LocalProtocolError(f"integer out of the 64-bit range: {value!r}")
             self.buf += _U64.pack(value & _U64_MASK)
         except TypeError as exc:
             raise LocalProtocolError(f"not an integer: {value!r}") from exc
@@ -131,7 +138,10 @@ class Writer:
         self.buf += _F64.pack(value)
 
     def text(self, value: str) -> None:
-        data = value.encode("utf-8", "surrogateescape")
+        try:
+            data = value.encode("utf-8", "surrogateescape")
+        except UnicodeEncodeError as exc:
+            raise LocalProtocolError(f"text is not encodable as UTF-8: {value!r}") from exc
         if b"\x00" in data:
             # The server finds the end of a text field with strlen: a NUL would
             # shift every later field (§1.5).
@@ -198,6 +208,9 @@ class Writer:
         n = len(types)
         if n != len(values):
             raise LocalProtocolError(f"row has {n} types but {len(values)} values")
+        if n == 0:
+            # A row without values has no bytes at all: it would vanish on the wire.
+            raise LocalProtocolError("a row must have at least one column")
         header = bytearray(pad8((n + 1) // 2))
         for i, t in enumerate(types):
             if t not in _VALID_TYPES:
@@ -266,7 +279,9 @@ class Reader:
         if nul < 0:
             raise self._short("NUL-terminated text")
         value = self.data[self.pos : nul].decode("utf-8", "surrogateescape")
-        self.pos = min(self.end, pad8(nul + 1))
+        # Padding counts from the start of the field, as Writer.text writes it: a
+        # FILES name can follow raw file bytes that end off a word boundary.
+        self.pos = min(self.end, self.pos + pad8(nul + 1 - self.pos))
         return value
 
     def blob(self) -> bytes:

@@ -4,9 +4,10 @@ Theory of operation (``protocol.md`` §1.2, §1.6, §3.8, §5.4): after connecti
 the client sends one 8-byte protocol version and nothing comes back.  From then
 on the conversation is strictly one request, then its response; the only
 exception is QUERY/QUERY_SQL, answered by ROWS batches ending in PART until one
-ends in DONE.  An INTERRUPT sent while batches are still coming is read by the
-server only after the stream ends, so the client must discard ROWS (or a FAILURE)
-until the EMPTY that answers the INTERRUPT.
+ends in DONE (or in a FAILURE, for an error met while building a later batch).
+An INTERRUPT sent while batches are still coming is read by the server only
+after the stream ends, so the client must discard ROWS (or a FAILURE) until the
+EMPTY that answers the INTERRUPT.
 
 Neither object touches a socket or a clock: feed received bytes to
 ``receive_data``, pull events with ``next_event`` (which returns :data:`NEED_DATA`
@@ -241,7 +242,12 @@ class ClientConnection:
     def _decode(self, type_: int, schema: int, body: bytes) -> Response:
         pending = self._pending
         assert pending is not None
-        if self._state is ClientState.STREAMING and type_ != ResponseType.ROWS:
+        if self._state is ClientState.STREAMING and type_ not in (
+            ResponseType.ROWS,
+            ResponseType.FAILURE,
+        ):
+            # FAILURE can end a stream: dqlite reports an error met while building
+            # a later batch (gateway.c queryBatch), and the connection goes on.
             raise RemoteProtocolError(f"response type {type_} in the middle of a ROWS stream")
         if type_ != ResponseType.FAILURE and self._state is not ClientState.INTERRUPTING:
             expected = _EXPECTED.get(pending.TYPE, frozenset())
@@ -420,5 +426,18 @@ class ServerConnection:
             raise LocalProtocolError(f"no request to respond to in state {self._state.name}")
         data = encode_message(response, legacy=self._legacy)
         if not (isinstance(response, RowsResponse) and not response.done):
+            self._set_state(ServerState.IDLE)
+        return data
+
+    def send_encoded_rows(self, data: bytes, *, done: bool) -> bytes:
+        """Account for a ROWS message built by :class:`~dqlitepy.wire.rows.RowsBatchEncoder`.
+
+        The server streams a result batch by batch without building message
+        objects; this keeps the state machine in step: a PART batch leaves the
+        request open, the DONE batch completes it.
+        """
+        if self._state is not ServerState.RESPONDING:
+            raise LocalProtocolError(f"no request to respond to in state {self._state.name}")
+        if done:
             self._set_state(ServerState.IDLE)
         return data

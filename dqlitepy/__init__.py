@@ -5,7 +5,9 @@ The package root is a drop-in for the standard library's ``sqlite3``::
     import dqlitepy as sqlite3
     conn = sqlite3.connect("dqlite://127.0.0.1:9001,127.0.0.1:9002/app.db")
 
-plus :class:`Client` for cluster administration.
+plus :class:`Node` (a node running inside this process) and :class:`Client`
+for cluster administration.  With no servers configured, ``connect("app.db")``
+uses an embedded node, so ``import dqlitepy as sqlite3`` just works.
 """
 
 from __future__ import annotations
@@ -18,7 +20,6 @@ from .client.dbapi import (
     Connection,
     Cursor,
     complete_statement,
-    connect,
     enable_callback_tracebacks,
 )
 from .client.errors import (
@@ -54,6 +55,7 @@ from .client.types import (
     register_adapter,
     register_converter,
 )
+from .node import Node, connect
 from .wire import NodeInfo, NodeRole
 
 __version__ = "0.1.0.dev0"
@@ -90,6 +92,7 @@ __all__ = [
     "InternalError",
     "LeadershipLostError",
     "NoLeaderError",
+    "Node",
     "NodeInfo",
     "NodeMetadata",
     "NodeRole",

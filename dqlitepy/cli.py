@@ -1,4 +1,6 @@
-"""The ``dqlitepy`` command line: ``dqlitepy shell``, modelled on the Go ``dqlite`` shell.
+"""The ``dqlitepy`` command line: ``dqlitepy server`` and ``dqlitepy shell``.
+
+``dqlitepy shell`` is modelled on the Go ``dqlite`` shell.
 
 Output follows the Go shell so scripts written for one work with the other.
 Rows print as ``|``-separated values formatted as Go's ``%v`` would (``<nil>``
@@ -16,8 +18,11 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import logging
 import math
+import signal
 import sys
+import threading
 from collections.abc import Callable, Sequence
 from typing import Any, TextIO
 
@@ -254,6 +259,34 @@ def _interactive(shell: Shell) -> None:
                 print(f"Error: {exc}", file=sys.stderr)
 
 
+def _server(args: argparse.Namespace) -> int:
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    join = [a for a in ",".join(args.join or []).split(",") if a]
+    stop = threading.Event()
+
+    def on_signal(signum: int, frame: object) -> None:
+        logging.getLogger("dqlitepy.cli").info("signal %d: shutting down", signum)
+        stop.set()
+
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, on_signal)
+    try:
+        node = dqlitepy.Node(args.address, args.data_dir, join=join).start()
+    except (OSError, ValueError) as exc:
+        print(f"Error: cannot start node on {args.address}: {exc}", file=sys.stderr)
+        return 1
+    print(f"dqlitepy node {node.id:x} serving on {node.address}", file=sys.stderr, flush=True)
+    try:
+        stop.wait()
+    finally:
+        node.close()
+    return 0
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="dqlitepy", description="dqlitepy command line")
     parser.add_argument("--version", action="version", version=dqlitepy.__version__)
@@ -266,6 +299,21 @@ def _parser() -> argparse.ArgumentParser:
     shell.add_argument("database")
     shell.add_argument("sql", nargs="?", help="one statement or dot command (default: stdin)")
     shell.set_defaults(func=_shell)
+    server = sub.add_parser("server", help="run a dqlitepy node")
+    server.add_argument(
+        "-a",
+        "--address",
+        default="127.0.0.1:9001",
+        help="address to serve on: host:port or @abstract (default %(default)s)",
+    )
+    server.add_argument(
+        "-d", "--data-dir", default="./dqlitepy-data", help="data directory (default %(default)s)"
+    )
+    server.add_argument(
+        "-j", "--join", action="append", help="comma-separated addresses of cluster members to join"
+    )
+    server.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    server.set_defaults(func=_server)
     return parser
 
 

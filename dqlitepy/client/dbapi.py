@@ -62,7 +62,7 @@ from .errors import (
     OperationalError,
     ProgrammingError,
 )
-from .protocol import ConnectionLostError, Protocol, find_leader
+from .protocol import ConnectionLostError, Protocol, find_leader, parse_address
 from .sqltext import (
     ParsedSQL,
     bind_values,
@@ -210,9 +210,16 @@ class Connection:
                 "no dqlite servers configured: pass servers=[...], use a "
                 "dqlite://host:port/db URL or set DQLITEPY_SERVERS"
             )
+        for address in servers:
+            try:
+                parse_address(address)
+            except ValueError as exc:
+                # Fail now rather than retrying an unusable address for leader_timeout.
+                raise ProgrammingError(str(exc)) from None
         if name == ":memory:" or not name:
             raise NotSupportedError(
-                f"database name {name!r} needs the embedded node, which is not available yet"
+                f"database name {name!r} is private to a process: connect without servers "
+                "to get it from the embedded node"
             )
         self._servers = list(servers)
         self._database = name
@@ -231,6 +238,9 @@ class Connection:
         self._txn_by_savepoint = False
         self._trace: Callable[[str], object] | None = None
         self._functions: dict[tuple[str, int], Callable[..., Any]] = {}
+        # Run once the connection is closed (the embedded node deletes a
+        # private :memory: database this way).
+        self._close_callbacks: list[Callable[[], None]] = []
         self.row_factory: Callable[[Cursor, tuple[Any, ...]], Any] | None = None
         self.text_factory: Any = str
         if autocommit not in (True, False, LEGACY_TRANSACTION_CONTROL):
@@ -257,7 +267,7 @@ class Connection:
             raise ValueError(
                 "isolation_level string must be '', 'DEFERRED', 'IMMEDIATE', or 'EXCLUSIVE'"
             )
-        return level
+        return level.upper()  # sqlite3 reports the canonical spelling
 
     def _check(self) -> None:
         if self._check_same_thread and threading.get_ident() != self._thread_ident:
@@ -566,6 +576,9 @@ class Connection:
             self._closed = True
             self._lose_transaction()
             self._drop()
+            callbacks, self._close_callbacks = self._close_callbacks, []
+            for callback in callbacks:
+                callback()
 
     def __enter__(self) -> Connection:
         return self
@@ -751,12 +764,11 @@ class Cursor:
     def _before(self, parsed: ParsedSQL) -> None:
         """Open the implicit transaction ``sqlite3`` would open for this statement."""
         conn = self.connection
-        if conn._in_txn:
-            return
-        if conn._autocommit is False:
-            conn._begin("")
-        elif (
-            conn._autocommit == LEGACY_TRANSACTION_CONTROL
+        # With autocommit=False, sqlite3 (3.12) opens transactions only in
+        # connect(), commit() and rollback(), never before a statement.
+        if (
+            not conn._in_txn
+            and conn._autocommit == LEGACY_TRANSACTION_CONTROL
             and conn._isolation_level is not None
             and parsed.is_dml
         ):
@@ -779,6 +791,9 @@ class Cursor:
                     raise
             else:
                 self._take_rows(batches)
+                if parsed.is_dml:
+                    # DML ... RETURNING yields one row per changed row.
+                    self.rowcount = len(self._rows)
                 conn._note_statement(parsed)
                 return
         result: ResultResponse = conn._with_busy_retry(
@@ -890,11 +905,16 @@ class Cursor:
             if conn._autocommit == LEGACY_TRANSACTION_CONTROL and conn._in_txn:
                 conn._exec_text("COMMIT")
                 conn._lose_transaction()
-            for statement in split_statements(sql_script):
-                parsed = parse(statement)
-                if parsed.is_empty:
-                    continue
-                self._execute_one(parsed, ValueTuple())
+            # sqlite3 leaves rowcount and lastrowid as they were.
+            rowcount, lastrowid = self.rowcount, self.lastrowid
+            try:
+                for statement in split_statements(sql_script):
+                    parsed = parse(statement)
+                    if parsed.is_empty:
+                        continue
+                    self._execute_one(parsed, ValueTuple())
+            finally:
+                self.rowcount, self.lastrowid = rowcount, lastrowid
             self._reset()
         return self
 
@@ -937,12 +957,11 @@ class Cursor:
         self._check()
         n = self.arraysize if size is None else size
         out = []
-        while n > 0:
-            row = self._next_row()
-            if row is None:
-                break
+        # As in sqlite3, a size of 0 or less never matches: every remaining row.
+        while (row := self._next_row()) is not None:
             out.append(row)
-            n -= 1
+            if len(out) == n:
+                break
         return out
 
     def fetchall(self) -> list[Any]:
@@ -988,14 +1007,26 @@ def _iterdump(conn: Connection) -> Iterator[str]:
         "SELECT name, type, sql FROM sqlite_master "
         "WHERE sql NOT NULL AND type == 'table' ORDER BY name"
     ).fetchall()
+    # sqlite_sequence is restored last, once the AUTOINCREMENT tables that
+    # create it exist (as sqlite3 does since gh-79009).
+    sequence: list[str] = []
+    writable_schema = False
     for name, _type, sql in tables:
         if name == "sqlite_sequence":
-            yield 'DELETE FROM "sqlite_sequence";'
-        elif name == "sqlite_stat1":
+            sequence.append('DELETE FROM "sqlite_sequence";')
+            sequence.extend(
+                f'INSERT INTO "sqlite_sequence" VALUES({_quote_literal(seq_name)},{seq});'
+                for seq_name, seq in cur.execute('SELECT * FROM "sqlite_sequence"').fetchall()
+            )
+            continue
+        if name == "sqlite_stat1":
             yield 'ANALYZE "sqlite_master";'
         elif name.startswith("sqlite_"):
             continue
         elif sql.startswith("CREATE VIRTUAL TABLE"):
+            if not writable_schema:
+                writable_schema = True
+                yield "PRAGMA writable_schema=ON;"
             yield (
                 "INSERT INTO sqlite_master(type,name,tbl_name,rootpage,sql)"
                 f"VALUES('table',{_quote_literal(name)},{_quote_literal(name)},0,"
@@ -1014,12 +1045,16 @@ def _iterdump(conn: Connection) -> Iterator[str]:
         )
         for (row,) in cur.execute(query).fetchall():
             yield f"{row};"
+    # In creation order (as sqlite3): a trigger must follow the view it is on.
     others = cur.execute(
         "SELECT name, type, sql FROM sqlite_master "
-        "WHERE sql NOT NULL AND type IN ('index', 'trigger', 'view') ORDER BY name"
+        "WHERE sql NOT NULL AND type IN ('index', 'trigger', 'view')"
     ).fetchall()
     for _name, _type, sql in others:
         yield f"{sql};"
+    if writable_schema:
+        yield "PRAGMA writable_schema=OFF;"
+    yield from sequence
     yield "COMMIT;"
 
 

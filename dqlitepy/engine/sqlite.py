@@ -1,0 +1,390 @@
+"""SQLite through APSW: databases, sessions, statements, and the SQL safety rules.
+
+A :class:`Session` is one APSW connection opened for one client connection, as
+dqlite opens one SQLite connection per client.  Statements run one at a time:
+:meth:`Session.statement` splits the first statement off a text (with SQLite's
+own parser, through ``apsw.ext.query_info``) and caches what it learned, so the
+gateway can implement PREPARE, EXEC_SQL's statement loop and QUERY_SQL's tail
+rule without parsing SQL itself.
+
+Every client stays inside its database (``design.md`` §4): an authorizer refuses
+ATTACH (which also covers ``VACUUM INTO``), DETACH, ``load_extension`` and the
+pragmas that would change the journal, durability, locking or schema writing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import threading
+from collections import OrderedDict
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import apsw
+import apsw.ext
+
+__all__ = [
+    "SQLITE_VERSION",
+    "Engine",
+    "EngineError",
+    "ExecResult",
+    "QueryResult",
+    "Session",
+    "StatementInfo",
+    "database_filename",
+    "is_blank",
+]
+
+#: The version of the SQLite library APSW carries.
+SQLITE_VERSION: str = apsw.sqlite_lib_version()
+
+_SQLITE_ERROR = 1
+_SQLITE_RANGE = 25
+_SQLITE_ROW = 100
+_SQLITE_INTERRUPT = 9
+_SQLITE_MISUSE = 21
+
+# Pragmas a client may read but never set: they belong to the server.
+_GUARDED_PRAGMAS = frozenset(
+    {
+        "journal_mode",
+        "synchronous",
+        "writable_schema",
+        "locking_mode",
+        "wal_autocheckpoint",
+        "wal_checkpoint",
+        "journal_size_limit",
+        "schema_version",
+        "temp_store_directory",
+        "data_store_directory",
+        "mmap_size",
+    }
+)
+# Pragmas refused even without a value, because reading them acts.
+_FORBIDDEN_PRAGMAS = frozenset({"wal_checkpoint", "temp_store_directory", "data_store_directory"})
+
+_STATEMENT_CACHE_SIZE = 256
+_SAFE_NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-")
+_MAX_FILENAME = 200
+
+
+_BLANK = re.compile(r"(?:\s|;|--[^\n]*(?:\n|$)|/\*(?:[^*]|\*(?!/))*(?:\*/|$))*\Z")
+
+
+def is_blank(sql: str) -> bool:
+    """True if ``sql`` holds only white space, comments and semicolons."""
+    return _BLANK.match(sql) is not None
+
+
+class EngineError(Exception):
+    """A SQLite failure: the extended result code and ``sqlite3_errmsg`` text.
+
+    Attributes:
+        code: SQLite's (extended) result code, or a dqlite code.
+        message: the message as SQLite words it.
+    """
+
+    def __init__(self, code: int, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+def _translate(exc: apsw.Error) -> EngineError:
+    code = getattr(exc, "extendedresult", None) or getattr(exc, "result", None) or _SQLITE_ERROR
+    return EngineError(int(code), str(exc))
+
+
+def database_filename(name: str) -> str:
+    """Return the file name a database name is stored under.
+
+    Names are opaque strings chosen by clients: every character outside
+    ``[A-Za-z0-9_-]`` is percent-encoded (so ``../x`` and ``/etc/x`` stay inside
+    the data directory) and over-long names are shortened with a hash.
+    """
+    encoded = "".join(
+        c
+        if c in _SAFE_NAME_CHARS
+        else "".join(f"%{b:02X}" for b in c.encode("utf-8", "surrogatepass"))
+        for c in name
+    )
+    if len(encoded) > _MAX_FILENAME:
+        import hashlib
+
+        digest = hashlib.sha256(name.encode("utf-8", "surrogatepass")).hexdigest()
+        encoded = encoded[:64] + "~" + digest
+    return f"db-{encoded}.sqlite"
+
+
+@dataclass(frozen=True, slots=True)
+class StatementInfo:
+    """What SQLite's parser says about the first statement of a text."""
+
+    #: The first statement's text (empty if the text holds no statement).
+    sql: str
+    #: Everything after it.
+    tail: str
+    #: ``sqlite3_bind_parameter_count``: the highest parameter index.
+    param_count: int
+    #: The number of result columns (0 for statements that return no rows).
+    column_count: int
+    #: True when the text holds no statement at all (only comments or blanks).
+    empty: bool
+    #: True when the statement cannot write.
+    readonly: bool
+
+    @property
+    def tail_offset(self) -> int:
+        """Byte offset of the tail inside the UTF-8 text (STMT schema 1)."""
+        return len(self.sql.encode("utf-8", "surrogatepass"))
+
+
+@dataclass(frozen=True, slots=True)
+class ExecResult:
+    """The outcome of a statement that returned no rows."""
+
+    last_insert_id: int
+    rows_affected: int
+
+
+class QueryResult:
+    """Rows of a running statement; iterate to step it.
+
+    Attributes:
+        columns: the result column names.
+        decltypes: each column's declared type, or None.
+    """
+
+    def __init__(
+        self,
+        cursor: apsw.Cursor,
+        columns: tuple[str, ...],
+        decltypes: tuple[str | None, ...],
+        rows: Iterator[tuple[Any, ...]],
+    ) -> None:
+        self._cursor = cursor
+        self.columns = columns
+        self.decltypes = decltypes
+        self._rows = rows
+
+    def __iter__(self) -> Iterator[tuple[Any, ...]]:
+        return self
+
+    def __next__(self) -> tuple[Any, ...]:
+        try:
+            return next(self._rows)
+        except apsw.Error as exc:
+            raise _translate(exc) from exc
+
+    def close(self) -> None:
+        """Stop the statement (resetting it) before all rows were read."""
+        with contextlib.suppress(apsw.Error):
+            self._cursor.close(True)
+
+
+def _authorizer(
+    action: int, arg1: str | None, arg2: str | None, dbname: str | None, trigger: str | None
+) -> int:
+    if action in (apsw.SQLITE_ATTACH, apsw.SQLITE_DETACH):
+        return apsw.SQLITE_DENY
+    if action == apsw.SQLITE_PRAGMA and arg1 is not None:
+        pragma = arg1.lower()
+        if pragma in _FORBIDDEN_PRAGMAS or (pragma in _GUARDED_PRAGMAS and arg2 is not None):
+            return apsw.SQLITE_DENY
+    if action == apsw.SQLITE_FUNCTION and arg2 is not None and arg2.lower() == "load_extension":
+        return apsw.SQLITE_DENY
+    return apsw.SQLITE_OK
+
+
+class Session:
+    """One SQLite connection to one database, used by one thread at a time.
+
+    Args:
+        path: the database file.
+        busy_timeout_ms: how long a writer waits for another writer's lock.
+        synchronous: SQLite's ``synchronous`` setting for this connection.
+    """
+
+    def __init__(self, path: Path, *, busy_timeout_ms: int, synchronous: str) -> None:
+        try:
+            self._db = apsw.Connection(
+                str(path),
+                flags=apsw.SQLITE_OPEN_READWRITE
+                | apsw.SQLITE_OPEN_CREATE
+                | apsw.SQLITE_OPEN_NOFOLLOW,
+            )
+            self._db.set_busy_timeout(busy_timeout_ms)
+            self._db.execute("PRAGMA journal_mode=WAL").fetchall()
+            self._db.execute(f"PRAGMA synchronous={synchronous}").fetchall()
+            self._db.enable_load_extension(False)
+        except apsw.Error as exc:
+            raise _translate(exc) from exc
+        # Set last: the pragmas above are the server's own and must not be refused.
+        self._db.authorizer = _authorizer
+        self._statements: OrderedDict[str, StatementInfo] = OrderedDict()
+        self._closed = False
+
+    @property
+    def in_transaction(self) -> bool:
+        """True while a transaction is open on this connection."""
+        return not self._db.get_autocommit()
+
+    def changes(self) -> ExecResult:
+        """Last insert rowid and changes as they stand now."""
+        return ExecResult(self._db.last_insert_rowid(), self._db.changes())
+
+    def statement(self, sql: str) -> StatementInfo:
+        """Describe the first statement of ``sql`` (cached).
+
+        Raises:
+            EngineError: the statement does not compile.
+        """
+        info = self._statements.get(sql)
+        if info is not None:
+            self._statements.move_to_end(sql)
+            return info
+        try:
+            details = apsw.ext.query_info(self._db, sql)
+        except apsw.Error as exc:
+            raise _translate(exc) from exc
+        first = details.first_query or ""
+        info = StatementInfo(
+            sql=first,
+            tail=details.query_remaining or "",
+            param_count=details.bindings_count,
+            column_count=len(details.description or ()),
+            empty=not details.has_vdbe,
+            readonly=bool(details.is_readonly),
+        )
+        self._statements[sql] = info
+        if len(self._statements) > _STATEMENT_CACHE_SIZE:
+            self._statements.popitem(last=False)
+        return info
+
+    def _bindings(self, info: StatementInfo, params: Sequence[Any]) -> Sequence[Any]:
+        n = info.param_count
+        if len(params) > n:
+            raise EngineError(_SQLITE_RANGE, "column index out of range")
+        if len(params) < n:
+            # dqlite leaves unbound parameters NULL rather than failing.
+            return [*params, *([None] * (n - len(params)))]
+        return params
+
+    def execute(self, info: StatementInfo, params: Sequence[Any] = ()) -> ExecResult:
+        """Run one statement that should return no rows.
+
+        Raises:
+            EngineError: SQLite failed, or the statement yielded a row (code 100
+                "another row available", as dqlite 1.11 answers EXEC of a SELECT).
+        """
+        bindings = self._bindings(info, params)
+        cursor = self._db.cursor()
+        try:
+            rows = cursor.execute(info.sql, bindings)
+            row = next(rows, None)
+        except apsw.Error as exc:
+            raise _translate(exc) from exc
+        finally:
+            with contextlib.suppress(apsw.Error):
+                cursor.close(True)
+        if row is not None:
+            raise EngineError(_SQLITE_ROW, "another row available")
+        return self.changes()
+
+    def query(self, info: StatementInfo, params: Sequence[Any] = ()) -> QueryResult:
+        """Start one statement and return its rows, to be stepped by iterating."""
+        bindings = self._bindings(info, params)
+        cursor = self._db.cursor()
+        try:
+            rows = cursor.execute(info.sql, bindings)
+            try:
+                description = cursor.get_description()
+            except apsw.ExecutionCompleteError:
+                # No row came: ask the parser, so an empty result keeps its columns.
+                description = apsw.ext.query_info(self._db, info.sql).description or ()
+        except apsw.Error as exc:
+            cursor.close(True)
+            raise _translate(exc) from exc
+        columns = tuple(d[0] for d in description)
+        decltypes = tuple(d[1] for d in description)
+        return QueryResult(cursor, columns, decltypes, rows)
+
+    def interrupt(self) -> None:
+        """Make the running statement fail with SQLITE_INTERRUPT (any thread)."""
+        if not self._closed:
+            self._db.interrupt()
+
+    def close(self) -> None:
+        """Roll back any open transaction and close the connection."""
+        if self._closed:
+            return
+        self._closed = True
+        with contextlib.suppress(apsw.Error):
+            self._db.close(True)
+
+
+class Engine:
+    """The databases in one node's data directory.
+
+    Args:
+        data_dir: where database files live (created if missing).
+        busy_timeout_ms: how long a writer waits for another writer.
+        synchronous: SQLite's ``synchronous`` for every session; FULL makes a
+            single node durable on its own.
+    """
+
+    def __init__(
+        self,
+        data_dir: str | os.PathLike[str],
+        *,
+        busy_timeout_ms: int = 5000,
+        synchronous: str = "FULL",
+    ) -> None:
+        self.data_dir = Path(data_dir)
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.busy_timeout_ms = busy_timeout_ms
+        self.synchronous = synchronous
+        self._lock = threading.Lock()
+
+    def path(self, name: str) -> Path:
+        """The file of database ``name``; always inside the data directory."""
+        return self.data_dir / database_filename(name)
+
+    def exists(self, name: str) -> bool:
+        """True if database ``name`` has been created."""
+        return self.path(name).exists()
+
+    def session(self, name: str) -> Session:
+        """Open a session on database ``name``, creating the database on first use."""
+        return Session(
+            self.path(name), busy_timeout_ms=self.busy_timeout_ms, synchronous=self.synchronous
+        )
+
+    def dump(self, name: str) -> list[tuple[str, bytes]]:
+        """Return the database file and its WAL, read inside one read transaction.
+
+        A database that does not exist gives two empty files, as dqlite 1.11 does.
+        """
+        path = self.path(name)
+        if not path.exists():
+            return [(name, b""), (name + "-wal", b"")]
+        session = self.session(name)
+        try:
+            db = session._db
+            # A read transaction pins the WAL: no checkpoint can rewrite the files
+            # while they are copied.
+            db.execute("BEGIN").fetchall()
+            db.execute("SELECT count(*) FROM sqlite_master").fetchall()
+            main = path.read_bytes()
+            wal_path = Path(str(path) + "-wal")
+            wal = wal_path.read_bytes() if wal_path.exists() else b""
+            db.execute("COMMIT").fetchall()
+        except apsw.Error as exc:
+            raise _translate(exc) from exc
+        finally:
+            session.close()
+        return [(name, main), (name + "-wal", wal)]

@@ -1,0 +1,203 @@
+"""The embedding API: :class:`Node`, and the embedded default behind ``connect("app.db")``.
+
+A :class:`Node` runs a dqlitepy server in background threads of the host
+process ("the server thread" of dqlite).  :func:`connect` is the package's
+``connect``: with no servers configured (no ``servers=``, no ``dqlite://`` URL,
+no ``DQLITEPY_SERVERS``) it starts one node per process on an abstract Unix
+socket, keeping its data in ``DQLITEPY_DATA_DIR`` (default ``./.dqlitepy``), so
+``import dqlitepy as sqlite3`` works with nothing to set up.  ``:memory:`` gives
+a private database on a second node whose directory is temporary; the database
+is deleted when its connection closes.
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+import shutil
+import tempfile
+import threading
+import uuid
+from collections.abc import Sequence
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+from .client.admin import Client
+from .client.dbapi import Connection
+from .client.dbapi import connect as _client_connect
+from .server import NodeServer
+from .wire import NodeInfo
+
+__all__ = ["Node", "connect", "embedded_node"]
+
+_DEFAULT_DATA_DIR = "./.dqlitepy"
+
+
+class Node:
+    """A dqlitepy node running inside this process.
+
+    Args:
+        address: where to serve clients: ``host:port`` (port 0 picks a free
+            port) or ``@name`` for an abstract Unix socket.
+        data_dir: the node's data directory.
+        join: addresses of existing cluster members to join.
+        **options: passed to the server (``max_message_size``,
+            ``busy_timeout_ms``, ``max_connections``).
+    """
+
+    def __init__(
+        self,
+        address: str = "127.0.0.1:9001",
+        data_dir: str | os.PathLike[str] = "./dqlitepy-data",
+        *,
+        join: Sequence[str] = (),
+        **options: Any,
+    ) -> None:
+        self._server = NodeServer(address, data_dir, join=join, **options)
+        self._started = False
+
+    @property
+    def id(self) -> int:
+        """This node's id."""
+        return self._server.id
+
+    @property
+    def address(self) -> str:
+        """The address clients dial (the real port once started)."""
+        return self._server.address
+
+    @property
+    def data_dir(self) -> Path:
+        """The node's data directory."""
+        return self._server.data_dir
+
+    @property
+    def is_leader(self) -> bool:
+        """True while this node is the cluster's leader."""
+        return self._server.is_leader()
+
+    def start(self) -> Node:
+        """Start serving; returns the node for chaining."""
+        self._server.start()
+        self._started = True
+        return self
+
+    def close(self) -> None:
+        """Stop serving and wait for the server threads."""
+        if self._started:
+            self._started = False
+            self._server.close()
+
+    def __enter__(self) -> Node:
+        if not self._started:
+            self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def leader(self) -> NodeInfo | None:
+        """The current leader, or None if none is known."""
+        node_id, address = self._server.leader()
+        return NodeInfo(node_id, address) if address else None
+
+    def cluster(self) -> list[NodeInfo]:
+        """The cluster's members as this node knows them."""
+        return list(self._server.cluster())
+
+    def client(self) -> Client:
+        """An admin :class:`~dqlitepy.Client` pointed at this node."""
+        return Client([self.address])
+
+    def connect(self, database: str, **kwargs: Any) -> Connection:
+        """Open a DB-API connection to ``database`` through this node."""
+        return _client_connect(database, servers=[self.address], **kwargs)
+
+
+class _Embedded:
+    """The per-process nodes behind ``connect()`` without servers."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._default: Node | None = None
+        self._memory: Node | None = None
+        self._memory_dir: str | None = None
+        self._registered = False
+
+    def _register(self) -> None:
+        if not self._registered:
+            atexit.register(self.close)
+            self._registered = True
+
+    def _address(self, kind: str) -> str:
+        return f"@dqlitepy-{kind}-{os.getpid()}-{uuid.uuid4().hex[:12]}"
+
+    def default(self) -> Node:
+        with self._lock:
+            if self._default is None:
+                data_dir = Path(os.environ.get("DQLITEPY_DATA_DIR") or _DEFAULT_DATA_DIR).resolve()
+                self._register()
+                self._default = Node(self._address("node"), data_dir).start()
+            return self._default
+
+    def memory(self) -> Node:
+        with self._lock:
+            if self._memory is None:
+                self._register()
+                self._memory_dir = tempfile.mkdtemp(prefix="dqlitepy-memory-")
+                self._memory = Node(self._address("memory"), self._memory_dir).start()
+            return self._memory
+
+    def close(self) -> None:
+        with self._lock:
+            for node in (self._default, self._memory):
+                if node is not None:
+                    node.close()
+            self._default = self._memory = None
+            if self._memory_dir is not None:
+                shutil.rmtree(self._memory_dir, ignore_errors=True)
+                self._memory_dir = None
+
+
+_embedded = _Embedded()
+
+
+def embedded_node() -> Node:
+    """The process's embedded node, started on first use."""
+    return _embedded.default()
+
+
+def _delete_database(node: Node, name: str) -> None:
+    path = node._server.engine.path(name)
+    for suffix in ("", "-wal", "-shm", "-journal"):
+        Path(str(path) + suffix).unlink(missing_ok=True)
+
+
+def connect(database: str | bytes | os.PathLike[str], *args: Any, **kwargs: Any) -> Connection:
+    """Open a connection, like ``sqlite3.connect``; see :func:`dqlitepy.client.dbapi.connect`.
+
+    Where no servers are configured (``servers=``, a ``dqlite://`` URL or
+    ``DQLITEPY_SERVERS``) the embedded node serves the database, and
+    ``":memory:"`` is a fresh private database that disappears at close.
+    """
+    name = os.fsdecode(database) if isinstance(database, bytes) else os.fspath(database)
+    configured = (
+        kwargs.get("servers") is not None
+        or name.startswith("dqlite://")
+        or bool(os.environ.get("DQLITEPY_SERVERS", "").strip())
+    )
+    if configured:
+        return _client_connect(database, *args, **kwargs)
+    if name == ":memory:" or name == "":
+        node = _embedded.memory()
+        private = f"memory-{uuid.uuid4().hex}"
+        conn = _client_connect(private, *args, servers=[node.address], **kwargs)
+        conn._close_callbacks.append(lambda: _delete_database(node, private))
+        return conn
+    return _client_connect(database, *args, servers=[embedded_node().address], **kwargs)

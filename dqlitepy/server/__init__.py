@@ -1,0 +1,19 @@
+"""The dqlitepy server: listener, per-connection gateways and node state.
+
+Uses :mod:`dqlitepy.wire` for the protocol and :mod:`dqlitepy.engine` for SQL.
+"""
+
+from __future__ import annotations
+
+from .gateway import Gateway, GatewayFailure, NodeContext, RowsChunk
+from .node import BOOTSTRAP_ID, NodeServer, parse_listen_address
+
+__all__ = [
+    "BOOTSTRAP_ID",
+    "Gateway",
+    "GatewayFailure",
+    "NodeContext",
+    "NodeServer",
+    "RowsChunk",
+    "parse_listen_address",
+]

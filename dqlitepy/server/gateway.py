@@ -1,0 +1,394 @@
+"""The gateway: one per client connection, one ``handle_<request>`` per message type.
+
+Modelled on dqlite's ``gateway.c``: it owns the connection's SQLite session and
+prepared statements and turns each decoded request into responses.  Semantics
+follow dqlite 1.11 on the success paths and on the failures clients rely on
+(codes and messages of ``protocol.md`` §2.2 and §5.1), and the later, stricter
+versions where 1.11 silently drops SQL or crashes (statement tails, declared
+types holding values of another type, DESCRIBE formats).
+
+Write path: every statement that leaves its database outside a transaction
+after writing goes through :meth:`NodeContext.commit_point` — the one place
+where a committed transaction is handed to replication.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from ..engine import EngineError, QueryResult, Session, StatementInfo, is_blank
+from ..wire import (
+    DEFAULT_HEARTBEAT_TIMEOUT_MS,
+    AddRequest,
+    AssignRequest,
+    ClientRequest,
+    ClusterRequest,
+    DbResponse,
+    DescribeRequest,
+    DumpRequest,
+    EmptyResponse,
+    ExecRequest,
+    ExecSqlRequest,
+    FailureResponse,
+    FilesResponse,
+    FinalizeRequest,
+    HeartbeatRequest,
+    InterruptRequest,
+    LeaderRequest,
+    MetadataResponse,
+    NodeInfo,
+    OpenRequest,
+    PrepareRequest,
+    QueryRequest,
+    QuerySqlRequest,
+    RemoveRequest,
+    Request,
+    Response,
+    ResultResponse,
+    ServerResponse,
+    ServersResponse,
+    StmtResponse,
+    TransferRequest,
+    ValueTuple,
+    ValueType,
+    WeightRequest,
+    WelcomeResponse,
+)
+from ..wire.rows import RowsBatchEncoder
+
+__all__ = ["Gateway", "NodeContext", "RowsChunk"]
+
+_DATE_TYPES = frozenset({"DATETIME", "DATE", "TIMESTAMP"})
+_U64_MASK = (1 << 64) - 1
+
+# Failure codes of protocol.md §5.1.
+_EMPTY_STATEMENT = 0
+_SQLITE_ERROR = 1
+_SQLITE_BUSY = 5
+_SQLITE_NOTFOUND = 12
+_SQLITE_PROTOCOL = 15
+_SQLITE_RANGE = 25
+_DQLITE_PARSE = 1005
+
+
+class GatewayFailure(Exception):
+    """A request failed; the code and message go back in a FAILURE response."""
+
+    def __init__(self, code: int, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+@dataclass(frozen=True, slots=True)
+class RowsChunk:
+    """An encoded ROWS message; ``done`` tells the last batch of a result."""
+
+    data: bytes
+    done: bool
+
+
+class NodeContext(Protocol):
+    """What a gateway needs from its node."""
+
+    @property
+    def id(self) -> int: ...
+
+    @property
+    def address(self) -> str: ...
+
+    def leader(self) -> tuple[int, str]:
+        """The leader's id and address, or ``(0, "")`` if none is known."""
+
+    def cluster(self) -> Sequence[NodeInfo]:
+        """The members, in configuration order."""
+
+    @property
+    def weight(self) -> int: ...
+
+    @weight.setter
+    def weight(self, value: int) -> None: ...
+
+    @property
+    def failure_domain(self) -> int: ...
+
+    def open_session(self, name: str) -> Session:
+        """Open a SQLite session on database ``name``."""
+
+    def dump(self, name: str) -> list[tuple[str, bytes]]:
+        """The database file and WAL of ``name``."""
+
+    def require_leader(self) -> None:
+        """Raise ``GatewayFailure(10250, "not leader")`` unless this node leads."""
+
+    def commit_point(self, database: str, session: Session) -> None:
+        """A write transaction just committed on ``session``: replicate it."""
+
+    def change_membership(self, request: Request) -> None:
+        """Apply ADD/ASSIGN/REMOVE/TRANSFER, raising ``GatewayFailure`` on error."""
+
+
+def _row_types(
+    values: tuple[Any, ...], decltypes: Sequence[str | None]
+) -> tuple[list[int], list[Any]]:
+    """Pick wire types for one row, applying dqlite's declared-type mapping (§4.2)."""
+    types: list[int] = []
+    out: list[Any] = []
+    for value, decl in zip(values, decltypes, strict=True):
+        if value is None:
+            types.append(ValueType.NULL)
+        elif isinstance(value, int):
+            if decl is not None and decl.upper() in _DATE_TYPES:
+                types.append(ValueType.UNIXTIME)
+            elif decl is not None and decl.upper() == "BOOLEAN":
+                types.append(ValueType.BOOLEAN)
+                value = value & _U64_MASK
+            else:
+                types.append(ValueType.INTEGER)
+        elif isinstance(value, float):
+            types.append(ValueType.FLOAT)
+        elif isinstance(value, str):
+            if "\x00" in value:
+                # The protocol's text ends at the first NUL, as dqlite's does.
+                value = value.split("\x00", 1)[0]
+            if decl is not None and decl.upper() in _DATE_TYPES:
+                types.append(ValueType.ISO8601)
+            else:
+                types.append(ValueType.TEXT)
+        else:
+            types.append(ValueType.BLOB)
+            value = bytes(value)
+        out.append(value)
+    return types, out
+
+
+def _bind_values(params: ValueTuple) -> list[Any]:
+    """Turn a parameter tuple into SQLite bindings (§4.1)."""
+    values: list[Any] = []
+    for type_, value in zip(params.types, params.values, strict=True):
+        if type_ == ValueType.BOOLEAN:
+            values.append(1 if value else 0)
+        else:
+            values.append(value)
+    return values
+
+
+class Gateway:
+    """Serves the requests of one client connection.
+
+    Args:
+        node: the node this connection belongs to.
+    """
+
+    def __init__(self, node: NodeContext) -> None:
+        self._node = node
+        self._database: str | None = None
+        self._session: Session | None = None
+        self._statements: dict[int, StatementInfo] = {}
+        self._running: QueryResult | None = None
+
+    def close(self) -> None:
+        """Release the session; an open transaction is rolled back."""
+        if self._running is not None:
+            self._running.close()
+            self._running = None
+        if self._session is not None:
+            self._session.close()
+            self._session = None
+
+    def interrupt(self) -> None:
+        """Stop a statement running on another thread."""
+        if self._session is not None:
+            self._session.interrupt()
+
+    def handle(self, request: Request) -> Iterator[Response | RowsChunk]:
+        """Serve one request, yielding its response(s).
+
+        Every failure becomes a FAILURE response; nothing escapes but bugs.
+        """
+        handler = getattr(
+            self, "handle_" + type(request).__name__.removesuffix("Request").lower(), None
+        )
+        if handler is None:
+            yield FailureResponse(_DQLITE_PARSE, "unrecognized request type")
+            return
+        try:
+            yield from handler(request)
+        except GatewayFailure as exc:
+            yield FailureResponse(exc.code, exc.message)
+        except EngineError as exc:
+            yield FailureResponse(exc.code, exc.message)
+
+    # -------------------------------------------------------------- helpers
+
+    def _session_for(self, db_id: int) -> Session:
+        if self._session is None or db_id != 0:
+            raise GatewayFailure(_SQLITE_NOTFOUND, "no database opened")
+        return self._session
+
+    def _statement(self, db_id: int, stmt_id: int) -> tuple[Session, StatementInfo]:
+        session = self._session_for(db_id)
+        info = self._statements.get(stmt_id)
+        if info is None:
+            raise GatewayFailure(_SQLITE_NOTFOUND, "no statement with the given id")
+        return session, info
+
+    def _exec(self, session: Session, info: StatementInfo, params: Sequence[Any]) -> ResultResponse:
+        was_in_txn = session.in_transaction
+        try:
+            result = session.execute(info, params)
+        finally:
+            self._after_statement(session, info, was_in_txn)
+        return ResultResponse(result.last_insert_id, result.rows_affected)
+
+    def _after_statement(self, session: Session, info: StatementInfo, was_in_txn: bool) -> None:
+        # A write that ended outside a transaction has committed (autocommit, or
+        # COMMIT/END/RELEASE of the outermost savepoint): hand it to replication.
+        if not session.in_transaction and (was_in_txn or not info.readonly):
+            assert self._database is not None
+            self._node.commit_point(self._database, session)
+
+    def _rows(
+        self, session: Session, info: StatementInfo, params: Sequence[Any]
+    ) -> Iterator[RowsChunk]:
+        if info.column_count == 0:
+            # dqlite 1.11 refuses to QUERY a statement without result columns,
+            # before running it; clients rely on that to fall back to EXEC.
+            raise GatewayFailure(_SQLITE_ERROR, "not an error")
+        was_in_txn = session.in_transaction
+        result = session.query(info, params)
+        self._running = result
+        try:
+            encoder = RowsBatchEncoder(result.columns)
+            decltypes = result.decltypes
+            for row in result:
+                if encoder.full and encoder.rows:
+                    yield RowsChunk(encoder.finish(done=False), False)
+                types, values = _row_types(row, decltypes)
+                encoder.add_row(types, values)
+            final = encoder.finish(done=True)
+        finally:
+            self._running = None
+            result.close()
+            self._after_statement(session, info, was_in_txn)
+        yield RowsChunk(final, True)
+
+    def _check_tail(self, info: StatementInfo) -> None:
+        if not is_blank(info.tail):
+            raise GatewayFailure(_SQLITE_ERROR, "nonempty statement tail")
+
+    # ------------------------------------------------------------- handlers
+
+    def handle_leader(self, request: LeaderRequest) -> Iterator[Response]:
+        node_id, address = self._node.leader()
+        yield ServerResponse(node_id, address)
+
+    def handle_client(self, request: ClientRequest) -> Iterator[Response]:
+        yield WelcomeResponse(DEFAULT_HEARTBEAT_TIMEOUT_MS)
+
+    def handle_heartbeat(self, request: HeartbeatRequest) -> Iterator[Response]:
+        # Pre-1.0 dqlite answered a heartbeat with the member list; 1.11 hangs.
+        yield ServersResponse(tuple(self._node.cluster()), 1)
+
+    def handle_open(self, request: OpenRequest) -> Iterator[Response]:
+        if self._session is not None:
+            raise GatewayFailure(_SQLITE_BUSY, "a database for this connection is already open")
+        self._session = self._node.open_session(request.name)
+        self._database = request.name
+        yield DbResponse(0)
+
+    def handle_prepare(self, request: PrepareRequest) -> Iterator[Response]:
+        session = self._session_for(request.db_id)
+        info = session.statement(request.sql)
+        if info.empty:
+            raise GatewayFailure(_EMPTY_STATEMENT, "empty statement")
+        if not request.with_offset:
+            self._check_tail(info)
+        stmt_id = 0
+        while stmt_id in self._statements:
+            stmt_id += 1
+        self._statements[stmt_id] = info
+        offset = info.tail_offset if request.with_offset else None
+        yield StmtResponse(0, stmt_id, info.param_count, offset)
+
+    def handle_exec(self, request: ExecRequest) -> Iterator[Response]:
+        session, info = self._statement(request.db_id, request.stmt_id)
+        yield self._exec(session, info, _bind_values(request.params))
+
+    def handle_query(self, request: QueryRequest) -> Iterator[RowsChunk]:
+        session, info = self._statement(request.db_id, request.stmt_id)
+        yield from self._rows(session, info, _bind_values(request.params))
+
+    def handle_finalize(self, request: FinalizeRequest) -> Iterator[Response]:
+        self._statement(request.db_id, request.stmt_id)
+        del self._statements[request.stmt_id]
+        yield EmptyResponse()
+
+    def handle_execsql(self, request: ExecSqlRequest) -> Iterator[Response]:
+        session = self._session_for(request.db_id)
+        remaining = _bind_values(request.params)
+        sql = request.sql
+        result = ResultResponse(0, 0)
+        while not is_blank(sql):
+            info = session.statement(sql)
+            if info.empty:
+                break
+            last = is_blank(info.tail)
+            # Each statement takes as many values as it has placeholders, in order
+            # (dqlite >= 1.18.2); the last one must use up the rest.
+            if last:
+                taken, remaining = remaining, []
+            else:
+                taken, remaining = remaining[: info.param_count], remaining[info.param_count :]
+            result = self._exec(session, info, taken)
+            sql = info.tail
+        yield result
+
+    def handle_querysql(self, request: QuerySqlRequest) -> Iterator[RowsChunk]:
+        session = self._session_for(request.db_id)
+        info = session.statement(request.sql)
+        if info.empty:
+            raise GatewayFailure(_EMPTY_STATEMENT, "empty statement")
+        self._check_tail(info)
+        yield from self._rows(session, info, _bind_values(request.params))
+
+    def handle_interrupt(self, request: InterruptRequest) -> Iterator[Response]:
+        # Results are streamed whole before the next request is read, so there
+        # is never a pending result to drop here (protocol.md §5.4).
+        yield EmptyResponse()
+
+    def handle_dump(self, request: DumpRequest) -> Iterator[Response]:
+        yield FilesResponse(tuple(self._node.dump(request.name)))
+
+    def handle_cluster(self, request: ClusterRequest) -> Iterator[Response]:
+        if request.format not in (0, 1):
+            raise GatewayFailure(_DQLITE_PARSE, "unrecognized cluster format")
+        yield ServersResponse(tuple(self._node.cluster()), request.format)
+
+    def handle_describe(self, request: DescribeRequest) -> Iterator[Response]:
+        if request.format != 0:
+            raise GatewayFailure(_SQLITE_PROTOCOL, "bad format version")
+        yield MetadataResponse(self._node.failure_domain, self._node.weight)
+
+    def handle_weight(self, request: WeightRequest) -> Iterator[Response]:
+        self._node.weight = request.weight
+        yield EmptyResponse()
+
+    def _membership(self, request: Request) -> Iterator[Response]:
+        self._node.require_leader()
+        self._node.change_membership(request)
+        yield EmptyResponse()
+
+    def handle_add(self, request: AddRequest) -> Iterator[Response]:
+        return self._membership(request)
+
+    def handle_assign(self, request: AssignRequest) -> Iterator[Response]:
+        return self._membership(request)
+
+    def handle_remove(self, request: RemoveRequest) -> Iterator[Response]:
+        return self._membership(request)
+
+    def handle_transfer(self, request: TransferRequest) -> Iterator[Response]:
+        return self._membership(request)

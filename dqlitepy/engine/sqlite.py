@@ -8,7 +8,7 @@ gateway can implement PREPARE, EXEC_SQL's statement loop and QUERY_SQL's tail
 rule without parsing SQL itself.
 
 Every client stays inside its database (``design.md`` §4): an authorizer refuses
-ATTACH (which also covers ``VACUUM INTO``), DETACH, ``load_extension`` and the
+ATTACH of any file (which also covers ``VACUUM INTO``), ``load_extension`` and the
 pragmas that would change the journal, durability, locking or schema writing.
 """
 
@@ -189,8 +189,10 @@ class QueryResult:
 def _authorizer(
     action: int, arg1: str | None, arg2: str | None, dbname: str | None, trigger: str | None
 ) -> int:
-    if action in (apsw.SQLITE_ATTACH, apsw.SQLITE_DETACH):
-        return apsw.SQLITE_DENY
+    if action == apsw.SQLITE_ATTACH:
+        # Plain VACUUM attaches a private temporary database (empty name); any
+        # named file would be outside the data directory (ATTACH, VACUUM INTO).
+        return apsw.SQLITE_OK if arg1 in ("", ":memory:") else apsw.SQLITE_DENY
     if action == apsw.SQLITE_PRAGMA and arg1 is not None:
         pragma = arg1.lower()
         if pragma in _FORBIDDEN_PRAGMAS or (pragma in _GUARDED_PRAGMAS and arg2 is not None):

@@ -124,3 +124,6 @@ __all__ = [
     "version_info",
     *_constants_all,
 ]
+
+# `sqlite3.dbapi2` is importable as an attribute after `import sqlite3`; so is ours.
+from . import dbapi2  # noqa: E402, F401

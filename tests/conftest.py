@@ -11,6 +11,7 @@ from collections.abc import Iterator
 
 import pytest
 from dqlite_cluster import DQLITE_DEMO, DQLITE_SHELL, DqliteDemoCluster
+from dqlitepy_server import DqlitepyServer
 
 
 def _require_dqlite() -> None:
@@ -43,3 +44,105 @@ def fresh_dqlite_cluster() -> Iterator[DqliteDemoCluster]:
     with DqliteDemoCluster() as cluster:
         cluster.start(3)
         yield cluster
+
+
+# -- driver tests: backend-independent fixtures ---------------------------------------------------
+# Driver, admin and failover tests ask for ``servers``/``db_name``/``connect`` instead of a
+# particular cluster, so the same tests can later run against another server implementation:
+# add its name to DRIVER_BACKENDS and a branch to ``servers``.
+
+import contextlib  # noqa: E402
+import itertools  # noqa: E402
+import re  # noqa: E402
+import uuid  # noqa: E402
+from collections.abc import Callable  # noqa: E402
+from typing import Any  # noqa: E402
+
+import dqlitepy  # noqa: E402
+
+#: The server implementations the driver tests run against: the real C dqlite
+#: (dqlite-demo) and ours (a `dqlitepy server` process).
+DRIVER_BACKENDS = ["dqlite", "dqlitepy"]
+
+_db_counter = itertools.count()
+
+
+@pytest.fixture(scope="session")
+def dqlitepy_node() -> Iterator[DqlitepyServer]:
+    """A `dqlitepy server` process shared by the session (a single node, for now)."""
+    with DqlitepyServer() as node:
+        yield node
+
+
+@pytest.fixture(params=DRIVER_BACKENDS)
+def servers(request: pytest.FixtureRequest) -> list[str]:
+    """The node addresses of a shared, running 3-node cluster of one backend.
+
+    The cluster is shared by the session: do not kill, stop or reconfigure its nodes.
+    """
+    if request.param == "dqlite":
+        cluster: DqliteDemoCluster = request.getfixturevalue("dqlite_cluster")
+        return list(cluster.addresses)
+    if request.param == "dqlitepy":
+        node: DqlitepyServer = request.getfixturevalue("dqlitepy_node")
+        return [node.address]
+    raise AssertionError(f"unknown backend {request.param!r}")
+
+
+@pytest.fixture
+def db_name(request: pytest.FixtureRequest) -> str:
+    """A database name no other test uses, so tests never see each other's tables."""
+    base = re.sub(r"[^A-Za-z0-9_]+", "_", request.node.name)[:40]
+    return f"{base}_{next(_db_counter)}_{uuid.uuid4().hex[:8]}"
+
+
+@pytest.fixture
+def connect(servers: list[str], db_name: str) -> Iterator[Callable[..., dqlitepy.Connection]]:
+    """``connect(database=db_name, **kwargs)``: a ``dqlitepy.connect`` to ``servers`` whose
+    connections are all closed at teardown. ``servers=`` may be overridden."""
+    made: list[dqlitepy.Connection] = []
+
+    def factory(database: str | None = None, /, **kwargs: Any) -> dqlitepy.Connection:
+        kwargs.setdefault("servers", servers)
+        conn = dqlitepy.connect(db_name if database is None else database, **kwargs)
+        made.append(conn)
+        return conn
+
+    yield factory
+    for conn in made:
+        # A connection made in another thread refuses close() from this one.
+        with contextlib.suppress(dqlitepy.ProgrammingError):
+            conn.close()
+
+
+def _outcome(fn: Callable[[Any, Any], Any], conn: Any, module: Any) -> tuple[Any, ...]:
+    try:
+        return ("returned", fn(conn, module))
+    except Exception as exc:  # sqlite3 and dqlitepy have different classes: compare by name
+        return ("raised", type(exc).__name__, str(exc))
+
+
+@pytest.fixture
+def compare(
+    connect: Callable[..., dqlitepy.Connection], db_name: str
+) -> Callable[..., tuple[Any, Any]]:
+    """``compare(fn, **connect_kwargs) -> (expected, actual)``.
+
+    Runs ``fn(conn, module)`` once on ``sqlite3.connect(":memory:")`` (module ``sqlite3``) and
+    once on a fresh ``dqlitepy`` database (module ``dqlitepy``). Each outcome is
+    ``("returned", value)`` or ``("raised", exception class name, message)``.
+    """
+    import sqlite3
+
+    runs = itertools.count()
+
+    def run(fn: Callable[[Any, Any], Any], **kwargs: Any) -> tuple[Any, Any]:
+        reference = sqlite3.connect(":memory:", **kwargs)
+        try:
+            expected = _outcome(fn, reference, sqlite3)
+        finally:
+            reference.close()
+        actual = _outcome(fn, connect(f"{db_name}_c{next(runs)}", **kwargs), dqlitepy)
+        return expected, actual
+
+    return run

@@ -336,20 +336,22 @@ def test_second_writer_waits_instead_of_failing(server: DqlitepyServer) -> None:
     a = dqlitepy.connect(
         "txn_wait", servers=[server.address], isolation_level=None, check_same_thread=False
     )
-    b = dqlitepy.connect("txn_wait", servers=[server.address], isolation_level=None, timeout=0)
+    # A client that says nothing about timeouts (OPEN flags 0, as go-dqlite sends)
+    # gets the server's default wait instead of an immediate "database is locked".
+    b = Raw(server.address)
     try:
         a.execute("CREATE TABLE t (x)")
+        b.open("txn_wait")
         a.execute("BEGIN IMMEDIATE")
         a.execute("INSERT INTO t VALUES (1)")
         timer = threading.Timer(0.5, lambda: a.execute("COMMIT"))
         start = time.monotonic()
         timer.start()
-        # b's own timeout is 0: the server, not the client, waits for the lock.
-        b.execute("INSERT INTO t VALUES (2)")
+        assert isinstance(b.call(ExecSqlRequest(0, "INSERT INTO t VALUES (2)")), ResultResponse)
         elapsed = time.monotonic() - start
         timer.join()
         assert 0.3 < elapsed < 5
-        assert b.execute("SELECT count(*) FROM t").fetchone() == (2,)
+        assert a.execute("SELECT count(*) FROM t").fetchone() == (2,)
     finally:
         a.close()
         b.close()

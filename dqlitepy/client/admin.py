@@ -8,6 +8,7 @@ the node named (the first known server by default), as the Go shell does.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from types import TracebackType
@@ -112,21 +113,28 @@ class Client:
             proto.close()
 
     def _on_leader(self, request: Request, expect: type[R]) -> R:
-        proto = self._leader
-        if proto is None or not proto.is_alive():
-            self.close()
-            proto = self._leader = find_leader(
-                self.servers,
-                attempt_timeout=self.attempt_timeout,
-                total_timeout=self.timeout,
-            )
-        try:
-            return proto.call(request, expect, self.timeout)
-        except (NotLeaderError, ConnectionLostError):
-            # Not-leader is refused before anything happens; a lost connection
-            # leaves the change's fate unknown: either way, rediscover next time.
-            self.close()
-            raise
+        deadline = time.monotonic() + self.timeout
+        while True:
+            proto = self._leader
+            if proto is None or not proto.is_alive():
+                self.close()
+                proto = self._leader = find_leader(
+                    self.servers,
+                    attempt_timeout=self.attempt_timeout,
+                    total_timeout=max(0.0, deadline - time.monotonic()),
+                )
+            try:
+                return proto.call(request, expect, self.timeout)
+            except NotLeaderError:
+                # Refused before anything happened (e.g. leadership moved since
+                # the last call): safe to send again to the new leader.
+                self.close()
+                if time.monotonic() >= deadline:
+                    raise
+            except ConnectionLostError:
+                # The change's fate is unknown: never re-sent; rediscover next time.
+                self.close()
+                raise
 
     def leader(self) -> NodeInfo | None:
         """Return the current leader (id and address), or None if none is known."""

@@ -32,6 +32,7 @@ from typing import Any, Final, TypeVar
 from urllib.parse import unquote
 
 from ..wire import (
+    OPEN_BUSY_TIMEOUT_SHIFT,
     DbResponse,
     EmptyResponse,
     ExecRequest,
@@ -310,7 +311,8 @@ class Connection:
             preferred=preferred,
         )
         try:
-            proto.call(OpenRequest(self._database), DbResponse, self._request_timeout)
+            flags = (int(self._timeout * 1000) + 1) << OPEN_BUSY_TIMEOUT_SHIFT
+            proto.call(OpenRequest(self._database, flags), DbResponse, self._request_timeout)
         except BaseException:
             proto.close()
             raise

@@ -235,6 +235,10 @@ class Session:
         """True while a transaction is open on this connection."""
         return not self._db.get_autocommit()
 
+    def set_busy_timeout(self, milliseconds: int) -> None:
+        """How long a writer waits for another writer's lock before SQLITE_BUSY."""
+        self._db.set_busy_timeout(milliseconds)
+
     def changes(self) -> ExecResult:
         """Last insert rowid and changes as they stand now."""
         return ExecResult(self._db.last_insert_rowid(), self._db.changes())

@@ -21,6 +21,7 @@ from typing import Any, Protocol
 from ..engine import EngineError, QueryResult, Session, StatementInfo, is_blank
 from ..wire import (
     DEFAULT_HEARTBEAT_TIMEOUT_MS,
+    OPEN_BUSY_TIMEOUT_SHIFT,
     AddRequest,
     AssignRequest,
     ClientRequest,
@@ -71,6 +72,7 @@ _SQLITE_NOTFOUND = 12
 _SQLITE_PROTOCOL = 15
 _SQLITE_RANGE = 25
 _DQLITE_PARSE = 1005
+_MAX_BUSY_TIMEOUT_MS = 3_600_000
 
 
 class GatewayFailure(Exception):
@@ -296,6 +298,10 @@ class Gateway:
         if self._session is not None:
             raise GatewayFailure(_SQLITE_BUSY, "a database for this connection is already open")
         self._session = self._node.open_session(request.name)
+        requested = request.flags >> OPEN_BUSY_TIMEOUT_SHIFT
+        if requested:
+            # The client's own lock timeout (sqlite3's `timeout`), in ms + 1.
+            self._session.set_busy_timeout(min(requested - 1, _MAX_BUSY_TIMEOUT_MS))
         self._database = request.name
         yield DbResponse(0)
 

@@ -353,7 +353,6 @@ class Reader:
         rows: list[tuple[Value, ...]] = []
         row_types: list[tuple[int, ...]] = []
         data = self.data
-        header_size = pad8((n_columns + 1) // 2)
         while True:
             if self.pos + 8 > self.end:
                 raise self._short("row or end marker")
@@ -366,12 +365,18 @@ class Reader:
                 if marker == MARKER_PART:
                     return rows, row_types, False
                 raise RemoteProtocolError(f"bad end marker {marker:#x}", recoverable=True)
-            if n_columns == 0:
-                raise RemoteProtocolError("row in a result without columns", recoverable=True)
-            if self.pos + header_size > self.end:
-                raise self._short("row header")
-            header = data[self.pos : self.pos + (n_columns + 1) // 2]
-            self.pos += header_size
-            types = tuple((header[i >> 1] >> ((i & 1) * 4)) & 0x0F for i in range(n_columns))
+            types, values = self.row(n_columns)
             row_types.append(types)
-            rows.append(tuple([self.value(t) for t in types]))
+            rows.append(values)
+
+    def row(self, n_columns: int) -> tuple[tuple[int, ...], tuple[Value, ...]]:
+        """Decode one row: its 4-bit type header, then its values (§3.8)."""
+        if n_columns == 0:
+            raise RemoteProtocolError("row in a result without columns", recoverable=True)
+        header_size = pad8((n_columns + 1) // 2)
+        if self.pos + header_size > self.end:
+            raise self._short("row header")
+        header = self.data[self.pos : self.pos + (n_columns + 1) // 2]
+        self.pos += header_size
+        types = tuple((header[i >> 1] >> ((i & 1) * 4)) & 0x0F for i in range(n_columns))
+        return types, tuple([self.value(t) for t in types])

@@ -9,6 +9,7 @@ __all__ = [
     "HEADER_SIZE",
     "MARKER_DONE",
     "MARKER_PART",
+    "OPEN_BUSY_TIMEOUT_SHIFT",
     "PROTOCOL_VERSION",
     "PROTOCOL_VERSION_LEGACY",
     "ROWS_BATCH_SIZE",
@@ -34,6 +35,12 @@ WORD_SIZE = 8
 MARKER_DONE = 0xFFFF_FFFF_FFFF_FFFF
 #: Ends a ROWS batch that is followed by another.
 MARKER_PART = 0xEEEE_EEEE_EEEE_EEEE
+
+#: OPEN's ``flags`` word is ignored by dqlite servers.  dqlitepy clients carry
+#: their lock timeout in its upper half: ``(busy_timeout_ms + 1) << 32``, 0
+#: meaning "the server's default".  A dqlitepy server waits that long for a
+#: locked database; a C dqlite server ignores it, and the client waits instead.
+OPEN_BUSY_TIMEOUT_SHIFT = 32
 
 #: What dqlite advertises in WELCOME; neither side enforces it (§2.4).
 DEFAULT_HEARTBEAT_TIMEOUT_MS = 15000

@@ -160,7 +160,11 @@ class HeartbeatRequest(Request):
 
 @dataclass(frozen=True, slots=True)
 class OpenRequest(Request):
-    """OPEN (§2.2): open or create a database; servers use only the name."""
+    """OPEN (§2.2): open or create a database.
+
+    dqlite uses only the name; dqlitepy servers also read a lock timeout from
+    the upper half of ``flags`` (see ``OPEN_BUSY_TIMEOUT_SHIFT``).
+    """
 
     TYPE: ClassVar[RequestType] = RequestType.OPEN
     name: str
@@ -518,7 +522,39 @@ class FailureResponse(Response):
 
     @classmethod
     def _decode(cls, r: Reader, schema: int, legacy: bool) -> FailureResponse:
-        return cls(r.u64(), r.text())
+        start = r.pos
+        code, message = r.u64(), r.text()
+        if r.remaining() < 8:
+            return cls(code, message)
+        # More than one text's worth of body: dqlite 1.11's failure met while a
+        # ROWS batch was being built sends the half-built batch first, then the
+        # real code and message (§3.1).  Recover those; keep the naive reading
+        # if the body does not have that shape.
+        r.pos = start
+        recovered = _stale_batch_failure(r)
+        return recovered if recovered is not None else cls(code, message)
+
+
+def _stale_batch_failure(r: Reader) -> FailureResponse | None:
+    try:
+        n = r.u64()
+        if n == 0 or n > r.remaining() // 8:
+            return None
+        for _ in range(n):
+            r.text()
+        while r.remaining() >= 16:
+            at = r.pos
+            try:
+                code, message = r.u64(), r.text()
+            except RemoteProtocolError:
+                code, message = -1, ""
+            if code >= 0 and r.remaining() == 0 and message:
+                return FailureResponse(code, message)
+            r.pos = at
+            r.row(n)
+    except RemoteProtocolError:
+        return None
+    return None
 
 
 @dataclass(frozen=True, slots=True)

@@ -679,9 +679,18 @@ class Connection:
         raise NotSupportedError("deserialize() is not supported by dqlite")
 
     def interrupt(self) -> None:
-        """Accepted; dqlite servers read an INTERRUPT only after a result has been sent."""
+        """Stop a query running on this connection (call it from another thread).
+
+        The query fails with ``OperationalError: interrupted``.  A dqlitepy
+        server stops at once; a C dqlite server reads the INTERRUPT only after it
+        has sent the whole result, which is then discarded.  Writes are never
+        interrupted: their outcome would be lost.
+        """
         if self._closed:
             raise ProgrammingError("Cannot operate on a closed database.")
+        proto = self._proto
+        if proto is not None:
+            proto.interrupt()
 
     def iterdump(self) -> Iterator[str]:
         """Yield the SQL text that recreates the database, like ``sqlite3``'s ``iterdump``."""

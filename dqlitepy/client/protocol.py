@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 import select
 import socket
+import threading
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from typing import TypeVar
@@ -28,6 +29,7 @@ from ..wire import (
     ClientConnection,
     ClientRequest,
     ClientState,
+    EmptyResponse,
     FailureResponse,
     InterruptRequest,
     LeaderRequest,
@@ -53,6 +55,7 @@ log = logging.getLogger("dqlitepy.client")
 R = TypeVar("R", bound=Response)
 
 _RECV_SIZE = 256 * 1024
+_SQLITE_INTERRUPT = 9
 
 
 class ConnectionLostError(OperationalError):
@@ -119,6 +122,9 @@ class Protocol:
         self._sock: socket.socket | None = sock
         self._conn = ClientConnection()
         self._pending_out = self._conn.handshake(version)
+        # Guards the state machine and outgoing bytes: interrupt() runs on
+        # another thread while the owner waits for a response.
+        self._lock = threading.Lock()
 
     @classmethod
     def open(cls, address: str, timeout: float, version: int = PROTOCOL_VERSION) -> Protocol:
@@ -182,7 +188,8 @@ class Protocol:
             self._pending_out = b""
         try:
             sock.settimeout(_remaining(deadline))
-            sock.sendall(data)
+            with self._lock:
+                sock.sendall(data)
         except (OSError, ValueError) as exc:
             # Part of the request may have left: its fate is unknown.
             raise self._poison(exc, sent=True, what="lost connection while sending to") from exc
@@ -192,7 +199,8 @@ class Protocol:
         conn = self._conn
         while True:
             try:
-                event = conn.next_event()
+                with self._lock:
+                    event = conn.next_event()
             except ProtocolError as exc:
                 raise self._poison(exc, sent=True, what="protocol error from") from exc
             if event is not NEED_DATA:
@@ -210,7 +218,35 @@ class Protocol:
             if not data:
                 closed = EOFError("connection closed by the server")
                 raise self._poison(closed, sent=True, what="lost connection to")
-            conn.receive_data(data)
+            with self._lock:
+                conn.receive_data(data)
+
+    def _start(self, request: Request) -> bytes:
+        try:
+            with self._lock:
+                return self._conn.send(request)
+        except ProtocolError as exc:
+            raise OperationalError(f"cannot send {type(request).__name__}: {exc}") from exc
+
+    def interrupt(self) -> bool:
+        """From another thread: ask the server to stop the query in flight.
+
+        Only queries are interrupted (an EXEC's outcome would be lost with its
+        response).  The owner's call then fails with ``interrupted``.
+
+        Returns:
+            True if an INTERRUPT was sent.
+        """
+        sock = self._sock
+        with self._lock:
+            if sock is None or not self._conn.can_interrupt():
+                return False
+            data = self._conn.send(InterruptRequest(0))
+            try:
+                sock.sendall(data)
+            except OSError:
+                return False
+        return True
 
     def call(self, request: Request, expect: type[R], timeout: float | None) -> R:
         """Send a request and return its single response.
@@ -220,11 +256,7 @@ class Protocol:
             ConnectionLostError: the connection failed; it is closed.
         """
         deadline = None if timeout is None else time.monotonic() + timeout
-        try:
-            data = self._conn.send(request)
-        except ProtocolError as exc:
-            raise OperationalError(f"cannot send {type(request).__name__}: {exc}") from exc
-        self._send(data, deadline)
+        self._send(self._start(request), deadline)
         response = self._receive(deadline)
         if isinstance(response, FailureResponse):
             raise error_from_code(response.code, response.message)
@@ -243,15 +275,14 @@ class Protocol:
         before the next request.
         """
         deadline = None if timeout is None else time.monotonic() + timeout
-        try:
-            data = self._conn.send(request)
-        except ProtocolError as exc:
-            raise OperationalError(f"cannot send {type(request).__name__}: {exc}") from exc
-        self._send(data, deadline)
+        self._send(self._start(request), deadline)
         while True:
             response = self._receive(deadline)
             if isinstance(response, FailureResponse):
                 raise error_from_code(response.code, response.message)
+            if isinstance(response, EmptyResponse):
+                # The EMPTY answering our INTERRUPT: the rest was discarded.
+                raise error_from_code(_SQLITE_INTERRUPT, "interrupted")
             if not isinstance(response, RowsResponse):
                 raise self._poison(
                     TypeError(f"unexpected {type(response).__name__}"),
@@ -267,7 +298,7 @@ class Protocol:
         if self._conn.state is not ClientState.STREAMING:
             return
         deadline = None if timeout is None else time.monotonic() + timeout
-        self._send(self._conn.send(InterruptRequest(0)), deadline)
+        self._send(self._start(InterruptRequest(0)), deadline)
         self._receive(deadline)
 
 

@@ -19,7 +19,7 @@ import os
 import re
 import threading
 from collections import OrderedDict
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -234,6 +234,17 @@ class Session:
     def in_transaction(self) -> bool:
         """True while a transaction is open on this connection."""
         return not self._db.get_autocommit()
+
+    def set_interrupt_check(self, check: Callable[[], bool] | None, every: int = 20000) -> None:
+        """Call ``check`` every ``every`` VM steps of a running statement.
+
+        When it returns True the statement stops with SQLITE_INTERRUPT; this is
+        how a long query notices a client's INTERRUPT while it runs.
+        """
+        if check is None:
+            self._db.set_progress_handler(None)
+        else:
+            self._db.set_progress_handler(check, every)
 
     def set_busy_timeout(self, milliseconds: int) -> None:
         """How long a writer waits for another writer's lock before SQLITE_BUSY."""

@@ -14,7 +14,7 @@ where a committed transaction is handed to replication.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -190,6 +190,7 @@ class Gateway:
         self._session: Session | None = None
         self._statements: dict[int, StatementInfo] = {}
         self._running: QueryResult | None = None
+        self._interrupt_check: Callable[[], bool] | None = None
 
     def close(self) -> None:
         """Release the session; an open transaction is rolled back."""
@@ -200,8 +201,14 @@ class Gateway:
             self._session.close()
             self._session = None
 
+    def set_interrupt_check(self, check: Callable[[], bool]) -> None:
+        """Have long statements poll ``check`` and stop when it says so."""
+        self._interrupt_check = check
+        if self._session is not None:
+            self._session.set_interrupt_check(check)
+
     def interrupt(self) -> None:
-        """Stop a statement running on another thread."""
+        """Stop the running statement (it fails with SQLITE_INTERRUPT)."""
         if self._session is not None:
             self._session.interrupt()
 
@@ -298,6 +305,8 @@ class Gateway:
         if self._session is not None:
             raise GatewayFailure(_SQLITE_BUSY, "a database for this connection is already open")
         self._session = self._node.open_session(request.name)
+        if self._interrupt_check is not None:
+            self._session.set_interrupt_check(self._interrupt_check)
         requested = request.flags >> OPEN_BUSY_TIMEOUT_SHIFT
         if requested:
             # The client's own lock timeout (sqlite3's `timeout`), in ms + 1.

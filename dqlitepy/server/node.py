@@ -14,6 +14,7 @@ import contextlib
 import logging
 import os
 import secrets
+import select
 import socket
 import threading
 from collections.abc import Sequence
@@ -244,6 +245,29 @@ class NodeServer:
     def _serve(self, sock: socket.socket) -> None:
         conn = ServerConnection(self._max_message_size)
         gateway = Gateway(self)
+        gone = False
+
+        def interrupt_requested() -> bool:
+            # Runs on this thread while a statement runs: take in whatever the
+            # client sent meanwhile and stop if it is an INTERRUPT, or if the
+            # client went away (nobody will read the result).
+            nonlocal gone
+            if gone:
+                return True
+            try:
+                readable, _, _ = select.select([sock], [], [], 0)
+                if readable:
+                    data = sock.recv(_RECV_SIZE)
+                    if not data:
+                        gone = True
+                        return True
+                    conn.receive_data(data)
+            except OSError:
+                gone = True
+                return True
+            return conn.interrupt_pending()
+
+        gateway.set_interrupt_check(interrupt_requested)
         try:
             while not self._closing.is_set():
                 event = conn.next_event()
@@ -254,6 +278,8 @@ class NodeServer:
                     conn.receive_data(data)
                 elif isinstance(event, Handshake):
                     continue
+                elif gone:
+                    return
                 elif isinstance(event, BadRequest):
                     sock.sendall(conn.send(FailureResponse(event.code, event.message)))
                 elif isinstance(event, ConnectRequest):
@@ -264,6 +290,8 @@ class NodeServer:
                     for item in gateway.handle(event):
                         if isinstance(item, RowsChunk):
                             sock.sendall(conn.send_encoded_rows(item.data, done=item.done))
+                            if not item.done and interrupt_requested():
+                                gateway.interrupt()
                         else:
                             sock.sendall(conn.send(item))
         except ProtocolError as exc:

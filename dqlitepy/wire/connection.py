@@ -40,6 +40,8 @@ from .messages import (
     EmptyResponse,
     FailureResponse,
     InterruptRequest,
+    QueryRequest,
+    QuerySqlRequest,
     Request,
     Response,
     RowsResponse,
@@ -121,7 +123,7 @@ _CLIENT_TRANSITIONS: dict[ClientState, frozenset[ClientState]] = {
     ClientState.START: frozenset({ClientState.IDLE, ClientState.BROKEN}),
     ClientState.IDLE: frozenset({ClientState.AWAITING, ClientState.BROKEN}),
     ClientState.AWAITING: frozenset(
-        {ClientState.IDLE, ClientState.STREAMING, ClientState.BROKEN}
+        {ClientState.IDLE, ClientState.STREAMING, ClientState.INTERRUPTING, ClientState.BROKEN}
     ),
     ClientState.STREAMING: frozenset(
         {ClientState.IDLE, ClientState.INTERRUPTING, ClientState.BROKEN}
@@ -175,7 +177,7 @@ class ClientConnection:
                 cannot be encoded (nothing changes state in that case).
         """
         data = encode_message(request, legacy=self._legacy)
-        if isinstance(request, InterruptRequest) and self._state is ClientState.STREAMING:
+        if isinstance(request, InterruptRequest) and self._interruptible():
             self._set_state(ClientState.INTERRUPTING)
         elif isinstance(request, ConnectRequest):
             raise LocalProtocolError("CONNECT is for dqlite nodes, not clients")
@@ -183,6 +185,20 @@ class ClientConnection:
             self._set_state(ClientState.AWAITING)
         self._pending = request
         return data
+
+    def can_interrupt(self) -> bool:
+        """True if an INTERRUPT may be sent now (see :meth:`send`)."""
+        return self._interruptible()
+
+    def _interruptible(self) -> bool:
+        # Mid-stream (as go-dqlite does), or while a query has not answered yet:
+        # a dqlitepy server stops a long query on INTERRUPT.  Never an EXEC: its
+        # outcome would be discarded with the response.
+        if self._state is ClientState.STREAMING:
+            return True
+        return self._state is ClientState.AWAITING and isinstance(
+            self._pending, (QueryRequest, QuerySqlRequest)
+        )
 
     def receive_data(self, data: bytes | bytearray | memoryview) -> None:
         """Feed bytes received from the server."""
@@ -415,6 +431,14 @@ class ServerConnection:
         else:
             self._set_state(ServerState.RESPONDING)
         return request
+
+    def interrupt_pending(self) -> bool:
+        """True if a whole INTERRUPT request is already buffered behind the current one.
+
+        Lets a server stop a long statement early; the INTERRUPT itself stays
+        in the buffer and is answered in turn, as the client expects.
+        """
+        return RequestType.INTERRUPT in self._frames.buffered_types()
 
     def send(self, response: Response) -> bytes:
         """Return the bytes of a response to the current request.

@@ -98,6 +98,20 @@ class FrameBuffer:
         self._buf.clear()
         return data
 
+    def buffered_types(self) -> list[int]:
+        """The type codes of the whole frames buffered now, without consuming them."""
+        types = []
+        buf = self._buf
+        pos = 0
+        while len(buf) - pos >= HEADER_SIZE:
+            words, type_, _, _ = _HEADER.unpack_from(buf, pos)
+            end = pos + HEADER_SIZE + words * WORD_SIZE
+            if words * WORD_SIZE > self._max_body_size or end > len(buf):
+                break
+            types.append(type_)
+            pos = end
+        return types
+
     def next_frame(self) -> Frame | None:
         """Return the next complete frame, or None if more bytes are needed.
 

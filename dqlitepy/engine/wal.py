@@ -1,0 +1,137 @@
+"""WAL frames: reading what a transaction committed, and applying pages elsewhere.
+
+The unit of replication is the set of pages one write transaction committed
+(``design.md`` §3.2).  On the leader, SQLite commits into its ``-wal`` file and
+the WAL hook reports how many frames the WAL holds; :class:`WalTracker` reads
+the frames appended since its last position and splits them into transactions
+at the commit markers.  Logical frames travel — page number, page image,
+database size after commit — never offsets or salts, so checkpoints and WAL
+restarts stay local to each node.
+
+On followers, :func:`apply_pages` writes page images straight into a database
+file that no connection has open.  That is not crash-atomic, which is fine
+because the Raft log is the truth: a node rebuilds its files from snapshot and
+log after a crash (``design.md`` §3.1).
+
+WAL layout (https://www.sqlite.org/fileformat2.html#walformat): a 32-byte
+header (magic, version, page size, checkpoint sequence, salt-1, salt-2, two
+checksums), then frames of a 24-byte header (page number, database size in
+pages for a commit frame else 0, salt-1, salt-2, two checksums) and one page.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+from dataclasses import dataclass, field
+from pathlib import Path
+
+__all__ = ["Transaction", "WalError", "WalTracker", "apply_pages"]
+
+_WAL_HEADER = struct.Struct(">IIIIIIII")
+_FRAME_HEADER = struct.Struct(">IIIIII")
+_WAL_MAGICS = (0x377F0682, 0x377F0683)
+_WAL_HEADER_SIZE = 32
+_FRAME_HEADER_SIZE = 24
+
+
+class WalError(Exception):
+    """The WAL file does not look like SQLite wrote it."""
+
+
+@dataclass(frozen=True, slots=True)
+class Transaction:
+    """The pages one committed write transaction changed.
+
+    Attributes:
+        pages: ``(page number, page image)`` in commit order; a page written
+            twice appears twice, and the last image wins.
+        db_size: the database size in pages after the commit.
+        page_size: the database's page size in bytes.
+    """
+
+    pages: tuple[tuple[int, bytes], ...]
+    db_size: int
+    page_size: int
+
+
+@dataclass(slots=True)
+class WalTracker:
+    """Follows one database's ``-wal`` file from the leader's side.
+
+    ``frames`` is how many frames of the current WAL generation have been read;
+    a new generation (SQLite restarted the WAL after a checkpoint, with new
+    salts) resets it.
+    """
+
+    path: Path
+    frames: int = 0
+    salts: tuple[int, int] | None = None
+    _pending: list[tuple[int, bytes]] = field(default_factory=list)
+
+    def read(self, total_frames: int) -> list[Transaction]:
+        """Read frames up to ``total_frames`` (what the WAL hook reported).
+
+        Returns the transactions whose commit frame was read.  Frames of a
+        transaction still open (spilled pages) are kept until their commit.
+
+        Raises:
+            WalError: the header or a frame is not valid.
+        """
+        fd = os.open(self.path, os.O_RDONLY)
+        try:
+            header = os.pread(fd, _WAL_HEADER_SIZE, 0)
+            if len(header) < _WAL_HEADER_SIZE:
+                raise WalError(f"{self.path}: WAL header is truncated")
+            magic, _version, page_size, _seq, salt1, salt2, _c1, _c2 = _WAL_HEADER.unpack(header)
+            if magic not in _WAL_MAGICS:
+                raise WalError(f"{self.path}: bad WAL magic {magic:#x}")
+            if (salt1, salt2) != self.salts:
+                # A new WAL generation: SQLite rewrote the file from frame 1.
+                self.salts = (salt1, salt2)
+                self.frames = 0
+                self._pending.clear()
+            if total_frames < self.frames:
+                raise WalError(
+                    f"{self.path}: WAL shrank from {self.frames} to {total_frames} frames"
+                )
+            frame_size = _FRAME_HEADER_SIZE + page_size
+            start = _WAL_HEADER_SIZE + self.frames * frame_size
+            count = total_frames - self.frames
+            data = os.pread(fd, count * frame_size, start)
+        finally:
+            os.close(fd)
+        if len(data) < count * frame_size:
+            raise WalError(f"{self.path}: WAL ends before frame {total_frames}")
+        transactions: list[Transaction] = []
+        view = memoryview(data)
+        for i in range(count):
+            offset = i * frame_size
+            pgno, commit_size, fsalt1, fsalt2, _c1, _c2 = _FRAME_HEADER.unpack_from(view, offset)
+            if (fsalt1, fsalt2) != self.salts:
+                raise WalError(f"{self.path}: frame {self.frames + i + 1} has stale salts")
+            page = bytes(view[offset + _FRAME_HEADER_SIZE : offset + frame_size])
+            self._pending.append((pgno, page))
+            if commit_size:
+                transactions.append(Transaction(tuple(self._pending), commit_size, page_size))
+                self._pending.clear()
+        self.frames = total_frames
+        return transactions
+
+
+def apply_pages(path: Path, transaction: Transaction) -> None:
+    """Write a transaction's pages into a database file nobody has open.
+
+    The file is created if needed and truncated to the size after commit
+    (a VACUUM can shrink it).  Not synced: the Raft log is what is durable.
+    """
+    flags = os.O_RDWR | os.O_CREAT
+    fd = os.open(path, flags, 0o644)
+    try:
+        size = transaction.page_size
+        for pgno, page in transaction.pages:
+            if pgno <= transaction.db_size:
+                os.pwrite(fd, page, (pgno - 1) * size)
+        os.ftruncate(fd, transaction.db_size * size)
+    finally:
+        os.close(fd)

@@ -1,0 +1,369 @@
+"""Raft through PySyncObj, with its defects neutralised (``libraries.md``).
+
+:class:`HardenedSyncObj` subclasses PySyncObj's ``SyncObj`` and replaces the
+parts that break Raft's guarantees.  PySyncObj hides them behind name-mangled
+methods (``SyncObj.__x`` is ``_SyncObj__x``); a subclass defining a method of
+that mangled name overrides it, which is how the fixes below hook in.  The
+version is pinned (``pysyncobj==0.3.17``) because of that coupling.
+
+Fixes, each with a test in ``tests/test_replication_raft.py``:
+
+- **Follower truncation (defect 2).**  PySyncObj deletes every entry after
+  ``prevLogIdx`` on *any* AppendEntries whose ``prevLogIdx`` is behind the log
+  end, even entries it already acknowledged.  Raft (§5.3, Figure 2) allows
+  deleting only from the first entry whose term conflicts.  Our handler skips
+  entries already present with the same term, truncates only on a conflict,
+  acknowledges only the entries the message proved, and advances the commit
+  index only that far.
+- **Leader nextIndex rewind (defect 2).**  A late success acknowledgement could
+  move ``nextIndex`` back below ``matchIndex + 1``; we clamp it.
+- **Pickle (defect 4).**  Commands are cbor2 (our own encoding, applied through
+  an overridden ``__doApplyCommand``); PySyncObj's own membership entries are
+  unpickled with a whitelist; chunked "transmission" messages (the buggy
+  large-entry path, defect 5, which also unpickles) are refused — the batch
+  size is configured so PySyncObj never produces them.
+- **Latency floor (defect 6).**  ``appendEntriesUseBatch=False``: each command
+  is sent as soon as it is queued.
+- **Forwarding.**  A stock follower forwards queued commands to the leader; a
+  transaction's pages only make sense on the state they were computed on, so
+  commands carry the index they build upon (checked at apply time), and only
+  a leader submits them.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import pickle
+import threading
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from pysyncobj import SyncObj, SyncObjConf
+from pysyncobj.config import FAIL_REASON
+from pysyncobj.node import TCPNode
+
+__all__ = [
+    "FAILURES",
+    "HardenedSyncObj",
+    "PeerNode",
+    "raft_config",
+    "safe_unpickle",
+]
+
+log = logging.getLogger("dqlitepy.replication")
+
+# PySyncObj's command type byte (syncobj._COMMAND_TYPE).
+_REGULAR = 0
+_NO_OP = 1
+_MEMBERSHIP = 2
+_VERSION = 3
+
+# PySyncObj's raft states (syncobj._RAFT_STATE).
+FOLLOWER = 0
+CANDIDATE = 1
+LEADER = 2
+
+#: PySyncObj's failure reasons, by name.
+FAILURES = {
+    value: name
+    for name, value in vars(FAIL_REASON).items()
+    if not name.startswith("_") and isinstance(value, int)
+}
+
+
+class PeerNode(TCPNode):  # type: ignore[misc]
+    """A cluster member; its PySyncObj id is its dqlite address (one address per node)."""
+
+
+class _WhitelistUnpickler(pickle.Unpickler):
+    """Builds only plain data and :class:`PeerNode` (PySyncObj's membership entries)."""
+
+    _ALLOWED: frozenset[tuple[str, str]] = frozenset(
+        {
+            ("dqlitepy.replication.raft", "PeerNode"),
+            ("pysyncobj.node", "Node"),
+            ("pysyncobj.node", "TCPNode"),
+            ("copyreg", "_reconstructor"),
+            ("builtins", "object"),
+        }
+    )
+
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) in self._ALLOWED:
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"refusing to unpickle {module}.{name}")
+
+
+def safe_unpickle(data: bytes) -> Any:
+    """Unpickle PySyncObj's own membership/version entries with a whitelist."""
+    return _WhitelistUnpickler(io.BytesIO(data)).load()
+
+
+def raft_config(**overrides: Any) -> Any:
+    """PySyncObj configuration tuned for dqlitepy (see the module docstring)."""
+    settings: dict[str, Any] = {
+        "autoTick": True,
+        "autoTickPeriod": 0.01,
+        "appendEntriesUseBatch": False,
+        "appendEntriesPeriod": 0.05,
+        "raftMinTimeout": 0.35,
+        "raftMaxTimeout": 0.45,
+        "connectionTimeout": 3.5,
+        "connectionRetryTime": 0.5,
+        "leaderFallbackTimeout": 1.0,
+        # One message may carry a large transaction: never take the chunked path.
+        "appendEntriesBatchSizeBytes": 1 << 30,
+        "dynamicMembershipChange": True,
+        "commandsWaitLeader": False,
+        # Snapshots are taken by dqlitepy, not by PySyncObj's pickle of the object.
+        "logCompactionMinEntries": 1 << 62,
+        "logCompactionMinTime": 1 << 40,
+        "useFork": False,
+    }
+    settings.update(overrides)
+    return SyncObjConf(**settings)
+
+
+ApplyHandler = Callable[[int, bytes], Any]
+
+
+class HardenedSyncObj(SyncObj):  # type: ignore[misc]
+    """A PySyncObj node with the fixes above; commands are opaque bytes.
+
+    Args:
+        self_address: this node's address.
+        peers: the other voters' addresses.
+        conf: a configuration from :func:`raft_config`.
+        apply: called on the tick thread, in log order, with ``(index, command)``
+            for every committed command; its return value goes to the submitter.
+        **kwargs: passed to ``SyncObj`` (``transportClass``...).
+    """
+
+    # PySyncObj's private state that the fixes below write (name-mangled there).
+    _SyncObj__raftLeader: Any
+    _SyncObj__raftCommitIndex: int
+    _SyncObj__leaderCommitIndex: int | None
+    _SyncObj__raftElectionDeadline: float
+    _SyncObj__transferInProgress: bool
+
+    def __init__(
+        self,
+        self_address: str | None,
+        peers: Sequence[str],
+        conf: Any,
+        apply: ApplyHandler,
+        **kwargs: Any,
+    ) -> None:
+        self._dqlitepy_apply = apply
+        self_node = PeerNode(self_address) if self_address is not None else None
+        others = [PeerNode(p) for p in peers]
+        super().__init__(self_node, others, conf, nodeClass=PeerNode, **kwargs)
+
+    # --------------------------------------------------------------- submitting
+
+    def submit(self, command: bytes, callback: Callable[[Any, int], None]) -> None:
+        """Queue a command; ``callback(result, fail_reason)`` runs on the tick thread.
+
+        Only the leader submits: followers would forward the command to whoever
+        they think leads, and a transaction's pages built on one node's state
+        must not be appended elsewhere.
+        """
+        if self.raft_state != LEADER:
+            callback(None, FAIL_REASON.NOT_LEADER)
+            return
+        self._applyCommand(command, callback, _REGULAR)
+
+    def submit_and_wait(self, command: bytes, timeout: float) -> tuple[Any, int]:
+        """Submit and block until the command is applied or fails; ``(result, reason)``."""
+        done = threading.Event()
+        outcome: list[Any] = [None, FAIL_REASON.UNKNOWN_OUTCOME]
+
+        def callback(result: Any, reason: int) -> None:
+            outcome[0], outcome[1] = result, reason
+            done.set()
+
+        self.submit(command, callback)
+        if not done.wait(timeout):
+            return None, FAIL_REASON.UNKNOWN_OUTCOME
+        return outcome[0], outcome[1]
+
+    def _checkCommandsToApply(self) -> None:
+        # Runs on the tick thread, so the state cannot change under us: a node
+        # that stopped leading fails its queued commands instead of forwarding.
+        if self.raft_state == LEADER:
+            SyncObj._checkCommandsToApply(self)
+            return
+        queue = self._SyncObj__commandsQueue
+        while True:
+            try:
+                _, callback = queue.get_nowait()
+            except Exception:  # the queue's Empty
+                return
+            if callable(callback):
+                callback(None, FAIL_REASON.NOT_LEADER)
+
+    # ------------------------------------------------------------ state access
+
+    @property
+    def raft_state(self) -> int:
+        """FOLLOWER, CANDIDATE or LEADER."""
+        return int(self._SyncObj__raftState)
+
+    @property
+    def leader_address(self) -> str | None:
+        """The address of the last known leader, or None."""
+        leader = self._SyncObj__raftLeader
+        return None if leader is None else str(leader.id)
+
+    @property
+    def barrier_done(self) -> bool:
+        """True once this leader applied the no-op of its term (all earlier entries)."""
+        noop = self._SyncObj__noopIDx
+        return (
+            self.raft_state == LEADER
+            and noop is not None
+            and self._SyncObj__raftLastApplied >= noop
+        )
+
+    @property
+    def last_applied(self) -> int:
+        """Index of the last applied entry."""
+        return int(self._SyncObj__raftLastApplied)
+
+    @property
+    def voters(self) -> list[str]:
+        """Addresses of the voters (this node included if it votes)."""
+        nodes = [str(n.id) for n in self._SyncObj__otherNodes]
+        if self.selfNode is not None:
+            nodes.append(str(self.selfNode.id))
+        return sorted(nodes)
+
+    # ------------------------------------------------------------- the fixes
+
+    def _SyncObj__doApplyCommand(self, command: bytes) -> Any:
+        kind = command[0] if command else _NO_OP
+        if kind == _REGULAR:
+            index = self._SyncObj__raftLastApplied + 1
+            return self._dqlitepy_apply(index, bytes(command[1:]))
+        if kind == _MEMBERSHIP:
+            request = self._SyncObj__parseChangeClusterRequest(command)
+            if request is not None:
+                self._SyncObj__doChangeCluster(request)
+            return None
+        # NO_OP, and VERSION entries (we never change the code version).
+        return None
+
+    def _SyncObj__parseChangeClusterRequest(self, command: bytes) -> Any:
+        if not command or command[0] != _MEMBERSHIP:
+            return None
+        try:
+            request = safe_unpickle(bytes(command[1:]))
+        except Exception:
+            log.error("ignoring an undecodable membership entry")
+            return None
+        return request
+
+    def _SyncObj__onMessageReceived(self, node: Any, message: Any) -> None:
+        if not isinstance(message, dict):
+            return
+        kind = message.get("type")
+        if kind == "append_entries" and "prevLogIdx" in message:
+            if "transmission" in message:
+                log.error("refusing a chunked append_entries from %s", node.id)
+                return
+            self._append_entries(node, message)
+            return
+        if kind == "apply_command":
+            # Nobody forwards commands in a dqlitepy cluster (see submit()).
+            return
+        if kind == "next_node_idx" and self.raft_state == LEADER:
+            self._next_node_idx(node, message)
+            return
+        SyncObj._SyncObj__onMessageReceived(self, node, message)
+
+    def _next_node_idx(self, node: Any, message: dict[str, Any]) -> None:
+        """A follower's answer to AppendEntries, counted without rewinding."""
+        match = self._SyncObj__raftMatchIndex
+        next_index = self._SyncObj__raftNextIndex
+        if node not in match:
+            return
+        proposed = message["next_node_idx"]
+        if message["success"]:
+            # Several AppendEntries may be in flight: an early acknowledgement
+            # must not send nextIndex back over entries already on their way.
+            match[node] = max(match[node], proposed - 1)
+            next_index[node] = max(next_index[node], match[node] + 1)
+        elif message["reset"]:
+            next_index[node] = proposed
+            # The follower lacks what comes from `proposed` on: never count it.
+            match[node] = min(match[node], proposed - 1)
+        self._SyncObj__lastResponseTime[node] = time.monotonic()
+
+    def _append_entries(self, node: Any, message: dict[str, Any]) -> None:
+        """AppendEntries as Raft's Figure 2 says (see the module docstring)."""
+        term = message["term"]
+        if term < self._SyncObj__raftCurrentTerm:
+            return
+        if term > self._SyncObj__raftCurrentTerm:
+            self._SyncObj__transferInProgress = False
+        if not self._SyncObj__transferInProgress:
+            self._SyncObj__raftElectionDeadline = (
+                time.monotonic() + self._SyncObj__generateRaftTimeout()
+            )
+        if self._SyncObj__raftLeader != node:
+            self._SyncObj__onLeaderChanged()
+        self._SyncObj__raftLeader = node
+        if term > self._SyncObj__raftCurrentTerm:
+            self._SyncObj__setCurrentTerm(term, None)
+        self._SyncObj__setState(FOLLOWER)
+        leader_commit = message["commit_index"]
+        self._SyncObj__leaderCommitIndex = leader_commit
+
+        prev_index, prev_term = message["prevLogIdx"], message["prevLogTerm"]
+        entries = message.get("entries") or []
+        prev = self._SyncObj__getEntries(prev_index, 1)
+        if not prev:
+            self._SyncObj__sendNextNodeIdx(node, success=False, reset=True)
+            return
+        if prev[0][2] != prev_term:
+            self._SyncObj__sendNextNodeIdx(node, nextNodeIdx=prev_index, success=False, reset=True)
+            return
+
+        last = self._SyncObj__getCurrentLogIndex()
+        start = 0
+        while start < len(entries) and entries[start][1] <= last:
+            ours = self._SyncObj__getEntries(entries[start][1], 1)
+            if ours and ours[0][2] == entries[start][2]:
+                start += 1
+                continue
+            self._truncate_from(entries[start][1])
+            break
+        membership = self.conf.dynamicMembershipChange
+        for command, index, entry_term in entries[start:]:
+            self._SyncObj__raftLog.add(bytes(command), index, entry_term)
+            if membership:
+                request = self._SyncObj__parseChangeClusterRequest(bytes(command))
+                if request is not None:
+                    self._SyncObj__doChangeCluster(request)
+
+        # Only what this message proved matches the leader's log.
+        verified = prev_index + len(entries)
+        self._SyncObj__sendNextNodeIdx(node, nextNodeIdx=verified + 1, success=True)
+        commit = self._SyncObj__raftCommitIndex
+        if leader_commit > commit:
+            self._SyncObj__raftCommitIndex = min(leader_commit, verified)
+            self._SyncObj__raftLog.setRaftCommitIndex(self._SyncObj__raftCommitIndex)
+
+    def _truncate_from(self, index: int) -> None:
+        """Delete a conflicting suffix, undoing the membership changes it held."""
+        if index <= self._SyncObj__raftLastApplied:
+            # Committed entries never conflict in Raft; refuse rather than diverge.
+            raise RuntimeError(f"refusing to truncate applied entry {index}")
+        if self.conf.dynamicMembershipChange:
+            for command, _, _ in reversed(self._SyncObj__getEntries(index)):
+                request = self._SyncObj__parseChangeClusterRequest(bytes(command))
+                if request is not None:
+                    self._SyncObj__doChangeCluster(request, reverse=True)
+        self._SyncObj__deleteEntriesFrom(index)

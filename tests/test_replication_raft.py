@@ -1,0 +1,258 @@
+"""PySyncObj's Raft defects, and that HardenedSyncObj is not affected (libraries.md).
+
+Each scenario runs against the stock ``SyncObj`` too: those cases are strict
+xfails, so they fail loudly if PySyncObj ever fixes the defect (or if our test
+stops reproducing it).
+"""
+
+from __future__ import annotations
+
+import pickle
+import socket
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from pysyncobj import SyncObj
+from pysyncobj.config import FAIL_REASON
+
+from dqlitepy.replication.raft import (
+    LEADER,
+    HardenedSyncObj,
+    PeerNode,
+    raft_config,
+    safe_unpickle,
+)
+
+
+def _port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+class _Stock(SyncObj):  # type: ignore[misc]
+    """PySyncObj as shipped, with the same construction as HardenedSyncObj."""
+
+    def __init__(self, self_address: str, peers: list[str], conf: Any, apply: Any) -> None:
+        super().__init__(
+            PeerNode(self_address), [PeerNode(p) for p in peers], conf, nodeClass=PeerNode
+        )
+
+
+def _apply(index: int, command: bytes) -> int:
+    return index
+
+
+@pytest.fixture(
+    params=[
+        "hardened",
+        pytest.param(
+            "stock",
+            marks=pytest.mark.xfail(strict=True, reason="PySyncObj defect 2 (libraries.md)"),
+        ),
+    ]
+)
+def follower(
+    request: pytest.FixtureRequest,
+) -> Iterator[tuple[Any, PeerNode, list[dict[str, Any]]]]:
+    """A node (never ticking) whose log holds entries 1..10, and a recorder of its acks."""
+    me, leader = f"127.0.0.1:{_port()}", f"127.0.0.1:{_port()}"
+    cls = HardenedSyncObj if request.param == "hardened" else _Stock
+    node = cls(me, [leader], raft_config(autoTick=False), _apply)
+    raft_log = node._SyncObj__raftLog
+    for index in range(2, 11):
+        raft_log.add(b"\x01", index, 1)
+    node._SyncObj__setCurrentTerm(1, None)
+    acks: list[dict[str, Any]] = []
+    node._SyncObj__sendNextNodeIdx = lambda peer, **kwargs: acks.append(kwargs)
+    yield node, PeerNode(leader), acks
+    node._doDestroy()
+
+
+def _append(prev: int, entries: list[tuple[int, int]], commit: int = 0) -> dict[str, Any]:
+    return {
+        "type": "append_entries",
+        "term": 1,
+        "commit_index": commit,
+        "prevLogIdx": prev,
+        "prevLogTerm": 1 if prev > 1 else 0,
+        "entries": [[b"\x01", index, term] for index, term in entries],
+    }
+
+
+def _last_index(node: Any) -> int:
+    return int(node._SyncObj__raftLog[-1][1])
+
+
+def test_follower_keeps_acknowledged_entries_on_a_stale_append(follower: Any) -> None:
+    node, leader, acks = follower
+    # A late AppendEntries for 6..7, after the follower already holds 1..10.
+    node._SyncObj__onMessageReceived(leader, _append(5, [(6, 1), (7, 1)]))
+    assert _last_index(node) == 10
+    assert acks[-1]["success"] and acks[-1]["nextNodeIdx"] == 8
+
+
+def test_heartbeat_behind_the_log_end_truncates_nothing(follower: Any) -> None:
+    node, leader, acks = follower
+    node._SyncObj__onMessageReceived(leader, _append(4, []))
+    assert _last_index(node) == 10
+    assert acks[-1]["nextNodeIdx"] == 5
+
+
+def test_commit_index_only_covers_entries_the_message_proved() -> None:
+    me, leader = f"127.0.0.1:{_port()}", f"127.0.0.1:{_port()}"
+    node = HardenedSyncObj(me, [leader], raft_config(autoTick=False), _apply)
+    try:
+        for index in range(2, 11):
+            node._SyncObj__raftLog.add(b"\x01", index, 1)
+        node._SyncObj__setCurrentTerm(1, None)
+        node._SyncObj__sendNextNodeIdx = lambda peer, **kwargs: None
+        node._SyncObj__onMessageReceived(PeerNode(leader), _append(5, [(6, 1), (7, 1)], commit=10))
+        # Entries 8..10 were not compared with the leader's log: not committed yet.
+        # (Stock PySyncObj truncates them instead, see the tests above.)
+        assert node._SyncObj__raftCommitIndex == 7
+    finally:
+        node._doDestroy()
+
+
+@pytest.mark.parametrize("kind", ["hardened", "stock"])
+def test_conflicting_suffix_is_replaced(kind: str) -> None:
+    me, leader = f"127.0.0.1:{_port()}", f"127.0.0.1:{_port()}"
+    cls = HardenedSyncObj if kind == "hardened" else _Stock
+    node = cls(me, [leader], raft_config(autoTick=False), _apply)
+    try:
+        for index in range(2, 11):
+            node._SyncObj__raftLog.add(b"\x01", index, 1)
+        node._SyncObj__setCurrentTerm(2, None)
+        node._SyncObj__sendNextNodeIdx = lambda peer, **kwargs: None
+        message = _append(5, [(6, 2)])
+        message["term"] = 2
+        node._SyncObj__onMessageReceived(PeerNode(leader), message)
+        log = node._SyncObj__raftLog
+        assert _last_index(node) == 6 and log[-1][2] == 2
+    finally:
+        node._doDestroy()
+
+
+@pytest.fixture(
+    params=[
+        "hardened",
+        pytest.param(
+            "stock",
+            marks=pytest.mark.xfail(
+                strict=True, reason="PySyncObj: nextIndex rewinds on early acks"
+            ),
+        ),
+    ]
+)
+def leader(request: pytest.FixtureRequest) -> Iterator[tuple[Any, PeerNode]]:
+    me, peer = f"127.0.0.1:{_port()}", f"127.0.0.1:{_port()}"
+    cls = HardenedSyncObj if request.param == "hardened" else _Stock
+    node = cls(me, [peer], raft_config(autoTick=False), _apply)
+    for index in range(2, 11):
+        node._SyncObj__raftLog.add(b"\x01", index, 1)
+    node._SyncObj__setState(LEADER)
+    follower = next(iter(node._SyncObj__otherNodes))
+    node._SyncObj__raftMatchIndex[follower] = 0
+    node._SyncObj__raftNextIndex[follower] = 11  # entries up to 10 are in flight
+    node._SyncObj__lastResponseTime[follower] = time.monotonic()
+    yield node, follower
+    node._doDestroy()
+
+
+def test_early_ack_does_not_rewind_next_index(leader: Any) -> None:
+    node, follower = leader
+    ack = {"type": "next_node_idx", "next_node_idx": 6, "success": True, "reset": False}
+    node._SyncObj__onMessageReceived(follower, ack)
+    assert node._SyncObj__raftMatchIndex[follower] == 5
+    assert node._SyncObj__raftNextIndex[follower] == 11
+
+
+def test_a_follower_missing_entries_is_not_counted() -> None:
+    me, peer = f"127.0.0.1:{_port()}", f"127.0.0.1:{_port()}"
+    node = HardenedSyncObj(me, [peer], raft_config(autoTick=False), _apply)
+    try:
+        node._SyncObj__setState(LEADER)
+        follower = next(iter(node._SyncObj__otherNodes))
+        node._SyncObj__raftMatchIndex[follower] = 9
+        node._SyncObj__raftNextIndex[follower] = 10
+        node._SyncObj__lastResponseTime[follower] = time.monotonic()
+        # A follower that lost its tail (e.g. wiped) says it only holds up to 4.
+        nack = {"type": "next_node_idx", "next_node_idx": 5, "success": False, "reset": True}
+        node._SyncObj__onMessageReceived(follower, nack)
+        assert node._SyncObj__raftMatchIndex[follower] == 4
+        assert node._SyncObj__raftNextIndex[follower] == 5
+    finally:
+        node._doDestroy()
+
+
+class _Boom:
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (Path.touch, (Path("/tmp/dqlitepy-unpickled-marker"),))
+
+
+def test_membership_entries_are_unpickled_with_a_whitelist() -> None:
+    marker = Path("/tmp/dqlitepy-unpickled-marker")
+    marker.unlink(missing_ok=True)
+    with pytest.raises(pickle.UnpicklingError):
+        safe_unpickle(pickle.dumps(["add", "x", _Boom()], 2))
+    assert not marker.exists()
+    entry = safe_unpickle(pickle.dumps(["add", "127.0.0.1:1", PeerNode("127.0.0.1:1")], 2))
+    assert entry[2] == PeerNode("127.0.0.1:1")
+
+
+def test_a_follower_refuses_to_submit() -> None:
+    me, peer = f"127.0.0.1:{_port()}", f"127.0.0.1:{_port()}"
+    node = HardenedSyncObj(me, [peer], raft_config(autoTick=False), _apply)
+    try:
+        outcome: list[Any] = []
+        node.submit(b"x", lambda result, reason: outcome.append(reason))
+        assert outcome == [FAIL_REASON.NOT_LEADER]
+    finally:
+        node._doDestroy()
+
+
+def test_three_nodes_replicate_in_order() -> None:
+    addresses = [f"127.0.0.1:{_port()}" for _ in range(3)]
+    applied: dict[str, list[bytes]] = {a: [] for a in addresses}
+
+    def recorder(address: str) -> Any:
+        def apply(index: int, command: bytes) -> int:
+            applied[address].append(command)
+            return index
+
+        return apply
+
+    nodes = [
+        HardenedSyncObj(a, [p for p in addresses if p != a], raft_config(), recorder(a))
+        for a in addresses
+    ]
+    try:
+        deadline = time.monotonic() + 10
+        while not any(n.barrier_done for n in nodes):
+            assert time.monotonic() < deadline, "no leader elected"
+            time.sleep(0.01)
+        leader = next(n for n in nodes if n.barrier_done)
+        latencies = []
+        for i in range(200):
+            start = time.perf_counter()
+            result, reason = leader.submit_and_wait(b"cmd-%d" % i, timeout=5)
+            latencies.append(time.perf_counter() - start)
+            assert reason == FAIL_REASON.SUCCESS, reason
+            assert isinstance(result, int)
+        deadline = time.monotonic() + 5
+        expected = [b"cmd-%d" % i for i in range(200)]
+        while any(applied[a] != expected for a in addresses):
+            assert time.monotonic() < deadline, {a: len(v) for a, v in applied.items()}
+            time.sleep(0.01)
+        latencies.sort()
+        print(
+            f"commit latency p50 {latencies[100] * 1e3:.2f} ms, p99 {latencies[197] * 1e3:.2f} ms"
+        )
+    finally:
+        for n in nodes:
+            n.destroy_synchronous()

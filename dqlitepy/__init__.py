@@ -17,12 +17,13 @@ from .client.constants import *  # noqa: F403 - the sqlite3 module's SQLITE_* na
 from .client.constants import __all__ as _constants_all
 from .client.dbapi import (
     LEGACY_TRANSACTION_CONTROL,
-    Connection,
     Cursor,
     complete_statement,
     enable_callback_tracebacks,
+    enable_shared_cache,
 )
 from .client.errors import (
+    ConnectionLostError,
     DatabaseError,
     DataError,
     Error,
@@ -55,7 +56,7 @@ from .client.types import (
     register_adapter,
     register_converter,
 )
-from .node import Node, connect
+from .node import Connection, Node, connect
 from .wire import NodeInfo, NodeRole
 
 __version__ = "0.1.0.dev0"
@@ -81,6 +82,7 @@ __all__ = [
     "Binary",
     "Client",
     "Connection",
+    "ConnectionLostError",
     "Cursor",
     "DataError",
     "DatabaseError",
@@ -114,6 +116,7 @@ __all__ = [
     "connect",
     "converters",
     "enable_callback_tracebacks",
+    "enable_shared_cache",
     "paramstyle",
     "register_adapter",
     "register_converter",
@@ -124,6 +127,22 @@ __all__ = [
     "version_info",
     *_constants_all,
 ]
+
+
+def __getattr__(name: str) -> object:
+    # sqlite3 (3.10, 3.11) still offers OptimizedUnicode, deprecated, as an alias of str.
+    if name == "OptimizedUnicode":
+        import warnings
+
+        warnings.warn(
+            "OptimizedUnicode is deprecated and will be removed in Python 3.12; "
+            "it has been an alias of str since Python 3.3.",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        return str
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 # `sqlite3.dbapi2` is importable as an attribute after `import sqlite3`; so is ours.
 from . import dbapi2  # noqa: E402, F401

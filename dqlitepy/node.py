@@ -21,15 +21,14 @@ import uuid
 from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Any, cast
 
+from .client import dbapi as _dbapi
 from .client.admin import Client
-from .client.dbapi import Connection
-from .client.dbapi import connect as _client_connect
 from .server import NodeServer
 from .wire import NodeInfo
 
-__all__ = ["Node", "connect", "embedded_node"]
+__all__ = ["Connection", "Node", "connect", "embedded_node"]
 
 _DEFAULT_DATA_DIR = "./.dqlitepy"
 
@@ -117,7 +116,7 @@ class Node:
 
     def connect(self, database: str, **kwargs: Any) -> Connection:
         """Open a DB-API connection to ``database`` through this node."""
-        return _client_connect(database, servers=[self.address], **kwargs)
+        return Connection(database, servers=[self.address], **kwargs)
 
 
 class _Embedded:
@@ -179,25 +178,36 @@ def _delete_database(node: Node, name: str) -> None:
         Path(str(path) + suffix).unlink(missing_ok=True)
 
 
+class Connection(_dbapi.Connection):
+    """``dqlitepy.Connection``: the driver's connection, plus the embedded default.
+
+    With no servers configured (``servers=``, a ``dqlite://`` URL or
+    ``DQLITEPY_SERVERS``), ``Connection("app.db")`` opens ``app.db`` on the
+    process's embedded node and ``Connection(":memory:")`` a fresh private
+    database, deleted when the connection closes.  Subclass it for
+    ``connect(..., factory=...)``, as with ``sqlite3.Connection``.
+    """
+
+    def _default_servers(self, name: str) -> tuple[list[str], str]:
+        if name == ":memory:" or name == "":
+            node = _embedded.memory()
+            private = f"memory-{uuid.uuid4().hex}"
+            self._close_callbacks.append(lambda: _delete_database(node, private))
+            return [node.address], private
+        return [embedded_node().address], name
+
+
 def connect(database: str | bytes | os.PathLike[str], *args: Any, **kwargs: Any) -> Connection:
     """Open a connection, like ``sqlite3.connect``; see :func:`dqlitepy.client.dbapi.connect`.
 
     Where no servers are configured (``servers=``, a ``dqlite://`` URL or
     ``DQLITEPY_SERVERS``) the embedded node serves the database, and
     ``":memory:"`` is a fresh private database that disappears at close.
+
+    As ``sqlite3.connect`` does, this calls ``factory`` (default
+    :class:`Connection`) with exactly the arguments it was given.
     """
-    name = os.fsdecode(database) if isinstance(database, bytes) else os.fspath(database)
-    configured = (
-        kwargs.get("servers") is not None
-        or name.startswith("dqlite://")
-        or bool(os.environ.get("DQLITEPY_SERVERS", "").strip())
-    )
-    if configured:
-        return _client_connect(database, *args, **kwargs)
-    if name == ":memory:" or name == "":
-        node = _embedded.memory()
-        private = f"memory-{uuid.uuid4().hex}"
-        conn = _client_connect(private, *args, servers=[node.address], **kwargs)
-        conn._close_callbacks.append(lambda: _delete_database(node, private))
-        return conn
-    return _client_connect(database, *args, servers=[embedded_node().address], **kwargs)
+    factory = kwargs.get("factory", args[4] if len(args) > 4 else None)
+    cls = Connection if factory is None else factory
+    # A factory is meant to be a subclass of Connection (sqlite3 does not check either).
+    return cast(Connection, cls(database, *args, **kwargs))

@@ -22,10 +22,13 @@ leader: the server rolls it back, and the connection says so.
 from __future__ import annotations
 
 import contextlib
+import json
+import operator
 import os
 import re
 import threading
 import time
+import warnings
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from types import TracebackType
 from typing import Any, Final, TypeVar
@@ -50,7 +53,10 @@ from ..wire import (
     ValueType,
 )
 from . import errors as _errors
+from . import types as _types
+from .constants import SQLITE_LIMIT_SQL_LENGTH
 from .errors import (
+    ConnectionLostError,
     DatabaseError,
     DataError,
     Error,
@@ -58,29 +64,39 @@ from .errors import (
     InterfaceError,
     InternalError,
     LeadershipLostError,
+    NoLeaderError,
     NotLeaderError,
     NotSupportedError,
     OperationalError,
     ProgrammingError,
 )
-from .protocol import ConnectionLostError, Protocol, find_leader, parse_address
+from .protocol import Protocol, find_leader, parse_address
 from .sqltext import (
     ParsedSQL,
-    bind_values,
     has_more_statements,
     is_complete,
+    iter_values,
     parse,
     split_statements,
 )
-from .types import PARSE_COLNAMES, PARSE_DECLTYPES, PrepareProtocol, adapters, converters
+from .types import (
+    PARSE_COLNAMES,
+    PARSE_DECLTYPES,
+    PrepareProtocol,
+    adapt,
+    adapters,
+    converters,
+)
 
 __all__ = [
     "LEGACY_TRANSACTION_CONTROL",
     "Connection",
     "Cursor",
+    "Statement",
     "complete_statement",
     "connect",
     "enable_callback_tracebacks",
+    "enable_shared_cache",
     "parse_url",
 ]
 
@@ -104,7 +120,25 @@ _SAVEPOINT_NAME = re.compile(
     re.IGNORECASE,
 )
 _ISOLATION_LEVELS = ("", "DEFERRED", "IMMEDIATE", "EXCLUSIVE")
-_BASE_TYPES = (int, float, str, bytes)
+# Exact types sqlite3 binds without trying adapters (unless one is registered
+# for such a type).
+_NOT_ADAPTED = frozenset({int, float, str, bytearray})
+# Primary result codes after which SQLite may have rolled back the whole
+# transaction by itself (sqlite.org/lang_transaction.html, "Response To Errors
+# Within A Transaction"), and ROLLBACK conflict resolution (SQLITE_CONSTRAINT).
+_MAY_END_TRANSACTION = frozenset({4, 5, 7, 9, 10, 13, 19})
+_INT32_MIN = -(1 << 31)
+_INT32_MAX = (1 << 31) - 1
+_RECURSIVE_USE = "Recursive use of cursors not allowed."
+_DEFAULT_FACTORY: Any = object()
+# "INTEGER NOT NULL" -> "INTEGER", "NUMBER(10)" -> "NUMBER", as sqlite3 splits
+# declared types to find a converter.
+_DECLTYPE_WORD = re.compile(r"[^ (]*")
+# SQL functions a dqlitepy server adds to every session (dqlitepy/engine).
+_LIMIT_FUNCTION = "dqlitepy_limit"
+_LIMIT_SQL = f"SELECT {_LIMIT_FUNCTION}(?, ?)"
+_DECLTYPES_FUNCTION = "dqlitepy_decltypes"
+_DECLTYPES_SQL = f"SELECT {_DECLTYPES_FUNCTION}(?)"
 
 _callback_tracebacks = False
 
@@ -115,6 +149,25 @@ def enable_callback_tracebacks(flag: bool, /) -> None:
     """Accepted for ``sqlite3`` compatibility; callbacks run in this process only for tracing."""
     global _callback_tracebacks
     _callback_tracebacks = bool(flag)
+
+
+def enable_shared_cache(enable: int, /) -> None:
+    """Deprecated in ``sqlite3`` (3.10) and without effect here.
+
+    SQLite's shared cache is a setting of the process that opens the database
+    files; with dqlite that is the server, whose sessions never use it.
+    """
+    warnings.warn(
+        "enable_shared_cache is deprecated and will be removed in Python 3.12. "
+        "Shared cache is strongly discouraged by the SQLite 3 documentation, and "
+        "dqlite servers never use it.",
+        DeprecationWarning,
+        stacklevel=2,
+    )
+
+
+def _no_such_function(exc: Error, name: str) -> bool:
+    return str(exc).startswith(f"no such function: {name}")
 
 
 def complete_statement(statement: str) -> bool:
@@ -178,6 +231,9 @@ class Connection:
     ProgrammingError = ProgrammingError
     NotSupportedError = NotSupportedError
 
+    #: True once ``__init__`` has succeeded; sqlite3 refuses every operation before.
+    _initialized = False
+
     def __init__(
         self,
         database: str | bytes | os.PathLike[str],
@@ -195,6 +251,16 @@ class Connection:
         attempt_timeout: float = DEFAULT_ATTEMPT_TIMEOUT,
         request_timeout: float | None = DEFAULT_REQUEST_TIMEOUT,
     ) -> None:
+        if self._initialized:
+            # As in sqlite3, calling __init__ again closes the connection and opens
+            # a new one; until that succeeds the object is unusable.
+            self.close()
+            self._initialized = False
+        if autocommit not in (True, False, LEGACY_TRANSACTION_CONTROL):
+            raise ValueError(
+                "autocommit must be True, False, or sqlite3.LEGACY_TRANSACTION_CONTROL"
+            )
+        level = self._check_isolation_level(isolation_level)
         name = os.fsdecode(database) if isinstance(database, bytes) else os.fspath(database)
         if name.startswith("dqlite://"):
             url_servers, name = parse_url(name)
@@ -205,7 +271,50 @@ class Connection:
         if isinstance(servers, str):
             servers = [s for s in servers.split(",") if s]
         if servers is None:
-            servers = _servers_from_env()
+            servers = _servers_from_env() or None
+        # Run once the connection is closed (the embedded node deletes a
+        # private :memory: database this way).
+        self._close_callbacks: list[Callable[[], None]] = []
+        self._closed = True
+        self._proto: Protocol | None = None
+        try:
+            if servers is None:
+                servers, name = self._default_servers(name)
+            self._setup(
+                name,
+                servers,
+                timeout,
+                detect_types,
+                check_same_thread,
+                leader_timeout,
+                attempt_timeout,
+                request_timeout,
+            )
+            self._autocommit: bool | int = autocommit
+            self._isolation_level: str | None = level
+            # Fail fast, as sqlite3.connect does when it cannot open the file.
+            with self._lock:
+                self._connected()
+                if self._autocommit is False:
+                    self._begin(None)
+        except BaseException:
+            self._closed = True
+            self._drop()
+            self._run_close_callbacks()
+            raise
+        self._initialized = True
+
+    def _setup(
+        self,
+        name: str,
+        servers: Sequence[str],
+        timeout: float,
+        detect_types: int,
+        check_same_thread: bool,
+        leader_timeout: float,
+        attempt_timeout: float,
+        request_timeout: float | None,
+    ) -> None:
         if not servers:
             raise OperationalError(
                 "no dqlite servers configured: pass servers=[...], use a "
@@ -232,29 +341,39 @@ class Connection:
         self._check_same_thread = bool(check_same_thread)
         self._thread_ident = threading.get_ident()
         self._lock = threading.RLock()
-        self._proto: Protocol | None = None
         self._closed = False
         self._in_txn = False
         self._savepoints: list[str] = []
         self._txn_by_savepoint = False
         self._trace: Callable[[str], object] | None = None
         self._functions: dict[tuple[str, int], Callable[..., Any]] = {}
-        # Run once the connection is closed (the embedded node deletes a
-        # private :memory: database this way).
-        self._close_callbacks: list[Callable[[], None]] = []
+        # The server session's sqlite3_last_insert_rowid(), as of the last result.
+        self._last_insert_rowid = 0
+        # Limits set with setlimit(), applied again to a new server session.
+        self._limits: dict[int, int] = {}
+        # SQLITE_LIMIT_SQL_LENGTH once known; like sqlite3, longer SQL is refused here.
+        self._sql_length_limit: int | None = None
         self.row_factory: Callable[[Cursor, tuple[Any, ...]], Any] | None = None
         self.text_factory: Any = str
-        if autocommit not in (True, False, LEGACY_TRANSACTION_CONTROL):
-            raise ValueError(
-                "autocommit must be True, False, or sqlite3.LEGACY_TRANSACTION_CONTROL"
-            )
-        self._autocommit: bool | int = autocommit
-        self._isolation_level: str | None = self._check_isolation_level(isolation_level)
-        # Fail fast, as sqlite3.connect does when it cannot open the file.
-        with self._lock:
-            self._connected()
-            if self._autocommit is False:
-                self._begin("")
+
+    def _default_servers(self, name: str) -> tuple[list[str], str]:
+        """Where database ``name`` lives when no servers are configured.
+
+        The driver alone knows of none; ``dqlitepy.Connection`` overrides this
+        to use the process's embedded node.
+
+        Returns:
+            The servers and the database name to open there.
+        """
+        raise OperationalError(
+            "no dqlite servers configured: pass servers=[...], use a "
+            "dqlite://host:port/db URL or set DQLITEPY_SERVERS"
+        )
+
+    def _run_close_callbacks(self) -> None:
+        callbacks, self._close_callbacks = self._close_callbacks, []
+        for callback in callbacks:
+            callback()
 
     # ------------------------------------------------------------------ plumbing
 
@@ -264,13 +383,27 @@ class Connection:
             return None
         if not isinstance(level, str):
             raise TypeError("isolation_level must be str or None")
-        if level.upper() not in _ISOLATION_LEVELS:
+        if "\x00" in level:
+            raise ValueError("embedded null character")
+        # Compared as sqlite3 does (sqlite3_stricmp): ASCII letters only, and with
+        # str's own methods, whatever a subclass overrides.
+        canonical = str.upper(level) if str.isascii(level) else None
+        if canonical not in _ISOLATION_LEVELS:
             raise ValueError(
                 "isolation_level string must be '', 'DEFERRED', 'IMMEDIATE', or 'EXCLUSIVE'"
             )
-        return level.upper()  # sqlite3 reports the canonical spelling
+        return canonical  # sqlite3 reports the canonical spelling
+
+    def _check_open(self) -> None:
+        """sqlite3's pysqlite_check_connection: initialised and not closed."""
+        if not self._initialized:
+            raise ProgrammingError("Base Connection.__init__ not called.")
+        if self._closed:
+            raise ProgrammingError("Cannot operate on a closed database.")
 
     def _check(self) -> None:
+        if not self._initialized:
+            raise ProgrammingError("Base Connection.__init__ not called.")
         if self._check_same_thread and threading.get_ident() != self._thread_ident:
             raise ProgrammingError(
                 "SQLite objects created in a thread can only be used in that same thread. "
@@ -300,8 +433,9 @@ class Connection:
             return proto
         self._drop()
         if self._lose_transaction():
-            raise OperationalError(
-                "the connection to the leader was lost and the open transaction was rolled back"
+            raise ConnectionLostError(
+                "the connection to the leader was lost and the open transaction was rolled back",
+                request_sent=False,
             )
         preferred = [proto.address] if proto is not None else []
         proto = find_leader(
@@ -313,10 +447,14 @@ class Connection:
         try:
             flags = (int(self._timeout * 1000) + 1) << OPEN_BUSY_TIMEOUT_SHIFT
             proto.call(OpenRequest(self._database, flags), DbResponse, self._request_timeout)
+            # A new server session: limits set earlier apply to it too.
+            for category, value in self._limits.items():
+                self._limit_on(proto, category, value)
         except BaseException:
             proto.close()
             raise
         self._proto = proto
+        self._last_insert_rowid = 0
         return proto
 
     def _run(self, send: Callable[[Protocol], Any], *, retry_unknown: bool = False) -> Any:
@@ -336,8 +474,9 @@ class Connection:
                 # Rejected before execution: safe to send again to the new leader.
                 self._drop()
                 if self._lose_transaction():
-                    raise OperationalError(
-                        "leadership moved to another node; the open transaction was rolled back"
+                    raise ConnectionLostError(
+                        "leadership moved to another node; the open transaction was rolled back",
+                        request_sent=False,
                     ) from None
             except LeadershipLostError:
                 self._drop()
@@ -347,15 +486,16 @@ class Connection:
                 self._drop()
                 had_txn = self._lose_transaction()
                 if had_txn:
-                    raise OperationalError(
-                        f"{exc}; the open transaction was rolled back"
+                    raise ConnectionLostError(
+                        f"{exc}; the open transaction was rolled back",
+                        request_sent=exc.request_sent,
                     ) from exc
                 if exc.request_sent and not retry_unknown:
-                    raise OperationalError(
-                        f"{exc}; the outcome of the statement is unknown"
+                    raise ConnectionLostError(
+                        f"{exc}; the outcome of the statement is unknown", request_sent=True
                     ) from exc
             if time.monotonic() >= deadline:
-                raise OperationalError("no leader could serve the request in time")
+                raise NoLeaderError("no leader could serve the request in time")
 
     def _call(self, request: Request, expect: type[Any], *, retry_unknown: bool = False) -> Any:
         timeout = self._request_timeout
@@ -382,7 +522,58 @@ class Connection:
         result: ResultResponse = self._with_busy_retry(
             lambda: self._call(ExecSqlRequest(0, sql), ResultResponse)
         )
+        self._last_insert_rowid = result.last_insert_id
         return result
+
+    def _ask_last_insert_rowid(self) -> int:
+        """The server session's ``last_insert_rowid()`` (ROWS responses do not carry it)."""
+        batches = self._query(QuerySqlRequest(0, "SELECT last_insert_rowid()"), retry_unknown=True)
+        return int(batches[0].rows[0][0])  # type: ignore[arg-type]
+
+    def _decltypes(self, sql: str, count: int) -> list[str | None]:
+        """The declared types of the result columns of ``sql``, for PARSE_DECLTYPES.
+
+        dqlite's ROWS responses carry column names only; a dqlitepy server
+        offers ``sqlite3_column_decltype()`` as the SQL function
+        ``dqlitepy_decltypes(sql)``, which compiles ``sql`` without running it.
+
+        Raises:
+            NotSupportedError: the server (C dqlite) does not have the function.
+        """
+        request = QuerySqlRequest(0, _DECLTYPES_SQL, ValueTuple.of([sql]))
+        try:
+            batches = self._query(request, retry_unknown=True)
+        except OperationalError as exc:
+            if _no_such_function(exc, _DECLTYPES_FUNCTION):
+                raise NotSupportedError(
+                    "detect_types=PARSE_DECLTYPES needs a dqlitepy server: "
+                    "C dqlite does not tell clients the declared types of columns"
+                ) from None
+            raise
+        decoded = json.loads(str(batches[0].rows[0][0]))
+        if not isinstance(decoded, list) or len(decoded) != count:
+            # The schema changed between running the query and asking.
+            return [None] * count
+        return [d if isinstance(d, str) else None for d in decoded]
+
+    def _after_failure(self, exc: _errors.Error) -> None:
+        """Learn whether SQLite rolled the open transaction back after a failed statement.
+
+        SQLite ends the whole transaction by itself after some errors (a conflict
+        with ``ON CONFLICT ROLLBACK``, ``RAISE(ROLLBACK)``, a full disk, an I/O
+        error ...); ``sqlite3`` then sees ``sqlite3_get_autocommit()`` turn true.
+        The wire does not carry that flag, so ask the server: ``BEGIN`` fails
+        inside a transaction and otherwise opens one that ``ROLLBACK`` closes at
+        once, in the same request.
+        """
+        code = exc.sqlite_errorcode
+        if not self._in_txn or code is None or code & 0xFF not in _MAY_END_TRANSACTION:
+            return
+        try:
+            self._call(ExecSqlRequest(0, "BEGIN; ROLLBACK"), ResultResponse)
+        except Error:
+            return  # still inside the transaction (or the connection is gone, and _run knows)
+        self._lose_transaction()
 
     def _with_busy_retry(self, fn: Callable[[], Any]) -> Any:
         """Retry ``fn`` while the database is locked, up to ``timeout`` seconds.
@@ -401,8 +592,10 @@ class Connection:
             time.sleep(min(delay, max(0.0, deadline - time.monotonic())))
             delay = min(delay * 2, 0.05)
 
-    def _begin(self, level: str) -> None:
-        self._exec_text(f"BEGIN {level}".rstrip())
+    def _begin(self, level: str | None) -> None:
+        # The statement texts sqlite3 sends (and traces): "BEGIN " + isolation
+        # level for implicit transactions, plain "BEGIN" with autocommit=False.
+        self._exec_text("BEGIN" if level is None else f"BEGIN {level}")
         self._in_txn = True
 
     def _note_statement(self, parsed: ParsedSQL) -> None:
@@ -430,40 +623,51 @@ class Connection:
                 self._lose_transaction()
 
     def _adapt(self, value: object, index: int) -> Value:
-        if adapters and type(value) not in (int, float, str, bytes, type(None)):
-            adapter = adapters.get((type(value), PrepareProtocol))
-            if adapter is not None:
-                value = adapter(value)
-            else:
-                conform = getattr(value, "__conform__", None)
-                if conform is not None:
-                    conformed = conform(PrepareProtocol)
-                    if conformed is not None:
-                        value = conformed
-        if value is None or isinstance(value, _BASE_TYPES):
-            if isinstance(value, int):
-                if not _INT64_MIN <= value <= _INT64_MAX:
-                    raise OverflowError("Python int too large to convert to SQLite INTEGER")
-                return int(value)
-            if isinstance(value, str) and "\x00" in value:
+        # As sqlite3: exact int, float, str and bytearray skip adaptation unless an
+        # adapter was registered for one of those types; everything else goes
+        # through adapt() with itself as the fallback.  (None and bytes have no
+        # __conform__, so for them only a registered adapter can apply.)
+        kind = type(value)
+        needs_adapting = _types.base_types_adapted() or kind not in _NOT_ADAPTED
+        plain = kind is bytes or value is None
+        if needs_adapting and (not plain or (kind, PrepareProtocol) in adapters):
+            value = adapt(value, PrepareProtocol, value)
+        if value is None:
+            return None
+        if isinstance(value, int):
+            if not _INT64_MIN <= value <= _INT64_MAX:
+                raise OverflowError("Python int too large to convert to SQLite INTEGER")
+            return int(value)
+        if isinstance(value, float):
+            return float(value)
+        if isinstance(value, str):
+            if not value.isascii():
+                value.encode("utf-8")  # a lone surrogate raises UnicodeEncodeError, as in sqlite3
+            if "\x00" in value:
                 raise ProgrammingError(
                     f"Error binding parameter {index}: the dqlite protocol cannot carry "
                     "text containing NUL characters"
                 )
-            if isinstance(value, float):
-                return float(value)
-            if isinstance(value, str):
-                return str(value)
-            return value
-        if isinstance(value, (bytearray, memoryview)):
+            return str(value)
+        if isinstance(value, bytes):
             return bytes(value)
-        raise ProgrammingError(
-            f"Error binding parameter {index}: type '{type(value).__name__}' is not supported"
-        )
+        try:
+            view = memoryview(value)  # type: ignore[arg-type]
+        except TypeError:
+            raise ProgrammingError(
+                f"Error binding parameter {index}: type '{type(value).__name__}' is not supported"
+            ) from None
+        with view:
+            if not view.c_contiguous:
+                raise BufferError("memoryview: underlying buffer is not C-contiguous")
+            return view.tobytes()
 
     def _params(self, parsed: ParsedSQL, parameters: Any) -> ValueTuple:
-        values = bind_values(parsed, parameters)
-        return ValueTuple.of(self._adapt(v, i + 1) for i, v in enumerate(values))
+        # Values are taken one at a time and adapted before the next is read, as
+        # sqlite3 binds them (an adapter may change the parameter list).
+        return ValueTuple.of(
+            self._adapt(v, i) for i, v in enumerate(iter_values(parsed, parameters), 1)
+        )
 
     # ---------------------------------------------------------- sqlite3 surface
 
@@ -476,6 +680,7 @@ class Connection:
     @property
     def isolation_level(self) -> str | None:
         """The ``BEGIN`` flavour of implicit transactions; None is autocommit."""
+        self._check_open()
         return self._isolation_level
 
     @isolation_level.setter
@@ -508,7 +713,7 @@ class Connection:
                 self._exec_text("COMMIT")
                 self._lose_transaction()
             elif value is False and not self._in_txn:
-                self._begin("")
+                self._begin(None)
             self._autocommit = value
 
     @property
@@ -519,11 +724,16 @@ class Connection:
             batches = self._query(QuerySqlRequest(0, "SELECT total_changes()"), retry_unknown=True)
         return int(batches[0].rows[0][0])  # type: ignore[arg-type]
 
-    def cursor(self, factory: Callable[[Connection], C] | None = None) -> Cursor:
+    def cursor(self, factory: Callable[[Connection], C] | None = _DEFAULT_FACTORY) -> Cursor:
         """Return a new cursor (of ``factory`` if given)."""
         self._check()
-        cur = (factory or Cursor)(self)
-        if not isinstance(cur, Cursor):
+        if factory is _DEFAULT_FACTORY:
+            return Cursor(self)
+        if factory is None:
+            raise TypeError("'NoneType' object is not callable")
+        cur = factory(self)
+        # The object's real type, not what its __class__ claims (as sqlite3 checks).
+        if not issubclass(type(cur), Cursor):
             raise TypeError("factory must return a cursor, not " + type(cur).__name__)
         return cur
 
@@ -549,7 +759,7 @@ class Connection:
                 self._exec_text("COMMIT")
                 self._lose_transaction()
             if self._autocommit is False:
-                self._begin("")
+                self._begin(None)
 
     def rollback(self) -> None:
         """Roll back the open transaction, if any."""
@@ -563,10 +773,12 @@ class Connection:
                 finally:
                     self._lose_transaction()
             if self._autocommit is False:
-                self._begin("")
+                self._begin(None)
 
     def close(self) -> None:
         """Close the connection; an open transaction is rolled back by the server."""
+        if not self._initialized:
+            raise ProgrammingError("Base Connection.__init__ not called.")
         if self._check_same_thread and threading.get_ident() != self._thread_ident:
             self._check()
         with self._lock:
@@ -578,9 +790,7 @@ class Connection:
             self._closed = True
             self._lose_transaction()
             self._drop()
-            callbacks, self._close_callbacks = self._close_callbacks, []
-            for callback in callbacks:
-                callback()
+            self._run_close_callbacks()
 
     def __enter__(self) -> Connection:
         return self
@@ -628,6 +838,110 @@ class Connection:
         else:
             self._functions[(name.casefold(), narg)] = func
 
+    def getlimit(self, category: int, /) -> int:
+        """Return the server session's run-time limit ``category`` (``SQLITE_LIMIT_*``).
+
+        Needs a dqlitepy server, which offers ``sqlite3_limit()`` to its clients
+        as the SQL function ``dqlitepy_limit``; C dqlite has no way to reach it.
+
+        Raises:
+            ProgrammingError: ``category`` is not a limit.
+            NotSupportedError: the server is C dqlite.
+        """
+        self._check()
+        category = operator.index(category)
+        with self._lock:
+            value: int = self._run(lambda p: self._limit_on(p, category, -1), retry_unknown=True)
+        return value
+
+    def setlimit(self, category: int, limit: int, /) -> int:
+        """Set a run-time limit of the server session; returns the previous value.
+
+        A negative ``limit`` changes nothing.  SQLite caps the value at its
+        compile-time maximum.  The limit is set again on the session of a new
+        leader after a failover.
+
+        Raises:
+            ProgrammingError: ``category`` is not a limit.
+            NotSupportedError: the server is C dqlite.
+        """
+        self._check()
+        category = operator.index(category)
+        limit = operator.index(limit)
+        with self._lock:
+            previous: int = self._run(
+                lambda p: self._limit_on(p, category, limit), retry_unknown=True
+            )
+            if limit >= 0:
+                self._limits[category] = limit
+        return previous
+
+    def _limit_on(self, proto: Protocol, category: int, limit: int) -> int:
+        """Call ``sqlite3_limit(category, limit)`` in the server session behind ``proto``."""
+        if not (_INT32_MIN <= category <= _INT32_MAX and _INT32_MIN <= limit <= _INT32_MAX):
+            raise OverflowError("Python int too large to convert to C int")
+        request = QuerySqlRequest(0, _LIMIT_SQL, ValueTuple.of([category, limit]))
+        try:
+            batches = list(proto.query(request, self._request_timeout))
+        except OperationalError as exc:
+            if _no_such_function(exc, _LIMIT_FUNCTION):
+                raise NotSupportedError(
+                    "getlimit() and setlimit() need a dqlitepy server: "
+                    "C dqlite gives clients no access to sqlite3_limit()"
+                ) from None
+            raise
+        previous = int(batches[0].rows[0][0])  # type: ignore[arg-type]
+        if previous < 0:
+            raise ProgrammingError("'category' is out of bounds")
+        if category == SQLITE_LIMIT_SQL_LENGTH:
+            self._sql_length_limit = previous if limit < 0 else None
+        return previous
+
+    def _check_sql(self, sql: str) -> None:
+        """Refuse SQL that sqlite3 would refuse before preparing it."""
+        if not sql.isascii():
+            sql.encode("utf-8")  # a lone surrogate raises UnicodeEncodeError
+        limit = self._sql_length_limit
+        if self._sql_length_limit is None and SQLITE_LIMIT_SQL_LENGTH in self._limits:
+            # Learn the effective limit (SQLite caps what setlimit() asked for).
+            self.getlimit(SQLITE_LIMIT_SQL_LENGTH)
+            limit = self._sql_length_limit
+        if limit is not None and len(sql) > limit // 4 and len(sql.encode("utf-8")) > limit:
+            raise DataError("query string is too large")
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Statement:
+        """``conn(sql)``: compile ``sql`` on the server and return the (opaque) statement.
+
+        ``sqlite3`` has this undocumented shortcut too; it shows whether SQL is
+        valid without running it.  The statement is finalized at once.
+        """
+        self._check_open()  # before the arguments, as in sqlite3
+        self._check()
+        if kwargs:
+            raise TypeError("Connection() takes no keyword arguments")
+        if len(args) != 1:
+            raise TypeError(f"Connection() takes exactly 1 argument ({len(args)} given)")
+        sql = args[0]
+        if not isinstance(sql, str):
+            raise TypeError(f"argument 1 must be str, not {type(sql).__name__}")
+        with self._lock:
+            self._check_sql(sql)
+            if "\x00" in sql:
+                raise ProgrammingError("the query contains a null character")
+            parsed = parse(sql)
+            if has_more_statements(parsed.tail):
+                raise ProgrammingError("You can only execute one statement at a time.")
+            if parsed.is_empty:
+                return Statement._make()  # nothing to compile, as in sqlite3
+            timeout = self._request_timeout
+
+            def compile_on(proto: Protocol) -> None:
+                stmt: StmtResponse = proto.call(PrepareRequest(0, sql), StmtResponse, timeout)
+                proto.call(FinalizeRequest(0, stmt.stmt_id), EmptyResponse, timeout)
+
+            self._run(compile_on, retry_unknown=True)
+        return Statement._make()
+
     def _not_over_the_wire(self, what: str) -> _errors.NotSupportedError:
         return _errors.NotSupportedError(
             f"{what} is not supported: dqlite runs SQL on the cluster's leader, "
@@ -636,46 +950,57 @@ class Connection:
 
     def create_aggregate(self, name: str, n_arg: int, aggregate_class: Any) -> None:
         """Not supported over a network connection."""
+        self._check()  # misuse is reported first, as by sqlite3
         raise self._not_over_the_wire("create_aggregate()")
 
     def create_window_function(self, name: str, num_params: int, aggregate_class: Any) -> None:
         """Not supported over a network connection."""
+        self._check()  # misuse is reported first, as by sqlite3
         raise self._not_over_the_wire("create_window_function()")
 
     def create_collation(self, name: str, callable: Any, /) -> None:
         """Not supported over a network connection."""
+        self._check()  # misuse is reported first, as by sqlite3
         raise self._not_over_the_wire("create_collation()")
 
     def set_authorizer(self, authorizer_callback: Any) -> None:
         """Not supported over a network connection."""
+        self._check()  # misuse is reported first, as by sqlite3
         raise self._not_over_the_wire("set_authorizer()")
 
     def set_progress_handler(self, progress_handler: Any, n: int) -> None:
         """Not supported over a network connection."""
+        self._check()  # misuse is reported first, as by sqlite3
         raise self._not_over_the_wire("set_progress_handler()")
 
     def enable_load_extension(self, enabled: bool, /) -> None:
         """Not supported: extensions would load into the server."""
+        self._check()  # misuse is reported first, as by sqlite3
         raise NotSupportedError("loading extensions is not supported by dqlite")
 
     def load_extension(self, name: str, /, **kwargs: Any) -> None:
         """Not supported: extensions would load into the server."""
+        self._check()  # misuse is reported first, as by sqlite3
         raise NotSupportedError("loading extensions is not supported by dqlite")
 
     def blobopen(self, *args: Any, **kwargs: Any) -> Any:
         """Not supported: the protocol has no incremental blob I/O."""
+        self._check()  # misuse is reported first, as by sqlite3
         raise NotSupportedError("blobopen() is not supported: the dqlite protocol has no blob I/O")
 
     def backup(self, target: Any, **kwargs: Any) -> None:
         """Not supported: use :meth:`dqlitepy.Client.dump` to fetch a database's files."""
+        self._check()  # misuse is reported first, as by sqlite3
         raise NotSupportedError("backup() is not supported; use dqlitepy.Client.dump()")
 
     def serialize(self, **kwargs: Any) -> bytes:
         """Not supported: use :meth:`dqlitepy.Client.dump`."""
+        self._check()  # misuse is reported first, as by sqlite3
         raise NotSupportedError("serialize() is not supported; use dqlitepy.Client.dump()")
 
     def deserialize(self, data: bytes, /, **kwargs: Any) -> None:
         """Not supported: a replicated database cannot be replaced from one client."""
+        self._check()  # misuse is reported first, as by sqlite3
         raise NotSupportedError("deserialize() is not supported by dqlite")
 
     def interrupt(self) -> None:
@@ -706,9 +1031,16 @@ class Cursor:
     """
 
     arraysize: int
+    #: True once ``__init__`` has run; sqlite3 refuses every operation before.
+    _initialized = False
+    #: True while a method runs code that may call back into Python (adapters,
+    #: converters, parameter iterators): sqlite3 refuses recursive use then.
+    _locked = False
 
     def __init__(self, connection: Connection, /) -> None:
-        if not isinstance(connection, Connection):
+        if self._locked:
+            raise ProgrammingError(_RECURSIVE_USE)
+        if not issubclass(type(connection), Connection):
             raise TypeError(
                 "argument 1 must be dqlitepy.Connection, not " + type(connection).__name__
             )
@@ -719,52 +1051,82 @@ class Cursor:
         self.lastrowid: int | None = None
         self.row_factory: Callable[[Cursor, tuple[Any, ...]], Any] | None = connection.row_factory
         self._closed = False
+        self._columns: Sequence[str] = ()
         self._rows: list[tuple[Value, ...]] = []
         self._row_types: list[tuple[int, ...]] = []
         self._converters: list[Callable[[bytes], Any] | None] = []
         self._pos = 0
+        self._initialized = True
 
     def _check(self) -> Connection:
-        conn = self.connection
-        conn._check()
+        if not self._initialized:
+            raise ProgrammingError("Base Cursor.__init__ not called.")
         if self._closed:
             raise ProgrammingError("Cannot operate on a closed cursor.")
+        if self._locked:
+            raise ProgrammingError(_RECURSIVE_USE)
+        conn = self.connection
+        conn._check()
         return conn
+
+    @contextlib.contextmanager
+    def _in_use(self) -> Iterator[Connection]:
+        """Check the cursor, then hold it (and its connection) for one operation."""
+        conn = self._check()
+        self._locked = True
+        try:
+            with conn._lock:
+                yield conn
+        finally:
+            self._locked = False
 
     def _reset(self) -> None:
         self.description = None
+        self._columns = ()
         self._rows = []
         self._row_types = []
         self._converters = []
         self._pos = 0
 
-    def _set_columns(self, columns: Sequence[str]) -> None:
-        conn = self.connection
+    def _set_columns(
+        self, columns: Sequence[str], decltypes: Sequence[str | None] | None
+    ) -> None:
+        detect = self.connection._detect_types
         names: list[str] = []
         convs: list[Callable[[bytes], Any] | None] = []
-        for column in columns:
+        for i, column in enumerate(columns):
             conv = None
             name = column
-            if conn._detect_types & PARSE_COLNAMES:
+            if detect & PARSE_COLNAMES:
+                # The converter named by the last "[" before the first "]" after it;
+                # the name ends before the first "[" (and one blank before it).
+                type_start = -1
+                for pos, char in enumerate(column):
+                    if char == "[":
+                        type_start = pos + 1
+                    elif char == "]" and type_start >= 0:
+                        conv = converters.get(column[type_start:pos].upper())
+                        break
                 open_at = column.find("[")
                 if open_at >= 0:
-                    close_at = column.find("]", open_at)
-                    if close_at > open_at:
-                        conv = converters.get(column[open_at + 1 : close_at].upper())
+                    if column[open_at - 1 : open_at] == " ":
+                        open_at -= 1
                     name = column[:open_at]
-                    if name.endswith(" "):
-                        name = name[:-1]
+            if conv is None and decltypes is not None and decltypes[i]:
+                # "INTEGER NOT NULL" is "INTEGER", "NUMBER(10)" is "NUMBER".
+                decltype = _DECLTYPE_WORD.match(decltypes[i] or "")
+                if decltype is not None:
+                    conv = converters.get(decltype.group().upper())
             names.append(name)
             convs.append(conv)
+        self._columns = tuple(columns)
         self.description = tuple((n, None, None, None, None, None, None) for n in names)
-        if conn._detect_types & (PARSE_COLNAMES | PARSE_DECLTYPES) and any(convs):
-            self._converters = convs
-        else:
-            self._converters = []
+        self._converters = convs if any(c is not None for c in convs) else []
 
     def _prepare(self, sql: object, parameters: Any) -> tuple[ParsedSQL, ValueTuple]:
         if not isinstance(sql, str):
             raise TypeError(f"execute() argument 1 must be str, not {type(sql).__name__}")
+        self.connection._check_sql(sql)
         if "\x00" in sql:
             raise ProgrammingError("the query contains a null character")
         parsed = parse(sql)
@@ -786,6 +1148,7 @@ class Cursor:
             conn._begin(conn._isolation_level)
 
     def _execute_one(self, parsed: ParsedSQL, params: ValueTuple) -> None:
+        """Run one statement; ``self.lastrowid`` follows the server session (as in sqlite3)."""
         conn = self.connection
         sql = parsed.first
         conn._traced(sql)
@@ -801,52 +1164,64 @@ class Cursor:
                 if exc.sqlite_errorcode != _SQLITE_ERROR or str(exc) != "not an error":
                     raise
             else:
-                self._take_rows(batches)
-                if parsed.is_dml:
-                    # DML ... RETURNING yields one row per changed row.
-                    self.rowcount = len(self._rows)
                 conn._note_statement(parsed)
+                self._take_rows(batches, sql)
+                if parsed.is_dml:
+                    # DML ... RETURNING yields one row per changed row, and may
+                    # have inserted: ask for the rowid the ROWS response lacks.
+                    self.rowcount = len(self._rows)
+                    conn._last_insert_rowid = conn._ask_last_insert_rowid()
+                self.lastrowid = conn._last_insert_rowid
                 return
         result: ResultResponse = conn._with_busy_retry(
             lambda: conn._call(ExecSqlRequest(0, sql, params), ResultResponse)
         )
+        conn._note_statement(parsed)
+        conn._last_insert_rowid = result.last_insert_id
         self.rowcount = result.rows_affected if parsed.is_dml else -1
         self.lastrowid = result.last_insert_id
-        conn._note_statement(parsed)
 
-    def _take_rows(self, batches: list[RowsResponse]) -> None:
-        columns = batches[0].columns if batches else ()
-        if columns:
-            self._set_columns(columns)
+    def _take_rows(self, batches: list[RowsResponse], sql: str) -> None:
         rows: list[tuple[Value, ...]] = []
         types: list[tuple[int, ...]] = []
         for batch in batches:
             rows.extend(batch.rows)
             types.extend(batch.row_types)
+        columns = batches[0].columns if batches else ()
+        if columns:
+            decltypes = None
+            if rows and self.connection._detect_types & PARSE_DECLTYPES:
+                decltypes = self.connection._decltypes(sql, len(columns))
+            self._set_columns(columns, decltypes)
         self._rows = rows
         self._row_types = types
 
     def execute(self, sql: str, parameters: Any = (), /) -> Cursor:
         """Execute one SQL statement with qmark or named parameters."""
-        conn = self._check()
-        with conn._lock:
+        with self._in_use() as conn:
             self._reset()
             self.rowcount = -1
             parsed, params = self._prepare(sql, parameters)
             if parsed.is_empty:
                 return self
-            self._before(parsed)
-            self._execute_one(parsed, params)
+            try:
+                self._before(parsed)
+                self._execute_one(parsed, params)
+            except Error as exc:
+                conn._after_failure(exc)
+                raise
         return self
 
     def executemany(self, sql: str, seq_of_parameters: Iterable[Any], /) -> Cursor:
         """Run one DML statement once per parameter set, as one prepared statement."""
-        conn = self._check()
         if not isinstance(sql, str):
             raise TypeError(f"executemany() argument 1 must be str, not {type(sql).__name__}")
-        with conn._lock:
+        with self._in_use() as conn:
             self._reset()
             self.rowcount = -1
+            conn._check_sql(sql)
+            if "\x00" in sql:
+                raise ProgrammingError("the query contains a null character")
             parsed = parse(sql)
             if has_more_statements(parsed.tail):
                 raise ProgrammingError("You can only execute one statement at a time.")
@@ -856,40 +1231,50 @@ class Cursor:
             total = 0 if parsed.is_dml else -1
             if parsed.is_empty:
                 return self
-            self._before(parsed)
-            conn._traced(parsed.first)
-            proto_holder: list[Protocol] = []
-
-            def prepare(proto: Protocol) -> StmtResponse:
-                proto_holder[:] = [proto]
-                stmt: StmtResponse = proto.call(
-                    PrepareRequest(0, parsed.first), StmtResponse, conn._request_timeout
-                )
-                return stmt
-
-            stmt: StmtResponse = conn._run(prepare)
-            proto = proto_holder[0]
             try:
-                for parameters in iterator:
-                    params = conn._params(parsed, parameters)
-                    request = ExecRequest(0, stmt.stmt_id, params)
-                    result: ResultResponse = conn._with_busy_retry(
-                        lambda request=request: conn._run(  # type: ignore[misc]
-                            lambda p: self._exec_on(p, proto, request, conn._request_timeout)
-                        )
-                    )
-                    if parsed.is_dml:
-                        total += result.rows_affected
-                    self.rowcount = total
-            finally:
-                if conn._proto is proto and not proto.closed:
-                    with contextlib.suppress(Error):
-                        proto.call(
-                            FinalizeRequest(0, stmt.stmt_id), EmptyResponse, conn._request_timeout
-                        )
-            self.rowcount = total
+                self._before(parsed)
+                conn._traced(parsed.first)
+                self._execute_many(conn, parsed, iterator, total)
+            except Error as exc:
+                conn._after_failure(exc)
+                raise
             conn._note_statement(parsed)
         return self
+
+    def _execute_many(
+        self, conn: Connection, parsed: ParsedSQL, iterator: Iterator[Any], total: int
+    ) -> None:
+        proto_holder: list[Protocol] = []
+
+        def prepare(proto: Protocol) -> StmtResponse:
+            proto_holder[:] = [proto]
+            stmt: StmtResponse = proto.call(
+                PrepareRequest(0, parsed.first), StmtResponse, conn._request_timeout
+            )
+            return stmt
+
+        stmt: StmtResponse = conn._run(prepare)
+        proto = proto_holder[0]
+        try:
+            for parameters in iterator:
+                params = conn._params(parsed, parameters)
+                request = ExecRequest(0, stmt.stmt_id, params)
+                result: ResultResponse = conn._with_busy_retry(
+                    lambda request=request: conn._run(  # type: ignore[misc]
+                        lambda p: self._exec_on(p, proto, request, conn._request_timeout)
+                    )
+                )
+                conn._last_insert_rowid = result.last_insert_id
+                if parsed.is_dml:
+                    total += result.rows_affected
+                self.rowcount = total
+        finally:
+            if conn._proto is proto and not proto.closed:
+                with contextlib.suppress(Error):
+                    proto.call(
+                        FinalizeRequest(0, stmt.stmt_id), EmptyResponse, conn._request_timeout
+                    )
+        self.rowcount = total
 
     @staticmethod
     def _exec_on(
@@ -906,12 +1291,14 @@ class Cursor:
 
     def executescript(self, sql_script: str, /) -> Cursor:
         """Commit any open transaction, then run every statement of the script."""
-        conn = self._check()
         if not isinstance(sql_script, str):
-            raise ValueError("script argument must be unicode.")
-        if "\x00" in sql_script:
-            raise ValueError("embedded null character")
-        with conn._lock:
+            raise TypeError(
+                f"executescript() argument must be str, not {type(sql_script).__name__}"
+            )
+        with self._in_use() as conn:
+            conn._check_sql(sql_script)
+            if "\x00" in sql_script:
+                raise ValueError("embedded null character")
             self._reset()
             if conn._autocommit == LEGACY_TRANSACTION_CONTROL and conn._in_txn:
                 conn._exec_text("COMMIT")
@@ -924,6 +1311,9 @@ class Cursor:
                     if parsed.is_empty:
                         continue
                     self._execute_one(parsed, ValueTuple())
+            except Error as exc:
+                conn._after_failure(exc)
+                raise
             finally:
                 self.rowcount, self.lastrowid = rowcount, lastrowid
             self._reset()
@@ -940,21 +1330,46 @@ class Cursor:
                 # dqlite sends NULL in a DATETIME column as empty ISO8601 (§4.2).
                 value = None
             conv = convs[i] if convs else None
-            if conv is not None and value is not None:
-                out.append(conv(_as_bytes(value)))
-            elif isinstance(value, str) and text_factory is not str:
-                raw = value.encode("utf-8", "surrogateescape")
-                out.append(raw if text_factory is bytes else text_factory(raw))
+            if conv is not None:
+                # As sqlite3: NULL and empty values (no blob pointer) give None.
+                raw = _as_bytes(value) if value is not None else b""
+                out.append(conv(raw) if raw else None)
+            elif isinstance(value, str):
+                if text_factory is str:
+                    if not value.isascii():
+                        self._check_utf8(value, i)
+                    out.append(value)
+                else:
+                    raw = value.encode("utf-8", "surrogateescape")
+                    out.append(raw if text_factory is bytes else text_factory(raw))
             else:
                 out.append(value)
         return tuple(out)
+
+    def _check_utf8(self, value: str, column: int) -> None:
+        # Text arrives decoded with surrogateescape: TEXT that is not UTF-8 keeps
+        # its bytes as lone surrogates, which only text_factory can accept.
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            raw = value.encode("utf-8", "surrogateescape")
+            name = self._columns[column] if column < len(self._columns) else str(column)
+            raise OperationalError(
+                f"Could not decode to UTF-8 column '{name}' with text "
+                f"'{raw.decode('utf-8', 'replace')}'"
+            ) from None
 
     def _next_row(self) -> Any | None:
         if self._pos >= len(self._rows):
             return None
         i = self._pos
         self._pos += 1
-        row = self._convert(self._rows[i], self._row_types[i])
+        # Converters and text factories are user code: the cursor is in use.
+        self._locked = True
+        try:
+            row = self._convert(self._rows[i], self._row_types[i])
+        finally:
+            self._locked = False
         factory = self.row_factory
         return factory(self, row) if factory is not None else row
 
@@ -995,8 +1410,11 @@ class Cursor:
 
     def close(self) -> None:
         """Close the cursor; further use raises ``ProgrammingError``."""
-        if self.connection._check_same_thread:
-            self.connection._check()
+        if self._locked:
+            raise ProgrammingError(_RECURSIVE_USE)
+        if not self._initialized:
+            raise ProgrammingError("Base Cursor.__init__ not called.")
+        self.connection._check()
         self._closed = True
         self._reset()
 
@@ -1005,6 +1423,23 @@ class Cursor:
 
     def setoutputsize(self, size: Any, column: Any = None, /) -> None:
         """Does nothing (PEP 249)."""
+
+
+class Statement:
+    """What ``conn(sql)`` returns: a statement the server compiled (``sqlite3.Statement``).
+
+    Opaque, as in ``sqlite3``, and not to be created directly.
+    """
+
+    __slots__ = ()
+
+    def __new__(cls, *args: Any, **kwargs: Any) -> Statement:
+        raise TypeError(f"cannot create '{cls.__module__}.{cls.__name__}' instances")
+
+    @classmethod
+    def _make(cls) -> Statement:
+        statement: Statement = object.__new__(cls)
+        return statement
 
 
 def _quote_identifier(name: str) -> str:

@@ -25,6 +25,7 @@ __all__ = [
     "SQLITE_IOERR_LEADERSHIP_LOST_LEGACY",
     "SQLITE_IOERR_NOT_LEADER",
     "SQLITE_IOERR_NOT_LEADER_LEGACY",
+    "ConnectionLostError",
     "DataError",
     "DatabaseError",
     "Error",
@@ -126,6 +127,24 @@ class LeadershipLostError(OperationalError):
 
 class NoLeaderError(OperationalError):
     """No server of the cluster could be found that is the leader; carries no code."""
+
+
+class ConnectionLostError(OperationalError):
+    """The connection to the leader failed, or the leader changed, mid-conversation.
+
+    The server session behind the connection is gone, and with it any open
+    transaction (the server rolls it back); the next call reconnects to the
+    current leader.  Carries no code.
+
+    Attributes:
+        request_sent: False when the failed request certainly did not run (it
+            never left this process, or a node that no longer leads refused it);
+            True when its outcome is unknown, so it must not be re-sent blindly.
+    """
+
+    def __init__(self, message: str, *, request_sent: bool) -> None:
+        super().__init__(message)
+        self.request_sent = request_sent
 
 
 class _NoMemoryError(MemoryError):

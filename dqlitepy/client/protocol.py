@@ -40,7 +40,7 @@ from ..wire import (
     ServerResponse,
     WelcomeResponse,
 )
-from .errors import NoLeaderError, OperationalError, error_from_code
+from .errors import ConnectionLostError, NoLeaderError, OperationalError, error_from_code
 
 __all__ = [
     "ConnectionLostError",
@@ -56,19 +56,6 @@ R = TypeVar("R", bound=Response)
 
 _RECV_SIZE = 256 * 1024
 _SQLITE_INTERRUPT = 9
-
-
-class ConnectionLostError(OperationalError):
-    """The connection to a node failed.
-
-    Attributes:
-        request_sent: False when the failure happened before any byte of the
-            request left this process, so the request certainly did not run.
-    """
-
-    def __init__(self, message: str, *, request_sent: bool) -> None:
-        super().__init__(message)
-        self.request_sent = request_sent
 
 
 def parse_address(address: str) -> tuple[int, str | tuple[str, int]]:

@@ -29,7 +29,7 @@ never directly follows a ``;``, so ``CASE`` needs no tracking.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import NamedTuple
@@ -39,6 +39,7 @@ from .errors import OperationalError, ProgrammingError, make_error
 __all__ = [
     "ParsedSQL",
     "bind_values",
+    "iter_values",
     "has_more_statements",
     "is_complete",
     "parse",
@@ -310,7 +311,10 @@ def has_more_statements(tail: str) -> bool:
     for match in _TOKEN_RE.finditer(tail):
         kind = match.lastgroup
         if kind != "comment" and kind != "semi":
-            return True
+            # A "/*" that ends the text is an empty unterminated comment to
+            # sqlite3 (which strips comments itself before calling this an
+            # error), though SQLite's tokenizer reads it as "/" and "*".
+            return not (match.group() == "/" and tail.endswith("/*", match.start()))
     return False
 
 
@@ -397,23 +401,25 @@ def bind_values(
             for an unnamed parameter or lacks a name, or ``parameters`` is of
             an unsupported type.
     """
+    return list(iter_values(parsed, parameters))
+
+
+def iter_values(
+    parsed: ParsedSQL, parameters: Sequence[object] | Mapping[str, object]
+) -> Iterator[object]:
+    """Like :func:`bind_values`, but read each value only when the iterator gets to it.
+
+    ``sqlite3`` reads a parameter, adapts and binds it, then reads the next, so
+    an adapter that changes the parameter list is seen by the reads after it.
+    The number of values and the type of ``parameters`` are checked at once.
+
+    Raises:
+        ProgrammingError: as :func:`bind_values`; for a mapping, a missing or
+            unnamed parameter is reported when the iterator reaches it.
+    """
     count = parsed.param_count
     if isinstance(parameters, Mapping):
-        values: list[object] = []
-        for index, name in enumerate(parsed.param_names, 1):
-            if name is None:
-                raise ProgrammingError(
-                    f"Binding {index} has no name, but you supplied a dictionary "
-                    "(which has only names)."
-                )
-            key = name[1:]
-            try:
-                values.append(parameters[key])
-            except LookupError as exc:
-                raise ProgrammingError(
-                    f"You did not supply a value for binding parameter :{key}."
-                ) from exc
-        return values
+        return _mapping_values(parsed, parameters)
     kind = type(parameters)
     if kind is not tuple and kind is not list and not hasattr(kind, "__getitem__"):
         raise ProgrammingError("parameters are of unsupported type")
@@ -423,6 +429,23 @@ def bind_values(
             f"Incorrect number of bindings supplied. The current statement uses {count}, "
             f"and there are {supplied} supplied."
         )
-    if kind is tuple or kind is list:
-        return list(parameters)
-    return [parameters[i] for i in range(count)]
+    if kind is tuple:
+        return iter(parameters)
+    return (parameters[i] for i in range(count))
+
+
+def _mapping_values(parsed: ParsedSQL, parameters: Mapping[str, object]) -> Iterator[object]:
+    for index, name in enumerate(parsed.param_names, 1):
+        if name is None:
+            raise ProgrammingError(
+                f"Binding {index} has no name, but you supplied a dictionary "
+                "(which has only names)."
+            )
+        key = name[1:]
+        try:
+            value = parameters[key]
+        except LookupError as exc:
+            raise ProgrammingError(
+                f"You did not supply a value for binding parameter :{key}."
+            ) from exc
+        yield value

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import datetime
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 from .errors import ProgrammingError
@@ -76,11 +76,27 @@ adapters: dict[tuple[type, type], Callable[[Any], Any]] = {}
 converters: dict[str, Callable[[bytes], Any]] = {}
 
 _MISSING = object()
+# The types sqlite3 binds as they are, without looking for an adapter, until an
+# adapter is registered for one of them.
+_BASE_TYPES = (int, float, str, bytearray)
+_base_types_adapted = False
+
+
+def base_types_adapted() -> bool:
+    """True once an adapter was registered for int, float, str or bytearray.
+
+    Until then values of exactly those types are bound without adaptation, as
+    ``sqlite3`` does.
+    """
+    return _base_types_adapted
 
 
 def register_adapter(type_: type, adapter: Callable[[Any], Any], /) -> None:
     """Register a callable that turns instances of ``type_`` into bindable values."""
+    global _base_types_adapted
     adapters[(type_, PrepareProtocol)] = adapter
+    if type_ in _BASE_TYPES:
+        _base_types_adapted = True
 
 
 def register_converter(typename: str, converter: Callable[[bytes], Any], /) -> None:
@@ -97,14 +113,19 @@ def adapt(obj: Any, proto: type = PrepareProtocol, alt: Any = _MISSING, /) -> An
     adapter = adapters.get((type(obj), proto))
     if adapter is not None:
         return adapter(obj)
-    adapt_method = getattr(proto, "__adapt__", None)
-    if adapt_method is not None:
-        result = adapt_method(obj)
-        if result is not None:
-            return result
-    conform = getattr(obj, "__conform__", None)
-    if conform is not None:
-        result = conform(proto)
+    # Then the protocol's __adapt__(obj), then the object's __conform__(proto).
+    # As in sqlite3 (PEP 246), None or a TypeError means "cannot", and the next
+    # way is tried; any other exception propagates.
+    for method, argument in (
+        (getattr(proto, "__adapt__", None), obj),
+        (getattr(obj, "__conform__", None), proto),
+    ):
+        if method is None:
+            continue
+        try:
+            result = method(argument)
+        except TypeError:
+            continue
         if result is not None:
             return result
     if alt is not _MISSING:
@@ -144,12 +165,27 @@ register_converter("date", _convert_date)
 register_converter("timestamp", _convert_timestamp)
 
 
+def _ascii_casefold(text: str) -> str:
+    # sqlite3 matches column names case-insensitively for ASCII letters only.
+    return text.translate(_ASCII_LOWER)
+
+
+_ASCII_LOWER = {c: c + 32 for c in range(ord("A"), ord("Z") + 1)}
+
+
 class Row:
-    """A result row addressable by index and, case-insensitively, by column name."""
+    """A result row addressable by index and by column name (ASCII case-insensitive)."""
 
     __slots__ = ("_description", "_values")
 
     def __init__(self, cursor: Cursor, data: tuple[Any, ...], /) -> None:
+        from . import dbapi  # here: dbapi imports this module
+
+        # The object's real type, not what its __class__ claims (as sqlite3 checks).
+        if not issubclass(type(cursor), dbapi.Cursor):
+            raise TypeError(
+                f"Row() argument 1 must be dqlitepy.Cursor, not {type(cursor).__name__}"
+            )
         if not isinstance(data, tuple):
             raise TypeError("Row() argument 2 must be a tuple")
         self._description = cursor.description or ()
@@ -167,12 +203,14 @@ class Row:
 
     def __getitem__(self, key: int | str | slice) -> Any:
         if isinstance(key, str):
-            folded = key.casefold()
+            folded = _ascii_casefold(key)
             for i, d in enumerate(self._description):
-                if d[0].casefold() == folded:
+                if _ascii_casefold(d[0]) == folded:
                     return self._values[i]
             raise IndexError("No item with that key")
-        return self._values[key]
+        if isinstance(key, (int, slice)):
+            return self._values[key]
+        raise IndexError("Index must be int or string")
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, Row):
@@ -189,3 +227,6 @@ class Row:
     def __repr__(self) -> str:
         return f"<{type(self).__module__}.Row object at {id(self):#x}>"
 
+
+# As in sqlite3: a Row is a sequence (index, len, iteration, reversed()).
+Sequence.register(Row)

@@ -15,6 +15,7 @@ pragmas that would change the journal, durability, locking or schema writing.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import re
 import threading
@@ -28,6 +29,8 @@ import apsw
 import apsw.ext
 
 __all__ = [
+    "DECLTYPES_FUNCTION",
+    "LIMIT_FUNCTION",
     "SQLITE_VERSION",
     "Engine",
     "EngineError",
@@ -39,6 +42,10 @@ __all__ = [
     "is_blank",
 ]
 
+#: SQL functions every session offers its client (see :class:`Session`).
+LIMIT_FUNCTION = "dqlitepy_limit"
+DECLTYPES_FUNCTION = "dqlitepy_decltypes"
+
 #: The version of the SQLite library APSW carries.
 SQLITE_VERSION: str = apsw.sqlite_lib_version()
 
@@ -47,6 +54,11 @@ _SQLITE_RANGE = 25
 _SQLITE_ROW = 100
 _SQLITE_INTERRUPT = 9
 _SQLITE_MISUSE = 21
+# The wire layer keeps text that is not UTF-8 as surrogate escapes; dqlite would pass
+# such bytes to SQLite as they are, but APSW takes and gives only valid UTF-8.
+_NOT_UTF8 = "text value is not valid UTF-8"
+_SQL_NOT_UTF8 = "SQL text is not valid UTF-8"
+_PARAM_NOT_UTF8 = "text parameter is not valid UTF-8"
 
 # Pragmas a client may read but never set: they belong to the server.
 _GUARDED_PRAGMAS = frozenset(
@@ -68,6 +80,9 @@ _GUARDED_PRAGMAS = frozenset(
 _FORBIDDEN_PRAGMAS = frozenset({"wal_checkpoint", "temp_store_directory", "data_store_directory"})
 
 _STATEMENT_CACHE_SIZE = 256
+# Longer texts are not cached: EXEC_SQL walks a script through ever shorter tails, and
+# keeping 256 of a big script's tails would hold hundreds of megabytes per session.
+_MAX_CACHED_SQL = 8192
 _SAFE_NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-")
 _MAX_FILENAME = 200
 
@@ -179,6 +194,10 @@ class QueryResult:
             return next(self._rows)
         except apsw.Error as exc:
             raise _translate(exc) from exc
+        except UnicodeDecodeError as exc:
+            # Fail the query rather than the connection (CPython's sqlite3 raises
+            # OperationalError too).
+            raise EngineError(_SQLITE_ERROR, _NOT_UTF8) from exc
 
     def close(self) -> None:
         """Stop the statement (resetting it) before all rows were read."""
@@ -222,11 +241,18 @@ class Session:
             self._db.set_busy_timeout(busy_timeout_ms)
             self._db.execute("PRAGMA journal_mode=WAL").fetchall()
             self._db.execute(f"PRAGMA synchronous={synchronous}").fetchall()
+            # dqlite turns foreign key enforcement on for every connection it opens.
+            self._db.execute("PRAGMA foreign_keys=1").fetchall()
             self._db.enable_load_extension(False)
         except apsw.Error as exc:
             raise _translate(exc) from exc
         # Set last: the pragmas above are the server's own and must not be refused.
         self._db.authorizer = _authorizer
+        # What sqlite3's API offers and the dqlite protocol has no request for,
+        # as SQL functions the driver calls: sqlite3_limit() (getlimit/setlimit)
+        # and sqlite3_column_decltype() (detect_types=PARSE_DECLTYPES).
+        self._db.create_scalar_function(LIMIT_FUNCTION, self._limit, 2)
+        self._db.create_scalar_function(DECLTYPES_FUNCTION, self._decltypes, 1)
         self._statements: OrderedDict[str, StatementInfo] = OrderedDict()
         self._closed = False
 
@@ -234,6 +260,31 @@ class Session:
     def in_transaction(self) -> bool:
         """True while a transaction is open on this connection."""
         return not self._db.get_autocommit()
+
+    def _limit(self, *args: Any) -> int:
+        """``dqlitepy_limit(category, value)``: ``sqlite3_limit()`` of this session.
+
+        Returns the previous value, or -1 for an unknown category; a negative
+        value only reads the limit.  SQLite caps values at its compile-time
+        maxima, so a client can only shrink what it may do.
+        """
+        category, value = args
+        if type(category) is not int or type(value) is not int:
+            raise TypeError("dqlitepy_limit() takes two integers")
+        limit: int = self._db.limit(category, value)
+        return limit
+
+    def _decltypes(self, *args: Any) -> str:
+        """``dqlitepy_decltypes(sql)``: the declared types of ``sql``'s result columns.
+
+        A JSON array with one string (or null) per column.  The statement is
+        compiled, under the same authorizer, and never run.
+        """
+        (sql,) = args
+        if not isinstance(sql, str):
+            raise TypeError("dqlitepy_decltypes() takes the text of a statement")
+        description = apsw.ext.query_info(self._db, sql).description or ()
+        return json.dumps([decltype for _name, decltype in description])
 
     def set_interrupt_check(self, check: Callable[[], bool] | None, every: int = 20000) -> None:
         """Call ``check`` every ``every`` VM steps of a running statement.
@@ -268,6 +319,8 @@ class Session:
             details = apsw.ext.query_info(self._db, sql)
         except apsw.Error as exc:
             raise _translate(exc) from exc
+        except UnicodeEncodeError as exc:
+            raise EngineError(_SQLITE_ERROR, _SQL_NOT_UTF8) from exc
         first = details.first_query or ""
         info = StatementInfo(
             sql=first,
@@ -277,9 +330,10 @@ class Session:
             empty=not details.has_vdbe,
             readonly=bool(details.is_readonly),
         )
-        self._statements[sql] = info
-        if len(self._statements) > _STATEMENT_CACHE_SIZE:
-            self._statements.popitem(last=False)
+        if len(sql) <= _MAX_CACHED_SQL:
+            self._statements[sql] = info
+            if len(self._statements) > _STATEMENT_CACHE_SIZE:
+                self._statements.popitem(last=False)
         return info
 
     def _bindings(self, info: StatementInfo, params: Sequence[Any]) -> Sequence[Any]:
@@ -302,13 +356,17 @@ class Session:
         cursor = self._db.cursor()
         try:
             rows = cursor.execute(info.sql, bindings)
-            row = next(rows, None)
+            row_came = next(rows, None) is not None
         except apsw.Error as exc:
             raise _translate(exc) from exc
+        except UnicodeEncodeError as exc:
+            raise EngineError(_SQLITE_ERROR, _PARAM_NOT_UTF8) from exc
+        except UnicodeDecodeError:
+            row_came = True  # a row whose text is not UTF-8 is a row all the same
         finally:
             with contextlib.suppress(apsw.Error):
                 cursor.close(True)
-        if row is not None:
+        if row_came:
             raise EngineError(_SQLITE_ROW, "another row available")
         return self.changes()
 
@@ -326,6 +384,9 @@ class Session:
         except apsw.Error as exc:
             cursor.close(True)
             raise _translate(exc) from exc
+        except UnicodeEncodeError as exc:
+            cursor.close(True)
+            raise EngineError(_SQLITE_ERROR, _PARAM_NOT_UTF8) from exc
         columns = tuple(d[0] for d in description)
         decltypes = tuple(d[1] for d in description)
         return QueryResult(cursor, columns, decltypes, rows)

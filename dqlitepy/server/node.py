@@ -11,10 +11,10 @@ served is answered with a FAILURE and the connection goes on (``design.md`` §4)
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import os
 import secrets
-import select
 import socket
 import threading
 from collections.abc import Sequence
@@ -49,6 +49,11 @@ _IDENTITY_FILE = "node-identity.cbor"
 _IDENTITY_VERSION = 1
 _RECV_SIZE = 256 * 1024
 _NOT_LEADER = 10250
+# accept() errors that leave the listener usable, and the pause before trying again.
+_ACCEPT_RETRY = frozenset(
+    {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM, errno.ECONNABORTED, errno.EPROTO}
+)
+_ACCEPT_RETRY_DELAY = 0.1
 
 
 def parse_listen_address(address: str) -> tuple[int, str | tuple[str, int]]:
@@ -58,7 +63,7 @@ def parse_listen_address(address: str) -> tuple[int, str | tuple[str, int]]:
             raise ValueError(f"invalid abstract socket address {address!r}")
         return socket.AF_UNIX, "\0" + address[1:]
     host, sep, port = address.rpartition(":")
-    if not sep or not port.isdigit() or not host:
+    if not sep or not port.isdigit() or int(port) > 65535 or not host:
         raise ValueError(f"invalid node address {address!r}: expected host:port or @name")
     if host.startswith("[") and host.endswith("]"):
         return socket.AF_INET6, (host[1:-1], int(port))
@@ -189,7 +194,8 @@ class NodeServer:
             if family != socket.AF_UNIX:
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             sock.bind(sockaddr)
-            sock.listen(128)
+            # A burst of clients past a short backlog waits a second for SYN retries.
+            sock.listen(socket.SOMAXCONN)
         except OSError:
             sock.close()
             raise
@@ -224,18 +230,33 @@ class NodeServer:
     def _accept_loop(self) -> None:
         listener = self._listener
         assert listener is not None
+        failing = False
         while not self._closing.is_set():
             try:
                 sock, _ = listener.accept()
-            except OSError:
-                return
+            except OSError as exc:
+                if self._closing.is_set():
+                    return
+                if exc.errno not in _ACCEPT_RETRY:
+                    log.error("the listener failed: %s", exc)
+                    return
+                # Out of descriptors or memory, or a peer gone before its connection
+                # was taken: the listener is fine, and serves again once clients leave.
+                if not failing:
+                    log.warning("cannot accept connections: %s", exc)
+                failing = True
+                self._closing.wait(_ACCEPT_RETRY_DELAY)
+                continue
+            failing = False
             with self._lock:
                 if self._closing.is_set() or len(self._connections) >= self._max_connections:
                     log.warning("refusing a connection: %d already open", len(self._connections))
                     sock.close()
                     continue
                 if sock.family != socket.AF_UNIX:
-                    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                    # Fails on some systems when the peer has already reset.
+                    with contextlib.suppress(OSError):
+                        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
                 thread = threading.Thread(
                     target=self._serve, args=(sock,), name="dqlitepy-conn", daemon=True
                 )
@@ -246,25 +267,34 @@ class NodeServer:
         conn = ServerConnection(self._max_message_size)
         gateway = Gateway(self)
         gone = False
+        read_ahead = 0
 
         def interrupt_requested() -> bool:
             # Runs on this thread while a statement runs: take in whatever the
             # client sent meanwhile and stop if it is an INTERRUPT, or if the
-            # client went away (nobody will read the result).
-            nonlocal gone
+            # client went away (nobody will read the result).  At most
+            # _RECV_SIZE bytes are taken in ahead of the requests being served,
+            # or a client streaming during a long statement fills our memory.
+            nonlocal gone, read_ahead
             if gone:
                 return True
+            if read_ahead >= _RECV_SIZE:
+                # Read no further ahead; a reset connection still shows in SO_ERROR.
+                gone = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR) != 0
+                return gone or conn.interrupt_pending()
             try:
-                readable, _, _ = select.select([sock], [], [], 0)
-                if readable:
-                    data = sock.recv(_RECV_SIZE)
-                    if not data:
-                        gone = True
-                        return True
-                    conn.receive_data(data)
+                # Not select(): it fails on descriptors past FD_SETSIZE (1024).
+                data = sock.recv(_RECV_SIZE - read_ahead, socket.MSG_DONTWAIT)
+            except BlockingIOError:
+                return conn.interrupt_pending()  # nothing new from the client
             except OSError:
                 gone = True
                 return True
+            if not data:
+                gone = True
+                return True
+            read_ahead += len(data)
+            conn.receive_data(data)
             return conn.interrupt_pending()
 
         gateway.set_interrupt_check(interrupt_requested)
@@ -272,6 +302,7 @@ class NodeServer:
             while not self._closing.is_set():
                 event = conn.next_event()
                 if event is NEED_DATA:
+                    read_ahead = 0  # what was read ahead has been served
                     data = sock.recv(_RECV_SIZE)
                     if not data:
                         return

@@ -214,10 +214,9 @@ def _params_schema(params: ValueTuple, wide: bool) -> int:
 
 
 @dataclass(frozen=True, slots=True)
-class ExecRequest(Request):
-    """EXEC (§2.2): run a prepared statement that yields no rows."""
+class _StatementRequest(Request):
+    """EXEC and QUERY: a prepared statement's ids, then an optional parameter tuple."""
 
-    TYPE: ClassVar[RequestType] = RequestType.EXEC
     db_id: int
     stmt_id: int
     params: ValueTuple = field(default_factory=ValueTuple)
@@ -234,36 +233,24 @@ class ExecRequest(Request):
             w.params(self.params, self.schema)
 
     @classmethod
-    def _decode(cls, r: Reader, schema: int, legacy: bool) -> ExecRequest:
+    def _decode(cls, r: Reader, schema: int, legacy: bool) -> _StatementRequest:
         _check_stmt_schema(schema)
         db_id, stmt_id = r.u32_pair()
         return cls(db_id, stmt_id, r.params(schema), schema == 1)
 
 
 @dataclass(frozen=True, slots=True)
-class QueryRequest(Request):
+class ExecRequest(_StatementRequest):
+    """EXEC (§2.2): run a prepared statement that yields no rows."""
+
+    TYPE: ClassVar[RequestType] = RequestType.EXEC
+
+
+@dataclass(frozen=True, slots=True)
+class QueryRequest(_StatementRequest):
     """QUERY (§2.2): run a prepared statement and stream its rows."""
 
     TYPE: ClassVar[RequestType] = RequestType.QUERY
-    db_id: int
-    stmt_id: int
-    params: ValueTuple = field(default_factory=ValueTuple)
-    wide_params: bool = False
-
-    @property
-    def schema(self) -> int:
-        return _params_schema(self.params, self.wide_params)
-
-    def _encode(self, w: Writer, legacy: bool) -> None:
-        w.u32_pair(self.db_id, self.stmt_id)
-        if self.params.types or self.wide_params:
-            w.params(self.params, self.schema)
-
-    @classmethod
-    def _decode(cls, r: Reader, schema: int, legacy: bool) -> QueryRequest:
-        _check_stmt_schema(schema)
-        db_id, stmt_id = r.u32_pair()
-        return cls(db_id, stmt_id, r.params(schema), schema == 1)
 
 
 @dataclass(frozen=True, slots=True)
@@ -283,13 +270,13 @@ class FinalizeRequest(Request):
 
 
 @dataclass(frozen=True, slots=True)
-class ExecSqlRequest(Request):
-    """EXEC_SQL (§2.2, §6.1): run every statement of a SQL text."""
+class _SqlRequest(Request):
+    """EXEC_SQL and QUERY_SQL: a database id, SQL text, then an optional parameter tuple."""
 
-    TYPE: ClassVar[RequestType] = RequestType.EXEC_SQL
     db_id: int
     sql: str
     params: ValueTuple = field(default_factory=ValueTuple)
+    #: Send the 4-byte parameter count (schema 1) even for few parameters.
     wide_params: bool = False
 
     @property
@@ -303,35 +290,23 @@ class ExecSqlRequest(Request):
             w.params(self.params, self.schema)
 
     @classmethod
-    def _decode(cls, r: Reader, schema: int, legacy: bool) -> ExecSqlRequest:
+    def _decode(cls, r: Reader, schema: int, legacy: bool) -> _SqlRequest:
         _check_stmt_schema(schema)
         return cls(r.u64(), r.text(), r.params(schema), schema == 1)
 
 
 @dataclass(frozen=True, slots=True)
-class QuerySqlRequest(Request):
+class ExecSqlRequest(_SqlRequest):
+    """EXEC_SQL (§2.2, §6.1): run every statement of a SQL text."""
+
+    TYPE: ClassVar[RequestType] = RequestType.EXEC_SQL
+
+
+@dataclass(frozen=True, slots=True)
+class QuerySqlRequest(_SqlRequest):
     """QUERY_SQL (§2.2): run the first statement of a SQL text and stream its rows."""
 
     TYPE: ClassVar[RequestType] = RequestType.QUERY_SQL
-    db_id: int
-    sql: str
-    params: ValueTuple = field(default_factory=ValueTuple)
-    wide_params: bool = False
-
-    @property
-    def schema(self) -> int:
-        return _params_schema(self.params, self.wide_params)
-
-    def _encode(self, w: Writer, legacy: bool) -> None:
-        w.u64(self.db_id)
-        w.text(self.sql)
-        if self.params.types or self.wide_params:
-            w.params(self.params, self.schema)
-
-    @classmethod
-    def _decode(cls, r: Reader, schema: int, legacy: bool) -> QuerySqlRequest:
-        _check_stmt_schema(schema)
-        return cls(r.u64(), r.text(), r.params(schema), schema == 1)
 
 
 @dataclass(frozen=True, slots=True)

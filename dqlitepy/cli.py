@@ -20,6 +20,7 @@ import contextlib
 import json
 import logging
 import math
+import os
 import signal
 import sys
 import threading
@@ -259,6 +260,15 @@ def _interactive(shell: Shell) -> None:
                 print(f"Error: {exc}", file=sys.stderr)
 
 
+def _cluster_key(path: str | None) -> bytes | None:
+    """The cluster key from a file or ``DQLITEPY_CLUSTER_KEY``; None: no replication."""
+    if path:
+        with open(path, "rb") as f:
+            return f.read().strip()
+    value = os.environ.get("DQLITEPY_CLUSTER_KEY", "")
+    return value.encode() if value else None
+
+
 def _server(args: argparse.Namespace) -> int:
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
@@ -274,9 +284,17 @@ def _server(args: argparse.Namespace) -> int:
 
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, on_signal)
+    key = _cluster_key(args.cluster_key_file)
+    if join and key is None:
+        print(
+            "Error: joining a cluster needs its key: --cluster-key-file FILE or "
+            "DQLITEPY_CLUSTER_KEY (the same on every node)",
+            file=sys.stderr,
+        )
+        return 2
     try:
-        node = dqlitepy.Node(args.address, args.data_dir, join=join).start()
-    except (OSError, ValueError) as exc:
+        node = dqlitepy.Node(args.address, args.data_dir, join=join, cluster_key=key).start()
+    except (OSError, ValueError, RuntimeError) as exc:
         print(f"Error: cannot start node on {args.address}: {exc}", file=sys.stderr)
         return 1
     print(f"dqlitepy node {node.id:x} serving on {node.address}", file=sys.stderr, flush=True)
@@ -311,6 +329,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     server.add_argument(
         "-j", "--join", action="append", help="comma-separated addresses of cluster members to join"
+    )
+    server.add_argument(
+        "-k",
+        "--cluster-key-file",
+        help="file holding the key all members share; with it (or DQLITEPY_CLUSTER_KEY) the "
+        "node replicates through Raft",
     )
     server.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     server.set_defaults(func=_server)

@@ -47,7 +47,16 @@ class DqlitepyServer:
         address: where it listens (a free loopback port if None).
     """
 
-    def __init__(self, data_dir: Path | None = None, address: str | None = None) -> None:
+    def __init__(
+        self,
+        data_dir: Path | None = None,
+        address: str | None = None,
+        *,
+        cluster_key: str | None = None,
+        join: list[str] | None = None,
+    ) -> None:
+        self.cluster_key = cluster_key
+        self.join = list(join or [])
         self._own_dir = data_dir is None
         self.data_dir = data_dir or Path(tempfile.mkdtemp(prefix="dqlitepy-node-"))
         self.address = address or f"127.0.0.1:{free_port()}"
@@ -58,6 +67,10 @@ class DqlitepyServer:
         """Start the process and wait until it accepts connections."""
         env = dict(os.environ)
         env["PYTHONPATH"] = str(_REPO) + os.pathsep + env.get("PYTHONPATH", "")
+        env.pop("DQLITEPY_CLUSTER_KEY", None)
+        if self.cluster_key is not None:
+            env["DQLITEPY_CLUSTER_KEY"] = self.cluster_key
+        join = ["-j", ",".join(self.join)] if self.join else []
         with self.log_path.open("ab") as log:
             self.process = subprocess.Popen(
                 [
@@ -69,6 +82,7 @@ class DqlitepyServer:
                     self.address,
                     "-d",
                     str(self.data_dir),
+                    *join,
                 ],
                 stdout=log,
                 stderr=subprocess.STDOUT,

@@ -28,6 +28,8 @@ from typing import Any
 import apsw
 import apsw.ext
 
+from .wal import Transaction, apply_pages
+
 __all__ = [
     "DECLTYPES_FUNCTION",
     "LIMIT_FUNCTION",
@@ -396,6 +398,34 @@ class Session:
         if not self._closed:
             self._db.interrupt()
 
+    @property
+    def closed(self) -> bool:
+        """True once :meth:`close` ran (possibly on another thread)."""
+        return self._closed
+
+    @property
+    def in_write_transaction(self) -> bool:
+        """True while this connection holds the database's write lock."""
+        return bool(self._db.txn_state("main") == apsw.SQLITE_TXN_WRITE)
+
+    def set_wal_hook(self, hook: Callable[[int], None]) -> None:
+        """Call ``hook(frames in the WAL)`` after each commit (replication's capture point).
+
+        Installing a WAL hook turns SQLite's automatic checkpoints off: the
+        server checkpoints only frames that Raft has committed.
+        """
+
+        def wal_hook(conn: apsw.Connection, name: str, frames: int) -> int:
+            hook(frames)
+            return int(apsw.SQLITE_OK)
+
+        self._db.set_wal_hook(wal_hook)
+
+    def checkpoint(self) -> None:
+        """Copy committed WAL frames into the database file without blocking anyone."""
+        with contextlib.suppress(apsw.Error):
+            self._db.wal_checkpoint(mode=apsw.SQLITE_CHECKPOINT_PASSIVE)
+
     def close(self) -> None:
         """Roll back any open transaction and close the connection."""
         if self._closed:
@@ -441,6 +471,66 @@ class Engine:
         return Session(
             self.path(name), busy_timeout_ms=self.busy_timeout_ms, synchronous=self.synchronous
         )
+
+    def remove(self, name: str) -> None:
+        """Delete database ``name``'s files (replication rebuilds them from the log)."""
+        path = self.path(name)
+        for suffix in ("", "-wal", "-shm", "-journal"):
+            Path(str(path) + suffix).unlink(missing_ok=True)
+
+    def remove_all(self) -> None:
+        """Delete every database file of this node."""
+        for path in self.data_dir.glob("db-*.sqlite*"):
+            path.unlink(missing_ok=True)
+
+    def restore_committed(self, name: str, salts: tuple[int, int] | None, frames: int) -> None:
+        """Drop WAL frames past the last committed one and fold the rest into the file.
+
+        Every session on the database must be closed.  ``salts``/``frames``
+        identify the WAL generation and frame count of the last transaction
+        replication committed; a different generation holds only frames that
+        were never committed (a restart happens after a complete checkpoint).
+        Afterwards the database file alone holds the committed state, and the
+        WAL is empty, so pages can be written into the file directly.
+        """
+        path = self.path(name)
+        wal = Path(str(path) + "-wal")
+        if wal.exists():
+            keep = 0
+            with wal.open("rb") as f:
+                header = f.read(32)
+            if len(header) == 32:
+                page_size = int.from_bytes(header[8:12], "big")
+                current = (
+                    int.from_bytes(header[16:20], "big"),
+                    int.from_bytes(header[20:24], "big"),
+                )
+                if salts is not None and current == salts:
+                    keep = 32 + frames * (24 + page_size)
+            os.truncate(wal, min(keep, wal.stat().st_size))
+        Path(str(path) + "-shm").unlink(missing_ok=True)
+        if not path.exists():
+            wal.unlink(missing_ok=True)
+            return
+        try:
+            db = apsw.Connection(str(path), flags=apsw.SQLITE_OPEN_READWRITE)
+            try:
+                db.execute("PRAGMA journal_mode=WAL").fetchall()
+                db.wal_checkpoint(mode=apsw.SQLITE_CHECKPOINT_TRUNCATE)
+            finally:
+                db.close(True)
+        except apsw.Error as exc:
+            raise _translate(exc) from exc
+        wal.unlink(missing_ok=True)
+        Path(str(path) + "-shm").unlink(missing_ok=True)
+
+    def apply(self, name: str, transaction: Transaction) -> None:
+        """Write a replicated transaction's pages into database ``name``'s file.
+
+        The database must have no open session and an empty WAL (see
+        :meth:`restore_committed`).
+        """
+        apply_pages(self.path(name), transaction)
 
     def dump(self, name: str) -> list[tuple[str, bytes]]:
         """Return the database file and its WAL, read inside one read transaction.

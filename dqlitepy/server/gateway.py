@@ -7,14 +7,14 @@ follow dqlite 1.11 on the success paths and on the failures clients rely on
 versions where 1.11 silently drops SQL or crashes (statement tails, declared
 types holding values of another type, DESCRIBE formats).
 
-Write path: every statement that leaves its database outside a transaction
-after writing goes through :meth:`NodeContext.commit_point` — the one place
-where a committed transaction is handed to replication.
+Write path: every statement runs inside :meth:`NodeContext.statement`, the one
+place where a committed transaction is handed to replication.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -73,6 +73,7 @@ _SQLITE_PROTOCOL = 15
 _SQLITE_RANGE = 25
 _DQLITE_PARSE = 1005
 _MAX_BUSY_TIMEOUT_MS = 3_600_000
+_DEFAULT_BUSY_TIMEOUT = 5.0
 
 
 class GatewayFailure(Exception):
@@ -125,8 +126,18 @@ class NodeContext(Protocol):
     def require_leader(self) -> None:
         """Raise ``GatewayFailure(10250, "not leader")`` unless this node leads."""
 
-    def commit_point(self, database: str, session: Session) -> None:
-        """A write transaction just committed on ``session``: replicate it."""
+    def statement(
+        self, owner: object, database: str, session: Session, info: StatementInfo, timeout: float
+    ) -> AbstractContextManager[None]:
+        """Run one statement of ``owner``'s session under the node's write path.
+
+        The one place where a committed transaction is handed to replication:
+        on exit, a statement that left its database outside a transaction after
+        writing has committed.  ``timeout`` bounds a wait for another writer.
+        """
+
+    def close_session(self, database: str, session: Session) -> None:
+        """Close a session the gateway no longer needs."""
 
     def change_membership(self, request: Request) -> None:
         """Apply ADD/ASSIGN/REMOVE/TRANSFER, raising ``GatewayFailure`` on error."""
@@ -191,6 +202,8 @@ class Gateway:
         self._statements: dict[int, StatementInfo] = {}
         self._running: QueryResult | None = None
         self._interrupt_check: Callable[[], bool] | None = None
+        # How long a write waits for another writer (the client's timeout).
+        self._busy_timeout = _DEFAULT_BUSY_TIMEOUT
 
     def close(self) -> None:
         """Release the session; an open transaction is rolled back."""
@@ -198,7 +211,8 @@ class Gateway:
             self._running.close()
             self._running = None
         if self._session is not None:
-            self._session.close()
+            assert self._database is not None
+            self._node.close_session(self._database, self._session)
             self._session = None
 
     def set_interrupt_check(self, check: Callable[[], bool]) -> None:
@@ -245,19 +259,13 @@ class Gateway:
         return session, info
 
     def _exec(self, session: Session, info: StatementInfo, params: Sequence[Any]) -> ResultResponse:
-        was_in_txn = session.in_transaction
-        try:
+        with self._run(session, info):
             result = session.execute(info, params)
-        finally:
-            self._after_statement(session, info, was_in_txn)
         return ResultResponse(result.last_insert_id, result.rows_affected)
 
-    def _after_statement(self, session: Session, info: StatementInfo, was_in_txn: bool) -> None:
-        # A write that ended outside a transaction has committed (autocommit, or
-        # COMMIT/END/RELEASE of the outermost savepoint): hand it to replication.
-        if not session.in_transaction and (was_in_txn or not info.readonly):
-            assert self._database is not None
-            self._node.commit_point(self._database, session)
+    def _run(self, session: Session, info: StatementInfo) -> AbstractContextManager[None]:
+        assert self._database is not None
+        return self._node.statement(self, self._database, session, info, self._busy_timeout)
 
     def _rows(
         self, session: Session, info: StatementInfo, params: Sequence[Any]
@@ -266,22 +274,21 @@ class Gateway:
             # dqlite 1.11 refuses to QUERY a statement without result columns,
             # before running it; clients rely on that to fall back to EXEC.
             raise GatewayFailure(_SQLITE_ERROR, "not an error")
-        was_in_txn = session.in_transaction
-        result = session.query(info, params)
-        self._running = result
-        try:
-            encoder = RowsBatchEncoder(result.columns)
-            decltypes = result.decltypes
-            for row in result:
-                if encoder.full and encoder.rows:
-                    yield RowsChunk(encoder.finish(done=False), False)
-                types, values = _row_types(row, decltypes)
-                encoder.add_row(types, values)
-            final = encoder.finish(done=True)
-        finally:
-            self._running = None
-            result.close()
-            self._after_statement(session, info, was_in_txn)
+        with self._run(session, info):
+            result = session.query(info, params)
+            self._running = result
+            try:
+                encoder = RowsBatchEncoder(result.columns)
+                decltypes = result.decltypes
+                for row in result:
+                    if encoder.full and encoder.rows:
+                        yield RowsChunk(encoder.finish(done=False), False)
+                    types, values = _row_types(row, decltypes)
+                    encoder.add_row(types, values)
+                final = encoder.finish(done=True)
+            finally:
+                self._running = None
+                result.close()
         yield RowsChunk(final, True)
 
     def _check_tail(self, info: StatementInfo) -> None:
@@ -310,7 +317,9 @@ class Gateway:
         requested = request.flags >> OPEN_BUSY_TIMEOUT_SHIFT
         if requested:
             # The client's own lock timeout (sqlite3's `timeout`), in ms + 1.
-            self._session.set_busy_timeout(min(requested - 1, _MAX_BUSY_TIMEOUT_MS))
+            milliseconds = min(requested - 1, _MAX_BUSY_TIMEOUT_MS)
+            self._session.set_busy_timeout(milliseconds)
+            self._busy_timeout = milliseconds / 1000
         self._database = request.name
         yield DbResponse(0)
 

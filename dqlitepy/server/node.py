@@ -17,26 +17,40 @@ import os
 import secrets
 import socket
 import threading
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
 from pathlib import Path
+from typing import Any
 
 import cbor2
 
-from ..engine import Engine, Session
+from ..engine import Engine, Session, StatementInfo
+from ..replication.replicator import ReplicationError, Replicator
 from ..wire import (
     NEED_DATA,
+    AddRequest,
+    AssignRequest,
     BadRequest,
+    ClientConnection,
+    ClusterRequest,
     ConnectRequest,
     FailureResponse,
     Handshake,
+    LeaderRequest,
     NodeInfo,
     NodeRole,
     ProtocolError,
+    RemoveRequest,
     Request,
     ServerConnection,
+    ServerResponse,
+    ServersResponse,
+    TransferRequest,
 )
 from ..wire.framing import DEFAULT_MAX_MESSAGE_SIZE
 from .gateway import Gateway, GatewayFailure, RowsChunk
+from .replicated import Replicated
 
 __all__ = ["BOOTSTRAP_ID", "NodeServer", "parse_listen_address"]
 
@@ -91,6 +105,88 @@ def _load_identity(data_dir: Path, bootstrap: bool) -> int:
     return node_id
 
 
+def _initial_voters(data_dir: Path, address: str, join: Sequence[str]) -> list[str]:
+    """The voters Raft starts with; kept, because a restart must start from the same set.
+
+    The first node of a cluster starts alone; a joining node starts with the
+    voters the cluster has when it joins (later changes come from the log).
+    """
+    path = data_dir / "raft" / "initial-voters.cbor"
+    if path.exists():
+        with path.open("rb") as f:
+            record = cbor2.load(f)
+        return [str(a) for a in record["voters"]]
+    voters = [a for a in _cluster_voters(join) if a != address] if join else []
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    with tmp.open("wb") as f:
+        cbor2.dump({"version": 1, "voters": voters}, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    return voters
+
+
+def _call(address: str, request: Request, timeout: float = 10.0) -> Any:
+    """One request to another node over the client protocol (used to join)."""
+    family, sockaddr = parse_listen_address(address)
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        sock.settimeout(timeout)
+        sock.connect(sockaddr)
+        conn = ClientConnection()
+        sock.sendall(conn.handshake() + conn.send(request))
+        while (event := conn.next_event()) is NEED_DATA:
+            data = sock.recv(_RECV_SIZE)
+            if not data:
+                raise OSError(f"{address} closed the connection")
+            conn.receive_data(data)
+        if isinstance(event, FailureResponse):
+            raise GatewayFailure(event.code, event.message)
+        return event
+
+
+def _leader_of(join: Sequence[str], deadline: float) -> str:
+    while True:
+        for address in join:
+            try:
+                leader = _call(address, LeaderRequest())
+            except (OSError, ProtocolError, GatewayFailure):
+                continue
+            if isinstance(leader, ServerResponse) and leader.address:
+                return leader.address
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"no leader found through {', '.join(join)}")
+        time.sleep(0.2)
+
+
+def _cluster_voters(join: Sequence[str], timeout: float = 30.0) -> list[str]:
+    leader = _leader_of(join, time.monotonic() + timeout)
+    servers = _call(leader, ClusterRequest(1))
+    assert isinstance(servers, ServersResponse)
+    return [n.address for n in servers.servers if n.role == NodeRole.VOTER]
+
+
+def _join(join: Sequence[str], node_id: int, address: str, timeout: float = 30.0) -> None:
+    """Ask the leader to add this node and make it a voter, as go-dqlite's app does."""
+    deadline = time.monotonic() + timeout
+    while True:
+        leader = _leader_of(join, deadline)
+        try:
+            try:
+                _call(leader, AddRequest(node_id, address))
+            except GatewayFailure as exc:
+                if "already in use" not in exc.message:
+                    raise
+            _call(leader, AssignRequest(node_id, NodeRole.VOTER), timeout=timeout)
+            return
+        except (OSError, ProtocolError, GatewayFailure) as exc:
+            if isinstance(exc, GatewayFailure) and "role is not valid" in exc.message:
+                return  # already a voter
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"could not join through {leader}: {exc}") from exc
+            time.sleep(0.5)
+
+
 class NodeServer:
     """One node: its databases, its listener and its client connections.
 
@@ -113,6 +209,7 @@ class NodeServer:
         max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
         busy_timeout_ms: int = 5000,
         max_connections: int = 1024,
+        cluster_key: bytes | None = None,
     ) -> None:
         parse_listen_address(address)
         self._requested_address = address
@@ -131,6 +228,15 @@ class NodeServer:
         self._lock = threading.Lock()
         self._connections: dict[socket.socket, threading.Thread] = {}
         self._closing = threading.Event()
+        # Replication runs when the node is given a cluster key (the key every
+        # member shares); without one it is a single node committing locally.
+        self.cluster_key = cluster_key
+        self.replicated: Replicated | None = None
+        if cluster_key is not None:
+            # The Raft log is the durable copy: SQLite need not sync its WAL.
+            self.engine = Engine(
+                self.data_dir / "databases", busy_timeout_ms=busy_timeout_ms, synchronous="NORMAL"
+            )
 
     # ------------------------------------------------------------ identity
 
@@ -147,20 +253,57 @@ class NodeServer:
     # ------------------------------------------------------------- NodeContext
 
     def leader(self) -> tuple[int, str]:
-        """A single node always leads itself."""
-        return self._id, self._address
+        """The leader's id and address, or ``(0, "")`` when none is known."""
+        if self.replicated is None:
+            return self._id, self._address
+        address = self.replicated.replicator.leader_address()
+        if not address:
+            return 0, ""
+        if address == self._address:
+            return self._id, address
+        node_id, _ = self.replicated.members.get(address, (0, 0))
+        return node_id, address
 
     def is_leader(self) -> bool:
-        """True when this node is the leader."""
-        return True
+        """True when this node leads (and, replicated, has caught up)."""
+        return self.replicated is None or self.replicated.is_ready_leader()
 
     def cluster(self) -> list[NodeInfo]:
-        """The members: just this node, as a voter."""
-        return [NodeInfo(self._id, self._address, NodeRole.VOTER)]
+        """The members with their roles."""
+        if self.replicated is None:
+            return [NodeInfo(self._id, self._address, NodeRole.VOTER)]
+        voters = set(self.replicated.replicator.voters())
+        nodes = []
+        for address, (node_id, role) in sorted(self.replicated.members.items()):
+            nodes.append(NodeInfo(node_id, address, NodeRole.VOTER if address in voters else role))
+        known = set(self.replicated.members)
+        nodes.extend(NodeInfo(0, a, NodeRole.VOTER) for a in sorted(voters - known))
+        return nodes
 
     def open_session(self, name: str) -> Session:
         """Open a session on database ``name``."""
+        if self.replicated is not None:
+            return self.replicated.open_session(name)
         return self.engine.session(name)
+
+    def close_session(self, name: str, session: Session) -> None:
+        """Close a session opened by :meth:`open_session`."""
+        if self.replicated is not None:
+            self.replicated.close_session(name, session)
+        else:
+            session.close()
+
+    def statement(
+        self, owner: object, name: str, session: Session, info: StatementInfo, timeout: float
+    ) -> AbstractContextManager[None]:
+        """The write path: replicated commits go through Raft before the reply.
+
+        A single node commits locally: SQLite (``synchronous=FULL``) made the
+        commit durable before the statement returns, so there is nothing more.
+        """
+        if self.replicated is None:
+            return contextlib.nullcontext()
+        return self.replicated.statement(owner, name, session, info, timeout)
 
     def dump(self, name: str) -> list[tuple[str, bytes]]:
         """Return the files of database ``name``."""
@@ -171,16 +314,51 @@ class NodeServer:
         if not self.is_leader():
             raise GatewayFailure(_NOT_LEADER, "not leader")
 
-    def commit_point(self, database: str, session: Session) -> None:
-        """The write path's hand-over point: a transaction committed on ``session``.
-
-        A single node commits locally: SQLite (``synchronous=FULL``) made it
-        durable before this is called, so there is nothing to wait for.
-        """
-
     def change_membership(self, request: Request) -> None:
-        """Membership changes need replication, which a single node does not run."""
-        raise GatewayFailure(1, "membership changes need a replicated cluster")
+        """ADD / ASSIGN / REMOVE / TRANSFER through Raft."""
+        if self.replicated is None:
+            raise GatewayFailure(1, "membership changes need a replicated cluster")
+        replicated = self.replicated
+        try:
+            if isinstance(request, AddRequest):
+                if request.address in replicated.members or any(
+                    node_id == request.node_id for node_id, _ in replicated.members.values()
+                ):
+                    raise GatewayFailure(1, "server ID already in use")
+                replicated.record_member(request.node_id, request.address, NodeRole.SPARE)
+                return
+            address = self._address_of(request)
+            if isinstance(request, AssignRequest):
+                role = NodeRole.VOTER if request.role is None else request.role
+                voters = set(replicated.replicator.voters())
+                if (role == NodeRole.VOTER) == (address in voters) and role == NodeRole.VOTER:
+                    raise GatewayFailure(1, "server role is not valid")
+                if role == NodeRole.VOTER:
+                    replicated.replicator.add_voter(address)
+                elif address in voters:
+                    replicated.replicator.remove_voter(address)
+                node_id, _ = replicated.members[address]
+                replicated.record_member(node_id, address, int(role))
+            elif isinstance(request, RemoveRequest):
+                if address in replicated.replicator.voters():
+                    replicated.replicator.remove_voter(address)
+                replicated.forget_member(address)
+            elif isinstance(request, TransferRequest):
+                replicated.replicator.transfer(None if request.node_id == 0 else address)
+        except ReplicationError as exc:
+            raise GatewayFailure(1, str(exc)) from exc
+
+    def _address_of(self, request: Request) -> str:
+        node_id = getattr(request, "node_id", 0)
+        assert self.replicated is not None
+        for address, (member_id, _) in self.replicated.members.items():
+            if member_id == node_id:
+                return address
+        if node_id == self._id:
+            return self._address
+        if isinstance(request, TransferRequest) and node_id == 0:
+            return ""
+        raise GatewayFailure(1, "server ID is not valid")
 
     # ----------------------------------------------------------- lifecycle
 
@@ -208,10 +386,43 @@ class NodeServer:
         )
         self._accept_thread.start()
         log.info("node %x serving on %s (data in %s)", self._id, self._address, self.data_dir)
+        if self.cluster_key is not None:
+            self._start_replication()
+
+    def _start_replication(self) -> None:
+        assert self.cluster_key is not None
+        key = self.cluster_key
+        voters = _initial_voters(self.data_dir, self._address, self.join)
+
+        def factory(
+            apply: Callable[[int, bytes], Any], on_leadership: Callable[[bool], None]
+        ) -> Replicator:
+            return Replicator(
+                self._address,
+                self.data_dir,
+                voters,
+                node_id=self._id,
+                cluster_key=key,
+                apply=apply,
+                on_leadership=on_leadership,
+            )
+
+        self.replicated = Replicated(self.engine, factory, self._id)
+        self.replicated.start()
+        if self.join and self._address not in voters:
+            _join(self.join, self._id, self._address)
+        threading.Thread(
+            target=self.replicated.register_self,
+            args=(self._id, self._address, self._closing),
+            name="dqlitepy-register",
+            daemon=True,
+        ).start()
 
     def close(self) -> None:
-        """Stop serving: close the listener and every client connection, then wait."""
+        """Stop serving: hand leadership over, close every connection, then wait."""
         self._closing.set()
+        if self.replicated is not None:
+            self.replicated.close()
         listener, self._listener = self._listener, None
         if listener is not None:
             with contextlib.suppress(OSError):
@@ -267,6 +478,7 @@ class NodeServer:
         conn = ServerConnection(self._max_message_size)
         gateway = Gateway(self)
         gone = False
+        handed_over = False
         read_ahead = 0
 
         def interrupt_requested() -> bool:
@@ -314,7 +526,12 @@ class NodeServer:
                 elif isinstance(event, BadRequest):
                     sock.sendall(conn.send(FailureResponse(event.code, event.message)))
                 elif isinstance(event, ConnectRequest):
-                    # Raft connections arrive with replication; until then, refuse.
+                    if self.replicated is None:
+                        return  # no Raft here: refuse by closing
+                    self.replicated.replicator.adopt(
+                        sock, event.node_id, event.address, conn.trailing_data()
+                    )
+                    handed_over = True
                     return
                 else:
                     assert isinstance(event, Request)
@@ -333,4 +550,5 @@ class NodeServer:
             gateway.close()
             with self._lock:
                 self._connections.pop(sock, None)
-            sock.close()
+            if not handed_over:
+                sock.close()

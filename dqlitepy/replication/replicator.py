@@ -1,0 +1,218 @@
+"""The replication layer's one small interface: :class:`Replicator`.
+
+It assembles the hardened parts — :class:`~.raft.HardenedSyncObj` (Raft),
+:class:`~.journal.DurableJournal` (fsync'd log) and
+:class:`~.transport.SecureTransport` (authenticated cbor2 over the node's one
+address) — and exposes what the server needs: submit a command and wait for
+its outcome, know whether this node leads, hand over Raft sockets, change the
+voters.  Nothing else in dqlitepy sees PySyncObj.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import threading
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from pysyncobj.config import FAIL_REASON
+
+from .journal import durable_journal_for_syncobj
+from .raft import FAILURES, LEADER, HardenedSyncObj, PeerNode, raft_config
+from .transport import SecureTransport, secure_transport_class
+
+__all__ = ["LeadershipLost", "NotLeader", "ReplicationError", "Replicator"]
+
+log = logging.getLogger("dqlitepy.replication")
+
+# Reasons meaning "the command never entered the log".
+_NOT_APPENDED = {FAIL_REASON.NOT_LEADER, FAIL_REASON.MISSING_LEADER, FAIL_REASON.QUEUE_FULL}
+
+
+class ReplicationError(Exception):
+    """A command could not be replicated."""
+
+
+class NotLeader(ReplicationError):
+    """This node does not lead: the command was not appended anywhere."""
+
+
+class LeadershipLost(ReplicationError):
+    """The command's fate is unknown (leadership changed or time ran out)."""
+
+
+class Replicator:
+    """One node's Raft participation.
+
+    Args:
+        address: this node's address (also its Raft identity).
+        data_dir: where the Raft journal lives (``raft/journal``).
+        voters: the other voters this node starts with.
+        node_id: this node's dqlite id (sent in CONNECT).
+        cluster_key: the key every member shares (authenticates Raft traffic).
+        apply: called on Raft's thread, in log order, with ``(index, command)``
+            for every committed command; its return value is the submitter's result.
+        on_leadership: called on Raft's thread with True/False when this node
+            gains or loses the leader role.
+    """
+
+    def __init__(
+        self,
+        address: str,
+        data_dir: Path,
+        voters: Sequence[str],
+        *,
+        node_id: int,
+        cluster_key: bytes,
+        apply: Callable[[int, bytes], Any],
+        on_leadership: Callable[[bool], None] | None = None,
+    ) -> None:
+        self.address = address
+        self._raft_dir = Path(data_dir) / "raft"
+        self._voters = [v for v in voters if v != address]
+        self._node_id = node_id
+        self._cluster_key = cluster_key
+        self._apply = apply
+        self._on_leadership = on_leadership
+        self._transport: SecureTransport | None = None
+        self._core: HardenedSyncObj | None = None
+        self._was_leader = False
+        self._lock = threading.Lock()
+
+    # ----------------------------------------------------------- lifecycle
+
+    def start(self) -> None:
+        """Open the journal, start Raft and the transport."""
+        self._raft_dir.mkdir(parents=True, exist_ok=True)
+
+        def created(transport: SecureTransport) -> None:
+            self._transport = transport
+
+        transport_class = secure_transport_class(
+            self._cluster_key, node_id=self._node_id, on_created=created
+        )
+        conf = raft_config(
+            journalFile=str(self._raft_dir / "journal"),
+            onStateChanged=self._state_changed,
+        )
+        with durable_journal_for_syncobj():
+            self._core = HardenedSyncObj(
+                self.address,
+                self._voters,
+                conf,
+                self._apply,
+                transportClass=transport_class,
+            )
+
+    def close(self) -> None:
+        """Stop Raft (hand leadership over first if this node leads)."""
+        core, self._core = self._core, None
+        if core is None:
+            return
+        if core.raft_state == LEADER and core.otherNodes:
+            core.transferLeadership()
+        core.destroy_synchronous()
+
+    # -------------------------------------------------------------- queries
+
+    @property
+    def core(self) -> HardenedSyncObj:
+        if self._core is None:
+            raise ReplicationError("replication is not running")
+        return self._core
+
+    def is_leader(self) -> bool:
+        """True once this node leads and has applied every earlier entry (barrier)."""
+        core = self._core
+        return core is not None and core.barrier_done
+
+    def leader_address(self) -> str | None:
+        """The last known leader's address."""
+        core = self._core
+        return None if core is None else core.leader_address
+
+    def voters(self) -> list[str]:
+        """The voters' addresses, this node included."""
+        return self.core.voters
+
+    # ------------------------------------------------------------ commands
+
+    def submit(self, command: bytes, timeout: float) -> Any:
+        """Replicate ``command`` and return what applying it returned.
+
+        Raises:
+            NotLeader: this node does not lead; nothing was appended.
+            LeadershipLost: the outcome is unknown.
+        """
+        result, reason = self.core.submit_and_wait(command, timeout)
+        if reason == FAIL_REASON.SUCCESS:
+            return result
+        name = FAILURES.get(reason, str(reason))
+        if reason in _NOT_APPENDED:
+            raise NotLeader(f"not leader ({name})")
+        raise LeadershipLost(f"leadership lost ({name})")
+
+    def adopt(self, sock: socket.socket, peer_id: int, peer_address: str, initial: bytes) -> None:
+        """Hand a socket that sent CONNECT over to Raft."""
+        transport = self._transport
+        if transport is None:
+            sock.close()
+            return
+        transport.adopt(sock, peer_id, peer_address, initial)
+
+    def _membership(self, change: Callable[..., None], address: str, timeout: float) -> None:
+        done = threading.Event()
+        outcome: list[int] = [FAIL_REASON.UNKNOWN_OUTCOME]
+
+        def callback(result: Any, reason: int) -> None:
+            outcome[0] = reason
+            done.set()
+
+        change(PeerNode(address), callback=callback)
+        if not done.wait(timeout):
+            raise LeadershipLost("membership change timed out")
+        if outcome[0] != FAIL_REASON.SUCCESS:
+            name = FAILURES.get(outcome[0], str(outcome[0]))
+            if outcome[0] == FAIL_REASON.REQUEST_DENIED:
+                raise ReplicationError("a configuration change is already in progress")
+            raise NotLeader(f"membership change failed ({name})")
+
+    def add_voter(self, address: str, timeout: float = 10.0) -> None:
+        """Make ``address`` a voter (one change at a time)."""
+        if self._core is None or self.core.raft_state != LEADER:
+            raise NotLeader("not leader")
+        self._membership(self.core.addNodeToCluster, address, timeout)
+
+    def remove_voter(self, address: str, timeout: float = 10.0) -> None:
+        """Stop ``address`` from voting."""
+        if self._core is None or self.core.raft_state != LEADER:
+            raise NotLeader("not leader")
+        self._membership(self.core.removeNodeFromCluster, address, timeout)
+
+    def transfer(self, address: str | None, timeout: float = 10.0) -> None:
+        """Hand leadership to ``address`` (None: the most caught-up voter)."""
+        core = self.core
+        if core.raft_state != LEADER:
+            raise NotLeader("not leader")
+        done = threading.Event()
+        outcome: list[int] = [FAIL_REASON.UNKNOWN_OUTCOME]
+
+        def callback(result: Any, reason: int) -> None:
+            outcome[0] = reason
+            done.set()
+
+        core.transferLeadership(None if address is None else PeerNode(address), callback=callback)
+        if not done.wait(timeout) or outcome[0] != FAIL_REASON.SUCCESS:
+            raise ReplicationError("leadership transfer failed")
+
+    # -------------------------------------------------------------- events
+
+    def _state_changed(self, old: int, new: int) -> None:
+        leading = new == LEADER
+        if leading != self._was_leader:
+            self._was_leader = leading
+            log.info("%s %s leadership", self.address, "took" if leading else "lost")
+            if self._on_leadership is not None:
+                self._on_leadership(leading)

@@ -1,0 +1,376 @@
+"""The write path of a replicated node (``design.md`` §3, ``docs/replication.md``).
+
+Per database the leader keeps:
+
+- a **writer**: the one gateway whose write transaction is open (SQLite's rule);
+  others wait for it, up to their lock timeout, instead of meeting SQLite's lock;
+- a **gate**: closed while a writer's statement runs and its commit is being
+  replicated, so that no statement starts reading pages Raft has not committed;
+- the WAL position of the last transaction Raft committed, to cut the WAL back
+  to if a commit fails.
+
+A commit's pages become one FRAMES command, submitted to Raft.  Every node
+applies committed commands in log order (:meth:`Replicated.apply`, on Raft's
+thread): a command records the index of the last FRAMES entry of its database
+it was built on, so a command built on a deposed leader's state is skipped by
+every node alike.  The leader's own commands are already in its WAL; other
+commands are queued for the applier thread, which writes their pages straight
+into the database file once no session has it open.
+
+After a restart the database files are rebuilt from the Raft log (the log is
+kept whole until snapshots exist), so a crash can never leave a file ahead of or
+apart from the log.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import cbor2
+
+from ..engine import Engine, Session, StatementInfo
+from ..engine.wal import Transaction, WalTracker
+from ..replication.replicator import LeadershipLost, NotLeader, ReplicationError, Replicator
+from .gateway import GatewayFailure
+
+__all__ = ["Replicated"]
+
+log = logging.getLogger("dqlitepy.server")
+
+_COMMAND_VERSION = 1
+_NOT_LEADER = 10250
+_LEADERSHIP_LOST = 10506
+_SQLITE_BUSY = 5
+_CHECKPOINT_FRAMES = 1000
+_SUBMIT_TIMEOUT = 10.0
+
+
+@dataclass(eq=False)
+class _Database:
+    name: str
+    tracker: WalTracker
+    cond: threading.Condition = field(default_factory=threading.Condition)
+    writer: object | None = None
+    gate_closed: bool = False
+    #: Index of the last FRAMES entry of this database applied (the same on every node).
+    applied_index: int = 0
+    #: Frames in the WAL according to the last commit's WAL hook.
+    wal_frames: int = 0
+    #: (salts, frames) of the WAL after the last commit Raft accepted.
+    committed: tuple[tuple[int, int] | None, int] = (None, 0)
+    #: Open sessions and the lock each holds while it runs a statement.
+    sessions: dict[Session, threading.Lock] = field(default_factory=dict)
+    #: The local files may hold frames Raft never committed.
+    dirty: bool = False
+
+
+def _in_transaction(session: Session) -> bool:
+    # A session closed after a failed commit holds no transaction any more.
+    return not session.closed and session.in_transaction
+
+
+def _begins_write(sql: str) -> bool:
+    words = sql.split(None, 2)
+    return (
+        len(words) >= 2
+        and words[0].upper() == "BEGIN"
+        and words[1].upper().rstrip(";") in ("IMMEDIATE", "EXCLUSIVE")
+    )
+
+
+class Replicated:
+    """Replication state of one node's databases.
+
+    Args:
+        engine: the node's databases.
+        replicator: the node's Raft participation (not started yet).
+        node_id: this node's id (tags the commands it originates).
+    """
+
+    def __init__(
+        self,
+        engine: Engine,
+        replicator_factory: Callable[
+            [Callable[[int, bytes], Any], Callable[[bool], None]], Replicator
+        ],
+        node_id: int,
+    ) -> None:
+        self.engine = engine
+        self.node_id = node_id
+        self._databases: dict[str, _Database] = {}
+        self._lock = threading.Lock()
+        self._sequence = itertools.count(1)
+        self._own: set[tuple[int, int]] = set()
+        self._tasks: queue.Queue[tuple[str, Transaction] | None] = queue.Queue()
+        self._busy = 0
+        self._busy_cond = threading.Condition()
+        self._applier = threading.Thread(
+            target=self._apply_loop, name="dqlitepy-applier", daemon=True
+        )
+        #: Called with (id, address, role) for every cluster member recorded.
+        self.members: dict[str, tuple[int, int]] = {}
+        # The log is replayed from the start: begin from empty files.
+        engine.remove_all()
+        self.replicator = replicator_factory(self.apply, self._leadership)
+
+    def start(self) -> None:
+        self._applier.start()
+        self.replicator.start()
+
+    def close(self) -> None:
+        self.replicator.close()
+        self._tasks.put(None)
+        self._applier.join(timeout=10)
+
+    # ------------------------------------------------------------- queries
+
+    def is_ready_leader(self) -> bool:
+        """Leads, has applied everything before its term, and has no files to fix."""
+        if not self.replicator.is_leader():
+            return False
+        with self._busy_cond:
+            return self._busy == 0
+
+    def _database(self, name: str) -> _Database:
+        with self._lock:
+            db = self._databases.get(name)
+            if db is None:
+                wal = self.engine.path(name).with_name(self.engine.path(name).name + "-wal")
+                db = self._databases[name] = _Database(name, WalTracker(wal))
+            return db
+
+    # --------------------------------------------------------- sessions
+
+    def open_session(self, name: str) -> Session:
+        if not self.is_ready_leader():
+            raise GatewayFailure(_NOT_LEADER, "not leader")
+        db = self._database(name)
+        with db.cond:
+            if db.dirty:
+                self._restore(db)
+            session = self.engine.session(name)
+
+            def wal_hook(frames: int) -> None:
+                db.wal_frames = frames
+
+            session.set_wal_hook(wal_hook)
+            db.sessions[session] = threading.Lock()
+        return session
+
+    def close_session(self, name: str, session: Session) -> None:
+        db = self._database(name)
+        lock = db.sessions.get(session)
+        if lock is None:
+            session.close()
+            return
+        with lock:
+            session.close()
+            with db.cond:
+                db.sessions.pop(session, None)
+                if db.writer is not None and not db.sessions:
+                    db.writer = None
+                db.cond.notify_all()
+
+    @contextlib.contextmanager
+    def statement(
+        self, owner: object, name: str, session: Session, info: StatementInfo, timeout: float
+    ) -> Iterator[None]:
+        """Run one statement of ``owner``'s session under the write-path rules."""
+        db = self._database(name)
+        lock = db.sessions.get(session)
+        if lock is None or session.closed or not self.is_ready_leader():
+            raise GatewayFailure(_NOT_LEADER, "not leader")
+        with lock:
+            if session.closed:
+                raise GatewayFailure(_NOT_LEADER, "not leader")
+            writes = (
+                not info.readonly
+                or session.in_write_transaction
+                or _begins_write(info.sql)
+                or db.writer is owner
+            )
+            if not writes:
+                with db.cond:
+                    db.cond.wait_for(lambda: not db.gate_closed, timeout)
+                yield
+                return
+            self._acquire_writer(db, owner, timeout)
+            try:
+                yield
+            finally:
+                try:
+                    if not _in_transaction(session):
+                        self._commit(db, session)
+                finally:
+                    with db.cond:
+                        if not _in_transaction(session):
+                            db.writer = None
+                        db.gate_closed = False
+                        db.cond.notify_all()
+
+    def _acquire_writer(self, db: _Database, owner: object, timeout: float) -> None:
+        with db.cond:
+            if not db.cond.wait_for(lambda: db.writer in (None, owner), timeout):
+                raise GatewayFailure(_SQLITE_BUSY, "database is locked")
+            db.writer = owner
+            db.gate_closed = True
+
+    def _commit(self, db: _Database, session: Session) -> None:
+        transactions = db.tracker.read(db.wal_frames)
+        for txn in transactions:
+            origin = (self.node_id, next(self._sequence))
+            command = cbor2.dumps(
+                {
+                    "v": _COMMAND_VERSION,
+                    "t": "frames",
+                    "db": db.name,
+                    "base": db.applied_index,
+                    "origin": list(origin),
+                    "ps": txn.page_size,
+                    "size": txn.db_size,
+                    "pages": [[pgno, page] for pgno, page in txn.pages],
+                }
+            )
+            self._own.add(origin)
+            try:
+                result = self.replicator.submit(command, _SUBMIT_TIMEOUT)
+            except (NotLeader, LeadershipLost, ReplicationError) as exc:
+                self._own.discard(origin)
+                self._fail(db, session)
+                raise GatewayFailure(_LEADERSHIP_LOST, "leadership lost") from exc
+            if result != "applied":
+                self._own.discard(origin)
+                self._fail(db, session)
+                raise GatewayFailure(_LEADERSHIP_LOST, "leadership lost")
+        if transactions:
+            db.committed = (db.tracker.salts, db.tracker.frames)
+            if db.tracker.frames >= _CHECKPOINT_FRAMES:
+                session.checkpoint()
+
+    def _fail(self, db: _Database, session: Session) -> None:
+        # The local WAL holds a commit Raft did not accept: no session may read
+        # it, and the files go back to the committed state before any new one.
+        with db.cond:
+            db.dirty = True
+            for other in list(db.sessions):
+                other.interrupt()
+        session.close()
+
+    def _restore(self, db: _Database) -> None:
+        """Close every session and bring the files back to the committed state."""
+        for session, lock in list(db.sessions.items()):
+            with lock:
+                session.close()
+        db.sessions.clear()
+        salts, frames = db.committed
+        self.engine.restore_committed(db.name, salts, frames)
+        db.tracker = WalTracker(db.tracker.path)
+        db.committed = (None, 0)
+        db.wal_frames = 0
+        db.dirty = False
+
+    # ------------------------------------------------------------- applying
+
+    def apply(self, index: int, command: bytes) -> Any:
+        """Apply one committed command (Raft's thread, log order, every node)."""
+        try:
+            decoded = cbor2.loads(command)
+        except Exception:
+            log.error("entry %d is not a dqlitepy command; skipped", index)
+            return "invalid"
+        if not isinstance(decoded, dict) or decoded.get("v") != _COMMAND_VERSION:
+            log.error("entry %d has an unknown command version; skipped", index)
+            return "invalid"
+        if decoded.get("t") == "member":
+            address, role = str(decoded["address"]), int(decoded["role"])
+            if role < 0:
+                self.members.pop(address, None)
+            else:
+                self.members[address] = (int(decoded["id"]), role)
+            return "applied"
+        if decoded.get("t") != "frames":
+            return "invalid"
+        db = self._database(str(decoded["db"]))
+        if decoded["base"] != db.applied_index:
+            return "stale"
+        db.applied_index = index
+        origin = (int(decoded["origin"][0]), int(decoded["origin"][1]))
+        if origin in self._own:
+            self._own.discard(origin)
+            return "applied"
+        pages = tuple((int(p), bytes(d)) for p, d in decoded["pages"])
+        with self._busy_cond:
+            self._busy += 1
+        self._tasks.put((db.name, Transaction(pages, int(decoded["size"]), int(decoded["ps"]))))
+        return "applied"
+
+    def _apply_loop(self) -> None:
+        while True:
+            task = self._tasks.get()
+            if task is None:
+                return
+            name, txn = task
+            try:
+                db = self._database(name)
+                with db.cond:
+                    if db.sessions or db.dirty or db.tracker.frames:
+                        self._restore(db)
+                self.engine.apply(name, txn)
+            except Exception:
+                log.exception("applying pages of %r failed", name)
+            finally:
+                with self._busy_cond:
+                    self._busy -= 1
+                    self._busy_cond.notify_all()
+
+    def _leadership(self, leading: bool) -> None:
+        if not leading:
+            # Sessions of a deposed leader must not read what Raft may drop.
+            with self._lock:
+                databases = list(self._databases.values())
+            for db in databases:
+                with db.cond:
+                    db.dirty = db.dirty or bool(db.sessions) or db.tracker.frames > 0
+                    for session in db.sessions:
+                        session.interrupt()
+
+    def record_member(self, node_id: int, address: str, role: int) -> None:
+        """Replicate a member's id and role (the CLUSTER response is built from them)."""
+        self._submit_member({"id": node_id, "address": address, "role": role})
+
+    def forget_member(self, address: str) -> None:
+        """Replicate a member's removal."""
+        self._submit_member({"id": 0, "address": address, "role": -1})
+
+    def _submit_member(self, fields: dict[str, Any]) -> None:
+        command = cbor2.dumps({"v": _COMMAND_VERSION, "t": "member", **fields})
+        try:
+            self.replicator.submit(command, _SUBMIT_TIMEOUT)
+        except ReplicationError as exc:
+            raise GatewayFailure(_LEADERSHIP_LOST, "leadership lost") from exc
+
+    def register_self(self, node_id: int, address: str, closing: threading.Event) -> None:
+        """Once this node leads, record it as a voter if the cluster does not know it yet."""
+        while not closing.is_set():
+            if address in self.members:
+                return
+            if self.is_ready_leader():
+                with contextlib.suppress(GatewayFailure):
+                    self.record_member(node_id, address, 0)
+            closing.wait(0.1)
+
+    def wait_idle(self, timeout: float) -> bool:
+        """Wait until the applier has written every queued transaction."""
+        deadline = time.monotonic() + timeout
+        with self._busy_cond:
+            return self._busy_cond.wait_for(
+                lambda: self._busy == 0, max(0.0, deadline - time.monotonic())
+            )

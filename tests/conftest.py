@@ -11,7 +11,7 @@ from collections.abc import Iterator
 
 import pytest
 from dqlite_cluster import DQLITE_DEMO, DQLITE_SHELL, DqliteDemoCluster
-from dqlitepy_server import DqlitepyServer
+from dqlitepy_server import DqlitepyCluster, DqlitepyServer
 
 
 def _require_dqlite() -> None:
@@ -61,8 +61,9 @@ from typing import Any  # noqa: E402
 import dqlitepy  # noqa: E402
 
 #: The server implementations the driver tests run against: the real C dqlite
-#: (dqlite-demo) and ours (a `dqlitepy server` process).
-DRIVER_BACKENDS = ["dqlite", "dqlitepy"]
+#: (3 dqlite-demo nodes), ours as one `dqlitepy server` process, and ours as a
+#: replicated cluster of 3 `dqlitepy server` processes.
+DRIVER_BACKENDS = ["dqlite", "dqlitepy", "dqlitepy-cluster"]
 
 _db_counter = itertools.count()
 
@@ -72,6 +73,17 @@ def dqlitepy_node() -> Iterator[DqlitepyServer]:
     """A `dqlitepy server` process shared by the session (a single node, for now)."""
     with DqlitepyServer() as node:
         yield node
+
+
+@pytest.fixture(scope="session")
+def dqlitepy_cluster() -> Iterator[list[DqlitepyServer]]:
+    """Three replicating `dqlitepy server` processes shared by the session (do not kill them)."""
+    cluster = DqlitepyCluster()
+    try:
+        cluster.wait_voters(3)
+        yield cluster.nodes
+    finally:
+        cluster.close()
 
 
 @pytest.fixture(params=DRIVER_BACKENDS)
@@ -86,6 +98,9 @@ def servers(request: pytest.FixtureRequest) -> list[str]:
     if request.param == "dqlitepy":
         node: DqlitepyServer = request.getfixturevalue("dqlitepy_node")
         return [node.address]
+    if request.param == "dqlitepy-cluster":
+        nodes: list[DqlitepyServer] = request.getfixturevalue("dqlitepy_cluster")
+        return [n.address for n in nodes]
     raise AssertionError(f"unknown backend {request.param!r}")
 
 

@@ -181,7 +181,7 @@ def test_unreachable_servers_fail_within_leader_timeout(blackhole: str, db_name:
 
 def test_follower_address_alone_reaches_the_leader(connect: Connect, servers: list[str]) -> None:
     if len(servers) < 2:
-        pytest.skip("a single-node backend has no follower (dqlitepy replication is not built yet)")
+        pytest.skip("a single-node backend has no follower (the cluster backends cover this)")
     _, followers = _leader_and_followers(servers)
     conn = connect(servers=[followers[0]])
     # Only the leader executes writes: a follower would answer "not leader".

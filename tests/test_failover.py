@@ -122,13 +122,15 @@ def test_write_with_unknown_outcome_is_never_resent(
     cluster.stop(leader)
     try:
         started = time.monotonic()
-        with pytest.raises(dqlitepy.OperationalError):
+        with pytest.raises(dqlitepy.ConnectionLostError) as info:
             conn.execute("INSERT INTO t VALUES (1)")
         elapsed = time.monotonic() - started
     finally:
         cluster.cont(leader)
     # It gave up after request_timeout instead of sending the INSERT somewhere else.
     assert 0.9 <= elapsed < 3.0, elapsed
+    assert info.value.request_sent  # the outcome is unknown
+    assert isinstance(info.value, dqlitepy.OperationalError)
     assert not conn.in_transaction
 
     # The connection works again (on whichever node leads now) ...
@@ -155,7 +157,7 @@ def test_open_transaction_is_lost_with_the_leader(
     old = _leader(cluster)
 
     cluster.kill(old)
-    with pytest.raises(dqlitepy.OperationalError) as info:
+    with pytest.raises(dqlitepy.ConnectionLostError) as info:
         conn.execute("INSERT INTO t VALUES (2)")
     assert "transaction" in str(info.value)
     assert not conn.in_transaction

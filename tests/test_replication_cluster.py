@@ -7,9 +7,7 @@ with SIGKILL and restarted on the same data directory.  Every wait is bounded.
 from __future__ import annotations
 
 import contextlib
-import shutil
 import signal
-import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -17,63 +15,10 @@ from pathlib import Path
 
 import pytest
 from dqlite_cluster import DqliteDemoCluster
+from dqlitepy_server import DqlitepyCluster as Cluster
 from dqlitepy_server import DqlitepyServer
 
 import dqlitepy
-
-KEY = "test-cluster-key-0123456789abcdef"
-
-
-class Cluster:
-    """Three ``dqlitepy server`` processes: the first bootstraps, the others --join it."""
-
-    def __init__(self, size: int = 3) -> None:
-        self.root = Path(tempfile.mkdtemp(prefix="dqlitepy-cluster-"))
-        self.nodes: list[DqlitepyServer] = []
-        for i in range(size):
-            join = [self.nodes[0].address] if self.nodes else None
-            node = DqlitepyServer(self.root / f"node{i}", cluster_key=KEY, join=join)
-            self.nodes.append(node)
-            node.start(timeout=60)
-
-    @property
-    def addresses(self) -> list[str]:
-        return [n.address for n in self.nodes]
-
-    def node(self, address: str) -> DqlitepyServer:
-        return next(n for n in self.nodes if n.address == address)
-
-    def leader(self, timeout: float = 20.0) -> str:
-        deadline = time.monotonic() + timeout
-        while True:
-            live = [n.address for n in self.nodes if n.process is not None]
-            try:
-                with dqlitepy.Client(live, timeout=2) as client:
-                    leader = client.leader()
-                if leader is not None:
-                    return leader.address
-            except dqlitepy.Error:
-                pass
-            assert time.monotonic() < deadline, "no leader"
-            time.sleep(0.1)
-
-    def wait_voters(self, count: int, timeout: float = 60.0) -> None:
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                with dqlitepy.Client(self.addresses, timeout=5) as client:
-                    voters = [n for n in client.cluster() if n.role == 0 and n.id]
-                if len(voters) >= count:
-                    return
-            except dqlitepy.Error:
-                pass
-            assert time.monotonic() < deadline, "cluster did not form"
-            time.sleep(0.2)
-
-    def close(self) -> None:
-        for node in self.nodes:
-            node.stop(signal.SIGKILL)
-        shutil.rmtree(self.root, ignore_errors=True)
 
 
 @pytest.fixture

@@ -178,12 +178,18 @@ class DqlitepyCluster:
             time.sleep(0.1)
 
     def wait_voters(self, count: int, timeout: float = 60.0) -> None:
+        """Wait until ``count`` voters are configured and every node names the same leader."""
         deadline = time.monotonic() + timeout
         while True:
             try:
                 with dqlitepy.Client(self.addresses, timeout=5) as client:
                     voters = [n for n in client.cluster() if n.role == 0 and n.id]
-                if len(voters) >= count:
+                leaders = set()
+                for address in self.addresses:
+                    with dqlitepy.Client([address], timeout=2) as one:
+                        leader = one.leader()
+                    leaders.add(leader.address if leader else "")
+                if len(voters) >= count and len(leaders) == 1 and "" not in leaders:
                     return
             except dqlitepy.Error:
                 pass

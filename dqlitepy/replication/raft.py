@@ -107,12 +107,15 @@ def raft_config(**overrides: Any) -> Any:
         "autoTick": True,
         "autoTickPeriod": 0.01,
         "appendEntriesUseBatch": False,
-        "appendEntriesPeriod": 0.05,
-        "raftMinTimeout": 0.35,
-        "raftMaxTimeout": 0.45,
+        # Heartbeats every 100 ms and elections after 0.8-1.2 s of silence: a
+        # loaded 2-core machine (server threads share the GIL with the tick
+        # thread) must not see spurious elections, and failover stays ~1 s.
+        "appendEntriesPeriod": 0.1,
+        "raftMinTimeout": 0.8,
+        "raftMaxTimeout": 1.2,
         "connectionTimeout": 3.5,
         "connectionRetryTime": 0.5,
-        "leaderFallbackTimeout": 1.0,
+        "leaderFallbackTimeout": 2.0,
         # One message may carry a large transaction: never take the chunked path.
         "appendEntriesBatchSizeBytes": 1 << 30,
         "dynamicMembershipChange": True,

@@ -186,7 +186,9 @@ class Replicated:
         """Run one statement of ``owner``'s session under the write-path rules."""
         db = self._database(name)
         lock = db.sessions.get(session)
-        if lock is None or session.closed or not self.is_ready_leader():
+        if lock is None or session.closed or db.dirty or not self.is_ready_leader():
+            # A dirty database may hold frames Raft never committed: the client
+            # reconnects, and the new session starts from the committed state.
             raise GatewayFailure(_NOT_LEADER, "not leader")
         with lock:
             if session.closed:
@@ -199,7 +201,8 @@ class Replicated:
             )
             if not writes:
                 with db.cond:
-                    db.cond.wait_for(lambda: not db.gate_closed, timeout)
+                    if not db.cond.wait_for(lambda: not db.gate_closed, timeout):
+                        raise GatewayFailure(_SQLITE_BUSY, "database is locked")
                 yield
                 return
             self._acquire_writer(db, owner, timeout)

@@ -168,3 +168,34 @@ def test_joining_without_the_key_is_refused(tmp_path: Path) -> None:
     with pytest.raises(RuntimeError):
         node.start(timeout=10)
     assert "needs its key" in node.log()
+
+
+def test_statements_that_commit_nothing(cluster: Cluster) -> None:
+    conn = dqlitepy.connect("empty", servers=cluster.addresses, isolation_level=None)
+    try:
+        # A write statement that changes nothing, on a database whose WAL is empty.
+        conn.execute("DROP TABLE IF EXISTS nosuch")
+        conn.execute("CREATE TABLE t (x UNIQUE)")
+        conn.execute("INSERT INTO t VALUES (1)")
+        with pytest.raises(dqlitepy.IntegrityError):
+            conn.execute("INSERT INTO t VALUES (1)")  # fails: nothing to replicate
+        conn.execute("DELETE FROM t WHERE x = 42")  # matches nothing
+        conn.execute("BEGIN")
+        conn.execute("ROLLBACK")
+        assert conn.execute("SELECT x FROM t").fetchall() == [(1,)]
+    finally:
+        conn.close()
+
+
+def test_transfer_answers_once_leadership_moved(cluster: Cluster) -> None:
+    client = dqlitepy.Client(cluster.addresses)
+    try:
+        leader = cluster.leader()
+        target = next(n for n in client.cluster() if n.address != leader)
+        client.transfer(target.id)
+        # No waiting: the old leader already stopped leading when TRANSFER returned.
+        with dqlitepy.Client([leader]) as old:
+            named = old.leader()
+        assert named is None or named.address != leader
+    finally:
+        client.close()

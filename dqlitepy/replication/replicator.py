@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import socket
 import threading
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -204,8 +205,14 @@ class Replicator:
             done.set()
 
         core.transferLeadership(None if address is None else PeerNode(address), callback=callback)
+        deadline = time.monotonic() + timeout
         if not done.wait(timeout) or outcome[0] != FAIL_REASON.SUCCESS:
             raise ReplicationError("leadership transfer failed")
+        # As dqlite: answer once this node no longer leads.
+        while core.raft_state == LEADER:
+            if time.monotonic() > deadline:
+                raise ReplicationError("leadership transfer failed")
+            time.sleep(0.01)
 
     # -------------------------------------------------------------- events
 

@@ -62,8 +62,9 @@ class _Database:
     gate_closed: bool = False
     #: Index of the last FRAMES entry of this database applied (the same on every node).
     applied_index: int = 0
-    #: Frames in the WAL according to the last commit's WAL hook.
-    wal_frames: int = 0
+    #: Frames in the WAL according to the WAL hook, if it fired during the
+    #: current write statement (None: the statement committed nothing).
+    wal_frames: int | None = None
     #: (salts, frames) of the WAL after the last commit Raft accepted.
     committed: tuple[tuple[int, int] | None, int] = (None, 0)
     #: Open sessions and the lock each holds while it runs a statement.
@@ -206,6 +207,7 @@ class Replicated:
                 yield
                 return
             self._acquire_writer(db, owner, timeout)
+            db.wal_frames = None
             try:
                 yield
             finally:
@@ -227,7 +229,10 @@ class Replicated:
             db.gate_closed = True
 
     def _commit(self, db: _Database, session: Session) -> None:
+        if db.wal_frames is None:
+            return  # nothing committed (a failed or empty write)
         transactions = db.tracker.read(db.wal_frames)
+        db.wal_frames = None
         for txn in transactions:
             origin = (self.node_id, next(self._sequence))
             command = cbor2.dumps(
@@ -277,7 +282,7 @@ class Replicated:
         self.engine.restore_committed(db.name, salts, frames)
         db.tracker = WalTracker(db.tracker.path)
         db.committed = (None, 0)
-        db.wal_frames = 0
+        db.wal_frames = None
         db.dirty = False
 
     # ------------------------------------------------------------- applying

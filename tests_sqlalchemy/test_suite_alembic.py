@@ -1,0 +1,3 @@
+"""Alembic's compliance suite for third-party dialects."""
+
+from alembic.testing.suite import *  # noqa: F403

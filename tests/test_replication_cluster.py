@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 from dqlite_cluster import DqliteDemoCluster
+from dqlitepy_server import CLUSTER_KEY as KEY
 from dqlitepy_server import DqlitepyCluster as Cluster
 from dqlitepy_server import DqlitepyServer
 
@@ -199,3 +200,124 @@ def test_transfer_answers_once_leadership_moved(cluster: Cluster) -> None:
         assert named is None or named.address != leader
     finally:
         client.close()
+
+
+def test_stopping_the_leader_hands_over_first(cluster: Cluster) -> None:
+    leader = cluster.leader()
+    started = time.monotonic()
+    assert cluster.node(leader).stop(signal.SIGTERM) == 0
+    # The others had a leader as soon as the old one was gone: no election timeout.
+    new_leader = cluster.leader(timeout=5)
+    assert new_leader != leader
+    assert time.monotonic() - started < 5
+
+
+def test_a_large_transaction_replicates(cluster: Cluster) -> None:
+    conn = dqlitepy.connect("big", servers=cluster.addresses)
+    try:
+        conn.execute("CREATE TABLE b (id INTEGER PRIMARY KEY, data BLOB)")
+        with conn:  # one transaction of about 24 MiB of pages
+            for _ in range(24):
+                conn.execute("INSERT INTO b (data) VALUES (randomblob(1048576))")
+        expected = conn.execute("SELECT sum(length(data)), count(*) FROM b").fetchone()
+    finally:
+        conn.close()
+    assert expected == (24 * 1048576, 24)
+    client = dqlitepy.Client(cluster.addresses)
+    try:
+        for node in client.cluster():
+            if cluster.leader() != node.address:
+                client.transfer(node.id)
+            single = dqlitepy.connect("big", servers=[node.address])
+            try:
+                assert (
+                    single.execute("SELECT sum(length(data)), count(*) FROM b").fetchone()
+                    == expected
+                )
+            finally:
+                single.close()
+    finally:
+        client.close()
+
+
+def test_a_stranger_on_a_nodes_address_is_refused(cluster: Cluster, tmp_path: Path) -> None:
+    import pickle
+    import socket
+    import struct
+
+    from dqlitepy.wire import ConnectRequest, encode_message
+
+    marker = tmp_path / "unpickled"
+
+    class Boom:
+        def __reduce__(self) -> tuple[object, ...]:
+            return (Path.touch, (marker,))
+
+    host, _, port = cluster.addresses[0].rpartition(":")
+    for payload in (pickle.dumps({"type": "append_entries", "x": Boom()}), b"\xff" * 64):
+        with socket.create_connection((host, int(port)), timeout=5) as sock:
+            sock.sendall(struct.pack("<Q", 1))
+            sock.sendall(encode_message(ConnectRequest(0x1234, "127.0.0.1:1")))
+            sock.sendall(struct.pack("<I", len(payload)) + payload)
+            sock.settimeout(5)
+            try:
+                while sock.recv(4096):
+                    pass
+            except OSError:
+                pass
+    assert not marker.exists()
+    # The cluster still commits.
+    conn = dqlitepy.connect("after", servers=cluster.addresses, isolation_level=None)
+    try:
+        conn.execute("CREATE TABLE t (x)")
+        conn.execute("INSERT INTO t VALUES (1)")
+    finally:
+        conn.close()
+
+
+def test_membership_changes_during_writes(cluster: Cluster) -> None:
+    conn = dqlitepy.connect("members", servers=cluster.addresses, isolation_level=None)
+    conn.execute("CREATE TABLE t (v TEXT PRIMARY KEY)")
+    conn.close()
+    acknowledged: list[str] = []
+    stop = threading.Event()
+
+    def writer() -> None:
+        writer_conn = dqlitepy.connect(
+            "members", servers=cluster.addresses, isolation_level=None, leader_timeout=20
+        )
+        i = 0
+        while not stop.is_set():
+            try:
+                writer_conn.execute("INSERT INTO t VALUES (?)", (f"m{i}",))
+                acknowledged.append(f"m{i}")
+            except dqlitepy.OperationalError:
+                time.sleep(0.05)
+            i += 1
+        writer_conn.close()
+
+    thread = threading.Thread(target=writer)
+    thread.start()
+    fourth = DqlitepyServer(cluster.root / "node3", cluster_key=KEY, join=[cluster.addresses[0]])
+    try:
+        fourth.start(timeout=60)
+        client = dqlitepy.Client(cluster.addresses)
+        deadline = time.monotonic() + 30
+        while fourth.address not in {n.address for n in client.cluster() if n.role == 0}:
+            assert time.monotonic() < deadline, "the fourth node did not become a voter"
+            time.sleep(0.2)
+        time.sleep(1.0)
+        node_id = next(n.id for n in client.cluster() if n.address == fourth.address)
+        client.remove(node_id)
+        assert fourth.address not in {n.address for n in client.cluster()}
+        client.close()
+        time.sleep(0.5)
+    finally:
+        stop.set()
+        thread.join(60)
+        fourth.stop(signal.SIGKILL)
+    check = dqlitepy.connect("members", servers=cluster.addresses)
+    rows = {r[0] for r in check.execute("SELECT v FROM t")}
+    check.close()
+    assert len(acknowledged) > 20
+    assert not set(acknowledged) - rows

@@ -109,11 +109,16 @@ class Replicator:
 
     def close(self) -> None:
         """Stop Raft (hand leadership over first if this node leads)."""
-        core, self._core = self._core, None
+        core = self._core
         if core is None:
             return
         if core.raft_state == LEADER and core.otherNodes:
-            core.transferLeadership()
+            # Hand over first, as dqlite does, so clients find a leader at once.
+            try:
+                self.transfer(None, timeout=3.0)
+            except ReplicationError as exc:
+                log.warning("could not hand leadership over before stopping: %s", exc)
+        self._core = None
         core.destroy_synchronous()
 
     # -------------------------------------------------------------- queries

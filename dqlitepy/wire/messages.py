@@ -325,10 +325,9 @@ class InterruptRequest(Request):
 
 
 @dataclass(frozen=True, slots=True)
-class ConnectRequest(Request):
-    """CONNECT (§2.2): a peer node hands this socket over to Raft; never answered."""
+class _NodeAddressRequest(Request):
+    """CONNECT and ADD: a node id, then its address."""
 
-    TYPE: ClassVar[RequestType] = RequestType.CONNECT
     node_id: int
     address: str
 
@@ -337,25 +336,25 @@ class ConnectRequest(Request):
         w.text(self.address)
 
     @classmethod
-    def _decode(cls, r: Reader, schema: int, legacy: bool) -> ConnectRequest:
+    def _decode(cls, r: Reader, schema: int, legacy: bool) -> _NodeAddressRequest:
         return cls(r.u64(), r.text())
 
 
 @dataclass(frozen=True, slots=True)
-class AddRequest(Request):
+class ConnectRequest(_NodeAddressRequest):
+    """CONNECT (§2.2): a peer node hands this socket over to Raft; never answered.
+
+    The id and address are the *sender's*.
+    """
+
+    TYPE: ClassVar[RequestType] = RequestType.CONNECT
+
+
+@dataclass(frozen=True, slots=True)
+class AddRequest(_NodeAddressRequest):
     """ADD (§2.2): add a node to the cluster as a spare."""
 
     TYPE: ClassVar[RequestType] = RequestType.ADD
-    node_id: int
-    address: str
-
-    def _encode(self, w: Writer, legacy: bool) -> None:
-        w.u64(self.node_id)
-        w.text(self.address)
-
-    @classmethod
-    def _decode(cls, r: Reader, schema: int, legacy: bool) -> AddRequest:
-        return cls(r.u64(), r.text())
 
 
 @dataclass(frozen=True, slots=True)

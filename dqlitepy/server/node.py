@@ -273,10 +273,11 @@ class NodeServer:
         if self.replicated is None:
             return [NodeInfo(self._id, self._address, NodeRole.VOTER)]
         voters = set(self.replicated.replicator.voters())
+        members = dict(self.replicated.members)
         nodes = []
-        for address, (node_id, role) in sorted(self.replicated.members.items()):
+        for address, (node_id, role) in sorted(members.items()):
             nodes.append(NodeInfo(node_id, address, NodeRole.VOTER if address in voters else role))
-        known = set(self.replicated.members)
+        known = set(members)
         nodes.extend(NodeInfo(0, a, NodeRole.VOTER) for a in sorted(voters - known))
         return nodes
 
@@ -321,8 +322,9 @@ class NodeServer:
         replicated = self.replicated
         try:
             if isinstance(request, AddRequest):
-                if request.address in replicated.members or any(
-                    node_id == request.node_id for node_id, _ in replicated.members.values()
+                members = dict(replicated.members)
+                if request.address in members or any(
+                    node_id == request.node_id for node_id, _ in members.values()
                 ):
                     raise GatewayFailure(1, "server ID already in use")
                 replicated.record_member(request.node_id, request.address, NodeRole.SPARE)
@@ -351,7 +353,7 @@ class NodeServer:
     def _address_of(self, request: Request) -> str:
         node_id = getattr(request, "node_id", 0)
         assert self.replicated is not None
-        for address, (member_id, _) in self.replicated.members.items():
+        for address, (member_id, _) in dict(self.replicated.members).items():
             if member_id == node_id:
                 return address
         if node_id == self._id:

@@ -116,7 +116,8 @@ class Replicated:
         self._applier = threading.Thread(
             target=self._apply_loop, name="dqlitepy-applier", daemon=True
         )
-        #: Called with (id, address, role) for every cluster member recorded.
+        # Member address -> (id, role), written by apply() on Raft's thread:
+        # readers copy it (dict(self.members)) before iterating.
         self.members: dict[str, tuple[int, int]] = {}
         # The log is replayed from the start: begin from empty files.
         engine.remove_all()

@@ -28,7 +28,10 @@ RUN_SECONDS = 15.0
 
 
 @pytest.fixture
-def cluster() -> Iterator[DqlitepyCluster]:
+def cluster(monkeypatch: pytest.MonkeyPatch) -> Iterator[DqlitepyCluster]:
+    # Compact the log every 200 entries: snapshots are written, and installed on
+    # nodes that come back from a kill, while the workloads run.
+    monkeypatch.setenv("DQLITEPY_SNAPSHOT_ENTRIES", "200")
     c = DqlitepyCluster()
     try:
         c.wait_voters(3)

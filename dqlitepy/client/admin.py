@@ -41,8 +41,12 @@ __all__ = ["Client", "NodeMetadata"]
 
 R = TypeVar("R", bound=Response)
 
-_ROLE_NAMES = {"voter": NodeRole.VOTER, "standby": NodeRole.STANDBY,
-               "stand-by": NodeRole.STANDBY, "spare": NodeRole.SPARE}
+_ROLE_NAMES = {
+    "voter": NodeRole.VOTER,
+    "standby": NodeRole.STANDBY,
+    "stand-by": NodeRole.STANDBY,
+    "spare": NodeRole.SPARE,
+}
 
 
 @dataclass(frozen=True, slots=True)

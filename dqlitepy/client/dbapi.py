@@ -687,11 +687,7 @@ class Connection:
     def isolation_level(self, value: str | None) -> None:
         level = self._check_isolation_level(value)
         self._check()
-        if (
-            level is None
-            and self._autocommit == LEGACY_TRANSACTION_CONTROL
-            and self._in_txn
-        ):
+        if level is None and self._autocommit == LEGACY_TRANSACTION_CONTROL and self._in_txn:
             self.commit()
         self._isolation_level = level
 
@@ -1088,9 +1084,7 @@ class Cursor:
         self._converters = []
         self._pos = 0
 
-    def _set_columns(
-        self, columns: Sequence[str], decltypes: Sequence[str | None] | None
-    ) -> None:
+    def _set_columns(self, columns: Sequence[str], decltypes: Sequence[str | None] | None) -> None:
         detect = self.connection._detect_types
         names: list[str] = []
         convs: list[Callable[[bytes], Any] | None] = []
@@ -1563,4 +1557,3 @@ def connect(
         attempt_timeout=attempt_timeout,
         request_timeout=request_timeout,
     )
-

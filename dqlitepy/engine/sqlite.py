@@ -18,12 +18,13 @@ import contextlib
 import json
 import os
 import re
+import shutil
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import apsw
 import apsw.ext
@@ -523,6 +524,74 @@ class Engine:
             raise _translate(exc) from exc
         wal.unlink(missing_ok=True)
         Path(str(path) + "-shm").unlink(missing_ok=True)
+
+    def snapshot_image(
+        self, name: str, salts: tuple[int, int] | None, frames: int, workdir: Path
+    ) -> Path | None:
+        """Make a self-contained copy of database ``name`` as of its last committed frame.
+
+        The database file and the WAL's committed prefix are copied into
+        ``workdir`` and folded together there, so frames Raft has not committed
+        are left out and the live files are not touched.  Returns the image's
+        path, or None if the database has no file.  The caller keeps
+        checkpoints of this database from running meanwhile.
+        """
+        path = self.path(name)
+        if not path.exists():
+            return None
+        image = workdir / "image.db"
+        image_wal = Path(str(image) + "-wal")
+        for stale in (image, image_wal, Path(str(image) + "-shm")):
+            stale.unlink(missing_ok=True)
+        shutil.copyfile(path, image)
+        wal = Path(str(path) + "-wal")
+        if salts is not None and wal.exists():
+            with wal.open("rb") as src:
+                header = src.read(32)
+                if len(header) == 32:
+                    page_size = int.from_bytes(header[8:12], "big")
+                    current = (
+                        int.from_bytes(header[16:20], "big"),
+                        int.from_bytes(header[20:24], "big"),
+                    )
+                    if current == salts:
+                        src.seek(0)
+                        remaining = 32 + frames * (24 + page_size)
+                        with image_wal.open("wb") as dst:
+                            while remaining > 0:
+                                chunk = src.read(min(remaining, 1 << 20))
+                                if not chunk:
+                                    break
+                                dst.write(chunk)
+                                remaining -= len(chunk)
+        try:
+            db = apsw.Connection(str(image), flags=apsw.SQLITE_OPEN_READWRITE)
+            try:
+                db.execute("PRAGMA journal_mode=WAL").fetchall()
+                db.wal_checkpoint(mode=apsw.SQLITE_CHECKPOINT_TRUNCATE)
+            finally:
+                db.close(True)
+        except apsw.Error as exc:
+            raise _translate(exc) from exc
+        image_wal.unlink(missing_ok=True)
+        Path(str(image) + "-shm").unlink(missing_ok=True)
+        return image
+
+    def write_file(self, name: str, source: BinaryIO, size: int) -> None:
+        """Replace database ``name``'s file with ``size`` bytes read from ``source``."""
+        path = self.path(name)
+        for suffix in ("-wal", "-shm"):
+            Path(str(path) + suffix).unlink(missing_ok=True)
+        tmp = Path(str(path) + ".tmp")
+        with tmp.open("wb") as out:
+            remaining = size
+            while remaining > 0:
+                chunk = source.read(min(remaining, 1 << 20))
+                if not chunk:
+                    raise EngineError(11, f"snapshot of {name!r} is truncated")
+                out.write(chunk)
+                remaining -= len(chunk)
+        os.replace(tmp, path)
 
     def apply(self, name: str, transaction: Transaction) -> None:
         """Write a replicated transaction's pages into database ``name``'s file.

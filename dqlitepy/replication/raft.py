@@ -207,6 +207,12 @@ class HardenedSyncObj(SyncObj):  # type: ignore[misc]
             if callable(callback):
                 callback(None, FAIL_REASON.NOT_LEADER)
 
+    def postpone_election(self) -> None:
+        """Restart the election timer (after a long pause of Raft's thread)."""
+        self._SyncObj__raftElectionDeadline = (
+            time.monotonic() + self._SyncObj__generateRaftTimeout()
+        )
+
     # ------------------------------------------------------------ state access
 
     @property

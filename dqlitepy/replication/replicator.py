@@ -11,20 +11,34 @@ voters.  Nothing else in dqlitepy sees PySyncObj.
 from __future__ import annotations
 
 import logging
+import os
 import socket
 import threading
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
-from pysyncobj.config import FAIL_REASON
+import cbor2
+from pysyncobj.config import FAIL_REASON, SERIALIZER_STATE
 
 from .journal import durable_journal_for_syncobj
 from .raft import FAILURES, LEADER, HardenedSyncObj, PeerNode, raft_config
 from .transport import SecureTransport, secure_transport_class
 
-__all__ = ["LeadershipLost", "NotLeader", "ReplicationError", "Replicator"]
+__all__ = [
+    "DEFAULT_SNAPSHOT_ENTRIES",
+    "LeadershipLost",
+    "NotLeader",
+    "ReplicationError",
+    "Replicator",
+]
+
+#: Compact the log (write a snapshot) once it holds this many entries.
+DEFAULT_SNAPSHOT_ENTRIES = 10_000
+#: A snapshot travels to a lagging node in chunks of this size.
+SNAPSHOT_CHUNK = 4 * 1024 * 1024
+SNAPSHOT_VERSION = 1
 
 log = logging.getLogger("dqlitepy.replication")
 
@@ -69,6 +83,9 @@ class Replicator:
         cluster_key: bytes,
         apply: Callable[[int, bytes], Any],
         on_leadership: Callable[[bool], None] | None = None,
+        snapshot: Callable[[], Callable[[BinaryIO], None]] | None = None,
+        restore: Callable[[BinaryIO], None] | None = None,
+        snapshot_entries: int = DEFAULT_SNAPSHOT_ENTRIES,
     ) -> None:
         self.address = address
         self._raft_dir = Path(data_dir) / "raft"
@@ -81,6 +98,10 @@ class Replicator:
         self._core: HardenedSyncObj | None = None
         self._was_leader = False
         self._lock = threading.Lock()
+        self._snapshot = snapshot
+        self._restore = restore
+        self._snapshot_entries = snapshot_entries
+        self._snapshot_state = SERIALIZER_STATE.NOT_SERIALIZING
 
     # ----------------------------------------------------------- lifecycle
 
@@ -94,9 +115,22 @@ class Replicator:
         transport_class = secure_transport_class(
             self._cluster_key, node_id=self._node_id, on_created=created
         )
+        options: dict[str, Any] = {}
+        if self._snapshot is not None and self._restore is not None:
+            # Log compaction: dqlitepy writes the snapshot itself (the databases,
+            # streamed to a file), PySyncObj ships the file to lagging nodes.
+            options = {
+                "fullDumpFile": str(self._raft_dir / "snapshot"),
+                "serializer": self._write_snapshot,
+                "serializeChecker": self._snapshot_progress,
+                "deserializer": self._read_snapshot,
+                "logCompactionMinEntries": self._snapshot_entries,
+                "logCompactionBatchSize": SNAPSHOT_CHUNK,
+            }
         conf = raft_config(
             journalFile=str(self._raft_dir / "journal"),
             onStateChanged=self._state_changed,
+            **options,
         )
         with durable_journal_for_syncobj():
             self._core = HardenedSyncObj(
@@ -218,6 +252,72 @@ class Replicator:
             if time.monotonic() > deadline:
                 raise ReplicationError("leadership transfer failed")
             time.sleep(0.01)
+
+    # ------------------------------------------------------------- snapshots
+
+    def _write_snapshot(self, path: str, raft_data: Any) -> None:
+        """PySyncObj's serializer, on Raft's thread: capture now, write in the background.
+
+        Copying gigabytes on Raft's thread would stop heartbeats and depose the
+        leader, so only the capture (Raft's bookmarks and the server's state at
+        this entry) happens here; a thread streams the databases into a
+        separate file and renames it over the snapshot when complete.
+        :meth:`_snapshot_progress` tells PySyncObj when it is done, and until
+        then it neither compacts the log nor sends the snapshot anywhere.
+        """
+        last, previous, cluster = raft_data
+        assert self._snapshot is not None
+        header = {
+            "version": SNAPSHOT_VERSION,
+            "last": [bytes(last[0]), int(last[1]), int(last[2])],
+            "previous": [bytes(previous[0]), int(previous[1]), int(previous[2])],
+            "cluster": sorted(str(node.id) for node in cluster),
+        }
+        write_state = self._snapshot()
+        final = path.removesuffix(".tmp")
+        self._snapshot_state = SERIALIZER_STATE.SERIALIZING
+
+        def run() -> None:
+            partial = final + ".partial"
+            try:
+                with open(partial, "wb") as f:
+                    cbor2.dump(header, f)
+                    write_state(f)
+                    f.flush()
+                    os.fsync(f.fileno())
+                os.replace(partial, final)
+                log.info("%s wrote a snapshot at entry %d", self.address, last[1])
+                self._snapshot_state = SERIALIZER_STATE.SUCCESS
+            except Exception:
+                log.exception("%s could not write a snapshot", self.address)
+                self._snapshot_state = SERIALIZER_STATE.FAILED
+
+        threading.Thread(target=run, name="dqlitepy-snapshot", daemon=True).start()
+
+    def _snapshot_progress(self) -> int:
+        """PySyncObj's serializeChecker: SUCCESS or FAILED are reported once."""
+        state = self._snapshot_state
+        if state in (SERIALIZER_STATE.SUCCESS, SERIALIZER_STATE.FAILED):
+            self._snapshot_state = SERIALIZER_STATE.NOT_SERIALIZING
+        return int(state)
+
+    def _read_snapshot(self, path: str) -> tuple[Any, Any, set[PeerNode]]:
+        """PySyncObj's deserializer: install the state, give Raft its bookmarks back."""
+        assert self._restore is not None
+        with open(path, "rb") as f:
+            header = cbor2.load(f)
+            if not isinstance(header, dict) or header.get("version") != SNAPSHOT_VERSION:
+                raise ReplicationError(f"{path}: not a dqlitepy snapshot")
+            self._restore(f)
+        last = tuple(header["last"])
+        previous = tuple(header["previous"])
+        log.info("%s installed a snapshot at entry %d", self.address, last[1])
+        core = self._core
+        if core is not None:
+            # Installing took Raft's thread a while; the leader's messages are
+            # waiting in the socket, not missing: do not start an election.
+            core.postpone_election()
+        return last, previous, {PeerNode(a) for a in header["cluster"]}
 
     # -------------------------------------------------------------- events
 

@@ -21,12 +21,12 @@ import time
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import cbor2
 
 from ..engine import Engine, Session, StatementInfo
-from ..replication.replicator import ReplicationError, Replicator
+from ..replication.replicator import DEFAULT_SNAPSHOT_ENTRIES, ReplicationError, Replicator
 from ..wire import (
     NEED_DATA,
     AddRequest,
@@ -350,6 +350,14 @@ class NodeServer:
         except ReplicationError as exc:
             raise GatewayFailure(1, str(exc)) from exc
 
+    def _capture_snapshot(self) -> Callable[[BinaryIO], None]:
+        assert self.replicated is not None
+        return self.replicated.capture_snapshot()
+
+    def _restore(self, source: BinaryIO) -> None:
+        assert self.replicated is not None
+        self.replicated.restore(source)
+
     def _address_of(self, request: Request) -> str:
         node_id = getattr(request, "node_id", 0)
         assert self.replicated is not None
@@ -407,6 +415,11 @@ class NodeServer:
                 cluster_key=key,
                 apply=apply,
                 on_leadership=on_leadership,
+                snapshot=lambda: self._capture_snapshot(),
+                restore=lambda source: self._restore(source),
+                snapshot_entries=int(
+                    os.environ.get("DQLITEPY_SNAPSHOT_ENTRIES") or DEFAULT_SNAPSHOT_ENTRIES
+                ),
             )
 
         self.replicated = Replicated(self.engine, factory, self._id)

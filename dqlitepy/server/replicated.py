@@ -28,11 +28,15 @@ import contextlib
 import itertools
 import logging
 import queue
+import shutil
+import struct
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from pathlib import Path
+from typing import Any, BinaryIO
 
 import cbor2
 
@@ -71,6 +75,9 @@ class _Database:
     sessions: dict[Session, threading.Lock] = field(default_factory=dict)
     #: The local files may hold frames Raft never committed.
     dirty: bool = False
+    #: Held while SQLite may write the database file (checkpoints, closing the
+    #: last session), so that a snapshot copies a file at rest.
+    file_lock: threading.Lock = field(default_factory=threading.Lock)
 
 
 def _in_transaction(session: Session) -> bool:
@@ -109,7 +116,8 @@ class Replicated:
         self._databases: dict[str, _Database] = {}
         self._lock = threading.Lock()
         self._sequence = itertools.count(1)
-        self._own: set[tuple[int, int]] = set()
+        # Commands this node submitted, by origin, with the WAL position after them.
+        self._own: dict[tuple[int, int], tuple[tuple[int, int] | None, int]] = {}
         self._tasks: queue.Queue[tuple[str, Transaction] | None] = queue.Queue()
         self._busy = 0
         self._busy_cond = threading.Condition()
@@ -174,7 +182,8 @@ class Replicated:
             session.close()
             return
         with lock:
-            session.close()
+            with db.file_lock:
+                session.close()
             with db.cond:
                 db.sessions.pop(session, None)
                 if db.writer is not None and not db.sessions:
@@ -248,20 +257,19 @@ class Replicated:
                     "pages": [[pgno, page] for pgno, page in txn.pages],
                 }
             )
-            self._own.add(origin)
+            self._own[origin] = (db.tracker.salts, db.tracker.frames)
             try:
                 result = self.replicator.submit(command, _SUBMIT_TIMEOUT)
             except (NotLeader, LeadershipLost, ReplicationError) as exc:
-                self._own.discard(origin)
+                self._own.pop(origin, None)
                 self._fail(db, session)
                 raise GatewayFailure(_LEADERSHIP_LOST, "leadership lost") from exc
             if result != "applied":
-                self._own.discard(origin)
+                self._own.pop(origin, None)
                 self._fail(db, session)
                 raise GatewayFailure(_LEADERSHIP_LOST, "leadership lost")
-        if transactions:
-            db.committed = (db.tracker.salts, db.tracker.frames)
-            if db.tracker.frames >= _CHECKPOINT_FRAMES:
+        if transactions and db.tracker.frames >= _CHECKPOINT_FRAMES:
+            with db.file_lock:
                 session.checkpoint()
 
     def _fail(self, db: _Database, session: Session) -> None:
@@ -271,12 +279,13 @@ class Replicated:
             db.dirty = True
             for other in list(db.sessions):
                 other.interrupt()
-        session.close()
+        with db.file_lock:
+            session.close()
 
     def _restore(self, db: _Database) -> None:
         """Close every session and bring the files back to the committed state."""
         for session, lock in list(db.sessions.items()):
-            with lock:
+            with lock, db.file_lock:
                 session.close()
         db.sessions.clear()
         salts, frames = db.committed
@@ -312,8 +321,10 @@ class Replicated:
             return "stale"
         db.applied_index = index
         origin = (int(decoded["origin"][0]), int(decoded["origin"][1]))
-        if origin in self._own:
-            self._own.discard(origin)
+        position = self._own.pop(origin, None)
+        if position is not None:
+            # Ours: the pages are in the local WAL already, up to `position`.
+            db.committed = position
             return "applied"
         pages = tuple((int(p), bytes(d)) for p, d in decoded["pages"])
         with self._busy_cond:
@@ -350,6 +361,71 @@ class Replicated:
                     db.dirty = db.dirty or bool(db.sessions) or db.tracker.frames > 0
                     for session in db.sessions:
                         session.interrupt()
+
+    # ------------------------------------------------------------ snapshots
+
+    def capture_snapshot(self) -> Callable[[BinaryIO], None]:
+        """Capture the state at the last applied entry (Raft's thread); return its writer.
+
+        The writer (run on another thread) emits cbor2 state — members and each
+        database's last applied FRAMES index, as of now — then per database a
+        u64 size and the file's bytes.  The files are copied while writes go
+        on, so they may already hold entries applied after now; that is safe
+        because entries carry whole page images: replaying the log from this
+        entry on rewrites every page such an entry touched and ends in the same
+        state.  They never lag behind now (the applier is drained first).
+        """
+        self.wait_idle(600)
+        with self._lock:
+            databases = sorted(self._databases.values(), key=lambda d: d.name)
+        state = cbor2.dumps(
+            {
+                "members": {a: list(v) for a, v in dict(self.members).items()},
+                "databases": [[db.name, db.applied_index] for db in databases],
+            }
+        )
+
+        def write(out: BinaryIO) -> None:
+            out.write(state)
+            with tempfile.TemporaryDirectory(prefix="dqlitepy-snapshot-") as workdir:
+                for db in databases:
+                    salts, frames = db.committed
+                    # No checkpoint may rewrite the file while it is copied: its
+                    # pages would come from entries before now, which are not
+                    # replayed.
+                    with db.file_lock:
+                        image = self.engine.snapshot_image(db.name, salts, frames, Path(workdir))
+                    if image is None:
+                        out.write(struct.pack("<Q", 0))
+                        continue
+                    out.write(struct.pack("<Q", image.stat().st_size))
+                    with image.open("rb") as src:
+                        shutil.copyfileobj(src, out, 1 << 20)
+                    image.unlink()
+
+        return write
+
+    def restore(self, source: BinaryIO) -> None:
+        """Replace every database with a snapshot's (Raft's thread)."""
+        self.wait_idle(600)
+        state = cbor2.load(source)
+        with self._lock:
+            databases = list(self._databases.values())
+        for db in databases:
+            with db.cond:
+                self._restore(db)
+        self.engine.remove_all()
+        self._own.clear()
+        for name, applied in state["databases"]:
+            (size,) = struct.unpack("<Q", source.read(8))
+            db = self._database(str(name))
+            with db.cond:
+                db.applied_index = int(applied)
+                db.committed = (None, 0)
+                db.dirty = False
+                if size:
+                    self.engine.write_file(db.name, source, size)
+        self.members = {str(a): (int(v[0]), int(v[1])) for a, v in state["members"].items()}
 
     def record_member(self, node_id: int, address: str, role: int) -> None:
         """Replicate a member's id and role (the CLUSTER response is built from them)."""

@@ -176,9 +176,7 @@ class Writer:
             else:
                 raise LocalProtocolError(f"unknown value type {type_!r}")
         except (struct.error, TypeError, AttributeError) as exc:
-            raise LocalProtocolError(
-                f"value {value!r} does not fit wire type {type_!r}"
-            ) from exc
+            raise LocalProtocolError(f"value {value!r} does not fit wire type {type_!r}") from exc
 
     def _type_header(self, types: Sequence[int], prefix: bytes) -> None:
         header = bytearray(prefix)
@@ -342,9 +340,7 @@ class Reader:
         values = tuple(self.value(t) for t in types)
         return ValueTuple(types, values)
 
-    def rows(
-        self, n_columns: int
-    ) -> tuple[list[tuple[Value, ...]], list[tuple[int, ...]], bool]:
+    def rows(self, n_columns: int) -> tuple[list[tuple[Value, ...]], list[tuple[int, ...]], bool]:
         """Decode rows up to and including the end marker.
 
         Returns:

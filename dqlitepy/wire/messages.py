@@ -782,7 +782,6 @@ class MetadataResponse(Response):
         return cls(r.u64(), r.u64())
 
 
-
 #: Request classes by type code.
 REQUESTS: dict[int, type[Request]] = {
     cls.TYPE: cls

@@ -321,3 +321,20 @@ def test_membership_changes_during_writes(cluster: Cluster) -> None:
     check.close()
     assert len(acknowledged) > 20
     assert not set(acknowledged) - rows
+
+
+def test_go_shell_remove(cluster: Cluster) -> None:
+    shell = DqliteDemoCluster()
+    victim = next(a for a in cluster.addresses if a != cluster.leader())
+    shell.shell(f".remove {victim}", servers=cluster.addresses)
+    lines = shell.shell(".cluster", servers=cluster.addresses).splitlines()
+    assert sorted(line.split("|")[1] for line in lines) == sorted(
+        a for a in cluster.addresses if a != victim
+    )
+    # The remaining two still commit.
+    conn = dqlitepy.connect("after_remove", servers=cluster.addresses, isolation_level=None)
+    try:
+        conn.execute("CREATE TABLE t (x)")
+        conn.execute("INSERT INTO t VALUES (1)")
+    finally:
+        conn.close()

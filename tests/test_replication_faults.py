@@ -156,8 +156,11 @@ def test_bank_and_append_under_faults(cluster: DqlitepyCluster) -> None:
     for t in workers:
         t.join(120)
 
-    # Everyone is back up: the final state, through whichever node leads.
-    check = _connect(cluster)
+    # Everyone is back up: the final state, through whichever node leads (which
+    # may still be catching up: give its answer time).
+    check = dqlitepy.connect(
+        "jepsen", servers=cluster.addresses, leader_timeout=60, request_timeout=60
+    )
     final_total = check.execute("SELECT sum(balance) FROM accounts").fetchone()[0]
     rows = [r[0] for r in check.execute("SELECT v FROM log")]
     check.close()

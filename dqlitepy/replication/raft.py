@@ -160,6 +160,8 @@ class HardenedSyncObj(SyncObj):  # type: ignore[misc]
         **kwargs: Any,
     ) -> None:
         self._dqlitepy_apply = apply
+        self._waiters: set[Callable[[Any, int], None]] = set()
+        self._waiters_lock = threading.Lock()
         self_node = PeerNode(self_address) if self_address is not None else None
         others = [PeerNode(p) for p in peers]
         super().__init__(self_node, others, conf, nodeClass=PeerNode, **kwargs)
@@ -187,10 +189,28 @@ class HardenedSyncObj(SyncObj):  # type: ignore[misc]
             outcome[0], outcome[1] = result, reason
             done.set()
 
-        self.submit(command, callback)
-        if not done.wait(timeout):
-            return None, FAIL_REASON.UNKNOWN_OUTCOME
-        return outcome[0], outcome[1]
+        with self._waiters_lock:
+            self._waiters.add(callback)
+        try:
+            self.submit(command, callback)
+            if not done.wait(timeout):
+                return None, FAIL_REASON.UNKNOWN_OUTCOME
+            return outcome[0], outcome[1]
+        finally:
+            with self._waiters_lock:
+                self._waiters.discard(callback)
+
+    def abandon_waiters(self) -> None:
+        """Release every :meth:`submit_and_wait` caller with LEADER_CHANGED.
+
+        Called when this node stops leading: their commands' fate is decided by
+        the next leader, and the callers must not keep holding what they hold
+        (a database's writer slot) while it is decided.
+        """
+        with self._waiters_lock:
+            waiters = list(self._waiters)
+        for callback in waiters:
+            callback(None, FAIL_REASON.LEADER_CHANGED)
 
     def _checkCommandsToApply(self) -> None:
         # Runs on the tick thread, so the state cannot change under us: a node

@@ -273,7 +273,13 @@ class Replicator:
             "previous": [bytes(previous[0]), int(previous[1]), int(previous[2])],
             "cluster": sorted(str(node.id) for node in cluster),
         }
-        write_state = self._snapshot()
+        try:
+            write_state = self._snapshot()
+        except Exception as exc:
+            # E.g. pages still queued for the applier: PySyncObj tries again later.
+            log.warning("%s postponed a snapshot: %s", self.address, exc)
+            self._snapshot_state = SERIALIZER_STATE.FAILED
+            return
         final = path.removesuffix(".tmp")
         self._snapshot_state = SERIALIZER_STATE.SERIALIZING
 
@@ -326,5 +332,7 @@ class Replicator:
         if leading != self._was_leader:
             self._was_leader = leading
             log.info("%s %s leadership", self.address, "took" if leading else "lost")
+            if not leading and self._core is not None:
+                self._core.abandon_waiters()
             if self._on_leadership is not None:
                 self._on_leadership(leading)

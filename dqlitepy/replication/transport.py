@@ -89,6 +89,7 @@ import ipaddress
 import itertools
 import logging
 import os
+import select
 import socket
 import struct
 import sys
@@ -174,6 +175,12 @@ _MAX_IOV: Final = 192
 
 
 # ----------------------------------------------------------------------------- errors
+
+
+# Snapshot chunks queue up to this much before the sender waits for the socket,
+# and it waits at most this long before giving the link up.
+_RELIABLE_HIGH_WATER = 16 * 1024 * 1024
+_RELIABLE_WAIT = 1.0
 
 
 class SessionError(Exception):
@@ -875,11 +882,28 @@ class _Link:
 
     # -- sending
 
-    def send_frame(self, kind: FrameKind, body: bytes) -> bool:
-        """Queue one frame and try to send it; False if it was dropped or the link died."""
+    def send_frame(self, kind: FrameKind, body: bytes, *, reliable: bool = False) -> bool:
+        """Queue one frame and try to send it; False if it was dropped or the link died.
+
+        ``reliable`` frames (snapshot chunks) are never dropped: PySyncObj streams a
+        snapshot without acknowledging chunks, so a lost one would corrupt the copy.
+        Past the high-water mark they wait (bounded) for the socket to drain instead,
+        which also paces how fast PySyncObj reads the snapshot file.
+        """
         if self.state is not _LinkState.ACTIVE or not self.authenticated:
             return False
-        if self._wbytes > self.transport.max_frame_size:
+        if reliable and self._wbytes > _RELIABLE_HIGH_WATER:
+            deadline = time.monotonic() + _RELIABLE_WAIT
+            while self._wbytes > _RELIABLE_HIGH_WATER and not self.closed:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    self.close("the peer does not take a snapshot chunk")
+                    return False
+                select.select([], [self.sock], [], min(left, 0.05))
+                self._flush()
+            if self.closed:
+                return False
+        elif self._wbytes > self.transport.max_frame_size:
             # The peer does not keep up: drop whole messages (Raft tolerates loss and the
             # leader resends from the follower's next index) instead of buffering forever.
             log.debug("%r: %d bytes queued, dropping a %s frame", self, self._wbytes, kind.name)
@@ -1073,7 +1097,7 @@ class SecureTransport(Transport):  # type: ignore[misc]  # PySyncObj is untyped
                     self.max_frame_size,
                 )
                 return False
-            if not link.send_frame(FrameKind.RAFT, body):
+            if not link.send_frame(FrameKind.RAFT, body, reliable="serialized" in message):
                 return False
         return True
 

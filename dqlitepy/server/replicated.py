@@ -375,7 +375,10 @@ class Replicated:
         entry on rewrites every page such an entry touched and ends in the same
         state.  They never lag behind now (the applier is drained first).
         """
-        self.wait_idle(600)
+        # Raft's thread must not wait long (heartbeats stop): if the applier is
+        # busy, the snapshot is postponed.
+        if not self.wait_idle(1.0):
+            raise RuntimeError("pages are still being applied")
         with self._lock:
             databases = sorted(self._databases.values(), key=lambda d: d.name)
         state = cbor2.dumps(

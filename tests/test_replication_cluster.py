@@ -338,3 +338,21 @@ def test_go_shell_remove(cluster: Cluster) -> None:
         conn.execute("INSERT INTO t VALUES (1)")
     finally:
         conn.close()
+
+
+def test_a_client_gone_mid_transaction_frees_the_writer(cluster: Cluster) -> None:
+    first = dqlitepy.connect("gone", servers=cluster.addresses, isolation_level=None)
+    first.execute("CREATE TABLE t (x)")
+    # The second session exists before the first goes away.
+    second = dqlitepy.connect("gone", servers=cluster.addresses, isolation_level=None, timeout=2)
+    second.execute("SELECT count(*) FROM t").fetchall()
+    first.execute("BEGIN")
+    first.execute("INSERT INTO t VALUES (1)")
+    first.close()  # never committed: the server rolls back and frees the database
+    try:
+        started = time.monotonic()
+        second.execute("INSERT INTO t VALUES (2)")
+        assert time.monotonic() - started < 2
+        assert second.execute("SELECT x FROM t").fetchall() == [(2,)]
+    finally:
+        second.close()

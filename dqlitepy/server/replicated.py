@@ -63,6 +63,8 @@ class _Database:
     tracker: WalTracker
     cond: threading.Condition = field(default_factory=threading.Condition)
     writer: object | None = None
+    #: The writer's session: closing it (a client gone mid-transaction) frees the slot.
+    writer_session: Session | None = None
     gate_closed: bool = False
     #: Index of the last FRAMES entry of this database applied (the same on every node).
     applied_index: int = 0
@@ -186,8 +188,9 @@ class Replicated:
                 session.close()
             with db.cond:
                 db.sessions.pop(session, None)
-                if db.writer is not None and not db.sessions:
+                if db.writer_session is session or not db.sessions:
                     db.writer = None
+                    db.writer_session = None
                 db.cond.notify_all()
 
     @contextlib.contextmanager
@@ -217,6 +220,7 @@ class Replicated:
                 yield
                 return
             self._acquire_writer(db, owner, timeout)
+            db.writer_session = session
             db.wal_frames = None
             try:
                 yield
@@ -228,6 +232,7 @@ class Replicated:
                     with db.cond:
                         if not _in_transaction(session):
                             db.writer = None
+                            db.writer_session = None
                         db.gate_closed = False
                         db.cond.notify_all()
 
@@ -288,6 +293,8 @@ class Replicated:
             with lock, db.file_lock:
                 session.close()
         db.sessions.clear()
+        db.writer = None
+        db.writer_session = None
         salts, frames = db.committed
         self.engine.restore_committed(db.name, salts, frames)
         db.tracker = WalTracker(db.tracker.path)

@@ -188,7 +188,8 @@ class DqlitepyCluster:
                 for address in self.addresses:
                     with dqlitepy.Client([address], timeout=2) as one:
                         leader = one.leader()
-                    leaders.add(leader.address if leader else "")
+                    # The leader's id too: members' ids travel through the log.
+                    leaders.add(f"{leader.id}@{leader.address}" if leader and leader.id else "")
                 if len(voters) >= count and len(leaders) == 1 and "" not in leaders:
                     return
             except dqlitepy.Error:

@@ -35,6 +35,7 @@ from __future__ import annotations
 import io
 import logging
 import pickle
+import queue
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -164,7 +165,28 @@ class HardenedSyncObj(SyncObj):  # type: ignore[misc]
         self._waiters_lock = threading.Lock()
         self_node = PeerNode(self_address) if self_address is not None else None
         others = [PeerNode(p) for p in peers]
+        self._tick_calls: queue.SimpleQueue[Callable[[], None]] = queue.SimpleQueue()
         super().__init__(self_node, others, conf, nodeClass=PeerNode, **kwargs)
+        self.addOnTickCallback(self._run_tick_calls)
+
+    def on_tick(self, call: Callable[[], None]) -> None:
+        """Run ``call`` on Raft's thread at its next tick.
+
+        PySyncObj's state and the transport belong to that thread; calls that
+        touch them directly (``transferLeadership``) must not run elsewhere.
+        """
+        self._tick_calls.put(call)
+
+    def _run_tick_calls(self) -> None:
+        while True:
+            try:
+                call = self._tick_calls.get_nowait()
+            except queue.Empty:
+                return
+            try:
+                call()
+            except Exception:
+                log.exception("a call on Raft's thread failed")
 
     # --------------------------------------------------------------- submitting
 

@@ -58,6 +58,21 @@ class LeadershipLost(ReplicationError):
     """The command's fate is unknown (leadership changed or time ran out)."""
 
 
+def _transfer_call(
+    core: HardenedSyncObj, target: PeerNode | None, done: threading.Event, outcome: list[int]
+) -> Callable[[], None]:
+    """A transferLeadership call to run on Raft's thread, reporting into ``outcome``."""
+
+    def callback(result: Any, reason: int) -> None:
+        outcome[0] = reason
+        done.set()
+
+    def call() -> None:
+        core.transferLeadership(target, callback=callback)
+
+    return call
+
+
 class Replicator:
     """One node's Raft participation.
 
@@ -232,22 +247,28 @@ class Replicator:
         self._membership(self.core.removeNodeFromCluster, address, timeout)
 
     def transfer(self, address: str | None, timeout: float = 10.0) -> None:
-        """Hand leadership to ``address`` (None: the most caught-up voter)."""
+        """Hand leadership to ``address`` (None: the most caught-up voter).
+
+        Returns once this node no longer leads, as dqlite's TRANSFER does.  A
+        target that is not fully caught up is refused by Raft; the request is
+        repeated until it has caught up or ``timeout`` runs out.
+        """
         core = self.core
-        if core.raft_state != LEADER:
-            raise NotLeader("not leader")
-        done = threading.Event()
-        outcome: list[int] = [FAIL_REASON.UNKNOWN_OUTCOME]
-
-        def callback(result: Any, reason: int) -> None:
-            outcome[0] = reason
-            done.set()
-
-        core.transferLeadership(None if address is None else PeerNode(address), callback=callback)
+        target = None if address is None else PeerNode(address)
         deadline = time.monotonic() + timeout
-        if not done.wait(timeout) or outcome[0] != FAIL_REASON.SUCCESS:
-            raise ReplicationError("leadership transfer failed")
-        # As dqlite: answer once this node no longer leads.
+        while True:
+            if core.raft_state != LEADER:
+                raise NotLeader("not leader")
+            done = threading.Event()
+            outcome: list[int] = [FAIL_REASON.UNKNOWN_OUTCOME]
+            core.on_tick(_transfer_call(core, target, done, outcome))
+            if not done.wait(max(0.0, deadline - time.monotonic())):
+                raise ReplicationError("leadership transfer failed")
+            if outcome[0] == FAIL_REASON.SUCCESS:
+                break
+            if outcome[0] != FAIL_REASON.REQUEST_DENIED or time.monotonic() > deadline:
+                raise ReplicationError("leadership transfer failed")
+            time.sleep(0.05)  # the target is catching up
         while core.raft_state == LEADER:
             if time.monotonic() > deadline:
                 raise ReplicationError("leadership transfer failed")

@@ -173,9 +173,7 @@ def embedded_node() -> Node:
 
 
 def _delete_database(node: Node, name: str) -> None:
-    path = node._server.engine.path(name)
-    for suffix in ("", "-wal", "-shm", "-journal"):
-        Path(str(path) + suffix).unlink(missing_ok=True)
+    node._server.engine.remove(name)
 
 
 class Connection(_dbapi.Connection):

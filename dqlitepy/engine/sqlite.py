@@ -29,7 +29,7 @@ from typing import Any, BinaryIO
 import apsw
 import apsw.ext
 
-from .wal import Transaction, apply_pages
+from .wal import Transaction, apply_pages, committed_prefix
 
 __all__ = [
     "DECLTYPES_FUNCTION",
@@ -206,6 +206,33 @@ class QueryResult:
         """Stop the statement (resetting it) before all rows were read."""
         with contextlib.suppress(apsw.Error):
             self._cursor.close(True)
+
+
+def _copy_exactly(source: BinaryIO, out: BinaryIO, size: int) -> int:
+    """Copy ``size`` bytes (fewer if ``source`` ends first); return how many were copied."""
+    copied = 0
+    while copied < size:
+        chunk = source.read(min(size - copied, 1 << 20))
+        if not chunk:
+            break
+        out.write(chunk)
+        copied += len(chunk)
+    return copied
+
+
+def _fold_wal(path: Path) -> None:
+    """Checkpoint the WAL beside ``path`` into it and remove the WAL and its index."""
+    try:
+        db = apsw.Connection(str(path), flags=apsw.SQLITE_OPEN_READWRITE)
+        try:
+            db.execute("PRAGMA journal_mode=WAL").fetchall()
+            db.wal_checkpoint(mode=apsw.SQLITE_CHECKPOINT_TRUNCATE)
+        finally:
+            db.close(True)
+    except apsw.Error as exc:
+        raise _translate(exc) from exc
+    for suffix in ("-wal", "-shm"):
+        Path(str(path) + suffix).unlink(missing_ok=True)
 
 
 def _authorizer(
@@ -497,33 +524,12 @@ class Engine:
         path = self.path(name)
         wal = Path(str(path) + "-wal")
         if wal.exists():
-            keep = 0
-            with wal.open("rb") as f:
-                header = f.read(32)
-            if len(header) == 32:
-                page_size = int.from_bytes(header[8:12], "big")
-                current = (
-                    int.from_bytes(header[16:20], "big"),
-                    int.from_bytes(header[20:24], "big"),
-                )
-                if salts is not None and current == salts:
-                    keep = 32 + frames * (24 + page_size)
-            os.truncate(wal, min(keep, wal.stat().st_size))
+            os.truncate(wal, min(committed_prefix(wal, salts, frames), wal.stat().st_size))
         Path(str(path) + "-shm").unlink(missing_ok=True)
         if not path.exists():
             wal.unlink(missing_ok=True)
             return
-        try:
-            db = apsw.Connection(str(path), flags=apsw.SQLITE_OPEN_READWRITE)
-            try:
-                db.execute("PRAGMA journal_mode=WAL").fetchall()
-                db.wal_checkpoint(mode=apsw.SQLITE_CHECKPOINT_TRUNCATE)
-            finally:
-                db.close(True)
-        except apsw.Error as exc:
-            raise _translate(exc) from exc
-        wal.unlink(missing_ok=True)
-        Path(str(path) + "-shm").unlink(missing_ok=True)
+        _fold_wal(path)
 
     def snapshot_image(
         self, name: str, salts: tuple[int, int] | None, frames: int, workdir: Path
@@ -545,36 +551,11 @@ class Engine:
             stale.unlink(missing_ok=True)
         shutil.copyfile(path, image)
         wal = Path(str(path) + "-wal")
-        if salts is not None and wal.exists():
-            with wal.open("rb") as src:
-                header = src.read(32)
-                if len(header) == 32:
-                    page_size = int.from_bytes(header[8:12], "big")
-                    current = (
-                        int.from_bytes(header[16:20], "big"),
-                        int.from_bytes(header[20:24], "big"),
-                    )
-                    if current == salts:
-                        src.seek(0)
-                        remaining = 32 + frames * (24 + page_size)
-                        with image_wal.open("wb") as dst:
-                            while remaining > 0:
-                                chunk = src.read(min(remaining, 1 << 20))
-                                if not chunk:
-                                    break
-                                dst.write(chunk)
-                                remaining -= len(chunk)
-        try:
-            db = apsw.Connection(str(image), flags=apsw.SQLITE_OPEN_READWRITE)
-            try:
-                db.execute("PRAGMA journal_mode=WAL").fetchall()
-                db.wal_checkpoint(mode=apsw.SQLITE_CHECKPOINT_TRUNCATE)
-            finally:
-                db.close(True)
-        except apsw.Error as exc:
-            raise _translate(exc) from exc
-        image_wal.unlink(missing_ok=True)
-        Path(str(image) + "-shm").unlink(missing_ok=True)
+        keep = committed_prefix(wal, salts, frames)
+        if keep:
+            with wal.open("rb") as src, image_wal.open("wb") as dst:
+                _copy_exactly(src, dst, keep)
+        _fold_wal(image)
         return image
 
     def write_file(self, name: str, source: BinaryIO, size: int) -> None:
@@ -584,13 +565,8 @@ class Engine:
             Path(str(path) + suffix).unlink(missing_ok=True)
         tmp = Path(str(path) + ".tmp")
         with tmp.open("wb") as out:
-            remaining = size
-            while remaining > 0:
-                chunk = source.read(min(remaining, 1 << 20))
-                if not chunk:
-                    raise EngineError(11, f"snapshot of {name!r} is truncated")
-                out.write(chunk)
-                remaining -= len(chunk)
+            if _copy_exactly(source, out, size) < size:
+                raise EngineError(11, f"snapshot of {name!r} is truncated")
         os.replace(tmp, path)
 
     def apply(self, name: str, transaction: Transaction) -> None:

@@ -26,7 +26,7 @@ import struct
 from dataclasses import dataclass, field
 from pathlib import Path
 
-__all__ = ["Transaction", "WalError", "WalTracker", "apply_pages"]
+__all__ = ["Transaction", "WalError", "WalTracker", "apply_pages", "committed_prefix"]
 
 _WAL_HEADER = struct.Struct(">IIIIIIII")
 _FRAME_HEADER = struct.Struct(">IIIIII")
@@ -117,6 +117,25 @@ class WalTracker:
                 self._pending.clear()
         self.frames = total_frames
         return transactions
+
+
+def committed_prefix(wal: Path, salts: tuple[int, int] | None, frames: int) -> int:
+    """Bytes of ``wal`` that hold the header and the first ``frames`` committed frames.
+
+    0 when the WAL belongs to another generation than ``salts`` (SQLite restarted
+    it after a complete checkpoint, so all it holds came later) or is missing.
+    """
+    try:
+        with wal.open("rb") as f:
+            header = f.read(_WAL_HEADER_SIZE)
+    except FileNotFoundError:
+        return 0
+    if salts is None or len(header) < _WAL_HEADER_SIZE:
+        return 0
+    _magic, _version, page_size, _seq, salt1, salt2, _c1, _c2 = _WAL_HEADER.unpack(header)
+    if (salt1, salt2) != salts:
+        return 0
+    return int(_WAL_HEADER_SIZE + frames * (_FRAME_HEADER_SIZE + page_size))
 
 
 def apply_pages(path: Path, transaction: Transaction) -> None:

@@ -10,7 +10,7 @@ from collections.abc import Iterator
 
 import pytest
 from dqlitepy_server import DqlitepyServer
-from test_server_protocol import Raw
+from raw_client import Raw
 
 import dqlitepy
 from dqlitepy.wire import (
@@ -49,7 +49,7 @@ def test_interrupt_stops_a_running_query(node: DqlitepyServer) -> None:
         start = time.monotonic()
         raw.sock.sendall(raw.conn.send(InterruptRequest(0)))
         # The client discards the query's FAILURE and gets the INTERRUPT's EMPTY.
-        assert isinstance(raw._read(), EmptyResponse)
+        assert isinstance(raw.read(), EmptyResponse)
         assert time.monotonic() - start < 2
         assert isinstance(raw.call(LeaderRequest()), ServerResponse)
     finally:

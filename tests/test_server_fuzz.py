@@ -30,11 +30,11 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from dqlitepy_server import DqlitepyServer
+from raw_client import Raw
 
 import dqlitepy
 from dqlitepy.wire import (
     DEFAULT_MAX_MESSAGE_SIZE,
-    NEED_DATA,
     PROTOCOL_VERSION,
     PROTOCOL_VERSION_LEGACY,
     RESPONSES,
@@ -205,41 +205,6 @@ def _abort(sock: socket.socket) -> None:
     with contextlib.suppress(OSError):
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
     sock.close()
-
-
-class Raw:
-    """A blocking client speaking wire messages."""
-
-    def __init__(self, address: str) -> None:
-        self.sock = _connect(address)
-        self.conn = ClientConnection()
-        self.sock.sendall(self.conn.handshake())
-
-    def close(self) -> None:
-        self.sock.close()
-
-    def read(self) -> Response:
-        while (event := self.conn.next_event()) is NEED_DATA:
-            data = self.sock.recv(65536)
-            if not data:
-                raise EOFError("the server closed the connection")
-            self.conn.receive_data(data)
-        assert not isinstance(event, type(NEED_DATA))
-        return event
-
-    def call(self, request: Request) -> Response:
-        self.sock.sendall(self.conn.send(request))
-        return self.read()
-
-    def rows(self, request: Request) -> list[tuple[object, ...]]:
-        self.sock.sendall(self.conn.send(request))
-        rows: list[tuple[object, ...]] = []
-        while True:
-            response = self.read()
-            assert isinstance(response, RowsResponse), response
-            rows.extend(response.rows)
-            if response.done:
-                return rows
 
 
 # -- the corpus: real request sequences ---------------------------------------------------------

@@ -11,13 +11,11 @@ from pathlib import Path
 
 import pytest
 from dqlitepy_server import DqlitepyServer
+from raw_client import Raw
 
 import dqlitepy
 from dqlitepy.wire import (
-    NEED_DATA,
-    ClientConnection,
     ClusterRequest,
-    DbResponse,
     DescribeRequest,
     EmptyResponse,
     ExecRequest,
@@ -32,7 +30,6 @@ from dqlitepy.wire import (
     PrepareRequest,
     QueryRequest,
     QuerySqlRequest,
-    Request,
     Response,
     ResultResponse,
     RowsResponse,
@@ -48,45 +45,6 @@ from dqlitepy.wire import (
 def server() -> Iterator[DqlitepyServer]:
     with DqlitepyServer() as node:
         yield node
-
-
-class Raw:
-    """A blocking client speaking raw wire messages, for protocol-level checks."""
-
-    def __init__(self, address: str) -> None:
-        host, _, port = address.rpartition(":")
-        self.sock = socket.create_connection((host, int(port)), timeout=10)
-        self.conn = ClientConnection()
-        self.sock.sendall(self.conn.handshake())
-
-    def close(self) -> None:
-        self.sock.close()
-
-    def _read(self) -> Response:
-        while (event := self.conn.next_event()) is NEED_DATA:
-            data = self.sock.recv(65536)
-            if not data:
-                raise EOFError("server closed the connection")
-            self.conn.receive_data(data)
-        assert not isinstance(event, type(NEED_DATA))
-        return event
-
-    def call(self, request: Request) -> Response:
-        self.sock.sendall(self.conn.send(request))
-        return self._read()
-
-    def rows(self, request: Request) -> list[RowsResponse | FailureResponse]:
-        self.sock.sendall(self.conn.send(request))
-        batches: list[RowsResponse | FailureResponse] = []
-        while True:
-            response = self._read()
-            assert isinstance(response, (RowsResponse, FailureResponse))
-            batches.append(response)
-            if isinstance(response, FailureResponse) or response.done:
-                return batches
-
-    def open(self, name: str) -> None:
-        assert isinstance(self.call(OpenRequest(name)), DbResponse)
 
 
 @pytest.fixture
@@ -161,7 +119,7 @@ def test_statement_lifecycle(raw: Raw) -> None:
     assert isinstance(again, StmtResponse) and again.stmt_id == 0  # lowest free id, as dqlite
     result = raw.call(ExecRequest(0, 1, ValueTuple.of([7, "seven"])))
     assert result == ResultResponse(1, 1)
-    batches = raw.rows(QueryRequest(0, 0))
+    batches = raw.batches(QueryRequest(0, 0))
     assert batches == [RowsResponse(("x", "s"), ((7, "seven"),), ((1, 3),), True)]
     assert failure(raw.call(ExecRequest(0, 9))) == (12, "no statement with the given id")
     assert failure(raw.call(FinalizeRequest(0, 9))) == (12, "no statement with the given id")
@@ -173,10 +131,10 @@ def test_failures_match_dqlite(raw: Raw) -> None:
     assert failure(raw.call(PrepareRequest(0, "SELEC 1"))) == (1, 'near "SELEC": syntax error')
     assert failure(raw.call(PrepareRequest(1, "SELECT 1"))) == (12, "no database opened")
     assert failure(raw.call(ExecSqlRequest(0, "SELECT 1"))) == (100, "another row available")
-    assert failure(raw.rows(QuerySqlRequest(0, "CREATE TABLE q (x)"))[0]) == (1, "not an error")
+    assert failure(raw.batches(QuerySqlRequest(0, "CREATE TABLE q (x)"))[0]) == (1, "not an error")
     # ...and QUERY of a statement without columns did not run it.
     assert isinstance(raw.call(ExecSqlRequest(0, "CREATE TABLE q (x UNIQUE)")), ResultResponse)
-    assert failure(raw.rows(QuerySqlRequest(0, "SELECT 1; SELECT 2"))[0]) == (
+    assert failure(raw.batches(QuerySqlRequest(0, "SELECT 1; SELECT 2"))[0]) == (
         1,
         "nonempty statement tail",
     )
@@ -213,7 +171,7 @@ def test_exec_sql_runs_every_statement(raw: Raw) -> None:
         ExecSqlRequest(0, "INSERT INTO e VALUES (12); INSERT INTO nosuch VALUES (1)")
     )
     assert failure(response) == (1, "no such table: nosuch")
-    batches = raw.rows(QuerySqlRequest(0, "SELECT v FROM e ORDER BY v"))
+    batches = raw.batches(QuerySqlRequest(0, "SELECT v FROM e ORDER BY v"))
     assert isinstance(batches[0], RowsResponse)
     assert [r[0] for r in batches[0].rows] == [1, 2, 3, 10, 11, 12]
     assert raw.call(ExecSqlRequest(0, "  -- only a comment")) == ResultResponse(0, 0)
@@ -226,7 +184,7 @@ def test_declared_type_mapping(raw: Raw) -> None:
     )
     # Values of the "wrong" type crash dqlite 1.11; we send their storage type.
     raw.call(ExecSqlRequest(0, "INSERT INTO d VALUES (1.5, x'01', 'x', 'yes', 2)"))
-    batches = raw.rows(
+    batches = raw.batches(
         QuerySqlRequest(0, "SELECT a, b, c, f, g, a AS alias, a || '' FROM d ORDER BY g")
     )
     (rows,) = batches
@@ -258,7 +216,7 @@ def test_multi_batch_results(raw: Raw) -> None:
             "INSERT INTO big SELECT i, 'row-' || i FROM c",
         )
     )
-    batches = raw.rows(QuerySqlRequest(0, "SELECT id, v FROM big"))
+    batches = raw.batches(QuerySqlRequest(0, "SELECT id, v FROM big"))
     assert len(batches) > 10
     assert all(isinstance(b, RowsResponse) and not b.done for b in batches[:-1])
     rows = [r for b in batches if isinstance(b, RowsResponse) for r in b.rows]
@@ -266,7 +224,7 @@ def test_multi_batch_results(raw: Raw) -> None:
     # A row larger than a batch travels alone, followed by an empty DONE batch.
     raw.call(ExecSqlRequest(0, "CREATE TABLE blob1 (b BLOB)"))
     raw.call(ExecSqlRequest(0, "INSERT INTO blob1 VALUES (?)", ValueTuple.of([bytes(1 << 20)])))
-    batches = raw.rows(QuerySqlRequest(0, "SELECT b, length(b) FROM blob1"))
+    batches = raw.batches(QuerySqlRequest(0, "SELECT b, length(b) FROM blob1"))
     assert isinstance(batches[0], RowsResponse) and batches[0].rows == ((bytes(1 << 20), 1 << 20),)
 
 

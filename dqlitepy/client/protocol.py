@@ -244,7 +244,10 @@ class Protocol:
         """
         deadline = None if timeout is None else time.monotonic() + timeout
         self._send(self._start(request), deadline)
-        response = self._receive(deadline)
+        return self._expect(self._receive(deadline), expect)
+
+    def _expect(self, response: Response, expect: type[R]) -> R:
+        """Raise a FAILURE as its error; poison the connection on a wrong response type."""
         if isinstance(response, FailureResponse):
             raise error_from_code(response.code, response.message)
         if not isinstance(response, expect):
@@ -265,19 +268,12 @@ class Protocol:
         self._send(self._start(request), deadline)
         while True:
             response = self._receive(deadline)
-            if isinstance(response, FailureResponse):
-                raise error_from_code(response.code, response.message)
             if isinstance(response, EmptyResponse):
                 # The EMPTY answering our INTERRUPT: the rest was discarded.
                 raise error_from_code(_SQLITE_INTERRUPT, "interrupted")
-            if not isinstance(response, RowsResponse):
-                raise self._poison(
-                    TypeError(f"unexpected {type(response).__name__}"),
-                    sent=True,
-                    what="bad response from",
-                )
-            yield response
-            if response.done:
+            batch = self._expect(response, RowsResponse)
+            yield batch
+            if batch.done:
                 return
 
     def interrupt_stream(self, timeout: float | None) -> None:

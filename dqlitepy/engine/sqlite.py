@@ -19,7 +19,6 @@ import json
 import os
 import re
 import shutil
-import threading
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -484,7 +483,6 @@ class Engine:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.busy_timeout_ms = busy_timeout_ms
         self.synchronous = synchronous
-        self._lock = threading.Lock()
 
     def path(self, name: str) -> Path:
         """The file of database ``name``; always inside the data directory."""

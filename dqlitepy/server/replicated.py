@@ -101,7 +101,8 @@ class Replicated:
 
     Args:
         engine: the node's databases.
-        replicator: the node's Raft participation (not started yet).
+        replicator_factory: builds the node's Raft participation from the apply
+            and leadership callbacks of this object (started by :meth:`start`).
         node_id: this node's id (tags the commands it originates).
     """
 

@@ -183,6 +183,11 @@ class Replicator:
         core = self._core
         return core is not None and core.barrier_done
 
+    def is_elected(self) -> bool:
+        """True while Raft has made this node leader, its barrier possibly pending."""
+        core = self._core
+        return core is not None and core.raft_state == LEADER
+
     def leader_address(self) -> str | None:
         """The last known leader's address."""
         core = self._core

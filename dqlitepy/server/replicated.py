@@ -55,6 +55,8 @@ _LEADERSHIP_LOST = 10506
 _SQLITE_BUSY = 5
 _CHECKPOINT_FRAMES = 1000
 _SUBMIT_TIMEOUT = 10.0
+# How long a request waits for a new leader's barrier (applying the log's tail).
+_BARRIER_WAIT = 10.0
 
 
 @dataclass(eq=False)
@@ -152,6 +154,14 @@ class Replicated:
         with self._busy_cond:
             return self._busy == 0
 
+    def _wait_ready_leader(self, timeout: float) -> None:
+        """Let a just-elected leader finish its barrier rather than send clients away."""
+        deadline = time.monotonic() + timeout
+        while not self.is_ready_leader():
+            if not self.replicator.is_elected() or time.monotonic() >= deadline:
+                raise GatewayFailure(_NOT_LEADER, "not leader")
+            time.sleep(0.01)
+
     def _database(self, name: str) -> _Database:
         with self._lock:
             db = self._databases.get(name)
@@ -163,8 +173,7 @@ class Replicated:
     # --------------------------------------------------------- sessions
 
     def open_session(self, name: str) -> Session:
-        if not self.is_ready_leader():
-            raise GatewayFailure(_NOT_LEADER, "not leader")
+        self._wait_ready_leader(_BARRIER_WAIT)
         db = self._database(name)
         with db.cond:
             if db.dirty:
@@ -199,6 +208,7 @@ class Replicated:
         self, owner: object, name: str, session: Session, info: StatementInfo, timeout: float
     ) -> Iterator[None]:
         """Run one statement of ``owner``'s session under the write-path rules."""
+        self._wait_ready_leader(min(timeout, _BARRIER_WAIT))
         db = self._database(name)
         lock = db.sessions.get(session)
         if lock is None or session.closed or db.dirty or not self.is_ready_leader():

@@ -293,7 +293,14 @@ def _server(args: argparse.Namespace) -> int:
         )
         return 2
     try:
-        node = dqlitepy.Node(args.address, args.data_dir, join=join, cluster_key=key).start()
+        node = dqlitepy.Node(
+            args.address,
+            args.data_dir,
+            join=join,
+            cluster_key=key,
+            voters=args.voters,
+            standbys=args.standbys,
+        ).start()
     except (OSError, ValueError, RuntimeError) as exc:
         print(f"Error: cannot start node on {args.address}: {exc}", file=sys.stderr)
         return 1
@@ -335,6 +342,19 @@ def _parser() -> argparse.ArgumentParser:
         "--cluster-key-file",
         help="file holding the key all members share; with it (or DQLITEPY_CLUSTER_KEY) the "
         "node replicates through Raft",
+    )
+    server.add_argument(
+        "--voters",
+        type=int,
+        default=3,
+        help="on joining, become a voter while the cluster has fewer (default %(default)s)",
+    )
+    server.add_argument(
+        "--standbys",
+        type=int,
+        default=3,
+        help="on joining, else become a standby while it has fewer (default %(default)s); "
+        "later nodes join as spares",
     )
     server.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     server.set_defaults(func=_server)

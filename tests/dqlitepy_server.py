@@ -47,6 +47,9 @@ class DqlitepyServer:
     Args:
         data_dir: its data directory (a temporary one, removed at close, if None).
         address: where it listens (a free loopback port if None).
+        cluster_key: the cluster key (replication) or None (a single node).
+        join: addresses to join through.
+        options: more ``dqlitepy server`` options.
     """
 
     def __init__(
@@ -56,9 +59,11 @@ class DqlitepyServer:
         *,
         cluster_key: str | None = None,
         join: list[str] | None = None,
+        options: list[str] | None = None,
     ) -> None:
         self.cluster_key = cluster_key
         self.join = list(join or [])
+        self.options = list(options or [])
         self._own_dir = data_dir is None
         self.data_dir = data_dir or Path(tempfile.mkdtemp(prefix="dqlitepy-node-"))
         self.address = address or f"127.0.0.1:{free_port()}"
@@ -85,6 +90,7 @@ class DqlitepyServer:
                     "-d",
                     str(self.data_dir),
                     *join,
+                    *self.options,
                 ],
                 stdout=log,
                 stderr=subprocess.STDOUT,

@@ -303,11 +303,14 @@ def test_membership_changes_during_writes(cluster: Cluster) -> None:
         fourth.start(timeout=60)
         client = dqlitepy.Client(cluster.addresses)
         deadline = time.monotonic() + 30
-        while fourth.address not in {n.address for n in client.cluster() if n.role == 0}:
-            assert time.monotonic() < deadline, "the fourth node did not become a voter"
+        # Three voters already: the fourth joins as a standby; then it votes.
+        while fourth.address not in {n.address for n in client.cluster() if n.role == 1}:
+            assert time.monotonic() < deadline, "the fourth node did not become a standby"
             time.sleep(0.2)
-        time.sleep(1.0)
         node_id = next(n.id for n in client.cluster() if n.address == fourth.address)
+        client.assign(node_id, dqlitepy.NodeRole.VOTER)
+        assert fourth.address in {n.address for n in client.cluster() if n.role == 0}
+        time.sleep(1.0)
         client.remove(node_id)
         assert fourth.address not in {n.address for n in client.cluster()}
         client.close()

@@ -7,6 +7,7 @@ stops reproducing it).
 
 from __future__ import annotations
 
+import math
 import pickle
 import socket
 import time
@@ -20,9 +21,12 @@ from pysyncobj.config import FAIL_REASON
 
 from dqlitepy.replication.raft import (
     LEADER,
+    STANDBY,
+    VOTER,
     HardenedSyncObj,
     PeerNode,
     raft_config,
+    role_change,
     safe_unpickle,
 )
 
@@ -216,6 +220,15 @@ def test_a_follower_refuses_to_submit() -> None:
         node._doDestroy()
 
 
+def _elected(nodes: list[HardenedSyncObj], timeout: float = 10) -> HardenedSyncObj:
+    """The node that leads once one has been elected and passed its barrier."""
+    deadline = time.monotonic() + timeout
+    while not any(n.barrier_done for n in nodes):
+        assert time.monotonic() < deadline, "no leader elected"
+        time.sleep(0.01)
+    return next(n for n in nodes if n.barrier_done)
+
+
 def test_three_nodes_replicate_in_order() -> None:
     addresses = [f"127.0.0.1:{_port()}" for _ in range(3)]
     applied: dict[str, list[bytes]] = {a: [] for a in addresses}
@@ -232,11 +245,7 @@ def test_three_nodes_replicate_in_order() -> None:
         for a in addresses
     ]
     try:
-        deadline = time.monotonic() + 10
-        while not any(n.barrier_done for n in nodes):
-            assert time.monotonic() < deadline, "no leader elected"
-            time.sleep(0.01)
-        leader = next(n for n in nodes if n.barrier_done)
+        leader = _elected(nodes)
         latencies = []
         for i in range(200):
             start = time.perf_counter()
@@ -255,4 +264,91 @@ def test_three_nodes_replicate_in_order() -> None:
         )
     finally:
         for n in nodes:
+            n.destroy_synchronous()
+
+
+def _role_entry(address: str, old: int | None, new: int | None, index: int, term: int) -> list[Any]:
+    return [role_change(address, old, new), index, term]
+
+
+def test_a_role_takes_effect_when_appended_and_is_undone_with_its_entry() -> None:
+    me, leader, other = (f"127.0.0.1:{_port()}" for _ in range(3))
+    node = HardenedSyncObj(me, [leader], raft_config(autoTick=False), _apply)
+    try:
+        node._SyncObj__sendNextNodeIdx = lambda peer, **kwargs: None
+        message = _append(1, [])
+        message["entries"] = [_role_entry(other, None, STANDBY, 2, 1)]
+        node._SyncObj__onMessageReceived(PeerNode(leader), message)
+        # Not committed yet, already in force: a standby is replicated to, not counted.
+        assert node.roles == {me: VOTER, leader: VOTER, other: STANDBY}
+        assert PeerNode(other) in node._SyncObj__readonlyNodes
+        assert PeerNode(other) not in node._SyncObj__otherNodes
+        assert node.voters == sorted([me, leader])
+        # A new leader's log has another entry 2: the change is undone with it.
+        replaced = _append(1, [(2, 2)])
+        replaced["term"] = 2
+        node._SyncObj__onMessageReceived(PeerNode(leader), replaced)
+        assert node.roles == {me: VOTER, leader: VOTER}
+        assert PeerNode(other) not in node._SyncObj__readonlyNodes
+    finally:
+        node._doDestroy()
+
+
+def test_a_node_that_does_not_vote_never_stands_for_election() -> None:
+    me, leader = f"127.0.0.1:{_port()}", f"127.0.0.1:{_port()}"
+    node = HardenedSyncObj(me, [leader], raft_config(autoTick=False), _apply, voting=False)
+    try:
+        node._SyncObj__sendNextNodeIdx = lambda peer, **kwargs: None
+        assert not node.voting
+        assert node._SyncObj__raftElectionDeadline == math.inf
+        message = _append(1, [])
+        message["entries"] = [_role_entry(me, None, VOTER, 2, 1)]
+        node._SyncObj__onMessageReceived(PeerNode(leader), message)
+        assert node.voting
+        assert node._SyncObj__raftElectionDeadline < time.monotonic() + 5
+        message = _append(2, [])
+        message["entries"] = [_role_entry(me, VOTER, STANDBY, 3, 1)]
+        node._SyncObj__onMessageReceived(PeerNode(leader), message)
+        assert not node.voting
+        assert node._SyncObj__raftElectionDeadline == math.inf
+    finally:
+        node._doDestroy()
+
+
+def test_a_standby_replicates_without_counting_toward_the_quorum() -> None:
+    voters = [f"127.0.0.1:{_port()}" for _ in range(3)]
+    standby_address = f"127.0.0.1:{_port()}"
+    applied: list[bytes] = []
+
+    def record(index: int, command: bytes) -> int:
+        applied.append(command)
+        return index
+
+    nodes = [
+        HardenedSyncObj(a, [p for p in voters if p != a], raft_config(), _apply) for a in voters
+    ]
+    standby = HardenedSyncObj(standby_address, voters, raft_config(), record, voting=False)
+    try:
+        leader = _elected(nodes)
+        outcome: list[int] = []
+        leader.change_role(standby_address, STANDBY, lambda result, reason: outcome.append(reason))
+        deadline = time.monotonic() + 10
+        while not outcome:
+            assert time.monotonic() < deadline, "the role change did not commit"
+            time.sleep(0.01)
+        assert outcome == [FAIL_REASON.SUCCESS]
+        for i in range(20):
+            assert leader.submit_and_wait(b"cmd-%d" % i, timeout=5)[1] == FAIL_REASON.SUCCESS
+        while applied != [b"cmd-%d" % i for i in range(20)]:
+            assert time.monotonic() < deadline, applied
+            time.sleep(0.01)
+        assert standby.roles[standby_address] == STANDBY and not standby.voting
+        # With two voters gone, the standby's acknowledgement makes no majority.
+        for n in [n for n in nodes if n is not leader]:
+            nodes.remove(n)
+            n.destroy_synchronous()
+        assert leader.submit_and_wait(b"lost", timeout=3)[1] != FAIL_REASON.SUCCESS
+        assert standby.raft_state != LEADER
+    finally:
+        for n in [*nodes, standby]:
             n.destroy_synchronous()

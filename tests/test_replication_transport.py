@@ -572,6 +572,15 @@ def lone_node() -> Iterator[tuple[Counter, SecureTransport, str, str]]:
         acceptor.close()
 
 
+def _talks_raft(node: Counter, transport: SecureTransport, peer: _Peer, address: str) -> None:
+    """The authenticated ``peer`` (at ``address``) is connected and answered."""
+    wait_until(lambda: node.isNodeConnected(RaftNode(address)), "connected after AUTH")
+    vote = {"type": "request_vote", "term": 1000, "last_log_index": 10**6, "last_log_term": 999}
+    peer.send(peer.frame(FrameKind.RAFT, cbor2.dumps(vote)))
+    assert peer.read_message("response_vote") == {"type": "response_vote", "term": 1000}
+    assert transport.rejected_connections == 0
+
+
 def test_keyed_peer_talks_raft_and_counts_as_connected_only_after_auth(
     lone_node: tuple[Counter, SecureTransport, str, str],
 ) -> None:
@@ -585,11 +594,29 @@ def test_keyed_peer_talks_raft_and_counts_as_connected_only_after_auth(
         kind, body = peer.read_frame()
         assert kind == FrameKind.AUTH
         peer.send(peer.frame(FrameKind.AUTH, body))
-        wait_until(lambda: node.isNodeConnected(RaftNode(fake)), "connected after AUTH")
-        vote = {"type": "request_vote", "term": 1000, "last_log_index": 10**6, "last_log_term": 999}
-        peer.send(peer.frame(FrameKind.RAFT, cbor2.dumps(vote)))
-        assert peer.read_message("response_vote") == {"type": "response_vote", "term": 1000}
-        assert transport.rejected_connections == 0
+        _talks_raft(node, transport, peer, fake)
+    finally:
+        peer.close()
+
+
+@pytest.mark.parametrize("accept_strangers", [False, True])
+def test_a_keyed_peer_outside_the_configuration_is_heard_only_by_a_non_voter(
+    lone_node: tuple[Counter, SecureTransport, str, str], accept_strangers: bool
+) -> None:
+    # A node that does not vote must hear a leader its stale configuration
+    # lacks; a voter keeps refusing members it does not know (removed ones).
+    node, transport, address, _ = lone_node
+    transport.accept_strangers = accept_strangers
+    stranger = "127.0.0.1:1"
+    peer = _Peer(address, stranger, KEY, address)
+    try:
+        if not accept_strangers:
+            peer.hello()
+            peer.wait_closed()
+            wait_until(lambda: transport.rejected_connections == 1, "the rejection counted")
+            return
+        peer.handshake()
+        _talks_raft(node, transport, peer, stranger)
     finally:
         peer.close()
 

@@ -24,6 +24,14 @@ Fixes, each with a test in ``tests/test_replication_raft.py``:
   size is configured so PySyncObj never produces them.
 - **Latency floor (defect 6).**  ``appendEntriesUseBatch=False``: each command
   is sent as soon as it is queued.
+- **Roles.**  PySyncObj knows only voters (and anonymous read-only nodes that
+  its transports announce).  Membership entries here carry dqlite's roles:
+  ``["role", address, old, new]`` (cbor2).  Voters are PySyncObj's
+  ``otherNodes``; standbys go into its read-only set, which the leader
+  replicates to without counting them; spares take no part.  A node that does
+  not vote never starts an election.  As Raft requires, a configuration takes
+  effect when its entry is appended (and is undone if the entry is truncated);
+  a restarted node rebuilds it from its snapshot and its log.
 - **Forwarding.**  A stock follower forwards queued commands to the leader; a
   transaction's pages only make sense on the state they were computed on, so
   commands carry the index they build upon (checked at apply time), and only
@@ -34,22 +42,28 @@ from __future__ import annotations
 
 import io
 import logging
+import math
 import pickle
 import queue
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+import cbor2
 from pysyncobj import SyncObj, SyncObjConf
 from pysyncobj.config import FAIL_REASON
 from pysyncobj.node import TCPNode
 
 __all__ = [
     "FAILURES",
+    "SPARE",
+    "STANDBY",
+    "VOTER",
     "HardenedSyncObj",
     "PeerNode",
     "raft_config",
+    "role_change",
     "safe_unpickle",
 ]
 
@@ -65,6 +79,11 @@ _VERSION = 3
 FOLLOWER = 0
 CANDIDATE = 1
 LEADER = 2
+
+#: dqlite's roles: voters vote and replicate, standbys replicate, spares do neither.
+VOTER = 0
+STANDBY = 1
+SPARE = 2
 
 #: PySyncObj's failure reasons, by name.
 FAILURES = {
@@ -100,6 +119,11 @@ class _WhitelistUnpickler(pickle.Unpickler):
 def safe_unpickle(data: bytes) -> Any:
     """Unpickle PySyncObj's own membership/version entries with a whitelist."""
     return _WhitelistUnpickler(io.BytesIO(data)).load()
+
+
+def role_change(address: str, old: int | None, new: int | None) -> bytes:
+    """The membership entry moving ``address`` from role ``old`` to ``new`` (None: not a member)."""
+    return bytes([_MEMBERSHIP]) + cbor2.dumps(["role", address, old, new])
 
 
 def raft_config(**overrides: Any) -> Any:
@@ -142,6 +166,10 @@ class HardenedSyncObj(SyncObj):  # type: ignore[misc]
         conf: a configuration from :func:`raft_config`.
         apply: called on the tick thread, in log order, with ``(index, command)``
             for every committed command; its return value goes to the submitter.
+        voting: whether this node starts as a voter (a joining node does not:
+            the log tells it its role).
+        snapshot_roles: returns the roles recorded in the snapshot being
+            installed (PySyncObj passes on only the voters).
         **kwargs: passed to ``SyncObj`` (``transportClass``...).
     """
 
@@ -158,9 +186,19 @@ class HardenedSyncObj(SyncObj):  # type: ignore[misc]
         peers: Sequence[str],
         conf: Any,
         apply: ApplyHandler,
+        *,
+        voting: bool = True,
+        snapshot_roles: Callable[[], Mapping[str, int] | None] | None = None,
         **kwargs: Any,
     ) -> None:
         self._dqlitepy_apply = apply
+        # The configuration: every member's role, this node's included. Read
+        # and written on the tick thread only (other threads read copies).
+        self._roles: dict[str, int] = {str(p): VOTER for p in peers if p != self_address}
+        if voting and self_address is not None:
+            self._roles[self_address] = VOTER
+        self._voting = voting and self_address is not None
+        self._snapshot_roles = snapshot_roles
         self._waiters: set[Callable[[Any, int], None]] = set()
         self._waiters_lock = threading.Lock()
         self_node = PeerNode(self_address) if self_address is not None else None
@@ -168,6 +206,11 @@ class HardenedSyncObj(SyncObj):  # type: ignore[misc]
         self._tick_calls: queue.SimpleQueue[Callable[[], None]] = queue.SimpleQueue()
         super().__init__(self_node, others, conf, nodeClass=PeerNode, **kwargs)
         self.addOnTickCallback(self._run_tick_calls)
+        transport = self._SyncObj__transport
+        if hasattr(transport, "accept_strangers"):
+            transport.accept_strangers = not self._voting
+        # After the snapshot (loaded on the first tick), the log's own changes.
+        self.on_tick(self._replay_configuration)
 
     def on_tick(self, call: Callable[[], None]) -> None:
         """Run ``call`` on Raft's thread at its next tick.
@@ -286,10 +329,121 @@ class HardenedSyncObj(SyncObj):  # type: ignore[misc]
     @property
     def voters(self) -> list[str]:
         """Addresses of the voters (this node included if it votes)."""
-        nodes = [str(n.id) for n in self._SyncObj__otherNodes]
-        if self.selfNode is not None:
-            nodes.append(str(self.selfNode.id))
-        return sorted(nodes)
+        return sorted(a for a, role in dict(self._roles).items() if role == VOTER)
+
+    @property
+    def roles(self) -> dict[str, int]:
+        """The configuration: each member's address and role."""
+        return dict(self._roles)
+
+    @property
+    def voting(self) -> bool:
+        """Whether this node is a voter (only voters stand for election)."""
+        return self._voting
+
+    def change_role(
+        self, address: str, role: int | None, callback: Callable[[Any, int], None]
+    ) -> None:
+        """Append the entry giving ``address`` ``role`` (None removes it); leader only.
+
+        PySyncObj takes one change at a time: a second one before the first is
+        applied fails with REQUEST_DENIED.
+        """
+
+        def append() -> None:  # on the tick thread, where the current role is known
+            entry = role_change(address, self._roles.get(address), role)
+            self._applyCommand(entry[1:], callback, _MEMBERSHIP)
+
+        self.on_tick(append)
+
+    # ------------------------------------------------------------ configuration
+
+    def _set_role(self, address: str, role: int | None) -> bool:
+        """Make ``address``'s role ``role`` here (tick thread); False if it already was."""
+        if self._roles.get(address, None) == role:
+            return False
+        if role is None:
+            self._roles.pop(address, None)
+        else:
+            self._roles[address] = role
+        if self.selfNode is not None and address == str(self.selfNode.id):
+            self._set_voting(role == VOTER)
+            return True
+        node = PeerNode(address)
+        voters = self._SyncObj__otherNodes
+        standbys = self._SyncObj__readonlyNodes
+        replicated_before = node in voters or node in standbys
+        voters.discard(node)
+        standbys.discard(node)
+        if role == VOTER:
+            voters.add(node)
+        elif role == STANDBY:
+            standbys.add(node)
+        next_index = self._SyncObj__raftNextIndex
+        match_index = self._SyncObj__raftMatchIndex
+        if role in (VOTER, STANDBY):
+            if not replicated_before:
+                next_index[node] = self._SyncObj__getCurrentLogIndex() + 1
+                match_index[node] = 0
+                self._SyncObj__transport.addNode(node)
+            # A voter the leader never heard from would count as silent at once.
+            self._SyncObj__lastResponseTime.setdefault(node, time.monotonic())
+        elif replicated_before:
+            next_index.pop(node, None)
+            match_index.pop(node, None)
+            self._SyncObj__lastResponseTime.pop(node, None)
+            self._SyncObj__transport.dropNode(node)
+        return True
+
+    def _set_voting(self, voting: bool) -> None:
+        if voting == self._voting:
+            return
+        self._voting = voting
+        self.postpone_election()  # a fresh timeout, or none at all for a non-voter
+        if not voting and self.raft_state == LEADER:
+            log.warning("this leader is no longer a voter: stepping down")
+            self._SyncObj__setState(FOLLOWER)
+            self._SyncObj__raftLeader = None
+        transport = self._SyncObj__transport
+        # A node that does not vote cannot disrupt elections, and must hear from
+        # leaders its stale configuration does not know yet.
+        if hasattr(transport, "accept_strangers"):
+            transport.accept_strangers = not voting
+
+    def _replay_configuration(self) -> None:
+        """Apply the membership entries of the log (after the snapshot), as Raft does at append."""
+        first = self._SyncObj__raftLog[0][1]
+        for command, _, _ in self._SyncObj__getEntries(first):
+            request = self._SyncObj__parseChangeClusterRequest(bytes(command))
+            if request is not None:
+                self._SyncObj__doChangeCluster(request)
+
+    def _SyncObj__updateClusterConfiguration(self, voters: list[Any]) -> None:
+        # PySyncObj's hook for the configuration of a snapshot being loaded.
+        roles = self._snapshot_roles() if self._snapshot_roles is not None else None
+        if roles is None:
+            roles = {str(n.id): VOTER for n in voters}
+            if self._voting and self.selfNode is not None:
+                roles[str(self.selfNode.id)] = VOTER
+        for address in set(self._roles) - set(roles):
+            self._set_role(address, None)
+        for address, role in roles.items():
+            self._set_role(str(address), int(role))
+
+    def _SyncObj__generateRaftTimeout(self) -> float:
+        if not self._voting:
+            return math.inf  # never stands for election
+        return float(SyncObj._SyncObj__generateRaftTimeout(self))
+
+    def _SyncObj__doChangeCluster(self, request: Any, reverse: bool = False) -> bool:
+        if isinstance(request, list) and len(request) == 4 and request[0] == "role":
+            _, address, old, new = request
+            return self._set_role(str(address), old if reverse else new)
+        if isinstance(request, list) and len(request) >= 2 and request[0] in ("add", "rem"):
+            # PySyncObj's own entries (logs written before roles existed).
+            adding = (request[0] == "add") != reverse
+            return self._set_role(str(request[1]), VOTER if adding else None)
+        return False
 
     # ------------------------------------------------------------- the fixes
 
@@ -298,19 +452,18 @@ class HardenedSyncObj(SyncObj):  # type: ignore[misc]
         if kind == _REGULAR:
             index = self._SyncObj__raftLastApplied + 1
             return self._dqlitepy_apply(index, bytes(command[1:]))
-        if kind == _MEMBERSHIP:
-            request = self._SyncObj__parseChangeClusterRequest(command)
-            if request is not None:
-                self._SyncObj__doChangeCluster(request)
-            return None
-        # NO_OP, and VERSION entries (we never change the code version).
+        # MEMBERSHIP entries took effect when appended; NO_OP and VERSION entries
+        # (we never change the code version) do nothing.
         return None
 
     def _SyncObj__parseChangeClusterRequest(self, command: bytes) -> Any:
         if not command or command[0] != _MEMBERSHIP:
             return None
+        payload = bytes(command[1:])
         try:
-            request = safe_unpickle(bytes(command[1:]))
+            # A pickle is PySyncObj's own add/rem entry; ours are cbor2.
+            pickled = payload[:1] == b"\x80"
+            request = safe_unpickle(payload) if pickled else cbor2.loads(payload)
         except Exception:
             log.error("ignoring an undecodable membership entry")
             return None

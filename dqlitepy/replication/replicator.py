@@ -80,6 +80,8 @@ class Replicator:
         address: this node's address (also its Raft identity).
         data_dir: where the Raft journal lives (``raft/journal``).
         voters: the other voters this node starts with.
+        voting: whether this node starts as a voter (the first node of a
+            cluster does; a joining node learns its role from the log).
         node_id: this node's dqlite id (sent in CONNECT).
         cluster_key: the key every member shares (authenticates Raft traffic).
         apply: called on Raft's thread, in log order, with ``(index, command)``
@@ -94,6 +96,7 @@ class Replicator:
         data_dir: Path,
         voters: Sequence[str],
         *,
+        voting: bool = True,
         node_id: int,
         cluster_key: bytes,
         apply: Callable[[int, bytes], Any],
@@ -105,6 +108,9 @@ class Replicator:
         self.address = address
         self._raft_dir = Path(data_dir) / "raft"
         self._voters = [v for v in voters if v != address]
+        self._voting = voting
+        # The roles recorded in the snapshot being installed (see _read_snapshot).
+        self._snapshot_roles: dict[str, int] | None = None
         self._node_id = node_id
         self._cluster_key = cluster_key
         self._apply = apply
@@ -153,6 +159,8 @@ class Replicator:
                 self._voters,
                 conf,
                 self._apply,
+                voting=self._voting,
+                snapshot_roles=lambda: self._snapshot_roles,
                 transportClass=transport_class,
             )
 
@@ -197,6 +205,10 @@ class Replicator:
         """The voters' addresses, this node included."""
         return self.core.voters
 
+    def roles(self) -> dict[str, int]:
+        """Every member's address and role (VOTER, STANDBY or SPARE), as Raft has them."""
+        return self.core.roles
+
     # ------------------------------------------------------------ commands
 
     def submit(self, command: bytes, timeout: float) -> Any:
@@ -222,7 +234,18 @@ class Replicator:
             return
         transport.adopt(sock, peer_id, peer_address, initial)
 
-    def _membership(self, change: Callable[..., None], address: str, timeout: float) -> None:
+    def set_role(self, address: str, role: int | None, timeout: float = 10.0) -> None:
+        """Give ``address`` a role in the Raft configuration (None: remove it).
+
+        One change at a time, as Raft requires; returns once it is committed.
+
+        Raises:
+            NotLeader: this node does not lead, or lost leadership first.
+            LeadershipLost: the change may or may not have been committed.
+            ReplicationError: another change is still in progress.
+        """
+        if self._core is None or self.core.raft_state != LEADER:
+            raise NotLeader("not leader")
         done = threading.Event()
         outcome: list[int] = [FAIL_REASON.UNKNOWN_OUTCOME]
 
@@ -230,26 +253,16 @@ class Replicator:
             outcome[0] = reason
             done.set()
 
-        change(PeerNode(address), callback=callback)
+        self.core.change_role(address, role, callback)
         if not done.wait(timeout):
             raise LeadershipLost("membership change timed out")
         if outcome[0] != FAIL_REASON.SUCCESS:
             name = FAILURES.get(outcome[0], str(outcome[0]))
             if outcome[0] == FAIL_REASON.REQUEST_DENIED:
                 raise ReplicationError("a configuration change is already in progress")
-            raise NotLeader(f"membership change failed ({name})")
-
-    def add_voter(self, address: str, timeout: float = 10.0) -> None:
-        """Make ``address`` a voter (one change at a time)."""
-        if self._core is None or self.core.raft_state != LEADER:
-            raise NotLeader("not leader")
-        self._membership(self.core.addNodeToCluster, address, timeout)
-
-    def remove_voter(self, address: str, timeout: float = 10.0) -> None:
-        """Stop ``address`` from voting."""
-        if self._core is None or self.core.raft_state != LEADER:
-            raise NotLeader("not leader")
-        self._membership(self.core.removeNodeFromCluster, address, timeout)
+            if outcome[0] in _NOT_APPENDED:
+                raise NotLeader(f"membership change failed ({name})")
+            raise LeadershipLost(f"membership change failed ({name})")
 
     def transfer(self, address: str | None, timeout: float = 10.0) -> None:
         """Hand leadership to ``address`` (None: the most caught-up voter).
@@ -299,6 +312,9 @@ class Replicator:
             "previous": [bytes(previous[0]), int(previous[1]), int(previous[2])],
             "cluster": sorted(str(node.id) for node in cluster),
         }
+        core = self._core
+        if core is not None:
+            header["roles"] = core.roles  # on Raft's thread: as of this moment
         try:
             write_state = self._snapshot()
         except Exception as exc:
@@ -341,6 +357,8 @@ class Replicator:
             if not isinstance(header, dict) or header.get("version") != SNAPSHOT_VERSION:
                 raise ReplicationError(f"{path}: not a dqlitepy snapshot")
             self._restore(f)
+        roles = header.get("roles")
+        self._snapshot_roles = None if roles is None else {str(a): int(r) for a, r in roles.items()}
         last = tuple(header["last"])
         previous = tuple(header["previous"])
         log.info("%s installed a snapshot at entry %d", self.address, last[1])

@@ -1031,6 +1031,9 @@ class SecureTransport(Transport):  # type: ignore[misc]  # PySyncObj is untyped
         # Ping well within the peer's timeout so an idle link is never mistaken for dead.
         self._ping_interval = self._timeout / 4
         self.rejected_connections = 0
+        #: Accept authenticated peers missing from the configuration (set on
+        #: nodes that do not vote: a stranger cannot disrupt their elections).
+        self.accept_strangers = False
         self._last_warning: dict[str, float] = {}
         self._recv_view = memoryview(bytearray(_RECV_CHUNK))
 
@@ -1162,6 +1165,10 @@ class SecureTransport(Transport):  # type: ignore[misc]  # PySyncObj is untyped
             self._accept(sock, peer_id, peer_address, initial)
 
     def _accept(self, sock: socket.socket, peer_id: int, peer_address: str, initial: bytes) -> None:
+        if peer_address not in self._nodes and self.accept_strangers:
+            # Still authenticated by the cluster key below; a member this node's
+            # configuration does not know yet (a leader elected while it was away).
+            self._nodes[peer_address] = Node(peer_address)
         if peer_address not in self._nodes:
             self._rejected(
                 peer_address,

@@ -105,26 +105,30 @@ def _load_identity(data_dir: Path, bootstrap: bool) -> int:
     return node_id
 
 
-def _initial_voters(data_dir: Path, address: str, join: Sequence[str]) -> list[str]:
-    """The voters Raft starts with; kept, because a restart must start from the same set.
+def _initial_configuration(
+    data_dir: Path, address: str, join: Sequence[str]
+) -> tuple[list[str], bool]:
+    """The voters Raft starts with, and whether this node is one of them.
 
-    The first node of a cluster starts alone; a joining node starts with the
-    voters the cluster has when it joins (later changes come from the log).
+    Kept, because a restart must start from the same configuration: the first
+    node of a cluster starts alone, as a voter; a joining node starts with the
+    voters the cluster has when it joins, as none (its role comes from the log).
     """
     path = data_dir / "raft" / "initial-voters.cbor"
     if path.exists():
         with path.open("rb") as f:
             record = cbor2.load(f)
-        return [str(a) for a in record["voters"]]
+        return [str(a) for a in record["voters"]], bool(record.get("voting", True))
     voters = [a for a in _cluster_voters(join) if a != address] if join else []
+    voting = not join
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
     with tmp.open("wb") as f:
-        cbor2.dump({"version": 1, "voters": voters}, f)
+        cbor2.dump({"version": 1, "voters": voters, "voting": voting}, f)
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
-    return voters
+    return voters, voting
 
 
 def _call(address: str, request: Request, timeout: float = 10.0) -> Any:
@@ -166,8 +170,20 @@ def _cluster_voters(join: Sequence[str], timeout: float = 30.0) -> list[str]:
     return [n.address for n in servers.servers if n.role == NodeRole.VOTER]
 
 
-def _join(join: Sequence[str], node_id: int, address: str, timeout: float = 30.0) -> None:
-    """Ask the leader to add this node and make it a voter, as go-dqlite's app does."""
+def _join(
+    join: Sequence[str],
+    node_id: int,
+    address: str,
+    voters: int,
+    standbys: int,
+    timeout: float = 30.0,
+) -> None:
+    """Ask the leader to add this node and give it a role, as go-dqlite's app does.
+
+    The node joins as a spare (ADD), then becomes a voter while the cluster has
+    fewer than ``voters`` of them, else a standby while it has fewer than
+    ``standbys``.
+    """
     deadline = time.monotonic() + timeout
     while True:
         leader = _leader_of(join, deadline)
@@ -177,11 +193,22 @@ def _join(join: Sequence[str], node_id: int, address: str, timeout: float = 30.0
             except GatewayFailure as exc:
                 if "already in use" not in exc.message:
                     raise
-            _call(leader, AssignRequest(node_id, NodeRole.VOTER), timeout=timeout)
+            servers = _call(leader, ClusterRequest(1))
+            assert isinstance(servers, ServersResponse)
+            roles = [n.role for n in servers.servers if n.address != address]
+            mine = next((n.role for n in servers.servers if n.address == address), None)
+            if roles.count(NodeRole.VOTER) < voters:
+                wanted = NodeRole.VOTER
+            elif roles.count(NodeRole.STANDBY) < standbys:
+                wanted = NodeRole.STANDBY
+            else:
+                wanted = NodeRole.SPARE
+            if mine is not None and mine <= wanted:
+                return  # roles rank voter < standby < spare: never demoted by a rejoin
+            _call(leader, AssignRequest(node_id, wanted), timeout=timeout)
+            log.info("joined the cluster through %s as %s", leader, wanted.name.lower())
             return
         except (OSError, ProtocolError, GatewayFailure) as exc:
-            if isinstance(exc, GatewayFailure) and "role is not valid" in exc.message:
-                return  # already a voter
             if time.monotonic() > deadline:
                 raise RuntimeError(f"could not join through {leader}: {exc}") from exc
             time.sleep(0.5)
@@ -198,6 +225,9 @@ class NodeServer:
         max_message_size: the largest request accepted.
         busy_timeout_ms: how long a writer waits for another writer's lock.
         max_connections: client connections served at once; more are refused.
+        cluster_key: the key every member shares; with it the node replicates.
+        voters: a joining node becomes a voter while the cluster has fewer...
+        standbys: ... else a standby while it has fewer, else it stays a spare.
     """
 
     def __init__(
@@ -210,8 +240,13 @@ class NodeServer:
         busy_timeout_ms: int = 5000,
         max_connections: int = 1024,
         cluster_key: bytes | None = None,
+        voters: int = 3,
+        standbys: int = 3,
     ) -> None:
         parse_listen_address(address)
+        if voters < 1 or standbys < 0:
+            raise ValueError("a cluster needs at least one voter, and standbys cannot be negative")
+        self._join_roles = (voters, standbys)
         self._requested_address = address
         self._address = address
         self.data_dir = Path(data_dir)
@@ -272,13 +307,16 @@ class NodeServer:
         """The members with their roles."""
         if self.replicated is None:
             return [NodeInfo(self._id, self._address, NodeRole.VOTER)]
-        voters = set(self.replicated.replicator.voters())
+        roles = self.replicated.replicator.roles()
         members = dict(self.replicated.members)
-        nodes = []
-        for address, (node_id, role) in sorted(members.items()):
-            nodes.append(NodeInfo(node_id, address, NodeRole.VOTER if address in voters else role))
-        known = set(members)
-        nodes.extend(NodeInfo(0, a, NodeRole.VOTER) for a in sorted(voters - known))
+        nodes = [
+            NodeInfo(node_id, address, NodeRole(roles.get(address, NodeRole.SPARE)))
+            for address, (node_id, _) in sorted(members.items())
+        ]
+        # A voter the members' records do not name yet (the first node, briefly).
+        nodes.extend(
+            NodeInfo(0, a, NodeRole(r)) for a, r in sorted(roles.items()) if a not in members
+        )
         return nodes
 
     def open_session(self, name: str) -> Session:
@@ -330,22 +368,23 @@ class NodeServer:
                 replicated.record_member(request.node_id, request.address, NodeRole.SPARE)
                 return
             address = self._address_of(request)
+            roles = replicated.replicator.roles()
             if isinstance(request, AssignRequest):
-                role = NodeRole.VOTER if request.role is None else request.role
-                voters = set(replicated.replicator.voters())
-                if (role == NodeRole.VOTER) == (address in voters) and role == NodeRole.VOTER:
+                role = NodeRole.VOTER if request.role is None else NodeRole(request.role)
+                if role == roles.get(address, NodeRole.SPARE):
                     raise GatewayFailure(1, "server role is not valid")
-                if role == NodeRole.VOTER:
-                    replicated.replicator.add_voter(address)
-                elif address in voters:
-                    replicated.replicator.remove_voter(address)
-                node_id, _ = replicated.members[address]
-                replicated.record_member(node_id, address, int(role))
+                if address == self._address:
+                    raise GatewayFailure(1, "the leader cannot change its own role")
+                replicated.replicator.set_role(address, int(role))
             elif isinstance(request, RemoveRequest):
-                if address in replicated.replicator.voters():
-                    replicated.replicator.remove_voter(address)
+                if address == self._address:
+                    raise GatewayFailure(1, "the leader cannot remove itself")
+                if address in roles:
+                    replicated.replicator.set_role(address, None)
                 replicated.forget_member(address)
             elif isinstance(request, TransferRequest):
+                if request.node_id != 0 and roles.get(address) != NodeRole.VOTER:
+                    raise GatewayFailure(1, "server role is not valid: only voters can lead")
                 replicated.replicator.transfer(None if request.node_id == 0 else address)
         except ReplicationError as exc:
             raise GatewayFailure(1, str(exc)) from exc
@@ -402,7 +441,7 @@ class NodeServer:
     def _start_replication(self) -> None:
         assert self.cluster_key is not None
         key = self.cluster_key
-        voters = _initial_voters(self.data_dir, self._address, self.join)
+        voters, voting = _initial_configuration(self.data_dir, self._address, self.join)
 
         def factory(
             apply: Callable[[int, bytes], Any], on_leadership: Callable[[bool], None]
@@ -411,6 +450,7 @@ class NodeServer:
                 self._address,
                 self.data_dir,
                 voters,
+                voting=voting,
                 node_id=self._id,
                 cluster_key=key,
                 apply=apply,
@@ -424,8 +464,8 @@ class NodeServer:
 
         self.replicated = Replicated(self.engine, factory, self._id)
         self.replicated.start()
-        if self.join and self._address not in voters:
-            _join(self.join, self._id, self._address)
+        if self.join:
+            _join(self.join, self._id, self._address, *self._join_roles)
         threading.Thread(
             target=self.replicated.register_self,
             args=(self._id, self._address, self._closing),

@@ -1,0 +1,179 @@
+"""Voters, standbys and spares on real multi-process dqlitepy clusters.
+
+A node that joins becomes a voter while the cluster has fewer than ``--voters``
+(3), else a standby while it has fewer than ``--standbys`` (3), else a spare.
+Standbys receive every entry but neither vote nor count toward the quorum;
+spares receive nothing.  What a node holds is read with DUMP, which any node
+answers about its own copy.
+"""
+
+from __future__ import annotations
+
+import signal
+import sqlite3
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from dqlite_cluster import DqliteDemoCluster
+from dqlitepy_server import CLUSTER_KEY, DqlitepyCluster, DqlitepyServer
+
+import dqlitepy
+from dqlitepy import NodeRole
+
+
+@pytest.fixture
+def cluster() -> Iterator[DqlitepyCluster]:
+    c = DqlitepyCluster()
+    extra: list[DqlitepyServer] = []
+    c.extra = extra  # type: ignore[attr-defined]
+    try:
+        c.wait_voters(3)
+        yield c
+    finally:
+        for node in extra:
+            node.close()
+        c.close()
+
+
+def _join(cluster: DqlitepyCluster, name: str, *options: str) -> DqlitepyServer:
+    node = DqlitepyServer(
+        cluster.root / name,
+        cluster_key=CLUSTER_KEY,
+        join=[cluster.addresses[0]],
+        options=list(options),
+    )
+    cluster.extra.append(node)  # type: ignore[attr-defined]
+    node.start(timeout=60)
+    return node
+
+
+def _roles(servers: list[str]) -> dict[str, NodeRole]:
+    with dqlitepy.Client(servers) as client:
+        return {n.address: NodeRole(n.role) for n in client.cluster()}
+
+
+def _wait_role(servers: list[str], address: str, role: NodeRole, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while _roles(servers).get(address) != role:
+        assert time.monotonic() < deadline, f"{address} is not a {role.name}: {_roles(servers)}"
+        time.sleep(0.2)
+
+
+def _rows_on(address: str, database: str) -> int:
+    """Rows of ``t`` in the copy that the node at ``address`` holds (0 if none)."""
+    with dqlitepy.Client([address]) as client:
+        files = client.dump(database, address=address)
+    if not files.get(database):
+        return 0
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, content in files.items():
+            Path(tmp, name).write_bytes(content)
+        conn = sqlite3.connect(Path(tmp, database))
+        try:
+            return int(conn.execute("SELECT count(*) FROM t").fetchone()[0])
+        except sqlite3.OperationalError:
+            return 0  # the table is not there yet
+        finally:
+            conn.close()
+
+
+def _wait_rows(address: str, database: str, count: int, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while (held := _rows_on(address, database)) != count:
+        assert time.monotonic() < deadline, f"{address} holds {held} rows, not {count}"
+        time.sleep(0.2)
+
+
+def _insert(servers: list[str], database: str, count: int) -> int:
+    conn = dqlitepy.connect(database, servers=servers, isolation_level=None)
+    try:
+        conn.execute("CREATE TABLE IF NOT EXISTS t (id INTEGER PRIMARY KEY, v)")
+        for i in range(count):
+            conn.execute("INSERT INTO t (v) VALUES (?)", (i,))
+        return int(conn.execute("SELECT count(*) FROM t").fetchone()[0])
+    finally:
+        conn.close()
+
+
+def test_joining_nodes_become_standbys_then_spares(cluster: DqlitepyCluster) -> None:
+    standby = _join(cluster, "standby")
+    spare = _join(cluster, "spare", "--standbys", "1")
+    everyone = [*cluster.addresses, standby.address, spare.address]
+    _wait_role(everyone, standby.address, NodeRole.STANDBY)
+    _wait_role(everyone, spare.address, NodeRole.SPARE)
+    assert sorted(_roles(everyone).values()) == [0, 0, 0, 1, 2]
+
+    # The Go shell reads the roles like a C dqlite cluster's.
+    lines = DqliteDemoCluster().shell(".cluster", servers=everyone).splitlines()
+    shown = {line.split("|")[1]: line.split("|")[2] for line in lines}
+    assert shown[standby.address] in ("stand-by", "standby")
+    assert shown[spare.address] == "spare"
+
+    total = _insert(everyone, "roles", 50)
+    _wait_rows(standby.address, "roles", total)
+    time.sleep(0.5)
+    assert _rows_on(spare.address, "roles") == 0
+
+    # Only voters lead.
+    with dqlitepy.Client(everyone) as client:
+        standby_id = next(n.id for n in client.cluster() if n.address == standby.address)
+        spare_id = next(n.id for n in client.cluster() if n.address == spare.address)
+        with pytest.raises(dqlitepy.Error, match="only voters"):
+            client.transfer(standby_id)
+
+        # A spare made a standby catches up; a standby made a spare stops receiving.
+        client.assign(spare_id, NodeRole.STANDBY)
+        client.assign(standby_id, NodeRole.SPARE)
+    _wait_rows(spare.address, "roles", total)
+    frozen = _rows_on(standby.address, "roles")
+    total = _insert(everyone, "roles", 20)
+    _wait_rows(spare.address, "roles", total)
+    time.sleep(0.5)
+    assert _rows_on(standby.address, "roles") == frozen
+
+
+def test_standbys_do_not_vote_until_promoted(cluster: DqlitepyCluster) -> None:
+    standby = _join(cluster, "standby")
+    everyone = [*cluster.addresses, standby.address]
+    _wait_role(everyone, standby.address, NodeRole.STANDBY)
+    total = _insert(everyone, "votes", 30)
+    _wait_rows(standby.address, "votes", total)
+
+    # Two of three voters down: one voter and a standby are no majority.
+    leader = cluster.leader()
+    survivor = next(a for a in cluster.addresses if a != leader)
+    down = [a for a in cluster.addresses if a != survivor]
+    for address in down:
+        cluster.node(address).stop(signal.SIGKILL)
+    with pytest.raises(dqlitepy.OperationalError):
+        conn = dqlitepy.connect(
+            "votes", servers=[survivor, standby.address], leader_timeout=4, isolation_level=None
+        )
+        try:
+            conn.execute("INSERT INTO t (v) VALUES ('no quorum')")
+        finally:
+            conn.close()
+    with dqlitepy.Client([standby.address]) as client:
+        named = client.leader()
+    assert named is None or named.address != standby.address
+
+    # One voter back: the standby is promoted and then a voter may go again.
+    cluster.node(down[0]).start(timeout=60)
+    with dqlitepy.Client([survivor, down[0]]) as client:
+        deadline = time.monotonic() + 30
+        while client.leader() is None:
+            assert time.monotonic() < deadline, "no leader after a voter came back"
+            time.sleep(0.2)
+        standby_id = next(n.id for n in client.cluster() if n.address == standby.address)
+        client.assign(standby_id, NodeRole.VOTER)
+        dead_id = next(n.id for n in client.cluster() if n.address == down[1])
+        client.remove(dead_id)
+    assert _roles(everyone)[standby.address] == NodeRole.VOTER
+    # Voters now: survivor, down[0] and the former standby; any one may fail.
+    victim = cluster.leader()
+    (standby if victim == standby.address else cluster.node(victim)).stop(signal.SIGKILL)
+    live = [a for a in [survivor, down[0], standby.address] if a != victim]
+    assert _insert(live, "votes", 10) == total + 10

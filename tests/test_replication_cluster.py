@@ -216,13 +216,17 @@ def test_a_large_transaction_replicates(cluster: Cluster) -> None:
     conn = dqlitepy.connect("big", servers=cluster.addresses)
     try:
         conn.execute("CREATE TABLE b (id INTEGER PRIMARY KEY, data BLOB)")
-        with conn:  # one transaction of about 24 MiB of pages
-            for _ in range(24):
-                conn.execute("INSERT INTO b (data) VALUES (randomblob(1048576))")
+        # One transaction of about 72 MiB of pages: past the 64 MiB a transport
+        # frame may carry, so it travels as several entries, applied as one.
+        with conn:
+            for _ in range(9):
+                conn.execute("INSERT INTO b (data) VALUES (randomblob(8 * 1048576))")
+        with conn:  # and a small one after it
+            conn.execute("INSERT INTO b (data) VALUES (randomblob(10))")
         expected = conn.execute("SELECT sum(length(data)), count(*) FROM b").fetchone()
     finally:
         conn.close()
-    assert expected == (24 * 1048576, 24)
+    assert expected == (72 * 1048576 + 10, 10)
     client = dqlitepy.Client(cluster.addresses)
     try:
         for node in client.cluster():

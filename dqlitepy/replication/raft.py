@@ -165,7 +165,8 @@ class HardenedSyncObj(SyncObj):  # type: ignore[misc]
         peers: the other voters' addresses.
         conf: a configuration from :func:`raft_config`.
         apply: called on the tick thread, in log order, with ``(index, command)``
-            for every committed command; its return value goes to the submitter.
+            for every committed command (``command`` is empty for the no-op
+            entry each new leader appends); its return value goes to the submitter.
         voting: whether this node starts as a voter (a joining node does not:
             the log tells it its role).
         snapshot_roles: returns the roles recorded in the snapshot being
@@ -452,8 +453,11 @@ class HardenedSyncObj(SyncObj):  # type: ignore[misc]
         if kind == _REGULAR:
             index = self._SyncObj__raftLastApplied + 1
             return self._dqlitepy_apply(index, bytes(command[1:]))
-        # MEMBERSHIP entries took effect when appended; NO_OP and VERSION entries
-        # (we never change the code version) do nothing.
+        if kind == _NO_OP:
+            # Each leader's first entry: the application learns a term began.
+            return self._dqlitepy_apply(self._SyncObj__raftLastApplied + 1, b"")
+        # MEMBERSHIP entries took effect when appended; VERSION entries (we never
+        # change the code version) do nothing.
         return None
 
     def _SyncObj__parseChangeClusterRequest(self, command: bytes) -> Any:

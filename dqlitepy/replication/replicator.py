@@ -86,6 +86,7 @@ class Replicator:
         cluster_key: the key every member shares (authenticates Raft traffic).
         apply: called on Raft's thread, in log order, with ``(index, command)``
             for every committed command; its return value is the submitter's result.
+            ``command`` is empty for the no-op entry each new leader appends.
         on_leadership: called on Raft's thread with True/False when this node
             gains or loses the leader role.
     """

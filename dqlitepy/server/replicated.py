@@ -9,7 +9,9 @@ Per database the leader keeps:
 - the WAL position of the last transaction Raft committed, to cut the WAL back
   to if a commit fails.
 
-A commit's pages become one FRAMES command, submitted to Raft.  Every node
+A commit's pages become one FRAMES command, submitted to Raft (a transaction
+larger than :data:`PART_BYTES` becomes several, its parts, which every node
+gathers and applies at once when the last one is committed).  Every node
 applies committed commands in log order (:meth:`Replicated.apply`, on Raft's
 thread): a command records the index of the last FRAMES entry of its database
 it was built on, so a command built on a deposed leader's state is skipped by
@@ -57,6 +59,31 @@ _CHECKPOINT_FRAMES = 1000
 _SUBMIT_TIMEOUT = 10.0
 # How long a request waits for a new leader's barrier (applying the log's tail).
 _BARRIER_WAIT = 10.0
+#: A transaction's pages per Raft entry: one entry must fit in one transport frame
+#: (64 MiB), and smaller entries keep heartbeats flowing between them.
+PART_BYTES = 16 * 1024 * 1024
+
+
+@dataclass
+class _Parts:
+    """The parts of one transaction applied so far (all but its last)."""
+
+    origin: tuple[int, int]
+    received: int = 0
+    pages: list[tuple[int, bytes]] = field(default_factory=list)
+
+
+def _split_pages(pages: tuple[tuple[int, bytes], ...]) -> list[list[tuple[int, bytes]]]:
+    """Cut a transaction's pages into runs of at most PART_BYTES (at least one page each)."""
+    parts: list[list[tuple[int, bytes]]] = [[]]
+    size = 0
+    for pgno, page in pages:
+        if parts[-1] and size + len(page) > PART_BYTES:
+            parts.append([])
+            size = 0
+        parts[-1].append((pgno, page))
+        size += len(page)
+    return parts
 
 
 @dataclass(eq=False)
@@ -82,6 +109,8 @@ class _Database:
     #: Held while SQLite may write the database file (checkpoints, closing the
     #: last session), so that a snapshot copies a file at rest.
     file_lock: threading.Lock = field(default_factory=threading.Lock)
+    #: A transaction whose parts are arriving (Raft's thread only).
+    parts: _Parts | None = None
 
 
 def _in_transaction(session: Session) -> bool:
@@ -261,8 +290,10 @@ class Replicated:
         db.wal_frames = None
         for txn in transactions:
             origin = (self.node_id, next(self._sequence))
-            command = cbor2.dumps(
-                {
+            parts = _split_pages(txn.pages)
+            self._own[origin] = (db.tracker.salts, db.tracker.frames)
+            for number, pages in enumerate(parts):
+                command: dict[str, Any] = {
                     "v": _COMMAND_VERSION,
                     "t": "frames",
                     "db": db.name,
@@ -270,20 +301,20 @@ class Replicated:
                     "origin": list(origin),
                     "ps": txn.page_size,
                     "size": txn.db_size,
-                    "pages": [[pgno, page] for pgno, page in txn.pages],
+                    "pages": [[pgno, page] for pgno, page in pages],
                 }
-            )
-            self._own[origin] = (db.tracker.salts, db.tracker.frames)
-            try:
-                result = self.replicator.submit(command, _SUBMIT_TIMEOUT)
-            except (NotLeader, LeadershipLost, ReplicationError) as exc:
-                self._own.pop(origin, None)
-                self._fail(db, session)
-                raise GatewayFailure(_LEADERSHIP_LOST, "leadership lost") from exc
-            if result != "applied":
-                self._own.pop(origin, None)
-                self._fail(db, session)
-                raise GatewayFailure(_LEADERSHIP_LOST, "leadership lost")
+                if len(parts) > 1:
+                    command.update(part=number, parts=len(parts))
+                try:
+                    result = self.replicator.submit(cbor2.dumps(command), _SUBMIT_TIMEOUT)
+                except (NotLeader, LeadershipLost, ReplicationError) as exc:
+                    self._own.pop(origin, None)
+                    self._fail(db, session)
+                    raise GatewayFailure(_LEADERSHIP_LOST, "leadership lost") from exc
+                if result != "applied":
+                    self._own.pop(origin, None)
+                    self._fail(db, session)
+                    raise GatewayFailure(_LEADERSHIP_LOST, "leadership lost")
         if transactions and db.tracker.frames >= _CHECKPOINT_FRAMES:
             with db.file_lock:
                 session.checkpoint()
@@ -317,6 +348,13 @@ class Replicated:
 
     def apply(self, index: int, command: bytes) -> Any:
         """Apply one committed command (Raft's thread, log order, every node)."""
+        if not command:
+            # A new leader's first entry: parts of a transaction begun before it
+            # will never be completed (their leader gave up on them).
+            with self._lock:
+                for db in self._databases.values():
+                    db.parts = None
+            return None
         try:
             decoded = cbor2.loads(command)
         except Exception:
@@ -335,19 +373,37 @@ class Replicated:
         if decoded.get("t") != "frames":
             return "invalid"
         db = self._database(str(decoded["db"]))
+        origin = (int(decoded["origin"][0]), int(decoded["origin"][1]))
+        if db.parts is not None and db.parts.origin != origin:
+            db.parts = None  # an abandoned transaction's parts
         if decoded["base"] != db.applied_index:
             return "stale"
+        pages = [(int(p), bytes(d)) for p, d in decoded["pages"]]
+        part, parts = int(decoded.get("part", 0)), int(decoded.get("parts", 1))
+        if parts > 1:
+            if part == 0:
+                db.parts = _Parts(origin)
+            if db.parts is None or db.parts.received != part:
+                log.error("entry %d: part %d of %d without the earlier ones", index, part, parts)
+                db.parts = None
+                return "stale"
+            if origin not in self._own:  # the leader has the pages in its WAL
+                db.parts.pages.extend(pages)
+            db.parts.received += 1
+            if part < parts - 1:
+                return "applied"
+            pages = db.parts.pages + pages
+            db.parts = None
         db.applied_index = index
-        origin = (int(decoded["origin"][0]), int(decoded["origin"][1]))
         position = self._own.pop(origin, None)
         if position is not None:
             # Ours: the pages are in the local WAL already, up to `position`.
             db.committed = position
             return "applied"
-        pages = tuple((int(p), bytes(d)) for p, d in decoded["pages"])
         with self._busy_cond:
             self._busy += 1
-        self._tasks.put((db.name, Transaction(pages, int(decoded["size"]), int(decoded["ps"]))))
+        txn = Transaction(tuple(pages), int(decoded["size"]), int(decoded["ps"]))
+        self._tasks.put((db.name, txn))
         return "applied"
 
     def _apply_loop(self) -> None:
@@ -399,6 +455,9 @@ class Replicated:
             raise RuntimeError("pages are still being applied")
         with self._lock:
             databases = sorted(self._databases.values(), key=lambda d: d.name)
+        if any(db.parts is not None for db in databases):
+            # The parts so far are in no file: the log must keep them.
+            raise RuntimeError("a transaction's parts are still arriving")
         state = cbor2.dumps(
             {
                 "members": {a: list(v) for a, v in dict(self.members).items()},

@@ -90,7 +90,10 @@ def _split_pages(pages: tuple[tuple[int, bytes], ...]) -> list[list[tuple[int, b
 class _Database:
     name: str
     tracker: WalTracker
-    cond: threading.Condition = field(default_factory=threading.Condition)
+    #: Guards the fields below; statements waiting for the gate wait on it.
+    cond: threading.Condition = field(init=False)
+    #: Same lock: writers waiting for the slot, woken one per release (no herd).
+    writer_turn: threading.Condition = field(init=False)
     writer: object | None = None
     #: The writer's session: closing it (a client gone mid-transaction) frees the slot.
     writer_session: Session | None = None
@@ -111,6 +114,17 @@ class _Database:
     file_lock: threading.Lock = field(default_factory=threading.Lock)
     #: A transaction whose parts are arriving (Raft's thread only).
     parts: _Parts | None = None
+
+    def __post_init__(self) -> None:
+        lock = threading.RLock()
+        self.cond = threading.Condition(lock)
+        self.writer_turn = threading.Condition(lock)
+
+    def release_writer(self) -> None:
+        """Free the writer slot (``cond`` held) and wake one waiting writer."""
+        self.writer = None
+        self.writer_session = None
+        self.writer_turn.notify()
 
 
 def _in_transaction(session: Session) -> bool:
@@ -228,8 +242,7 @@ class Replicated:
             with db.cond:
                 db.sessions.pop(session, None)
                 if db.writer_session is session or not db.sessions:
-                    db.writer = None
-                    db.writer_session = None
+                    db.release_writer()
                 db.cond.notify_all()
 
     @contextlib.contextmanager
@@ -271,14 +284,15 @@ class Replicated:
                 finally:
                     with db.cond:
                         if not _in_transaction(session):
-                            db.writer = None
-                            db.writer_session = None
+                            db.release_writer()
                         db.gate_closed = False
                         db.cond.notify_all()
 
     def _acquire_writer(self, db: _Database, owner: object, timeout: float) -> None:
         with db.cond:
-            if not db.cond.wait_for(lambda: db.writer in (None, owner), timeout):
+            if not db.writer_turn.wait_for(lambda: db.writer in (None, owner), timeout):
+                if db.writer is None:
+                    db.writer_turn.notify()  # the wake-up this waiter used passes on
                 raise GatewayFailure(_SQLITE_BUSY, "database is locked")
             db.writer = owner
             db.gate_closed = True
@@ -335,8 +349,7 @@ class Replicated:
             with lock, db.file_lock:
                 session.close()
         db.sessions.clear()
-        db.writer = None
-        db.writer_session = None
+        db.release_writer()
         salts, frames = db.committed
         self.engine.restore_committed(db.name, salts, frames)
         db.tracker = WalTracker(db.tracker.path)

@@ -347,7 +347,8 @@ def _parser() -> argparse.ArgumentParser:
         "--voters",
         type=int,
         default=3,
-        help="on joining, become a voter while the cluster has fewer (default %(default)s)",
+        help="on joining, become a voter while the cluster has fewer (default %(default)s); "
+        "as leader, promote standbys to replace voters offline for 10 s",
     )
     server.add_argument(
         "--standbys",

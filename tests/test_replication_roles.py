@@ -3,7 +3,8 @@
 A node that joins becomes a voter while the cluster has fewer than ``--voters``
 (3), else a standby while it has fewer than ``--standbys`` (3), else a spare.
 Standbys receive every entry but neither vote nor count toward the quorum;
-spares receive nothing.  What a node holds is read with DUMP, which any node
+spares receive nothing.  A leader replaces a voter silent for OFFLINE_AFTER
+with an online standby.  What a node holds is read with DUMP, which any node
 answers about its own copy.
 """
 
@@ -22,6 +23,7 @@ from dqlitepy_server import CLUSTER_KEY, DqlitepyCluster, DqlitepyServer
 
 import dqlitepy
 from dqlitepy import NodeRole
+from dqlitepy.server.node import OFFLINE_AFTER, next_role_change
 
 
 @pytest.fixture
@@ -160,20 +162,74 @@ def test_standbys_do_not_vote_until_promoted(cluster: DqlitepyCluster) -> None:
         named = client.leader()
     assert named is None or named.address != standby.address
 
-    # One voter back: the standby is promoted and then a voter may go again.
+    # One voter back: a leader again, which replaces the voter still down
+    # with the standby (promoting first), as go-dqlite's app does.
     cluster.node(down[0]).start(timeout=60)
-    with dqlitepy.Client([survivor, down[0]]) as client:
-        deadline = time.monotonic() + 30
-        while client.leader() is None:
-            assert time.monotonic() < deadline, "no leader after a voter came back"
-            time.sleep(0.2)
-        standby_id = next(n.id for n in client.cluster() if n.address == standby.address)
-        client.assign(standby_id, NodeRole.VOTER)
-        dead_id = next(n.id for n in client.cluster() if n.address == down[1])
-        client.remove(dead_id)
-    assert _roles(everyone)[standby.address] == NodeRole.VOTER
+    live = [survivor, down[0], standby.address]
+    _wait_role(live, standby.address, NodeRole.VOTER, timeout=OFFLINE_AFTER + 30)
+    _wait_role(live, down[1], NodeRole.SPARE, timeout=30)
     # Voters now: survivor, down[0] and the former standby; any one may fail.
     victim = cluster.leader()
     (standby if victim == standby.address else cluster.node(victim)).stop(signal.SIGKILL)
     live = [a for a in [survivor, down[0], standby.address] if a != victim]
     assert _insert(live, "votes", 10) == total + 10
+
+
+def test_a_dead_voter_is_replaced_by_a_standby(cluster: DqlitepyCluster) -> None:
+    standby = _join(cluster, "standby")
+    everyone = [*cluster.addresses, standby.address]
+    _wait_role(everyone, standby.address, NodeRole.STANDBY)
+    total = _insert(everyone, "replace", 10)
+    victim = next(a for a in cluster.addresses if a != cluster.leader())
+    cluster.node(victim).stop(signal.SIGKILL)
+    started = time.monotonic()
+    _wait_role(everyone, standby.address, NodeRole.VOTER, timeout=OFFLINE_AFTER + 30)
+    _wait_role(everyone, victim, NodeRole.SPARE)
+    print(f"voter replaced after {time.monotonic() - started:.1f} s")
+    # Three voters online again: one more may fail, the leader included.
+    leader = cluster.leader()
+    (standby if leader == standby.address else cluster.node(leader)).stop(signal.SIGKILL)
+    live = [a for a in everyone if a not in (victim, leader)]
+    assert _insert(live, "replace", 10) == total + 10
+
+
+LEADER = "10.0.0.1:9001"
+
+
+@pytest.mark.parametrize(
+    ("roles", "health", "expected"),
+    [
+        # Three voters online: nothing to do.
+        ({LEADER: 0, "b": 0, "c": 0, "s": 1}, {"b": (0.1, 0), "c": (0.2, 0), "s": (0.1, 0)}, None),
+        # A voter silent too long: the standby is promoted first...
+        (
+            {LEADER: 0, "b": 0, "c": 0, "s": 1},
+            {"b": (0.1, 0), "c": (OFFLINE_AFTER + 1, 0), "s": (0.1, 0)},
+            ("s", NodeRole.VOTER),
+        ),
+        # ... and then the silent voter becomes a spare.
+        (
+            {LEADER: 0, "b": 0, "c": 0, "s": 0},
+            {"b": (0.1, 0), "c": (OFFLINE_AFTER + 1, 0), "s": (0.1, 0)},
+            ("c", NodeRole.SPARE),
+        ),
+        # A voter missing (removed): a standby fills the place.
+        ({LEADER: 0, "b": 0, "s": 1}, {"b": (0.1, 0), "s": (0.1, 0)}, ("s", NodeRole.VOTER)),
+        # No standby fit to vote (silent, or far behind): nothing to do.
+        (
+            {LEADER: 0, "b": 0, "c": 0, "s": 1, "t": 1},
+            {"b": (0.1, 0), "c": (OFFLINE_AFTER + 1, 0), "s": (5.0, 0), "t": (0.1, 5000)},
+            None,
+        ),
+        # A spare is never picked: the leader does not know whether it is up.
+        ({LEADER: 0, "b": 0, "x": 2}, {"b": (0.1, 0)}, None),
+        # Four voters, all online: no demotion.
+        ({LEADER: 0, "b": 0, "c": 0, "d": 0}, {a: (0.1, 0) for a in "bcd"}, None),
+    ],
+)
+def test_the_leader_replaces_offline_voters_one_change_at_a_time(
+    roles: dict[str, int],
+    health: dict[str, tuple[float, int]],
+    expected: tuple[str, NodeRole] | None,
+) -> None:
+    assert next_role_change(roles, health, LEADER, 3) == expected

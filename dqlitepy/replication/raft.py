@@ -337,6 +337,23 @@ class HardenedSyncObj(SyncObj):  # type: ignore[misc]
         """The configuration: each member's address and role."""
         return dict(self._roles)
 
+    def peer_health(self) -> dict[str, tuple[float, int]]:
+        """For a leader (tick thread): each replicated peer's silence and lag.
+
+        Maps the address of every voter and standby but this node to the
+        seconds since it last answered and the entries it lacks.
+        """
+        if self.raft_state != LEADER:
+            return {}
+        now = time.monotonic()
+        last = self._SyncObj__getCurrentLogIndex()
+        answered = self._SyncObj__lastResponseTime
+        match = self._SyncObj__raftMatchIndex
+        return {
+            str(node.id): (now - answered.get(node, -math.inf), last - match.get(node, 0))
+            for node in self._SyncObj__otherNodes | self._SyncObj__readonlyNodes
+        }
+
     @property
     def voting(self) -> bool:
         """Whether this node is a voter (only voters stand for election)."""

@@ -210,6 +210,25 @@ class Replicator:
         """Every member's address and role (VOTER, STANDBY or SPARE), as Raft has them."""
         return self.core.roles
 
+    def peer_health(self, timeout: float = 2.0) -> dict[str, tuple[float, int]]:
+        """On the leader: each voter's and standby's (seconds silent, entries behind).
+
+        Empty on a node that does not lead (or when Raft's thread is too busy).
+        """
+        core = self._core
+        if core is None:
+            return {}
+        done = threading.Event()
+        result: dict[str, tuple[float, int]] = {}
+
+        def measure() -> None:
+            result.update(core.peer_health())
+            done.set()
+
+        core.on_tick(measure)
+        done.wait(timeout)
+        return dict(result) if done.is_set() else {}
+
     # ------------------------------------------------------------ commands
 
     def submit(self, command: bytes, timeout: float) -> Any:

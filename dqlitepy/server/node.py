@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import logging
+import math
 import os
 import secrets
 import socket
@@ -214,6 +215,46 @@ def _join(
             time.sleep(0.5)
 
 
+#: How often a leader checks the roles of the cluster.
+ROLES_CHECK_INTERVAL = 1.0
+#: A voter the leader has not heard from for this long is replaced by a standby.
+OFFLINE_AFTER = 10.0
+#: A standby may replace a voter if it answered this recently...
+_STANDBY_ONLINE_WITHIN = 2.0
+#: ... and lacks at most this many entries.
+_STANDBY_MAX_LAG = 100
+
+
+def next_role_change(
+    roles: dict[str, int], health: dict[str, tuple[float, int]], leader: str, voters: int
+) -> tuple[str, NodeRole] | None:
+    """The next role change a leader makes to keep ``voters`` voters online, if any.
+
+    Like go-dqlite's app, restricted to what Raft tells the leader: a standby
+    that is online and caught up is promoted while voters are missing or one
+    is offline (silent for :data:`OFFLINE_AFTER`); then the offline voter is
+    made a spare. One change at a time, promotion first, so the quorum never
+    depends on the offline node.
+    """
+    current = [a for a, r in roles.items() if r == NodeRole.VOTER]
+    offline = sorted(
+        a for a in current if a != leader and health.get(a, (math.inf, 0))[0] > OFFLINE_AFTER
+    )
+    ready = sorted(
+        a
+        for a, r in roles.items()
+        if r == NodeRole.STANDBY
+        and a in health
+        and health[a][0] < _STANDBY_ONLINE_WITHIN
+        and health[a][1] <= _STANDBY_MAX_LAG
+    )
+    if offline and len(current) > voters:
+        return offline[0], NodeRole.SPARE
+    if ready and (len(current) < voters or offline):
+        return ready[0], NodeRole.VOTER
+    return None
+
+
 class NodeServer:
     """One node: its databases, its listener and its client connections.
 
@@ -228,6 +269,8 @@ class NodeServer:
         cluster_key: the key every member shares; with it the node replicates.
         voters: a joining node becomes a voter while the cluster has fewer...
         standbys: ... else a standby while it has fewer, else it stays a spare.
+            While leading, the node also keeps ``voters`` voters online by
+            promoting standbys in place of voters gone silent.
     """
 
     def __init__(
@@ -472,6 +515,25 @@ class NodeServer:
             name="dqlitepy-register",
             daemon=True,
         ).start()
+        threading.Thread(target=self._balance_roles, name="dqlitepy-roles", daemon=True).start()
+
+    def _balance_roles(self) -> None:
+        """While leading, replace offline voters with standbys (see :func:`next_role_change`)."""
+        while not self._closing.wait(ROLES_CHECK_INTERVAL):
+            replicated = self.replicated
+            if replicated is None or not replicated.is_ready_leader():
+                continue
+            replicator = replicated.replicator
+            try:
+                change = next_role_change(
+                    replicator.roles(), replicator.peer_health(), self._address, self._join_roles[0]
+                )
+                if change is not None:
+                    address, role = change
+                    log.info("making %s a %s", address, role.name.lower())
+                    replicator.set_role(address, int(role))
+            except ReplicationError as exc:
+                log.info("could not adjust the roles: %s", exc)
 
     def close(self) -> None:
         """Stop serving: hand leadership over, close every connection, then wait."""

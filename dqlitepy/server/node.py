@@ -509,6 +509,8 @@ class NodeServer:
         self.replicated.start()
         if self.join:
             _join(self.join, self._id, self._address, *self._join_roles)
+        else:
+            threading.Thread(target=self._rejoin, name="dqlitepy-rejoin", daemon=True).start()
         threading.Thread(
             target=self.replicated.register_self,
             args=(self._id, self._address, self._closing),
@@ -516,6 +518,27 @@ class NodeServer:
             daemon=True,
         ).start()
         threading.Thread(target=self._balance_roles, name="dqlitepy-roles", daemon=True).start()
+
+    def _rejoin(self) -> None:
+        """Ask the other members for a role again, as ``--join`` does on every start.
+
+        A restarted member may have been replaced while it was away (made a
+        spare): the members its log names take it back as a standby.
+        """
+        assert self.replicated is not None
+        deadline = time.monotonic() + 10
+        peers: list[str] = []
+        while not peers and not self._closing.wait(0.2):
+            # The log's configuration is loaded on Raft's first ticks.
+            peers = [a for a in self.replicated.replicator.roles() if a != self._address]
+            if time.monotonic() > deadline:
+                return  # a cluster of one
+        if not peers:
+            return
+        try:
+            _join(peers, self._id, self._address, *self._join_roles, timeout=60)
+        except Exception as exc:
+            log.warning("could not rejoin through %s: %s", ", ".join(peers), exc)
 
     def _balance_roles(self) -> None:
         """While leading, replace offline voters with standbys (see :func:`next_role_change`)."""

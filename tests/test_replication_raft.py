@@ -21,14 +21,13 @@ from pysyncobj.config import FAIL_REASON
 
 from dqlitepy.replication.raft import (
     LEADER,
-    STANDBY,
-    VOTER,
     HardenedSyncObj,
     PeerNode,
     raft_config,
     role_change,
     safe_unpickle,
 )
+from dqlitepy.wire import NodeRole
 
 
 def _port() -> int:
@@ -278,10 +277,10 @@ def test_a_role_takes_effect_when_appended_and_is_undone_with_its_entry() -> Non
     try:
         node._SyncObj__sendNextNodeIdx = lambda peer, **kwargs: None
         message = _append(1, [])
-        message["entries"] = [_role_entry(other, None, STANDBY, 2, 1)]
+        message["entries"] = [_role_entry(other, None, NodeRole.STANDBY, 2, 1)]
         node._SyncObj__onMessageReceived(PeerNode(leader), message)
         # Not committed yet, already in force: a standby is replicated to, not counted.
-        assert node.roles == {me: VOTER, leader: VOTER, other: STANDBY}
+        assert node.roles == {me: NodeRole.VOTER, leader: NodeRole.VOTER, other: NodeRole.STANDBY}
         assert PeerNode(other) in node._SyncObj__readonlyNodes
         assert PeerNode(other) not in node._SyncObj__otherNodes
         assert node.voters == sorted([me, leader])
@@ -289,7 +288,7 @@ def test_a_role_takes_effect_when_appended_and_is_undone_with_its_entry() -> Non
         replaced = _append(1, [(2, 2)])
         replaced["term"] = 2
         node._SyncObj__onMessageReceived(PeerNode(leader), replaced)
-        assert node.roles == {me: VOTER, leader: VOTER}
+        assert node.roles == {me: NodeRole.VOTER, leader: NodeRole.VOTER}
         assert PeerNode(other) not in node._SyncObj__readonlyNodes
     finally:
         node._doDestroy()
@@ -303,12 +302,12 @@ def test_a_node_that_does_not_vote_never_stands_for_election() -> None:
         assert not node.voting
         assert node._SyncObj__raftElectionDeadline == math.inf
         message = _append(1, [])
-        message["entries"] = [_role_entry(me, None, VOTER, 2, 1)]
+        message["entries"] = [_role_entry(me, None, NodeRole.VOTER, 2, 1)]
         node._SyncObj__onMessageReceived(PeerNode(leader), message)
         assert node.voting
         assert node._SyncObj__raftElectionDeadline < time.monotonic() + 5
         message = _append(2, [])
-        message["entries"] = [_role_entry(me, VOTER, STANDBY, 3, 1)]
+        message["entries"] = [_role_entry(me, NodeRole.VOTER, NodeRole.STANDBY, 3, 1)]
         node._SyncObj__onMessageReceived(PeerNode(leader), message)
         assert not node.voting
         assert node._SyncObj__raftElectionDeadline == math.inf
@@ -333,7 +332,9 @@ def test_a_standby_replicates_without_counting_toward_the_quorum() -> None:
     try:
         leader = _elected(nodes)
         outcome: list[int] = []
-        leader.change_role(standby_address, STANDBY, lambda result, reason: outcome.append(reason))
+        leader.change_role(
+            standby_address, NodeRole.STANDBY, lambda result, reason: outcome.append(reason)
+        )
         deadline = time.monotonic() + 10
         while not outcome:
             assert time.monotonic() < deadline, "the role change did not commit"
@@ -344,7 +345,7 @@ def test_a_standby_replicates_without_counting_toward_the_quorum() -> None:
         while applied != [b"cmd-%d" % i for i in range(20)]:
             assert time.monotonic() < deadline, applied
             time.sleep(0.01)
-        assert standby.roles[standby_address] == STANDBY and not standby.voting
+        assert standby.roles[standby_address] == NodeRole.STANDBY and not standby.voting
         # With two voters gone, the standby's acknowledgement makes no majority.
         for n in [n for n in nodes if n is not leader]:
             nodes.remove(n)

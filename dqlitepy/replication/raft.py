@@ -55,11 +55,10 @@ from pysyncobj import SyncObj, SyncObjConf
 from pysyncobj.config import FAIL_REASON
 from pysyncobj.node import TCPNode
 
+from ..wire import NodeRole
+
 __all__ = [
     "FAILURES",
-    "SPARE",
-    "STANDBY",
-    "VOTER",
     "HardenedSyncObj",
     "PeerNode",
     "raft_config",
@@ -79,11 +78,6 @@ _VERSION = 3
 FOLLOWER = 0
 CANDIDATE = 1
 LEADER = 2
-
-#: dqlite's roles: voters vote and replicate, standbys replicate, spares do neither.
-VOTER = 0
-STANDBY = 1
-SPARE = 2
 
 #: PySyncObj's failure reasons, by name.
 FAILURES = {
@@ -195,9 +189,9 @@ class HardenedSyncObj(SyncObj):  # type: ignore[misc]
         self._dqlitepy_apply = apply
         # The configuration: every member's role, this node's included. Read
         # and written on the tick thread only (other threads read copies).
-        self._roles: dict[str, int] = {str(p): VOTER for p in peers if p != self_address}
+        self._roles: dict[str, int] = {str(p): NodeRole.VOTER for p in peers if p != self_address}
         if voting and self_address is not None:
-            self._roles[self_address] = VOTER
+            self._roles[self_address] = NodeRole.VOTER
         self._voting = voting and self_address is not None
         self._snapshot_roles = snapshot_roles
         self._waiters: set[Callable[[Any, int], None]] = set()
@@ -207,9 +201,7 @@ class HardenedSyncObj(SyncObj):  # type: ignore[misc]
         self._tick_calls: queue.SimpleQueue[Callable[[], None]] = queue.SimpleQueue()
         super().__init__(self_node, others, conf, nodeClass=PeerNode, **kwargs)
         self.addOnTickCallback(self._run_tick_calls)
-        transport = self._SyncObj__transport
-        if hasattr(transport, "accept_strangers"):
-            transport.accept_strangers = not self._voting
+        self._admit_strangers()
         # After the snapshot (loaded on the first tick), the log's own changes.
         self.on_tick(self._replay_configuration)
 
@@ -330,7 +322,7 @@ class HardenedSyncObj(SyncObj):  # type: ignore[misc]
     @property
     def voters(self) -> list[str]:
         """Addresses of the voters (this node included if it votes)."""
-        return sorted(a for a, role in dict(self._roles).items() if role == VOTER)
+        return sorted(a for a, role in dict(self._roles).items() if role == NodeRole.VOTER)
 
     @property
     def roles(self) -> dict[str, int]:
@@ -385,7 +377,7 @@ class HardenedSyncObj(SyncObj):  # type: ignore[misc]
         else:
             self._roles[address] = role
         if self.selfNode is not None and address == str(self.selfNode.id):
-            self._set_voting(role == VOTER)
+            self._set_voting(role == NodeRole.VOTER)
             return True
         node = PeerNode(address)
         voters = self._SyncObj__otherNodes
@@ -393,13 +385,13 @@ class HardenedSyncObj(SyncObj):  # type: ignore[misc]
         replicated_before = node in voters or node in standbys
         voters.discard(node)
         standbys.discard(node)
-        if role == VOTER:
+        if role == NodeRole.VOTER:
             voters.add(node)
-        elif role == STANDBY:
+        elif role == NodeRole.STANDBY:
             standbys.add(node)
         next_index = self._SyncObj__raftNextIndex
         match_index = self._SyncObj__raftMatchIndex
-        if role in (VOTER, STANDBY):
+        if role in (NodeRole.VOTER, NodeRole.STANDBY):
             if not replicated_before:
                 next_index[node] = self._SyncObj__getCurrentLogIndex() + 1
                 match_index[node] = 0
@@ -422,11 +414,14 @@ class HardenedSyncObj(SyncObj):  # type: ignore[misc]
             log.warning("this leader is no longer a voter: stepping down")
             self._SyncObj__setState(FOLLOWER)
             self._SyncObj__raftLeader = None
-        transport = self._SyncObj__transport
+        self._admit_strangers()
+
+    def _admit_strangers(self) -> None:
         # A node that does not vote cannot disrupt elections, and must hear from
         # leaders its stale configuration does not know yet.
+        transport = self._SyncObj__transport
         if hasattr(transport, "accept_strangers"):
-            transport.accept_strangers = not voting
+            transport.accept_strangers = not self._voting
 
     def _replay_configuration(self) -> None:
         """Apply the membership entries of the log (after the snapshot), as Raft does at append."""
@@ -440,9 +435,9 @@ class HardenedSyncObj(SyncObj):  # type: ignore[misc]
         # PySyncObj's hook for the configuration of a snapshot being loaded.
         roles = self._snapshot_roles() if self._snapshot_roles is not None else None
         if roles is None:
-            roles = {str(n.id): VOTER for n in voters}
+            roles = {str(n.id): NodeRole.VOTER for n in voters}
             if self._voting and self.selfNode is not None:
-                roles[str(self.selfNode.id)] = VOTER
+                roles[str(self.selfNode.id)] = NodeRole.VOTER
         for address in set(self._roles) - set(roles):
             self._set_role(address, None)
         for address, role in roles.items():
@@ -460,7 +455,7 @@ class HardenedSyncObj(SyncObj):  # type: ignore[misc]
         if isinstance(request, list) and len(request) >= 2 and request[0] in ("add", "rem"):
             # PySyncObj's own entries (logs written before roles existed).
             adding = (request[0] == "add") != reverse
-            return self._set_role(str(request[1]), VOTER if adding else None)
+            return self._set_role(str(request[1]), NodeRole.VOTER if adding else None)
         return False
 
     # ------------------------------------------------------------- the fixes

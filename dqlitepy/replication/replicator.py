@@ -4,8 +4,8 @@ It assembles the hardened parts — :class:`~.raft.HardenedSyncObj` (Raft),
 :class:`~.journal.DurableJournal` (fsync'd log) and
 :class:`~.transport.SecureTransport` (authenticated cbor2 over the node's one
 address) — and exposes what the server needs: submit a command and wait for
-its outcome, know whether this node leads, hand over Raft sockets, change the
-voters.  Nothing else in dqlitepy sees PySyncObj.
+its outcome, know whether this node leads, hand over Raft sockets, change
+members' roles.  Nothing else in dqlitepy sees PySyncObj.
 """
 
 from __future__ import annotations
@@ -201,10 +201,6 @@ class Replicator:
         """The last known leader's address."""
         core = self._core
         return None if core is None else core.leader_address
-
-    def voters(self) -> list[str]:
-        """The voters' addresses, this node included."""
-        return self.core.voters
 
     def roles(self) -> dict[str, int]:
         """Every member's address and role (VOTER, STANDBY or SPARE), as Raft has them."""

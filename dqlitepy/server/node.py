@@ -296,7 +296,13 @@ class NodeServer:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.join = list(join)
         self._id = _load_identity(self.data_dir, bootstrap=not self.join)
-        self.engine = Engine(self.data_dir / "databases", busy_timeout_ms=busy_timeout_ms)
+        # The Raft log is a replicated node's durable copy: SQLite need not sync
+        # its WAL then; a single node relies on SQLite alone.
+        self.engine = Engine(
+            self.data_dir / "databases",
+            busy_timeout_ms=busy_timeout_ms,
+            synchronous="FULL" if cluster_key is None else "NORMAL",
+        )
         self._max_message_size = max_message_size
         self._max_connections = max_connections
         self.weight = 0
@@ -310,11 +316,6 @@ class NodeServer:
         # member shares); without one it is a single node committing locally.
         self.cluster_key = cluster_key
         self.replicated: Replicated | None = None
-        if cluster_key is not None:
-            # The Raft log is the durable copy: SQLite need not sync its WAL.
-            self.engine = Engine(
-                self.data_dir / "databases", busy_timeout_ms=busy_timeout_ms, synchronous="NORMAL"
-            )
 
     # ------------------------------------------------------------ identity
 
@@ -339,8 +340,7 @@ class NodeServer:
             return 0, ""
         if address == self._address:
             return self._id, address
-        node_id, _ = self.replicated.members.get(address, (0, 0))
-        return node_id, address
+        return self.replicated.members.get(address, 0), address
 
     def is_leader(self) -> bool:
         """True when this node leads (and, replicated, has caught up)."""
@@ -354,7 +354,7 @@ class NodeServer:
         members = dict(self.replicated.members)
         nodes = [
             NodeInfo(node_id, address, NodeRole(roles.get(address, NodeRole.SPARE)))
-            for address, (node_id, _) in sorted(members.items())
+            for address, node_id in sorted(members.items())
         ]
         # A voter the members' records do not name yet (the first node, briefly).
         nodes.extend(
@@ -404,11 +404,9 @@ class NodeServer:
         try:
             if isinstance(request, AddRequest):
                 members = dict(replicated.members)
-                if request.address in members or any(
-                    node_id == request.node_id for node_id, _ in members.values()
-                ):
+                if request.address in members or request.node_id in members.values():
                     raise GatewayFailure(1, "server ID already in use")
-                replicated.record_member(request.node_id, request.address, NodeRole.SPARE)
+                replicated.record_member(request.node_id, request.address)
                 return
             address = self._address_of(request)
             roles = replicated.replicator.roles()
@@ -443,7 +441,7 @@ class NodeServer:
     def _address_of(self, request: Request) -> str:
         node_id = getattr(request, "node_id", 0)
         assert self.replicated is not None
-        for address, (member_id, _) in dict(self.replicated.members).items():
+        for address, member_id in dict(self.replicated.members).items():
             if member_id == node_id:
                 return address
         if node_id == self._id:

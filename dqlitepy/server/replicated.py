@@ -172,9 +172,9 @@ class Replicated:
         self._applier = threading.Thread(
             target=self._apply_loop, name="dqlitepy-applier", daemon=True
         )
-        # Member address -> (id, role), written by apply() on Raft's thread:
+        # Member address -> dqlite node id, written by apply() on Raft's thread:
         # readers copy it (dict(self.members)) before iterating.
-        self.members: dict[str, tuple[int, int]] = {}
+        self.members: dict[str, int] = {}
         # The log is replayed from the start: begin from empty files.
         engine.remove_all()
         self.replicator = replicator_factory(self.apply, self._leadership)
@@ -253,7 +253,7 @@ class Replicated:
         self._wait_ready_leader(min(timeout, _BARRIER_WAIT))
         db = self._database(name)
         lock = db.sessions.get(session)
-        if lock is None or session.closed or db.dirty or not self.is_ready_leader():
+        if lock is None or session.closed or db.dirty:
             # A dirty database may hold frames Raft never committed: the client
             # reconnects, and the new session starts from the committed state.
             raise GatewayFailure(_NOT_LEADER, "not leader")
@@ -377,11 +377,12 @@ class Replicated:
             log.error("entry %d has an unknown command version; skipped", index)
             return "invalid"
         if decoded.get("t") == "member":
-            address, role = str(decoded["address"]), int(decoded["role"])
-            if role < 0:
+            address = str(decoded["address"])
+            # Entries written before roles moved into Raft mark a removal with role -1.
+            if decoded.get("removed") or int(decoded.get("role", 0)) < 0:
                 self.members.pop(address, None)
             else:
-                self.members[address] = (int(decoded["id"]), role)
+                self.members[address] = int(decoded["id"])
             return "applied"
         if decoded.get("t") != "frames":
             return "invalid"
@@ -473,7 +474,7 @@ class Replicated:
             raise RuntimeError("a transaction's parts are still arriving")
         state = cbor2.dumps(
             {
-                "members": {a: list(v) for a, v in dict(self.members).items()},
+                "members": dict(self.members),
                 "databases": [[db.name, db.applied_index] for db in databases],
             }
         )
@@ -518,15 +519,18 @@ class Replicated:
                 db.dirty = False
                 if size:
                     self.engine.write_file(db.name, source, size)
-        self.members = {str(a): (int(v[0]), int(v[1])) for a, v in state["members"].items()}
+        # Older snapshots hold [id, role] per member.
+        self.members = {
+            str(a): int(v[0] if isinstance(v, list) else v) for a, v in state["members"].items()
+        }
 
-    def record_member(self, node_id: int, address: str, role: int) -> None:
-        """Replicate a member's id and role (the CLUSTER response is built from them)."""
-        self._submit_member({"id": node_id, "address": address, "role": role})
+    def record_member(self, node_id: int, address: str) -> None:
+        """Replicate a member's id (its role is Raft's: ``replicator.roles()``)."""
+        self._submit_member({"id": node_id, "address": address})
 
     def forget_member(self, address: str) -> None:
         """Replicate a member's removal."""
-        self._submit_member({"id": 0, "address": address, "role": -1})
+        self._submit_member({"id": 0, "address": address, "removed": True})
 
     def _submit_member(self, fields: dict[str, Any]) -> None:
         command = cbor2.dumps({"v": _COMMAND_VERSION, "t": "member", **fields})
@@ -536,13 +540,13 @@ class Replicated:
             raise GatewayFailure(_LEADERSHIP_LOST, "leadership lost") from exc
 
     def register_self(self, node_id: int, address: str, closing: threading.Event) -> None:
-        """Once this node leads, record it as a voter if the cluster does not know it yet."""
+        """Once this node leads, record its id if the cluster does not know it yet."""
         while not closing.is_set():
             if address in self.members:
                 return
             if self.is_ready_leader():
                 with contextlib.suppress(GatewayFailure):
-                    self.record_member(node_id, address, 0)
+                    self.record_member(node_id, address)
             closing.wait(0.1)
 
     def wait_idle(self, timeout: float) -> bool:

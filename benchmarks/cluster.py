@@ -42,12 +42,8 @@ def dqlite_cluster() -> Iterator[list[str]]:
 
 @contextmanager
 def dqlitepy_cluster() -> Iterator[list[str]]:
-    cluster = DqlitepyCluster()
-    try:
-        cluster.wait_voters(3)
+    with DqlitepyCluster.formed() as cluster:
         yield cluster.addresses
-    finally:
-        cluster.close()
 
 
 def one_writer(servers: list[str], seconds: float) -> dict[str, float]:

@@ -78,12 +78,8 @@ def dqlitepy_node() -> Iterator[DqlitepyServer]:
 @pytest.fixture(scope="session")
 def dqlitepy_cluster() -> Iterator[list[DqlitepyServer]]:
     """Three replicating `dqlitepy server` processes shared by the session (do not kill them)."""
-    cluster = DqlitepyCluster()
-    try:
-        cluster.wait_voters(3)
+    with DqlitepyCluster.formed() as cluster:
         yield cluster.nodes
-    finally:
-        cluster.close()
 
 
 @pytest.fixture(params=DRIVER_BACKENDS)

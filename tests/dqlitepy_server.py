@@ -14,6 +14,8 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from types import TracebackType
 
@@ -161,6 +163,17 @@ class DqlitepyCluster:
             node = DqlitepyServer(self.root / f"node{i}", cluster_key=CLUSTER_KEY, join=join)
             self.nodes.append(node)
             node.start(timeout=60)
+
+    @classmethod
+    @contextmanager
+    def formed(cls, size: int = 3) -> Iterator[DqlitepyCluster]:
+        """A cluster whose ``size`` voters agree on a leader, closed on exit."""
+        cluster = cls(size)
+        try:
+            cluster.wait_voters(size)
+            yield cluster
+        finally:
+            cluster.close()
 
     @property
     def addresses(self) -> list[str]:

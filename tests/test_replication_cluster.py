@@ -24,18 +24,24 @@ import dqlitepy
 
 @pytest.fixture
 def cluster() -> Iterator[Cluster]:
-    c = Cluster()
-    try:
-        c.wait_voters(3)
+    with Cluster.formed() as c:
         yield c
-    finally:
-        c.close()
 
 
 def _count(servers: list[str], database: str) -> int:
     conn = dqlitepy.connect(database, servers=servers)
     try:
         return int(conn.execute("SELECT count(*) FROM t").fetchone()[0])
+    finally:
+        conn.close()
+
+
+def _commits(servers: list[str], database: str) -> None:
+    """A table is created and a row written in ``database``, through ``servers``."""
+    conn = dqlitepy.connect(database, servers=servers, isolation_level=None)
+    try:
+        conn.execute("CREATE TABLE t (x)")
+        conn.execute("INSERT INTO t VALUES (1)")
     finally:
         conn.close()
 
@@ -270,13 +276,7 @@ def test_a_stranger_on_a_nodes_address_is_refused(cluster: Cluster, tmp_path: Pa
             except OSError:
                 pass
     assert not marker.exists()
-    # The cluster still commits.
-    conn = dqlitepy.connect("after", servers=cluster.addresses, isolation_level=None)
-    try:
-        conn.execute("CREATE TABLE t (x)")
-        conn.execute("INSERT INTO t VALUES (1)")
-    finally:
-        conn.close()
+    _commits(cluster.addresses, "after")  # the cluster still commits
 
 
 def test_membership_changes_during_writes(cluster: Cluster) -> None:
@@ -338,13 +338,7 @@ def test_go_shell_remove(cluster: Cluster) -> None:
     assert sorted(line.split("|")[1] for line in lines) == sorted(
         a for a in cluster.addresses if a != victim
     )
-    # The remaining two still commit.
-    conn = dqlitepy.connect("after_remove", servers=cluster.addresses, isolation_level=None)
-    try:
-        conn.execute("CREATE TABLE t (x)")
-        conn.execute("INSERT INTO t VALUES (1)")
-    finally:
-        conn.close()
+    _commits(cluster.addresses, "after_remove")  # the remaining two still commit
 
 
 def test_a_client_gone_mid_transaction_frees_the_writer(cluster: Cluster) -> None:

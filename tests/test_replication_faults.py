@@ -32,12 +32,8 @@ def cluster(monkeypatch: pytest.MonkeyPatch) -> Iterator[DqlitepyCluster]:
     # Compact the log every 200 entries: snapshots are written, and installed on
     # nodes that come back from a kill, while the workloads run.
     monkeypatch.setenv("DQLITEPY_SNAPSHOT_ENTRIES", "200")
-    c = DqlitepyCluster()
-    try:
-        c.wait_voters(3)
+    with DqlitepyCluster.formed() as c:
         yield c
-    finally:
-        c.close()
 
 
 class Nemesis(threading.Thread):

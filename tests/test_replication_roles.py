@@ -28,16 +28,14 @@ from dqlitepy.server.node import OFFLINE_AFTER, next_role_change
 
 @pytest.fixture
 def cluster() -> Iterator[DqlitepyCluster]:
-    c = DqlitepyCluster()
     extra: list[DqlitepyServer] = []
-    c.extra = extra  # type: ignore[attr-defined]
-    try:
-        c.wait_voters(3)
-        yield c
-    finally:
-        for node in extra:
-            node.close()
-        c.close()
+    with DqlitepyCluster.formed() as c:
+        c.extra = extra  # type: ignore[attr-defined]
+        try:
+            yield c
+        finally:
+            for node in extra:
+                node.close()
 
 
 def _join(cluster: DqlitepyCluster, name: str, *options: str) -> DqlitepyServer:

@@ -20,12 +20,8 @@ import dqlitepy
 @pytest.fixture
 def cluster(monkeypatch: pytest.MonkeyPatch) -> Iterator[DqlitepyCluster]:
     monkeypatch.setenv("DQLITEPY_SNAPSHOT_ENTRIES", "40")
-    c = DqlitepyCluster()
-    try:
-        c.wait_voters(3)
+    with DqlitepyCluster.formed() as c:
         yield c
-    finally:
-        c.close()
 
 
 def _make_leader(cluster: DqlitepyCluster, address: str, timeout: float = 30) -> None:

@@ -172,8 +172,7 @@ class Cluster:
             acceptor.close()
 
 
-@pytest.fixture
-def cluster() -> Iterator[Cluster]:
+def _connected_cluster() -> Iterator[Cluster]:
     c = Cluster()
     try:
         c.leader()
@@ -181,18 +180,17 @@ def cluster() -> Iterator[Cluster]:
         yield c
     finally:
         c.close()
+
+
+@pytest.fixture
+def cluster() -> Iterator[Cluster]:
+    yield from _connected_cluster()
 
 
 @pytest.fixture(scope="module")
 def shared_cluster() -> Iterator[Cluster]:
     """A cluster the stranger tests attack; each of them checks it still works."""
-    c = Cluster()
-    try:
-        c.leader()
-        wait_until(c.all_connected, "all peers connected")
-        yield c
-    finally:
-        c.close()
+    yield from _connected_cluster()
 
 
 def increment_everywhere(c: Cluster) -> None:

@@ -169,14 +169,16 @@ def test_cursor_factory(connect: Connect) -> None:
 # -- closed objects ------------------------------------------------------------------------------
 
 
-def test_closed_cursor(compare: Compare) -> None:
-    def attempt(fn: Callable[[], Any]) -> Any:
-        try:
-            fn()
-        except Exception as exc:
-            return type(exc).__name__, str(exc)
-        return "no error"
+def attempt(fn: Callable[[], Any]) -> Any:
+    """What calling ``fn`` raised (class name and message), or "no error"."""
+    try:
+        fn()
+    except Exception as exc:
+        return type(exc).__name__, str(exc)
+    return "no error"
 
+
+def test_closed_cursor(compare: Compare) -> None:
     def run(conn: Any, module: Any) -> Any:
         cur = conn.execute("SELECT 1")
         cur.close()
@@ -197,13 +199,6 @@ def test_closed_cursor(compare: Compare) -> None:
 
 
 def test_closed_connection(compare: Compare) -> None:
-    def attempt(fn: Callable[[], Any]) -> Any:
-        try:
-            fn()
-        except Exception as exc:
-            return type(exc).__name__, str(exc)
-        return "no error"
-
     def run(conn: Any, module: Any) -> Any:
         cur = conn.cursor()
         conn.close()

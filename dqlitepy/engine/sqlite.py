@@ -19,6 +19,7 @@ import json
 import os
 import re
 import shutil
+import threading
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -39,6 +40,7 @@ __all__ = [
     "ExecResult",
     "QueryResult",
     "Session",
+    "SessionClosed",
     "StatementInfo",
     "database_filename",
     "is_blank",
@@ -111,6 +113,13 @@ class EngineError(Exception):
         self.message = message
 
 
+class SessionClosed(EngineError):
+    """The session was closed (possibly by another thread) before this call."""
+
+    def __init__(self) -> None:
+        super().__init__(_SQLITE_MISUSE, "the session is closed")
+
+
 def _translate(exc: apsw.Error) -> EngineError:
     code = getattr(exc, "extendedresult", None) or getattr(exc, "result", None) or _SQLITE_ERROR
     return EngineError(int(code), str(exc))
@@ -178,11 +187,13 @@ class QueryResult:
 
     def __init__(
         self,
+        session: Session,
         cursor: apsw.Cursor,
         columns: tuple[str, ...],
         decltypes: tuple[str | None, ...],
         rows: Iterator[tuple[Any, ...]],
     ) -> None:
+        self._session = session
         self._cursor = cursor
         self.columns = columns
         self.decltypes = decltypes
@@ -192,6 +203,10 @@ class QueryResult:
         return self
 
     def __next__(self) -> tuple[Any, ...]:
+        with self._session._using():
+            return self._step()
+
+    def _step(self) -> tuple[Any, ...]:
         try:
             return next(self._rows)
         except apsw.Error as exc:
@@ -203,7 +218,7 @@ class QueryResult:
 
     def close(self) -> None:
         """Stop the statement (resetting it) before all rows were read."""
-        with contextlib.suppress(apsw.Error):
+        with self._session._lock, contextlib.suppress(apsw.Error):
             self._cursor.close(True)
 
 
@@ -253,13 +268,31 @@ def _authorizer(
 class Session:
     """One SQLite connection to one database, used by one thread at a time.
 
+    Every call into SQLite holds the session's lock (``interrupt`` excepted), so
+    another thread may :meth:`close` the session at any moment: the close waits
+    for the call in progress (which :meth:`interrupt` shortens) and every later
+    call raises :class:`SessionClosed`.  The lock is held only across SQLite's
+    own work, never while waiting for another thread of dqlitepy.
+
     Args:
         path: the database file.
         busy_timeout_ms: how long a writer waits for another writer's lock.
         synchronous: SQLite's ``synchronous`` setting for this connection.
+        checkpoint_on_close: let SQLite fold the WAL into the database file
+            when the last connection closes (its default).  A replicated node
+            turns it off: its WAL may hold a commit Raft has not accepted yet,
+            which must stay where it can be cut off.
     """
 
-    def __init__(self, path: Path, *, busy_timeout_ms: int, synchronous: str) -> None:
+    def __init__(
+        self,
+        path: Path,
+        *,
+        busy_timeout_ms: int,
+        synchronous: str,
+        checkpoint_on_close: bool = True,
+    ) -> None:
+        self._lock = threading.Lock()
         try:
             self._db = apsw.Connection(
                 str(path),
@@ -268,6 +301,8 @@ class Session:
                 | apsw.SQLITE_OPEN_NOFOLLOW,
             )
             self._db.set_busy_timeout(busy_timeout_ms)
+            if not checkpoint_on_close:
+                self._db.config(apsw.SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, 1)
             self._db.execute("PRAGMA journal_mode=WAL").fetchall()
             self._db.execute(f"PRAGMA synchronous={synchronous}").fetchall()
             # dqlite turns foreign key enforcement on for every connection it opens.
@@ -285,10 +320,19 @@ class Session:
         self._statements: OrderedDict[str, StatementInfo] = OrderedDict()
         self._closed = False
 
+    @contextlib.contextmanager
+    def _using(self) -> Iterator[None]:
+        """Hold the session for one call into SQLite; refuse if it was closed."""
+        with self._lock:
+            if self._closed:
+                raise SessionClosed()
+            yield
+
     @property
     def in_transaction(self) -> bool:
-        """True while a transaction is open on this connection."""
-        return not self._db.get_autocommit()
+        """True while a transaction is open on this connection (False once closed)."""
+        with self._lock:
+            return not self._closed and not self._db.get_autocommit()
 
     def _limit(self, *args: Any) -> int:
         """``dqlitepy_limit(category, value)``: ``sqlite3_limit()`` of this session.
@@ -321,17 +365,23 @@ class Session:
         When it returns True the statement stops with SQLITE_INTERRUPT; this is
         how a long query notices a client's INTERRUPT while it runs.
         """
-        if check is None:
-            self._db.set_progress_handler(None)
-        else:
-            self._db.set_progress_handler(check, every)
+        with self._using():
+            if check is None:
+                self._db.set_progress_handler(None)
+            else:
+                self._db.set_progress_handler(check, every)
 
     def set_busy_timeout(self, milliseconds: int) -> None:
         """How long a writer waits for another writer's lock before SQLITE_BUSY."""
-        self._db.set_busy_timeout(milliseconds)
+        with self._using():
+            self._db.set_busy_timeout(milliseconds)
 
     def changes(self) -> ExecResult:
         """Last insert rowid and changes as they stand now."""
+        with self._using():
+            return self._changes()
+
+    def _changes(self) -> ExecResult:
         return ExecResult(self._db.last_insert_rowid(), self._db.changes())
 
     def statement(self, sql: str) -> StatementInfo:
@@ -340,6 +390,10 @@ class Session:
         Raises:
             EngineError: the statement does not compile.
         """
+        with self._using():
+            return self._describe(sql)
+
+    def _describe(self, sql: str) -> StatementInfo:
         info = self._statements.get(sql)
         if info is not None:
             self._statements.move_to_end(sql)
@@ -382,6 +436,10 @@ class Session:
                 "another row available", as dqlite 1.11 answers EXEC of a SELECT).
         """
         bindings = self._bindings(info, params)
+        with self._using():
+            return self._execute(info, bindings)
+
+    def _execute(self, info: StatementInfo, bindings: Sequence[Any]) -> ExecResult:
         cursor = self._db.cursor()
         try:
             rows = cursor.execute(info.sql, bindings)
@@ -397,11 +455,15 @@ class Session:
                 cursor.close(True)
         if row_came:
             raise EngineError(_SQLITE_ROW, "another row available")
-        return self.changes()
+        return self._changes()
 
     def query(self, info: StatementInfo, params: Sequence[Any] = ()) -> QueryResult:
         """Start one statement and return its rows, to be stepped by iterating."""
         bindings = self._bindings(info, params)
+        with self._using():
+            return self._query(info, bindings)
+
+    def _query(self, info: StatementInfo, bindings: Sequence[Any]) -> QueryResult:
         cursor = self._db.cursor()
         try:
             rows = cursor.execute(info.sql, bindings)
@@ -418,12 +480,13 @@ class Session:
             raise EngineError(_SQLITE_ERROR, _PARAM_NOT_UTF8) from exc
         columns = tuple(d[0] for d in description)
         decltypes = tuple(d[1] for d in description)
-        return QueryResult(cursor, columns, decltypes, rows)
+        return QueryResult(self, cursor, columns, decltypes, rows)
 
     def interrupt(self) -> None:
-        """Make the running statement fail with SQLITE_INTERRUPT (any thread)."""
+        """Make the running statement fail with SQLITE_INTERRUPT (any thread, no lock)."""
         if not self._closed:
-            self._db.interrupt()
+            with contextlib.suppress(apsw.Error):
+                self._db.interrupt()
 
     @property
     def closed(self) -> bool:
@@ -433,7 +496,8 @@ class Session:
     @property
     def in_write_transaction(self) -> bool:
         """True while this connection holds the database's write lock."""
-        return bool(self._db.txn_state("main") == apsw.SQLITE_TXN_WRITE)
+        with self._lock:
+            return not self._closed and self._db.txn_state("main") == apsw.SQLITE_TXN_WRITE
 
     def set_wal_hook(self, hook: Callable[[int], None]) -> None:
         """Call ``hook(frames in the WAL)`` after each commit (replication's capture point).
@@ -446,20 +510,39 @@ class Session:
             hook(frames)
             return int(apsw.SQLITE_OK)
 
-        self._db.set_wal_hook(wal_hook)
+        with self._using():
+            self._db.set_wal_hook(wal_hook)
 
-    def checkpoint(self) -> None:
-        """Copy committed WAL frames into the database file without blocking anyone."""
-        with contextlib.suppress(apsw.Error):
-            self._db.wal_checkpoint(mode=apsw.SQLITE_CHECKPOINT_PASSIVE)
+    def checkpoint(self, guard: threading.Lock | None = None) -> bool:
+        """Copy committed WAL frames into the database file without blocking anyone.
+
+        With ``guard``, only if that lock is free at once (it is held while the
+        file is copied elsewhere); returns whether a checkpoint ran.
+        """
+        with self._lock:
+            if self._closed:
+                return False
+            if guard is not None and not guard.acquire(blocking=False):
+                return False
+            try:
+                with contextlib.suppress(apsw.Error):
+                    self._db.wal_checkpoint(mode=apsw.SQLITE_CHECKPOINT_PASSIVE)
+                return True
+            finally:
+                if guard is not None:
+                    guard.release()
 
     def close(self) -> None:
-        """Roll back any open transaction and close the connection."""
-        if self._closed:
-            return
-        self._closed = True
-        with contextlib.suppress(apsw.Error):
-            self._db.close(True)
+        """Roll back any open transaction and close the connection (any thread).
+
+        Waits for the SQLite call in progress on the owner's thread, if any.
+        """
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            with contextlib.suppress(apsw.Error):
+                self._db.close(True)
 
 
 class Engine:
@@ -470,6 +553,7 @@ class Engine:
         busy_timeout_ms: how long a writer waits for another writer.
         synchronous: SQLite's ``synchronous`` for every session; FULL makes a
             single node durable on its own.
+        checkpoint_on_close: see :class:`Session` (False on a replicated node).
     """
 
     def __init__(
@@ -478,8 +562,10 @@ class Engine:
         *,
         busy_timeout_ms: int = 5000,
         synchronous: str = "FULL",
+        checkpoint_on_close: bool = True,
     ) -> None:
         self.data_dir = Path(data_dir)
+        self.checkpoint_on_close = checkpoint_on_close
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.busy_timeout_ms = busy_timeout_ms
         self.synchronous = synchronous
@@ -495,7 +581,10 @@ class Engine:
     def session(self, name: str) -> Session:
         """Open a session on database ``name``, creating the database on first use."""
         return Session(
-            self.path(name), busy_timeout_ms=self.busy_timeout_ms, synchronous=self.synchronous
+            self.path(name),
+            busy_timeout_ms=self.busy_timeout_ms,
+            synchronous=self.synchronous,
+            checkpoint_on_close=self.checkpoint_on_close,
         )
 
     def remove(self, name: str) -> None:
@@ -507,7 +596,7 @@ class Engine:
     def remove_all(self) -> None:
         """Delete every database file of this node."""
         for path in self.data_dir.glob("db-*.sqlite*"):
-            path.unlink(missing_ok=True)
+            path.unlink(missing_ok=True)  # staged snapshot files too
 
     def restore_committed(self, name: str, salts: tuple[int, int] | None, frames: int) -> None:
         """Drop WAL frames past the last committed one and fold the rest into the file.
@@ -524,8 +613,8 @@ class Engine:
         if wal.exists():
             os.truncate(wal, min(committed_prefix(wal, salts, frames), wal.stat().st_size))
         Path(str(path) + "-shm").unlink(missing_ok=True)
-        if not path.exists():
-            wal.unlink(missing_ok=True)
+        if not path.exists() or not wal.exists() or wal.stat().st_size == 0:
+            wal.unlink(missing_ok=True)  # nothing to fold
             return
         _fold_wal(path)
 
@@ -556,16 +645,25 @@ class Engine:
         _fold_wal(image)
         return image
 
-    def write_file(self, name: str, source: BinaryIO, size: int) -> None:
-        """Replace database ``name``'s file with ``size`` bytes read from ``source``."""
+    def stage(self, name: str, source: BinaryIO, size: int, tag: int) -> Path:
+        """Copy ``size`` bytes of ``source`` into a new file beside database ``name``'s.
+
+        The file is not the database's until :meth:`install` swaps it in; ``tag``
+        keeps files staged one after the other apart.
+        """
+        staged = Path(f"{self.path(name)}.staged-{tag}")
+        with staged.open("wb") as out:
+            if _copy_exactly(source, out, size) < size:
+                staged.unlink(missing_ok=True)
+                raise EngineError(11, f"snapshot of {name!r} is truncated")
+        return staged
+
+    def install(self, name: str, staged: Path) -> None:
+        """Make a file from :meth:`stage` database ``name``'s (no session may be open)."""
         path = self.path(name)
         for suffix in ("-wal", "-shm"):
             Path(str(path) + suffix).unlink(missing_ok=True)
-        tmp = Path(str(path) + ".tmp")
-        with tmp.open("wb") as out:
-            if _copy_exactly(source, out, size) < size:
-                raise EngineError(11, f"snapshot of {name!r} is truncated")
-        os.replace(tmp, path)
+        os.replace(staged, path)
 
     def apply(self, name: str, transaction: Transaction) -> None:
         """Write a replicated transaction's pages into database ``name``'s file.

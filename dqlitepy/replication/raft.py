@@ -315,6 +315,12 @@ class HardenedSyncObj(SyncObj):  # type: ignore[misc]
         )
 
     @property
+    def noop_index(self) -> int | None:
+        """While leading: the index of the no-op entry that began this term."""
+        noop = self._SyncObj__noopIDx
+        return None if self.raft_state != LEADER or noop is None else int(noop)
+
+    @property
     def last_applied(self) -> int:
         """Index of the last applied entry."""
         return int(self._SyncObj__raftLastApplied)

@@ -192,6 +192,11 @@ class Replicator:
         core = self._core
         return core is not None and core.barrier_done
 
+    def barrier_index(self) -> int | None:
+        """While this node leads: the index of its term's first entry (its barrier)."""
+        core = self._core
+        return None if core is None else core.noop_index
+
     def is_elected(self) -> bool:
         """True while Raft has made this node leader, its barrier possibly pending."""
         core = self._core

@@ -18,7 +18,7 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from ..engine import EngineError, QueryResult, Session, StatementInfo, is_blank
+from ..engine import EngineError, QueryResult, Session, SessionClosed, StatementInfo, is_blank
 from ..wire import (
     DEFAULT_HEARTBEAT_TIMEOUT_MS,
     OPEN_BUSY_TIMEOUT_SHIFT,
@@ -72,6 +72,7 @@ _SQLITE_NOTFOUND = 12
 _SQLITE_PROTOCOL = 15
 _SQLITE_RANGE = 25
 _DQLITE_PARSE = 1005
+_NOT_LEADER = 10250
 _MAX_BUSY_TIMEOUT_MS = 3_600_000
 _DEFAULT_BUSY_TIMEOUT = 5.0
 
@@ -128,12 +129,14 @@ class NodeContext(Protocol):
 
     def statement(
         self, owner: object, database: str, session: Session, info: StatementInfo, timeout: float
-    ) -> AbstractContextManager[None]:
+    ) -> AbstractContextManager[Callable[[], None]]:
         """Run one statement of ``owner``'s session under the node's write path.
 
         The one place where a committed transaction is handed to replication:
         on exit, a statement that left its database outside a transaction after
         writing has committed.  ``timeout`` bounds a wait for another writer.
+        The context gives ``begun``, to call once the statement's first step
+        ran (a read transaction has begun: a writer may commit after that).
         """
 
     def close_session(self, database: str, session: Session) -> None:
@@ -239,6 +242,10 @@ class Gateway:
             return
         try:
             yield from handler(request)
+        except SessionClosed:
+            # The node closed the session under it (leadership moved, or the
+            # files were rebuilt after a failed commit): the client reconnects.
+            yield FailureResponse(_NOT_LEADER, "not leader")
         except GatewayFailure as exc:
             yield FailureResponse(exc.code, exc.message)
         except EngineError as exc:
@@ -259,11 +266,14 @@ class Gateway:
         return session, info
 
     def _exec(self, session: Session, info: StatementInfo, params: Sequence[Any]) -> ResultResponse:
-        with self._run(session, info):
+        with self._run(session, info) as begun:
             result = session.execute(info, params)
+            begun()
         return ResultResponse(result.last_insert_id, result.rows_affected)
 
-    def _run(self, session: Session, info: StatementInfo) -> AbstractContextManager[None]:
+    def _run(
+        self, session: Session, info: StatementInfo
+    ) -> AbstractContextManager[Callable[[], None]]:
         assert self._database is not None
         return self._node.statement(self, self._database, session, info, self._busy_timeout)
 
@@ -274,8 +284,9 @@ class Gateway:
             # dqlite 1.11 refuses to QUERY a statement without result columns,
             # before running it; clients rely on that to fall back to EXEC.
             raise GatewayFailure(_SQLITE_ERROR, "not an error")
-        with self._run(session, info):
+        with self._run(session, info) as begun:
             result = session.query(info, params)
+            begun()
             self._running = result
             try:
                 encoder = RowsBatchEncoder(result.columns)

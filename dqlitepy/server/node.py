@@ -71,6 +71,10 @@ _ACCEPT_RETRY = frozenset(
 _ACCEPT_RETRY_DELAY = 0.1
 
 
+def _nothing() -> None:
+    """A single node's statements need no ``begun`` signal."""
+
+
 def parse_listen_address(address: str) -> tuple[int, str | tuple[str, int]]:
     """Split ``host:port`` / ``[v6]:port`` / ``@name`` into a family and socket address."""
     if address.startswith("@"):
@@ -302,6 +306,7 @@ class NodeServer:
             self.data_dir / "databases",
             busy_timeout_ms=busy_timeout_ms,
             synchronous="FULL" if cluster_key is None else "NORMAL",
+            checkpoint_on_close=cluster_key is None,
         )
         self._max_message_size = max_message_size
         self._max_connections = max_connections
@@ -377,18 +382,20 @@ class NodeServer:
 
     def statement(
         self, owner: object, name: str, session: Session, info: StatementInfo, timeout: float
-    ) -> AbstractContextManager[None]:
+    ) -> AbstractContextManager[Callable[[], None]]:
         """The write path: replicated commits go through Raft before the reply.
 
         A single node commits locally: SQLite (``synchronous=FULL``) made the
         commit durable before the statement returns, so there is nothing more.
         """
         if self.replicated is None:
-            return contextlib.nullcontext()
+            return contextlib.nullcontext(_nothing)
         return self.replicated.statement(owner, name, session, info, timeout)
 
     def dump(self, name: str) -> list[tuple[str, bytes]]:
         """Return the files of database ``name``."""
+        if self.replicated is not None:
+            return self.replicated.dump(name)
         return self.engine.dump(name)
 
     def require_leader(self) -> None:

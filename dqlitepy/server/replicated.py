@@ -1,23 +1,68 @@
 """The write path of a replicated node (``design.md`` §3, ``docs/replication.md``).
 
-Per database the leader keeps:
+Theory of operation
+===================
+
+Per database the leader keeps (:class:`_Database`):
 
 - a **writer**: the one gateway whose write transaction is open (SQLite's rule);
-  others wait for it, up to their lock timeout, instead of meeting SQLite's lock;
-- a **gate**: closed while a writer's statement runs and its commit is being
-  replicated, so that no statement starts reading pages Raft has not committed;
+  others queue for it, up to their lock timeout, instead of meeting SQLite's lock;
+- a **gate**, held by the writer while one of its statements runs and its
+  commit is being replicated: no read transaction *begins* meanwhile, so nobody
+  reads pages Raft has not committed (readers that began before keep their
+  snapshot, which holds none of them);
 - the WAL position of the last transaction Raft committed, to cut the WAL back
-  to if a commit fails.
+  to if a commit fails, tagged with an **epoch** that every rebuild of the files
+  increments.
 
-A commit's pages become one FRAMES command, submitted to Raft (a transaction
-larger than :data:`PART_BYTES` becomes several, its parts, which every node
-gathers and applies at once when the last one is committed).  Every node
-applies committed commands in log order (:meth:`Replicated.apply`, on Raft's
-thread): a command records the index of the last FRAMES entry of its database
-it was built on, so a command built on a deposed leader's state is skipped by
-every node alike.  The leader's own commands are already in its WAL; other
-commands are queued for the applier thread, which writes their pages straight
-into the database file once no session has it open.
+A commit's pages are read from the WAL inside SQLite's WAL hook (on the
+writer's thread, under its session's lock, so atomically with the commit) and
+become one FRAMES command, submitted to Raft (a transaction larger than
+:data:`PART_BYTES` becomes several, its parts, gathered by every node and applied
+at once when the last one is committed).  Every node applies committed commands
+in log order (:meth:`Replicated.apply`, on Raft's thread): a command records the
+index of the last FRAMES entry of its database it was built on, so a command
+built on a deposed leader's state is skipped by every node alike.  The leader's
+own commands are already in its WAL, unless the files were rebuilt since (the
+epoch says); every other command is queued for the **applier** thread, which
+writes its pages into the database file.
+
+The applier is the only thread that rebuilds files.  A database moves through
+three phases (:class:`Phase`, transitions in :data:`_PHASE_MOVES`):
+
+========== ===============================================================
+SERVING    sessions open and statements run
+FENCED     the files may hold a commit Raft did not accept (a failed commit,
+           a deposed leader): no statement starts, running ones are
+           interrupted, a rebuild is queued
+RESTORING  the applier closes every session, cuts the WAL back to the last
+           committed frame, writes replicated pages or a snapshot's file
+========== ===============================================================
+
+Lock hierarchy
+==============
+
+A thread holding a lock takes only locks further down this list, never one above it:
+
+1. ``_Database.mutex`` (its conditions ``changed`` and ``writer_turn`` share it):
+   the database's phase, sessions, writer slot and gate.  Held only to read or
+   change them: never across SQLite work, file I/O or a wait for Raft; the only
+   waits under it are on its own conditions, which release it.
+2. A :class:`~dqlitepy.engine.Session`'s own lock (in the engine): held across
+   one call into SQLite and nothing else.  The applier closes another thread's
+   session by interrupting it and then taking this lock.
+3. ``_Database.file_lock``: held while a database file is rewritten or copied
+   (rebuild, applying pages, a snapshot's copy, DUMP).  A checkpoint on the
+   write path only *tries* it: the next commit checkpoints instead.
+4. Leaf locks, held for O(1) work with nothing taken under them:
+   ``_Database.position_lock`` (the committed position and its epoch),
+   ``Replicated._lock`` (the database map), ``Replicated._progress`` (the
+   applier's backlog and the barrier; a condition), Raft's waiter set.
+
+No lock is held while waiting for another thread: a writer waiting for Raft
+holds the writer slot and the gate, which are states, not locks.  Raft's thread
+takes only leaf locks: :meth:`Replicated.apply`, :meth:`Replicated.restore` and
+the leadership callback record what happened and queue the rest for the applier.
 
 After a restart the database files are rebuilt from the Raft log (the log is
 kept whole until snapshots exist), so a crash can never leave a file ahead of or
@@ -27,6 +72,7 @@ apart from the log.
 from __future__ import annotations
 
 import contextlib
+import enum
 import itertools
 import logging
 import queue
@@ -43,11 +89,11 @@ from typing import Any, BinaryIO
 import cbor2
 
 from ..engine import Engine, Session, StatementInfo
-from ..engine.wal import Transaction, WalTracker
+from ..engine.wal import Transaction, WalError, WalTracker
 from ..replication.replicator import LeadershipLost, NotLeader, ReplicationError, Replicator
 from .gateway import GatewayFailure
 
-__all__ = ["Replicated"]
+__all__ = ["PART_BYTES", "Phase", "Replicated"]
 
 log = logging.getLogger("dqlitepy.server")
 
@@ -55,13 +101,34 @@ _COMMAND_VERSION = 1
 _NOT_LEADER = 10250
 _LEADERSHIP_LOST = 10506
 _SQLITE_BUSY = 5
+_SQLITE_IOERR = 10
 _CHECKPOINT_FRAMES = 1000
 _SUBMIT_TIMEOUT = 10.0
 # How long a request waits for a new leader's barrier (applying the log's tail).
 _BARRIER_WAIT = 10.0
+# How long the applier waits before trying a failed rebuild again.
+_REBUILD_RETRY = 0.5
 #: A transaction's pages per Raft entry: one entry must fit in one transport frame
 #: (64 MiB), and smaller entries keep heartbeats flowing between them.
 PART_BYTES = 16 * 1024 * 1024
+
+#: (epoch, WAL salts, WAL frames) after a commit: where the committed state ends.
+_Position = tuple[int, tuple[int, int] | None, int]
+
+
+class Phase(enum.Enum):
+    """Where a database's files stand (see the module docstring)."""
+
+    SERVING = "serving"
+    FENCED = "fenced"
+    RESTORING = "restoring"
+
+
+_PHASE_MOVES: dict[Phase, frozenset[Phase]] = {
+    Phase.SERVING: frozenset({Phase.FENCED, Phase.RESTORING}),
+    Phase.FENCED: frozenset({Phase.RESTORING}),
+    Phase.RESTORING: frozenset({Phase.SERVING, Phase.FENCED}),
+}
 
 
 @dataclass
@@ -90,46 +157,88 @@ def _split_pages(pages: tuple[tuple[int, bytes], ...]) -> list[list[tuple[int, b
 class _Database:
     name: str
     tracker: WalTracker
-    #: Guards the fields below; statements waiting for the gate wait on it.
-    cond: threading.Condition = field(init=False)
-    #: Same lock: writers waiting for the slot, woken one per release (no herd).
-    writer_turn: threading.Condition = field(init=False)
+    # -- under mutex (level 1) ------------------------------------------------
+    mutex: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    #: Phase, sessions, gate and readers changed.
+    changed: threading.Condition = field(init=False, repr=False)
+    #: The writer slot was released: one waiting writer is woken (no herd).
+    writer_turn: threading.Condition = field(init=False, repr=False)
+    phase: Phase = Phase.SERVING
+    sessions: set[Session] = field(default_factory=set)
+    #: Sessions being opened right now (the applier waits for them to settle).
+    opening: int = 0
     writer: object | None = None
-    #: The writer's session: closing it (a client gone mid-transaction) frees the slot.
     writer_session: Session | None = None
-    gate_closed: bool = False
-    #: Index of the last FRAMES entry of this database applied (the same on every node).
-    applied_index: int = 0
-    #: Frames in the WAL according to the WAL hook, if it fired during the
-    #: current write statement (None: the statement committed nothing).
-    wal_frames: int | None = None
+    #: The writer whose statement runs: no read transaction begins meanwhile.
+    gate_holder: object | None = None
+    #: Readers admitted past the gate whose read transaction has not begun yet.
+    starting_readers: int = 0
+    # -- under file_lock (level 3) ---------------------------------------------
+    file_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    # -- under position_lock (level 4) ---------------------------------------
+    position_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    #: Incremented by every rebuild: positions of an older epoch point into a WAL
+    #: that no longer exists.
+    epoch: int = 0
     #: (salts, frames) of the WAL after the last commit Raft accepted.
     committed: tuple[tuple[int, int] | None, int] = (None, 0)
-    #: Open sessions and the lock each holds while it runs a statement.
-    sessions: dict[Session, threading.Lock] = field(default_factory=dict)
-    #: The local files may hold frames Raft never committed.
-    dirty: bool = False
-    #: Held while SQLite may write the database file (checkpoints, closing the
-    #: last session), so that a snapshot copies a file at rest.
-    file_lock: threading.Lock = field(default_factory=threading.Lock)
-    #: A transaction whose parts are arriving (Raft's thread only).
+    # -- the writer's thread only (inside its statement) ---------------------
+    #: Transactions the WAL hook read during the current write statement.
+    captured: list[tuple[Transaction, _Position]] = field(default_factory=list)
+    capture_error: Exception | None = None
+    # -- Raft's thread only ------------------------------------------------------
+    #: Index of the last FRAMES entry of this database applied (the same on every node).
+    applied_index: int = 0
+    #: A transaction whose parts are arriving.
     parts: _Parts | None = None
 
     def __post_init__(self) -> None:
-        lock = threading.RLock()
-        self.cond = threading.Condition(lock)
-        self.writer_turn = threading.Condition(lock)
+        self.changed = threading.Condition(self.mutex)
+        self.writer_turn = threading.Condition(self.mutex)
+
+    def set_phase(self, phase: Phase) -> None:
+        """Move to ``phase`` (``mutex`` held) and wake everyone waiting on the database."""
+        if phase not in _PHASE_MOVES[self.phase]:
+            raise RuntimeError(f"database {self.name!r}: {self.phase.value} -> {phase.value}")
+        self.phase = phase
+        self.changed.notify_all()
+        self.writer_turn.notify_all()
 
     def release_writer(self) -> None:
-        """Free the writer slot (``cond`` held) and wake one waiting writer."""
+        """Free the writer slot (``mutex`` held) and wake one waiting writer."""
         self.writer = None
         self.writer_session = None
         self.writer_turn.notify()
 
 
-def _in_transaction(session: Session) -> bool:
-    # A session closed after a failed commit holds no transaction any more.
-    return not session.closed and session.in_transaction
+@dataclass(frozen=True)
+class _Pages:
+    """Applier task: write a committed transaction's pages."""
+
+    name: str
+    transaction: Transaction
+
+
+@dataclass(frozen=True)
+class _Rebuild:
+    """Applier task: bring a database's files back to the committed state."""
+
+    name: str
+
+
+@dataclass(frozen=True)
+class _Deposed:
+    """Applier task: this node stopped leading; fence every database with sessions."""
+
+
+@dataclass(frozen=True)
+class _Install:
+    """Applier task: swap in a snapshot's files (None: the database is not in it)."""
+
+    files: dict[str, Path | None]
+
+
+_Task = _Pages | _Rebuild | _Deposed | _Install
 
 
 def _begins_write(sql: str) -> bool:
@@ -139,6 +248,14 @@ def _begins_write(sql: str) -> bool:
         and words[0].upper() == "BEGIN"
         and words[1].upper().rstrip(";") in ("IMMEDIATE", "EXCLUSIVE")
     )
+
+
+def _not_leader() -> GatewayFailure:
+    return GatewayFailure(_NOT_LEADER, "not leader")
+
+
+def _no_op() -> None:
+    """The ``begun`` callback of a statement that needs none."""
 
 
 class Replicated:
@@ -164,11 +281,15 @@ class Replicated:
         self._databases: dict[str, _Database] = {}
         self._lock = threading.Lock()
         self._sequence = itertools.count(1)
+        self._stage_sequence = itertools.count(1)
         # Commands this node submitted, by origin, with the WAL position after them.
-        self._own: dict[tuple[int, int], tuple[tuple[int, int] | None, int]] = {}
-        self._tasks: queue.Queue[tuple[str, Transaction] | None] = queue.Queue()
-        self._busy = 0
-        self._busy_cond = threading.Condition()
+        self._own: dict[tuple[int, int], _Position] = {}
+        self._tasks: queue.SimpleQueue[_Task | None] = queue.SimpleQueue()
+        # The applier's backlog and whether this leader's barrier entry is applied.
+        self._progress = threading.Condition()
+        self._backlog = 0
+        self._barrier_applied = False
+        self._closing = threading.Event()
         self._applier = threading.Thread(
             target=self._apply_loop, name="dqlitepy-applier", daemon=True
         )
@@ -185,6 +306,7 @@ class Replicated:
 
     def close(self) -> None:
         self.replicator.close()
+        self._closing.set()
         self._tasks.put(None)
         self._applier.join(timeout=10)
 
@@ -192,25 +314,32 @@ class Replicated:
 
     def is_ready_leader(self) -> bool:
         """Leads, has applied everything before its term, and has no files to fix."""
-        if not self.replicator.is_leader():
-            return False
-        with self._busy_cond:
-            return self._busy == 0
+        with self._progress:
+            return self._ready()
+
+    def _ready(self) -> bool:
+        return self._barrier_applied and self._backlog == 0 and self.replicator.is_leader()
 
     def _wait_ready_leader(self, timeout: float) -> None:
         """Let a just-elected leader finish its barrier rather than send clients away."""
         deadline = time.monotonic() + timeout
-        while not self.is_ready_leader():
-            if not self.replicator.is_elected() or time.monotonic() >= deadline:
-                raise GatewayFailure(_NOT_LEADER, "not leader")
-            time.sleep(0.01)
+        with self._progress:
+            while not self._ready():
+                remaining = deadline - time.monotonic()
+                if not self.replicator.is_elected() or remaining <= 0:
+                    raise _not_leader()
+                # Woken by the barrier entry, the applier's progress and leadership
+                # changes; the timeout only bounds the wait.
+                self._progress.wait(remaining)
 
     def _database(self, name: str) -> _Database:
         with self._lock:
             db = self._databases.get(name)
             if db is None:
-                wal = self.engine.path(name).with_name(self.engine.path(name).name + "-wal")
-                db = self._databases[name] = _Database(name, WalTracker(wal))
+                path = self.engine.path(name)
+                db = self._databases[name] = _Database(
+                    name, WalTracker(path.with_name(path.name + "-wal"))
+                )
             return db
 
     # --------------------------------------------------------- sessions
@@ -218,94 +347,172 @@ class Replicated:
     def open_session(self, name: str) -> Session:
         self._wait_ready_leader(_BARRIER_WAIT)
         db = self._database(name)
-        with db.cond:
-            if db.dirty:
-                self._restore(db)
+        with db.mutex:
+            # A database being rebuilt (after a failed commit) serves again shortly.
+            if not db.changed.wait_for(lambda: db.phase is Phase.SERVING, _BARRIER_WAIT):
+                raise _not_leader()
+            db.opening += 1
+        try:
             session = self.engine.session(name)
-
-            def wal_hook(frames: int) -> None:
-                db.wal_frames = frames
-
-            session.set_wal_hook(wal_hook)
-            db.sessions[session] = threading.Lock()
+            session.set_wal_hook(lambda frames: self._capture(db, frames))
+        except BaseException:
+            with db.mutex:
+                db.opening -= 1
+                db.changed.notify_all()
+            raise
+        with db.mutex:
+            db.opening -= 1
+            db.sessions.add(session)
+            db.changed.notify_all()
         return session
 
     def close_session(self, name: str, session: Session) -> None:
         db = self._database(name)
-        lock = db.sessions.get(session)
-        if lock is None:
-            session.close()
-            return
-        with lock:
-            with db.file_lock:
-                session.close()
-            with db.cond:
-                db.sessions.pop(session, None)
-                if db.writer_session is session or not db.sessions:
-                    db.release_writer()
-                db.cond.notify_all()
+        session.close()  # rolls back an open transaction first
+        with db.mutex:
+            db.sessions.discard(session)
+            if db.writer_session is session:
+                db.release_writer()
+            db.changed.notify_all()
+
+    def dump(self, name: str) -> list[tuple[str, bytes]]:
+        """The database file and WAL of ``name``, copied while no rebuild runs."""
+        db = self._database(name)
+        with db.file_lock:
+            return self.engine.dump(name)
 
     @contextlib.contextmanager
     def statement(
         self, owner: object, name: str, session: Session, info: StatementInfo, timeout: float
-    ) -> Iterator[None]:
-        """Run one statement of ``owner``'s session under the write-path rules."""
+    ) -> Iterator[Callable[[], None]]:
+        """Run one statement of ``owner``'s session under the write-path rules.
+
+        Yields ``begun``, which the caller calls once the statement's first
+        step ran (its read transaction, if any, has begun).
+        """
         self._wait_ready_leader(min(timeout, _BARRIER_WAIT))
         db = self._database(name)
-        lock = db.sessions.get(session)
-        if lock is None or session.closed or db.dirty:
-            # A dirty database may hold frames Raft never committed: the client
-            # reconnects, and the new session starts from the committed state.
-            raise GatewayFailure(_NOT_LEADER, "not leader")
-        with lock:
-            if session.closed:
-                raise GatewayFailure(_NOT_LEADER, "not leader")
-            writes = (
-                not info.readonly
-                or session.in_write_transaction
-                or _begins_write(info.sql)
-                or db.writer is owner
-            )
-            if not writes:
-                with db.cond:
-                    if not db.cond.wait_for(lambda: not db.gate_closed, timeout):
-                        raise GatewayFailure(_SQLITE_BUSY, "database is locked")
-                yield
-                return
-            self._acquire_writer(db, owner, timeout)
-            db.writer_session = session
-            db.wal_frames = None
-            try:
-                yield
-            finally:
-                try:
-                    if not _in_transaction(session):
-                        self._commit(db, session)
-                finally:
-                    with db.cond:
-                        if not _in_transaction(session):
-                            db.release_writer()
-                        db.gate_closed = False
-                        db.cond.notify_all()
+        writes = (
+            not info.readonly
+            or session.in_write_transaction
+            or _begins_write(info.sql)
+            or db.writer is owner
+        )
+        if writes:
+            with self._write(db, owner, session, timeout):
+                yield _no_op
+        else:
+            with self._read(db, session, timeout) as begun:
+                yield begun
 
-    def _acquire_writer(self, db: _Database, owner: object, timeout: float) -> None:
-        with db.cond:
-            if not db.writer_turn.wait_for(lambda: db.writer in (None, owner), timeout):
+    @contextlib.contextmanager
+    def _read(
+        self, db: _Database, session: Session, timeout: float
+    ) -> Iterator[Callable[[], None]]:
+        with db.mutex:
+            admitted = db.changed.wait_for(
+                lambda: db.phase is not Phase.SERVING or db.gate_holder is None, timeout
+            )
+            if db.phase is not Phase.SERVING or session not in db.sessions:
+                raise _not_leader()
+            if not admitted:
+                raise GatewayFailure(_SQLITE_BUSY, "database is locked")
+            db.starting_readers += 1
+        starting = True
+
+        def begun() -> None:
+            nonlocal starting
+            if starting:
+                starting = False
+                with db.mutex:
+                    db.starting_readers -= 1
+                    db.changed.notify_all()
+
+        try:
+            yield begun
+        finally:
+            begun()
+
+    @contextlib.contextmanager
+    def _write(
+        self, db: _Database, owner: object, session: Session, timeout: float
+    ) -> Iterator[None]:
+        self._acquire_writer(db, owner, session, timeout)
+        db.captured = []
+        db.capture_error = None
+        try:
+            yield
+        finally:
+            try:
+                if not session.in_transaction:
+                    self._replicate(db, session)
+            finally:
+                with db.mutex:
+                    if db.gate_holder is owner:
+                        db.gate_holder = None
+                    if db.writer is owner and not session.in_transaction:
+                        db.release_writer()
+                    db.changed.notify_all()
+
+    def _acquire_writer(
+        self, db: _Database, owner: object, session: Session, timeout: float
+    ) -> None:
+        deadline = time.monotonic() + timeout
+        with db.mutex:
+            turn = db.writer_turn.wait_for(
+                lambda: db.phase is not Phase.SERVING or db.writer in (None, owner), timeout
+            )
+            if db.phase is not Phase.SERVING or session not in db.sessions:
+                raise _not_leader()
+            if not turn:
                 if db.writer is None:
                     db.writer_turn.notify()  # the wake-up this waiter used passes on
                 raise GatewayFailure(_SQLITE_BUSY, "database is locked")
             db.writer = owner
-            db.gate_closed = True
+            db.writer_session = session
+            db.gate_holder = owner
+            # Readers admitted before the gate closed begin their read transaction
+            # first (a step of their statement): after this commit they would see it.
+            quiet = db.changed.wait_for(
+                lambda: db.phase is not Phase.SERVING or db.starting_readers == 0,
+                max(0.0, deadline - time.monotonic()),
+            )
+            if db.phase is not Phase.SERVING or not quiet:
+                db.gate_holder = None
+                if not session.in_transaction:
+                    db.release_writer()
+                db.changed.notify_all()
+                if db.phase is not Phase.SERVING:
+                    raise _not_leader()
+                raise GatewayFailure(_SQLITE_BUSY, "database is locked")
 
-    def _commit(self, db: _Database, session: Session) -> None:
-        if db.wal_frames is None:
-            return  # nothing committed (a failed or empty write)
-        transactions = db.tracker.read(db.wal_frames)
-        db.wal_frames = None
-        for txn in transactions:
+    def _capture(self, db: _Database, frames: int) -> None:
+        """SQLite's WAL hook: read what the commit appended (writer's thread, session lock)."""
+        try:
+            transactions = db.tracker.read(frames)
+        except (WalError, OSError) as exc:
+            db.capture_error = exc
+            return
+        with db.position_lock:
+            position = (db.epoch, db.tracker.salts, db.tracker.frames)
+        db.captured.extend((txn, position) for txn in transactions)
+
+    def _replicate(self, db: _Database, session: Session) -> None:
+        """Hand what the statement committed to Raft; return once Raft committed it."""
+        captured, db.captured = db.captured, []
+        if db.capture_error is not None:
+            error, db.capture_error = db.capture_error, None
+            log.error("reading the WAL of %r failed: %s", db.name, error)
+            self._fence(db)
+            raise GatewayFailure(_SQLITE_IOERR, f"disk I/O error: {error}")
+        if captured and session.closed:
+            # The files were rebuilt under this statement: its commit is gone and
+            # was never submitted.
+            raise GatewayFailure(_LEADERSHIP_LOST, "leadership lost")
+        for txn, position in captured:
             origin = (self.node_id, next(self._sequence))
             parts = _split_pages(txn.pages)
-            self._own[origin] = (db.tracker.salts, db.tracker.frames)
+            self._own[origin] = position
             for number, pages in enumerate(parts):
                 command: dict[str, Any] = {
                     "v": _COMMAND_VERSION,
@@ -322,51 +529,132 @@ class Replicated:
                 try:
                     result = self.replicator.submit(cbor2.dumps(command), _SUBMIT_TIMEOUT)
                 except (NotLeader, LeadershipLost, ReplicationError) as exc:
-                    self._own.pop(origin, None)
-                    self._fail(db, session)
-                    raise GatewayFailure(_LEADERSHIP_LOST, "leadership lost") from exc
+                    result = exc
                 if result != "applied":
                     self._own.pop(origin, None)
-                    self._fail(db, session)
-                    raise GatewayFailure(_LEADERSHIP_LOST, "leadership lost")
-        if transactions and db.tracker.frames >= _CHECKPOINT_FRAMES:
-            with db.file_lock:
-                session.checkpoint()
+                    self._fence(db)
+                    cause = result if isinstance(result, BaseException) else None
+                    raise GatewayFailure(_LEADERSHIP_LOST, "leadership lost") from cause
+        if captured and db.tracker.frames >= _CHECKPOINT_FRAMES:
+            session.checkpoint(db.file_lock)
 
-    def _fail(self, db: _Database, session: Session) -> None:
-        # The local WAL holds a commit Raft did not accept: no session may read
-        # it, and the files go back to the committed state before any new one.
-        with db.cond:
-            db.dirty = True
-            for other in list(db.sessions):
-                other.interrupt()
+    def _fence(self, db: _Database) -> None:
+        """The files may hold a commit Raft did not accept: stop serving, queue a rebuild."""
+        with db.mutex:
+            if db.phase is not Phase.SERVING:
+                return  # fenced or being rebuilt already: that rebuild covers it
+            db.set_phase(Phase.FENCED)
+            sessions = list(db.sessions)
+        for session in sessions:
+            session.interrupt()
+        self._enqueue(_Rebuild(db.name))
+
+    # ------------------------------------------------------------- the applier
+
+    def _enqueue(self, task: _Task) -> None:
+        with self._progress:
+            self._backlog += 1
+        self._tasks.put(task)
+
+    def _apply_loop(self) -> None:
+        while True:
+            task = self._tasks.get()
+            if task is None:
+                return
+            try:
+                self._run_task(task)
+            finally:
+                with self._progress:
+                    self._backlog -= 1
+                    self._progress.notify_all()
+
+    def _run_task(self, task: _Task) -> None:
+        # A failed rebuild is tried again in place: later tasks build on it.
+        while True:
+            try:
+                if isinstance(task, _Pages):
+                    self._rebuild(self._database(task.name), pages=task.transaction)
+                elif isinstance(task, _Rebuild):
+                    self._rebuild(self._database(task.name))
+                elif isinstance(task, _Deposed):
+                    with self._lock:
+                        databases = list(self._databases.values())
+                    for db in databases:
+                        if db.sessions or db.tracker.frames or db.phase is not Phase.SERVING:
+                            self._rebuild(db)
+                else:
+                    self._install(task)
+                return
+            except Exception:
+                log.exception("rebuilding the database files failed; trying again")
+                if self._closing.wait(_REBUILD_RETRY):
+                    return
+
+    def _rebuild(
+        self, db: _Database, *, pages: Transaction | None = None, install: Path | None = None
+    ) -> None:
+        """Close every session, cut the WAL back to the committed state, write what is new.
+
+        ``pages``: a committed transaction's pages to write; ``install``: a
+        snapshot's file to swap in.  Runs on the applier thread only.
+        """
+        with db.mutex:
+            if db.phase is not Phase.RESTORING:
+                db.set_phase(Phase.RESTORING)
+            # Sessions being opened are file I/O away from registering.
+            db.changed.wait_for(lambda: db.opening == 0)
+            sessions = list(db.sessions)
+            db.sessions.clear()
+            db.writer = db.writer_session = None
+            db.gate_holder = None
+            db.changed.notify_all()
+        for session in sessions:
+            session.interrupt()
+            session.close()  # waits for the SQLite call in progress, if any
+        # Every session is closed: no commit can be captured any more.  Positions
+        # of earlier epochs no longer point into the WAL (apply() checks).
+        with db.position_lock:
+            db.epoch += 1
+            salts, frames = db.committed
+            db.committed = (None, 0)
         with db.file_lock:
-            session.close()
+            if install is not None:
+                self.engine.install(db.name, install)
+            else:
+                self.engine.restore_committed(db.name, salts, frames)
+                if pages is not None:
+                    self.engine.apply(db.name, pages)
+            db.tracker = WalTracker(db.tracker.path)
+        with db.mutex:
+            db.set_phase(Phase.SERVING)
 
-    def _restore(self, db: _Database) -> None:
-        """Close every session and bring the files back to the committed state."""
-        for session, lock in list(db.sessions.items()):
-            with lock, db.file_lock:
-                session.close()
-        db.sessions.clear()
-        db.release_writer()
-        salts, frames = db.committed
-        self.engine.restore_committed(db.name, salts, frames)
-        db.tracker = WalTracker(db.tracker.path)
-        db.committed = (None, 0)
-        db.wal_frames = None
-        db.dirty = False
+    def _install(self, task: _Install) -> None:
+        with self._lock:
+            names = set(self._databases) | set(task.files)
+        for name in sorted(names):
+            staged = task.files.get(name)
+            db = self._database(name)
+            if staged is None:
+                self._rebuild(db)
+                with db.file_lock:
+                    self.engine.remove(name)
+            else:
+                self._rebuild(db, install=staged)
 
     # ------------------------------------------------------------- applying
 
     def apply(self, index: int, command: bytes) -> Any:
         """Apply one committed command (Raft's thread, log order, every node)."""
         if not command:
-            # A new leader's first entry: parts of a transaction begun before it
-            # will never be completed (their leader gave up on them).
+            # A leader's first entry: parts of a transaction begun before it will
+            # never be completed (their leader gave up on them).
             with self._lock:
                 for db in self._databases.values():
                     db.parts = None
+            if self.replicator.barrier_index() == index:
+                with self._progress:
+                    self._barrier_applied = True
+                    self._progress.notify_all()
             return None
         try:
             decoded = cbor2.loads(command)
@@ -386,6 +674,9 @@ class Replicated:
             return "applied"
         if decoded.get("t") != "frames":
             return "invalid"
+        return self._apply_frames(index, decoded)
+
+    def _apply_frames(self, index: int, decoded: dict[str, Any]) -> str:
         db = self._database(str(decoded["db"]))
         origin = (int(decoded["origin"][0]), int(decoded["origin"][1]))
         if db.parts is not None and db.parts.origin != origin:
@@ -401,54 +692,34 @@ class Replicated:
                 log.error("entry %d: part %d of %d without the earlier ones", index, part, parts)
                 db.parts = None
                 return "stale"
-            if origin not in self._own:  # the leader has the pages in its WAL
-                db.parts.pages.extend(pages)
+            # Kept even for our own parts: a rebuild meanwhile cuts them from the WAL.
+            db.parts.pages.extend(pages)
             db.parts.received += 1
             if part < parts - 1:
                 return "applied"
-            pages = db.parts.pages + pages
+            pages = db.parts.pages
             db.parts = None
         db.applied_index = index
         position = self._own.pop(origin, None)
         if position is not None:
-            # Ours: the pages are in the local WAL already, up to `position`.
-            db.committed = position
-            return "applied"
-        with self._busy_cond:
-            self._busy += 1
+            epoch, salts, frames = position
+            with db.position_lock:
+                if db.epoch == epoch:
+                    # Ours, and the WAL still holds its pages up to `position`.
+                    db.committed = (salts, frames)
+                    return "applied"
         txn = Transaction(tuple(pages), int(decoded["size"]), int(decoded["ps"]))
-        self._tasks.put((db.name, txn))
+        self._enqueue(_Pages(db.name, txn))
         return "applied"
 
-    def _apply_loop(self) -> None:
-        while True:
-            task = self._tasks.get()
-            if task is None:
-                return
-            name, txn = task
-            try:
-                db = self._database(name)
-                with db.cond:
-                    if db.sessions or db.dirty or db.tracker.frames:
-                        self._restore(db)
-                self.engine.apply(name, txn)
-            except Exception:
-                log.exception("applying pages of %r failed", name)
-            finally:
-                with self._busy_cond:
-                    self._busy -= 1
-                    self._busy_cond.notify_all()
-
     def _leadership(self, leading: bool) -> None:
+        """Raft's thread: this node gained or lost leadership."""
+        with self._progress:
+            self._barrier_applied = False
+            self._progress.notify_all()
         if not leading:
             # Sessions of a deposed leader must not read what Raft may drop.
-            with self._lock:
-                databases = list(self._databases.values())
-            for db in databases:
-                with db.cond:
-                    db.dirty = db.dirty or bool(db.sessions) or db.tracker.frames > 0
-                    for session in db.sessions:
-                        session.interrupt()
+            self._enqueue(_Deposed())
 
     # ------------------------------------------------------------ snapshots
 
@@ -461,12 +732,12 @@ class Replicated:
         on, so they may already hold entries applied after now; that is safe
         because entries carry whole page images: replaying the log from this
         entry on rewrites every page such an entry touched and ends in the same
-        state.  They never lag behind now (the applier is drained first).
+        state.  They never lag behind now (the applier has no backlog).
         """
-        # Raft's thread must not wait long (heartbeats stop): if the applier is
-        # busy, the snapshot is postponed.
-        if not self.wait_idle(1.0):
-            raise RuntimeError("pages are still being applied")
+        # Raft's thread never waits for the applier: the snapshot is postponed.
+        with self._progress:
+            if self._backlog:
+                raise RuntimeError("pages are still being applied")
         with self._lock:
             databases = sorted(self._databases.values(), key=lambda d: d.name)
         if any(db.parts is not None for db in databases):
@@ -478,12 +749,16 @@ class Replicated:
                 "databases": [[db.name, db.applied_index] for db in databases],
             }
         )
+        positions = {}
+        for db in databases:
+            with db.position_lock:
+                positions[db.name] = db.committed
 
         def write(out: BinaryIO) -> None:
             out.write(state)
             with tempfile.TemporaryDirectory(prefix="dqlitepy-snapshot-") as workdir:
                 for db in databases:
-                    salts, frames = db.committed
+                    salts, frames = positions[db.name]
                     # No checkpoint may rewrite the file while it is copied: its
                     # pages would come from entries before now, which are not
                     # replayed.
@@ -500,29 +775,30 @@ class Replicated:
         return write
 
     def restore(self, source: BinaryIO) -> None:
-        """Replace every database with a snapshot's (Raft's thread)."""
-        self.wait_idle(600)
+        """Take a snapshot's state (Raft's thread); the applier swaps its files in.
+
+        The files are copied aside here (reading the snapshot is all Raft's
+        thread does); the swap waits in the applier's queue behind the pages
+        already queued, and ahead of every entry applied after the snapshot.
+        """
         state = cbor2.load(source)
-        with self._lock:
-            databases = list(self._databases.values())
-        for db in databases:
-            with db.cond:
-                self._restore(db)
-        self.engine.remove_all()
-        self._own.clear()
+        files: dict[str, Path | None] = {}
         for name, applied in state["databases"]:
             (size,) = struct.unpack("<Q", source.read(8))
             db = self._database(str(name))
-            with db.cond:
-                db.applied_index = int(applied)
-                db.committed = (None, 0)
-                db.dirty = False
-                if size:
-                    self.engine.write_file(db.name, source, size)
+            db.applied_index = int(applied)
+            db.parts = None
+            files[db.name] = (
+                self.engine.stage(db.name, source, size, next(self._stage_sequence))
+                if size
+                else None
+            )
+        self._own.clear()
         # Older snapshots hold [id, role] per member.
         self.members = {
             str(a): int(v[0] if isinstance(v, list) else v) for a, v in state["members"].items()
         }
+        self._enqueue(_Install(files))
 
     def record_member(self, node_id: int, address: str) -> None:
         """Replicate a member's id (its role is Raft's: ``replicator.roles()``)."""
@@ -550,9 +826,6 @@ class Replicated:
             closing.wait(0.1)
 
     def wait_idle(self, timeout: float) -> bool:
-        """Wait until the applier has written every queued transaction."""
-        deadline = time.monotonic() + timeout
-        with self._busy_cond:
-            return self._busy_cond.wait_for(
-                lambda: self._busy == 0, max(0.0, deadline - time.monotonic())
-            )
+        """Wait until the applier has done every queued task."""
+        with self._progress:
+            return self._progress.wait_for(lambda: self._backlog == 0, timeout)

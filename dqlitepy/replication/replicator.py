@@ -4,8 +4,9 @@ It assembles the hardened parts — :class:`~.raft.HardenedSyncObj` (Raft),
 :class:`~.journal.DurableJournal` (fsync'd log) and
 :class:`~.transport.SecureTransport` (authenticated cbor2 over the node's one
 address) — and exposes what the server needs: submit a command and wait for
-its outcome, know whether this node leads, hand over Raft sockets, change
-members' roles.  Nothing else in dqlitepy sees PySyncObj.
+its outcome, confirm leadership before a read (:meth:`Replicator.read_barrier`),
+know whether this node leads, hand over Raft sockets, change members' roles.
+Nothing else in dqlitepy sees PySyncObj.
 """
 
 from __future__ import annotations
@@ -23,12 +24,13 @@ import cbor2
 from pysyncobj.config import FAIL_REASON, SERIALIZER_STATE
 
 from .journal import durable_journal_for_syncobj
-from .raft import FAILURES, LEADER, HardenedSyncObj, PeerNode, raft_config
+from .raft import FAILURES, LEADER, HardenedSyncObj, PeerNode, ReadResult, raft_config
 from .transport import SecureTransport, secure_transport_class
 
 __all__ = [
     "DEFAULT_SNAPSHOT_ENTRIES",
     "LeadershipLost",
+    "LeadershipUnconfirmed",
     "NotLeader",
     "ReplicationError",
     "Replicator",
@@ -56,6 +58,14 @@ class NotLeader(ReplicationError):
 
 class LeadershipLost(ReplicationError):
     """The command's fate is unknown (leadership changed or time ran out)."""
+
+
+class LeadershipUnconfirmed(ReplicationError):
+    """A read barrier timed out: this node may still lead, but no quorum confirmed it.
+
+    Nothing was read.  The node may be cut off from its followers (or they
+    are slow); a new leader may already exist elsewhere.
+    """
 
 
 def _transfer_call(
@@ -246,6 +256,44 @@ class Replicator:
         if reason in _NOT_APPENDED:
             raise NotLeader(f"not leader ({name})")
         raise LeadershipLost(f"leadership lost ({name})")
+
+    def read_barrier(self, timeout: float) -> int:
+        """Wait until a read served by this node now would be linearizable.
+
+        Call it after a read request arrived and before running it: Raft's
+        ReadIndex (thesis §6.4).  It records the commit index (at least this
+        leader's no-op entry, so a new leader's barrier is included), confirms
+        with a majority of the voters, through an AppendEntries round started
+        after the call, that this node still leads in its term, and waits
+        until this node has applied up to that index.  Concurrent callers
+        share rounds; a round costs about one round trip to the followers, a
+        single-voter cluster needs none.  The caller holds no lock while it
+        waits, and Raft's thread never waits for it.
+
+        Returns:
+            The read index: Raft has applied at least this far (a server that
+            applies entries on its own thread must wait until it has too).
+
+        Raises:
+            NotLeader: this node does not lead, or stopped leading (another
+                node was elected, a follower answered with a newer term)
+                before leadership was confirmed.  Nothing was read.
+            LeadershipUnconfirmed: no quorum confirmed leadership (or the
+                entries were not applied) within ``timeout``.  Nothing was read.
+        """
+        core = self._core
+        if core is None:
+            raise NotLeader("not leader (replication is not running)")
+        result, index = core.read_barrier(timeout)
+        if result is ReadResult.CONFIRMED:
+            return index
+        if result is ReadResult.NOT_LEADER:
+            raise NotLeader("not leader")
+        if result is ReadResult.LEADERSHIP_LOST:
+            raise NotLeader("not leader (leadership lost before the read was confirmed)")
+        raise LeadershipUnconfirmed(
+            f"leadership not confirmed by a quorum within {timeout:g} s; nothing was read"
+        )
 
     def adopt(self, sock: socket.socket, peer_id: int, peer_address: str, initial: bytes) -> None:
         """Hand a socket that sent CONNECT over to Raft."""

@@ -304,22 +304,38 @@ def _is_snapshot_chunk(value: object) -> bool:
 
 _Shape = Mapping[str, Callable[[object], bool]]
 
+_APPEND_ENTRIES: Final[_Shape] = {
+    "term": _is_index,
+    "commit_index": _is_index,
+    "entries": _is_entries,
+    # None when the leader no longer has the previous entry (the follower resets).
+    "prevLogIdx": _is_index_or_none,
+    "prevLogTerm": _is_index_or_none,
+}
+_INSTALL_SNAPSHOT: Final[_Shape] = {
+    "term": _is_index,
+    "commit_index": _is_index,
+    "serialized": _is_snapshot_chunk,
+}
+_NEXT_NODE_IDX: Final[_Shape] = {"next_node_idx": _is_index, "reset": _is_bool, "success": _is_bool}
+
+# HardenedSyncObj's additions for linearizable reads (raft.py, "Linearizable reads"): a
+# leader tags every append_entries with its current read round; a follower's answer echoes
+# the tag (None when the request had none) and carries its term, as Raft's responses do.
+_READ_ROUND: Final[_Shape] = {"read_round": _is_index}
+_ANSWER: Final[_Shape] = {"term": _is_index, "read_round": _is_index_or_none}
+
 _SHAPES: Final[Mapping[str, tuple[_Shape, ...]]] = {
     "request_vote": ({"term": _is_index, "last_log_index": _is_index, "last_log_term": _is_index},),
     "response_vote": ({"term": _is_index},),
     "timeout_now": ({"term": _is_index},),
     "append_entries": (
-        {
-            "term": _is_index,
-            "commit_index": _is_index,
-            "entries": _is_entries,
-            # None when the leader no longer has the previous entry (the follower resets).
-            "prevLogIdx": _is_index_or_none,
-            "prevLogTerm": _is_index_or_none,
-        },
-        {"term": _is_index, "commit_index": _is_index, "serialized": _is_snapshot_chunk},
+        _APPEND_ENTRIES,
+        _INSTALL_SNAPSHOT,
+        {**_APPEND_ENTRIES, **_READ_ROUND},
+        {**_INSTALL_SNAPSHOT, **_READ_ROUND},
     ),
-    "next_node_idx": ({"next_node_idx": _is_index, "reset": _is_bool, "success": _is_bool},),
+    "next_node_idx": (_NEXT_NODE_IDX, {**_NEXT_NODE_IDX, **_ANSWER}),
     "apply_command": (
         {"command": _is_command},
         {"command": _is_command, "request_id": _is_index},

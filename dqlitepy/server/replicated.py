@@ -60,7 +60,13 @@ A thread holding a lock takes only locks further down this list, never one above
    applier's backlog and the barrier; a condition), Raft's waiter set.
 
 No lock is held while waiting for another thread: a writer waiting for Raft
-holds the writer slot and the gate, which are states, not locks.  Raft's thread
+holds the writer slot and the gate, which are states, not locks.
+
+Reads are linearizable: a statement that returns rows runs only after
+:meth:`Replicator.read_barrier` (Raft's ReadIndex) confirmed, after the request
+arrived, that this node still leads, and the applier has caught up with the
+read index.  A deposed leader that does not know it yet therefore never serves
+a stale row (``docs/replication.md``, "Linearizable reads").  Raft's thread
 takes only leaf locks: :meth:`Replicated.apply`, :meth:`Replicated.restore` and
 the leadership callback record what happened and queue the rest for the applier.
 
@@ -401,9 +407,31 @@ class Replicated:
         if writes:
             with self._write(db, owner, session, timeout):
                 yield _no_op
-        else:
-            with self._read(db, session, timeout) as begun:
-                yield begun
+            return
+        if info.column_count:
+            # A statement that returns rows may return stale ones on a deposed
+            # leader; one that returns none (BEGIN, a read's COMMIT) cannot.
+            self._confirm_leadership(min(timeout, _BARRIER_WAIT))
+        with self._read(db, session, timeout) as begun:
+            yield begun
+
+    def _confirm_leadership(self, timeout: float) -> None:
+        """Raft's ReadIndex: serve a read only once a quorum confirmed this node leads.
+
+        Then wait until the applier has written everything up to the read index
+        (Raft has applied it; pages of other nodes' entries go through the applier).
+        """
+        deadline = time.monotonic() + timeout
+        try:
+            self.replicator.read_barrier(timeout)
+        except ReplicationError as exc:
+            # Nothing was read: the client may ask another node for the leader.
+            raise _not_leader() from exc
+        with self._progress:
+            if not self._progress.wait_for(
+                lambda: self._backlog == 0, max(0.0, deadline - time.monotonic())
+            ):
+                raise _not_leader()
 
     @contextlib.contextmanager
     def _read(

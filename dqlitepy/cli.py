@@ -8,9 +8,12 @@ for NULL, ``[1 2]`` for blobs, ``true``/``false`` for booleans); ``.cluster``
 prints ``id|address|role`` with the id in hex; ``.cluster`` and ``.describe``
 honour ``-f json`` exactly as the Go shell does.  With ``-f json`` query results
 print as a JSON array of objects (the Go shell 1.11 prints them as tabular).
-Exit codes: 0 ok, 1 SQL or cluster error (message on stderr), 2 usage error.
+Exit codes: 0 ok, 1 SQL or cluster error (message on stderr), 2 usage error; ``dqlitepy
+server`` also exits 2 when the node refuses to start because of an operator's mistake (its
+data directory in use, a missing or wrong cluster key: see ``docs/server.md``).
 
-Only public APIs are used here (``dqlitepy.connect`` and ``dqlitepy.Client``).
+Only public APIs are used here (``dqlitepy.connect``, ``dqlitepy.Client``, ``dqlitepy.Node``
+and its errors).
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from collections.abc import Callable, Sequence
 from typing import Any, TextIO
 
 import dqlitepy
+from dqlitepy.node import StartupRefused
 
 __all__ = ["format_value", "main"]
 
@@ -301,6 +305,10 @@ def _server(args: argparse.Namespace) -> int:
             voters=args.voters,
             standbys=args.standbys,
         ).start()
+    except StartupRefused as exc:
+        # The operator's mistake (a busy directory, a missing or wrong key): nothing changed.
+        print(f"Error: cannot start node on {args.address}: {exc}", file=sys.stderr)
+        return 2
     except (OSError, ValueError, RuntimeError) as exc:
         print(f"Error: cannot start node on {args.address}: {exc}", file=sys.stderr)
         return 1

@@ -25,10 +25,26 @@ from typing import Any, cast
 
 from .client import dbapi as _dbapi
 from .client.admin import Client
+from .client.errors import OperationalError
 from .server import NodeServer
+from .server.datadir import (
+    ClusterIdentityError,
+    ClusterKeyRejected,
+    DataDirectoryInUse,
+    StartupRefused,
+)
 from .wire import NodeInfo
 
-__all__ = ["Connection", "Node", "connect", "embedded_node"]
+__all__ = [
+    "ClusterIdentityError",
+    "ClusterKeyRejected",
+    "Connection",
+    "DataDirectoryInUse",
+    "Node",
+    "StartupRefused",
+    "connect",
+    "embedded_node",
+]
 
 _DEFAULT_DATA_DIR = "./.dqlitepy"
 
@@ -36,13 +52,23 @@ _DEFAULT_DATA_DIR = "./.dqlitepy"
 class Node:
     """A dqlitepy node running inside this process.
 
+    The node holds its data directory from construction to :meth:`close`: no
+    other node, in this process or another, can use it meanwhile.
+
     Args:
         address: where to serve clients: ``host:port`` (port 0 picks a free
             port) or ``@name`` for an abstract Unix socket.
         data_dir: the node's data directory.
         join: addresses of existing cluster members to join.
         **options: passed to the server (``max_message_size``,
-            ``busy_timeout_ms``, ``max_connections``).
+            ``busy_timeout_ms``, ``max_connections``, ``cluster_key``,
+            ``voters``, ``standbys``).
+
+    Raises:
+        DataDirectoryInUse: another node holds ``data_dir``.
+        ClusterIdentityError: ``data_dir`` belongs to a replicated cluster and
+            the cluster key is missing or another one, or it holds a standalone
+            node's databases and a cluster key was given.
     """
 
     def __init__(
@@ -77,8 +103,19 @@ class Node:
         return self._server.is_leader()
 
     def start(self) -> Node:
-        """Start serving; returns the node for chaining."""
-        self._server.start()
+        """Start serving; returns the node for chaining.
+
+        A node that fails to start is closed (its data directory released).
+
+        Raises:
+            ClusterKeyRejected: the cluster to join holds another key.
+            OSError: the address cannot be served.
+        """
+        try:
+            self._server.start()
+        except BaseException:
+            self._server.close()
+            raise
         self._started = True
         return self
 
@@ -142,7 +179,11 @@ class _Embedded:
             if self._default is None:
                 data_dir = Path(os.environ.get("DQLITEPY_DATA_DIR") or _DEFAULT_DATA_DIR).resolve()
                 self._register()
-                self._default = Node(self._address("node"), data_dir).start()
+                try:
+                    self._default = Node(self._address("node"), data_dir).start()
+                except StartupRefused as exc:
+                    # What sqlite3.connect raises for a database it cannot open.
+                    raise OperationalError(f"cannot start the embedded node: {exc}") from exc
             return self._default
 
     def memory(self) -> Node:

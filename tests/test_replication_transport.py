@@ -11,6 +11,7 @@ one on the wire.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import hmac
 import os
@@ -34,6 +35,7 @@ from dqlitepy.replication.transport import (
     MAX_HANDSHAKE_FRAME,
     ConnectAcceptor,
     FrameKind,
+    FrameMacError,
     LocalSessionError,
     RaftMessageError,
     RaftNode,
@@ -43,6 +45,7 @@ from dqlitepy.replication.transport import (
     SessionEvent,
     SessionState,
     _split_append_entries,
+    check_cluster_key,
     decode_raft_message,
     encode_raft_message,
     keep_newer_link,
@@ -617,6 +620,42 @@ def test_a_keyed_peer_outside_the_configuration_is_heard_only_by_a_non_voter(
         _talks_raft(node, transport, peer, stranger)
     finally:
         peer.close()
+
+
+@pytest.mark.parametrize("member", [False, True])
+def test_a_node_can_check_its_key_and_gets_nothing_more(
+    lone_node: tuple[Counter, SecureTransport, str, str], member: bool
+) -> None:
+    # What a node about to join does (it is a stranger), and one restarting (a member).
+    node, transport, address, fake = lone_node
+    own = fake if member else "127.0.0.1:1"
+    check_cluster_key(address, KEY, node_id=7, own_address=own)
+    with pytest.raises(FrameMacError):
+        check_cluster_key(address, WRONG_KEY, node_id=7, own_address=own)
+    if not member:
+        # Answered, then disconnected: two rejections, one per check.
+        wait_until(lambda: transport.rejected_connections == 2, "the rejections counted")
+    assert not node.isNodeConnected(RaftNode(own))
+    assert transport.connections() == {}
+
+
+def test_a_stranger_is_disconnected_right_after_its_hello_is_answered(
+    lone_node: tuple[Counter, SecureTransport, str, str],
+) -> None:
+    node, transport, address, _ = lone_node
+    peer = _Peer(address, "127.0.0.1:1", KEY, address)
+    try:
+        peer.hello()
+        peer.peer_nonce = peer.recv_exact(40)[8:]
+        kind, body = peer.read_frame()
+        assert kind == FrameKind.AUTH
+        with contextlib.suppress(OSError):  # too late: it is being disconnected
+            peer.send(peer.frame(FrameKind.AUTH, body))
+        peer.wait_closed()
+    finally:
+        peer.close()
+    wait_until(lambda: transport.rejected_connections == 1, "the rejection counted")
+    assert not node.isNodeConnected(RaftNode("127.0.0.1:1"))
 
 
 @pytest.mark.parametrize(

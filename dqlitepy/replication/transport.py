@@ -71,6 +71,13 @@ consecutive AppendEntries (each one's ``prevLogIdx``/``prevLogTerm`` is the prev
 last entry), which Raft treats exactly like the original, so the frame limit only bounds a
 single entry.
 
+**Strangers and key checks.**  A voter accepts Raft traffic only from the members of its
+configuration.  A stranger (a CONNECT naming another address) still gets the acceptor's HELLO
+and AUTH frame, and is disconnected right after: that is how a node about to join proves to
+itself that the cluster holds its key before it asks to be added
+(:func:`check_cluster_key`).  The AUTH frame is bound to both nonces and to the direction,
+so it is worth nothing in any other session (a claim of a member's address gets as much).
+
 PySyncObj's admin ("utility") messages and read-only nodes are not supported: the first are an
 unauthenticated remote control in the stock transport, the second do not exist in dqlite
 (standby and spare nodes are members).
@@ -122,6 +129,7 @@ __all__ = [
     "MIN_KEY_SIZE",
     "ConnectAcceptor",
     "FrameKind",
+    "FrameMacError",
     "LocalSessionError",
     "RaftMessageError",
     "RaftNode",
@@ -131,6 +139,7 @@ __all__ = [
     "SessionError",
     "SessionEvent",
     "SessionState",
+    "check_cluster_key",
     "decode_raft_message",
     "encode_raft_message",
     "keep_newer_link",
@@ -189,6 +198,10 @@ class SessionError(Exception):
 
 class RemoteSessionError(SessionError):
     """The peer broke the session protocol (bad hello, bad MAC, replay, oversized frame...)."""
+
+
+class FrameMacError(RemoteSessionError):
+    """A frame failed its MAC: the peer holds another key, or the frame was replayed or altered."""
 
 
 class LocalSessionError(SessionError):
@@ -682,7 +695,7 @@ class SecureSession:
         with memoryview(buf) as view:
             mac.update(view[start : start + size])
             if not hmac.compare_digest(mac.digest(), view[start + size : end]):
-                raise RemoteSessionError("bad frame MAC (wrong key, replayed or reordered)")
+                raise FrameMacError("bad frame MAC (wrong key, replayed or reordered)")
             kind = buf[start]
             body = bytes(view[start + 1 : start + size])
         self._recv_seq += 1
@@ -753,6 +766,7 @@ class _Link:
         address: str,
         peer_id: int | None,
         connecting: bool,
+        stranger: bool = False,
     ) -> None:
         self.id = next(self._ids)
         self.transport = transport
@@ -763,6 +777,10 @@ class _Link:
         self.peer_id = peer_id
         self.state = _LinkState.CONNECTING if connecting else _LinkState.ACTIVE
         self.authenticated = False
+        #: An accepted peer that is not a member: it gets our HELLO and AUTH, then is closed.
+        self.stranger = stranger
+        #: Close (as a rejection, for this reason) once the write queue is empty.
+        self._close_when_flushed: str | None = None
         now = time.monotonic()
         self.created = now
         self.last_recv = now
@@ -887,6 +905,14 @@ class _Link:
                 self._queue(handshake)
                 if self.closed:
                     return
+            if self.stranger and self.session.state is SessionState.AUTH:
+                # Our HELLO and AUTH are on their way: the stranger can now tell whether
+                # it holds the cluster key (check_cluster_key), and gets nothing more.
+                self._close_when_flushed = (
+                    f"not a cluster member (node id {self.peer_id}); its hello was answered"
+                )
+                self._flush()
+                return
             if event is SessionEvent.NEED_DATA:
                 return
             if event is SessionEvent.AUTHENTICATED:
@@ -954,6 +980,9 @@ class _Link:
                 else:
                     queue[0] = memoryview(head)[sent:]
                     sent = 0
+        if not queue and self._close_when_flushed is not None:
+            self.close(self._close_when_flushed, rejected=True)
+            return
         self._set_write_interest(bool(queue))
 
     # -- timers and closing
@@ -1185,14 +1214,11 @@ class SecureTransport(Transport):  # type: ignore[misc]  # PySyncObj is untyped
             # Still authenticated by the cluster key below; a member this node's
             # configuration does not know yet (a leader elected while it was away).
             self._nodes[peer_address] = Node(peer_address)
-        if peer_address not in self._nodes:
-            self._rejected(
-                peer_address,
-                f"refusing a raft connection from {peer_address!r} (node id {peer_id}): "
-                "not a cluster member",
-            )
-            sock.close()
-            return
+        # A stranger is still answered (then closed, see _Link._process): a node about
+        # to join checks its key that way before it asks to be added.  What it gets, a
+        # HELLO and an AUTH frame bound to its own nonce, anyone can get today by
+        # claiming a member's address; it is worth nothing in another session.
+        stranger = peer_address not in self._nodes
         session = SecureSession(
             self._cluster_key,
             dialer=False,
@@ -1203,7 +1229,13 @@ class SecureTransport(Transport):  # type: ignore[misc]  # PySyncObj is untyped
         try:
             _tune_socket(sock, self._keepalive)
             link = _Link(
-                self, sock, session, address=peer_address, peer_id=peer_id, connecting=False
+                self,
+                sock,
+                session,
+                address=peer_address,
+                peer_id=peer_id,
+                connecting=False,
+                stranger=stranger,
             )
         except (OSError, ValueError) as exc:
             # E.g. the server closed it meanwhile (fileno -1: the poller refuses it); the
@@ -1379,6 +1411,51 @@ def secure_transport_class(
         _settings = bound_settings
 
     return BoundSecureTransport
+
+
+# ----------------------------------------------------------------------------- key check
+
+
+def check_cluster_key(
+    address: str,
+    cluster_key: bytes,
+    *,
+    node_id: int,
+    own_address: str,
+    timeout: float = 5.0,
+) -> None:
+    """Check that the member at ``address`` holds ``cluster_key``, without joining anything.
+
+    Dials ``address`` as a Raft peer does (handshake, CONNECT naming ``own_address``, HELLO)
+    and verifies the member's AUTH frame, then hangs up without sending its own: the member
+    learns nothing and adds nothing; this side learns whether its key is the cluster's.
+
+    Args:
+        address: a member's address, as it names itself (the leader's, from LEADER).
+        cluster_key: the key to check.
+        node_id: this node's id, sent in CONNECT.
+        own_address: this node's address, sent in CONNECT.
+        timeout: for connecting and for each read.
+
+    Raises:
+        FrameMacError: the member's AUTH frame failed its MAC: it holds another key.
+        RemoteSessionError: the member broke the session protocol.
+        OSError: it could not be reached, timed out, or hung up first (no Raft there).
+    """
+    host, port = split_address(address)
+    session = SecureSession(
+        cluster_key, dialer=True, dialer_address=own_address, acceptor_address=address
+    )
+    preamble = _VERSION.pack(PROTOCOL_VERSION) + encode_message(
+        ConnectRequest(node_id, own_address)
+    )
+    with socket.create_connection((host, port), timeout=timeout) as sock:
+        sock.sendall(preamble + b"".join(session.data_to_send()))
+        while session.next_event() is not SessionEvent.AUTHENTICATED:
+            data = sock.recv(MAX_HANDSHAKE_FRAME)
+            if not data:
+                raise ConnectionError(f"{address} hung up before proving the cluster key")
+            session.receive_data(data)
 
 
 # ----------------------------------------------------------------------------- acceptor

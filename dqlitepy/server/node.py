@@ -28,6 +28,7 @@ import cbor2
 
 from ..engine import Engine, Session, StatementInfo
 from ..replication.replicator import DEFAULT_SNAPSHOT_ENTRIES, ReplicationError, Replicator
+from ..replication.transport import MIN_KEY_SIZE, FrameMacError, SessionError, check_cluster_key
 from ..wire import (
     NEED_DATA,
     AddRequest,
@@ -50,6 +51,7 @@ from ..wire import (
     TransferRequest,
 )
 from ..wire.framing import DEFAULT_MAX_MESSAGE_SIZE
+from .datadir import ClusterKeyRejected, DataDirectory
 from .gateway import Gateway, GatewayFailure, RowsChunk
 from .replicated import Replicated
 
@@ -175,6 +177,31 @@ def _cluster_voters(join: Sequence[str], timeout: float = 30.0) -> list[str]:
     return [n.address for n in servers.servers if n.role == NodeRole.VOTER]
 
 
+def _prove_key(
+    join: Sequence[str], key: bytes, node_id: int, address: str, timeout: float = 30.0
+) -> None:
+    """Check that the cluster holds ``key`` before asking it to add this node.
+
+    A node with another key must never be added: the cluster would count a
+    member that can never reach it (a voter that breaks its quorum).
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        leader = _leader_of(join, deadline)
+        try:
+            check_cluster_key(leader, key, node_id=node_id, own_address=address)
+            return
+        except FrameMacError as exc:
+            raise ClusterKeyRejected(
+                f"the cluster rejected this node's key: its leader {leader} holds another "
+                "cluster key; give this node the key of the cluster it joins"
+            ) from exc
+        except (OSError, SessionError) as exc:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"could not check the cluster key with {leader}: {exc}") from exc
+            time.sleep(0.5)
+
+
 def _join(
     join: Sequence[str],
     node_id: int,
@@ -293,21 +320,29 @@ class NodeServer:
         parse_listen_address(address)
         if voters < 1 or standbys < 0:
             raise ValueError("a cluster needs at least one voter, and standbys cannot be negative")
+        if cluster_key is not None and len(cluster_key) < MIN_KEY_SIZE:
+            raise ValueError(f"the cluster key must be at least {MIN_KEY_SIZE} bytes")
         self._join_roles = (voters, standbys)
         self._requested_address = address
         self._address = address
         self.data_dir = Path(data_dir)
         self.data_dir.mkdir(parents=True, exist_ok=True)
+        # Locked and checked before anything reads or changes the directory (datadir.py).
+        self._directory = DataDirectory(self.data_dir, address=address, cluster_key=cluster_key)
         self.join = list(join)
-        self._id = _load_identity(self.data_dir, bootstrap=not self.join)
-        # The Raft log is a replicated node's durable copy: SQLite need not sync
-        # its WAL then; a single node relies on SQLite alone.
-        self.engine = Engine(
-            self.data_dir / "databases",
-            busy_timeout_ms=busy_timeout_ms,
-            synchronous="FULL" if cluster_key is None else "NORMAL",
-            checkpoint_on_close=cluster_key is None,
-        )
+        try:
+            self._id = _load_identity(self.data_dir, bootstrap=not self.join)
+            # The Raft log is a replicated node's durable copy: SQLite need not sync
+            # its WAL then; a single node relies on SQLite alone.
+            self.engine = Engine(
+                self.data_dir / "databases",
+                busy_timeout_ms=busy_timeout_ms,
+                synchronous="FULL" if cluster_key is None else "NORMAL",
+                checkpoint_on_close=cluster_key is None,
+            )
+        except BaseException:
+            self._directory.close()
+            raise
         self._max_message_size = max_message_size
         self._max_connections = max_connections
         self.weight = 0
@@ -339,7 +374,8 @@ class NodeServer:
     def leader(self) -> tuple[int, str]:
         """The leader's id and address, or ``(0, "")`` when none is known."""
         if self.replicated is None:
-            return self._id, self._address
+            # A replicated node that has not started Raft yet knows no leader.
+            return (self._id, self._address) if self.cluster_key is None else (0, "")
         address = self.replicated.replicator.leader_address()
         if not address:
             return 0, ""
@@ -349,7 +385,9 @@ class NodeServer:
 
     def is_leader(self) -> bool:
         """True when this node leads (and, replicated, has caught up)."""
-        return self.replicated is None or self.replicated.is_ready_leader()
+        if self.replicated is None:
+            return self.cluster_key is None
+        return self.replicated.is_ready_leader()
 
     def cluster(self) -> list[NodeInfo]:
         """The members with their roles."""
@@ -371,6 +409,9 @@ class NodeServer:
         """Open a session on database ``name``."""
         if self.replicated is not None:
             return self.replicated.open_session(name)
+        if self.cluster_key is not None:
+            # Still starting: serving the local files alone would be serving as a standalone node.
+            raise GatewayFailure(_NOT_LEADER, "not leader")
         return self.engine.session(name)
 
     def close_session(self, name: str, session: Session) -> None:
@@ -478,6 +519,7 @@ class NodeServer:
             host = self._requested_address.rpartition(":")[0]
             self._address = f"{host}:{sock.getsockname()[1]}"
         self._listener = sock
+        self._directory.record_address(self._address)
         self._accept_thread = threading.Thread(
             target=self._accept_loop, name=f"dqlitepy-accept-{self._address}", daemon=True
         )
@@ -489,6 +531,12 @@ class NodeServer:
     def _start_replication(self) -> None:
         assert self.cluster_key is not None
         key = self.cluster_key
+        directory = self._directory
+        if directory.fresh and self.join:
+            _prove_key(self.join, key, self._id, self._address)
+        if not directory.key_recorded:
+            origin = "upgrade" if not directory.fresh else "join" if self.join else "bootstrap"
+            directory.record_cluster(origin)
         voters, voting = _initial_configuration(self.data_dir, self._address, self.join)
 
         def factory(
@@ -582,6 +630,7 @@ class NodeServer:
                 sock.shutdown(socket.SHUT_RDWR)
         for _, thread in connections:
             thread.join(timeout=10)
+        self._directory.close()
 
     def _accept_loop(self) -> None:
         listener = self._listener

@@ -1,0 +1,285 @@
+"""A node's data directory: one process at a time, one cluster for life (``design.md`` §6).
+
+Two operator mistakes cost clusters their data before this module existed: a
+second node started on a live member's directory deleted its databases before
+it failed on the Raft journal's lock, and a member restarted without the
+cluster key came up as a standalone node on the replicated data, led itself
+and acknowledged writes its cluster never saw.  So, before anything else reads
+or changes the directory:
+
+- :class:`DataDirectory` takes an exclusive ``flock`` on ``LOCK`` and holds it
+  for the life of the node.  The holder writes its pid and address into the
+  file, so that a second process is told whom it collided with.  The lock
+  belongs to the open file, not the process: a second node in the same process
+  is refused too.  The file is never deleted (a process that opened it a
+  moment before the deletion would lock a file nobody else sees).
+- ``cluster.json`` records what the directory belongs to: a replicated
+  cluster, with a fingerprint of its key (HMAC-SHA256 of a fixed label, never
+  the key), or a standalone node.  A replicated directory is never started
+  without its key or with another key; a standalone directory holding
+  databases is never started with a key (its databases are in no Raft log, and
+  replication would rebuild the directory from the log); an empty one may
+  become replicated.  A directory written by a version without the record is
+  replicated if it has a Raft journal (``raft/``); its first keyed start
+  records the key.
+
+A node joining a cluster with a fresh directory also proves, before it asks to
+be added, that the cluster holds the same key (``node.py``'s join, with
+:func:`~dqlitepy.replication.transport.check_cluster_key`); only then is the
+key recorded here.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import hmac
+import json
+import os
+import time
+import uuid
+from pathlib import Path
+from typing import Any, Final
+
+__all__ = [
+    "IDENTITY_FILE",
+    "LOCK_FILE",
+    "ClusterIdentityError",
+    "ClusterKeyRejected",
+    "DataDirectory",
+    "DataDirectoryInUse",
+    "StartupRefused",
+    "key_fingerprint",
+]
+
+LOCK_FILE: Final = "LOCK"
+IDENTITY_FILE: Final = "cluster.json"
+_IDENTITY_VERSION: Final = 1
+_FINGERPRINT_LABEL: Final = b"dqlitepy key fingerprint"
+_FINGERPRINT_BYTES: Final = 16
+_KEY_SOURCES: Final = "--cluster-key-file or DQLITEPY_CLUSTER_KEY"
+_HOLDER_MAX: Final = 4096
+
+
+class StartupRefused(RuntimeError):
+    """The node refuses to start: something the operator gave it is wrong.
+
+    Nothing in the data directory was changed.  The command line exits with
+    status 2 and the message.
+    """
+
+
+class DataDirectoryInUse(StartupRefused):
+    """Another process (or another node of this one) holds the data directory."""
+
+
+class ClusterIdentityError(StartupRefused):
+    """The data directory belongs to another cluster, or to none, than the node was given."""
+
+
+class ClusterKeyRejected(StartupRefused):
+    """The cluster this node was asked to join holds another key than this node."""
+
+
+def key_fingerprint(cluster_key: bytes) -> str:
+    """A short public digest of the cluster key: equal keys give equal fingerprints.
+
+    HMAC-SHA256 keyed by the cluster key over a fixed label, truncated to 16
+    bytes; the key cannot be computed back from it (short of guessing it).
+    """
+    mac = hmac.new(cluster_key, _FINGERPRINT_LABEL, hashlib.sha256).digest()
+    return mac[:_FINGERPRINT_BYTES].hex()
+
+
+def _write_atomically(path: Path, data: bytes) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with tmp.open("wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    # The rename is durable only once the directory itself is synced.
+    fd = os.open(path.parent, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _holder(fd: int) -> tuple[int | None, str | None]:
+    """The pid and address the lock's holder wrote (None for what is missing)."""
+    try:
+        record = json.loads(os.pread(fd, _HOLDER_MAX, 0).decode())
+    except (OSError, ValueError):
+        return None, None  # not written yet (or by something else)
+    if not isinstance(record, dict):
+        return None, None
+    pid, address = record.get("pid"), record.get("address")
+    return (
+        pid if isinstance(pid, int) else None,
+        address if isinstance(address, str) else None,
+    )
+
+
+class DataDirectory:
+    """Holds a node's data directory: its lock, and the record of its cluster.
+
+    Creating one locks the directory and checks that the node may use it with
+    ``cluster_key``; it changes nothing else except writing a standalone
+    node's record.  A replicated node calls :meth:`record_cluster` once it
+    knows its key is the cluster's.  :meth:`close` releases the lock.
+
+    Args:
+        path: the data directory (it must exist).
+        address: the node's address, written into the lock file.
+        cluster_key: the cluster key, or None for a standalone node.
+
+    Raises:
+        DataDirectoryInUse: another node holds the directory.
+        ClusterIdentityError: the directory belongs to a replicated cluster and
+            the key is missing or another one, or it holds a standalone node's
+            databases and a key was given.
+        OSError: the directory or its files cannot be used.
+    """
+
+    def __init__(self, path: Path, *, address: str, cluster_key: bytes | None) -> None:
+        self.path = path
+        self._key = cluster_key
+        self._fd = self._lock(address)
+        try:
+            self._record = self._check()
+        except BaseException:
+            self.close()
+            raise
+
+    # ----------------------------------------------------------------- lock
+
+    def _lock(self, address: str) -> int:
+        fd = os.open(self.path / LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            pid, holder = _holder(fd)
+            os.close(fd)
+            who = "another process" if pid is None else f"process {pid}"
+            where = f" (the node serving on {holder})" if holder else ""
+            raise DataDirectoryInUse(
+                f"data directory {str(self.path.absolute())!r} is in use by {who}{where}; "
+                "stop that node first, or give this one a directory of its own"
+            ) from None
+        except BaseException:
+            os.close(fd)
+            raise
+        try:
+            self._write_holder(fd, address)
+        except BaseException:
+            os.close(fd)  # closing the file releases the lock
+            raise
+        return fd
+
+    @staticmethod
+    def _write_holder(fd: int, address: str) -> None:
+        data = json.dumps({"pid": os.getpid(), "address": address}).encode() + b"\n"
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, data, 0)
+
+    def record_address(self, address: str) -> None:
+        """Write the address the node really serves on (its port, once bound) into the lock."""
+        if self._fd >= 0:
+            self._write_holder(self._fd, address)
+
+    def close(self) -> None:
+        """Release the directory (idempotent)."""
+        fd, self._fd = self._fd, -1
+        if fd >= 0:
+            os.close(fd)
+
+    # --------------------------------------------------------------- identity
+
+    def _read_record(self) -> dict[str, Any] | None:
+        path = self.path / IDENTITY_FILE
+        try:
+            record = json.loads(path.read_bytes())
+        except FileNotFoundError:
+            return None
+        except ValueError as exc:
+            raise ClusterIdentityError(f"unreadable cluster record {str(path)!r}: {exc}") from exc
+        if (
+            not isinstance(record, dict)
+            or record.get("version") != _IDENTITY_VERSION
+            or not isinstance(record.get("replicated"), bool)
+        ):
+            raise ClusterIdentityError(f"unrecognised cluster record {str(path)!r}")
+        return record
+
+    def _has_databases(self) -> bool:
+        return any((self.path / "databases").glob("db-*.sqlite*"))
+
+    def _check(self) -> dict[str, Any] | None:
+        record = self._read_record()
+        # Before the record existed, a Raft journal was what made a directory replicated.
+        replicated = (self.path / "raft").is_dir() if record is None else record["replicated"]
+        where = str(self.path.absolute())
+        if self._key is None:
+            if replicated:
+                raise ClusterIdentityError(
+                    f"data directory {where!r} belongs to a replicated cluster; start the node "
+                    f"with the cluster key ({_KEY_SOURCES}): without it, it would serve the "
+                    "cluster's data alone and acknowledge writes the cluster never sees"
+                )
+            if record is None:
+                record = self._new_record(replicated=False, origin="standalone")
+            return record
+        if replicated:
+            recorded = record.get("key_fingerprint") if record is not None else None
+            if recorded is not None and not hmac.compare_digest(
+                str(recorded), key_fingerprint(self._key)
+            ):
+                raise ClusterIdentityError(
+                    f"the cluster key does not match the one data directory {where!r} was "
+                    f"created with; start the node with its cluster's key ({_KEY_SOURCES})"
+                )
+        elif self._has_databases():
+            raise ClusterIdentityError(
+                f"data directory {where!r} holds a standalone node's databases, which are in "
+                "no Raft log: a replicated node cannot take them over; start it without a "
+                "cluster key, or give the replicated node a new directory"
+            )
+        return record
+
+    def _new_record(self, *, replicated: bool, origin: str) -> dict[str, Any]:
+        record: dict[str, Any] = {
+            "version": _IDENTITY_VERSION,
+            "replicated": replicated,
+            "key_fingerprint": key_fingerprint(self._key) if replicated and self._key else None,
+            # This directory's own id (the cluster's is not known to a joining node yet).
+            "id": uuid.uuid4().hex,
+            "origin": origin,
+            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        }
+        _write_atomically(self.path / IDENTITY_FILE, json.dumps(record, indent=2).encode() + b"\n")
+        return record
+
+    @property
+    def key_recorded(self) -> bool:
+        """True when the directory records the cluster key's fingerprint."""
+        return self._record is not None and self._record.get("key_fingerprint") is not None
+
+    @property
+    def fresh(self) -> bool:
+        """True when the directory has never been part of a cluster (no record, no journal)."""
+        has_journal = (self.path / "raft").is_dir()
+        return not has_journal and (self._record is None or not self._record["replicated"])
+
+    def record_cluster(self, origin: str) -> None:
+        """Record that the directory belongs to the cluster of this node's key.
+
+        Call it once the key is known to be the cluster's: when the node starts
+        a cluster, joins one after checking the key, or restarts an existing
+        member (``origin`` says which, for the operator reading the file).
+        """
+        if self._key is None:
+            raise ValueError("a standalone node has no cluster to record")
+        if self.key_recorded:
+            return
+        self._record = self._new_record(replicated=True, origin=origin)

@@ -1,0 +1,368 @@
+"""Operator mistakes with real ``dqlitepy server`` processes (``design.md`` §6).
+
+A data directory belongs to one process and one cluster: a second process on a
+live directory, a member restarted without its key or with another one, a
+standalone directory given a key, and a node joining with the wrong key are all
+refused at once (exit status 2, one line on stderr), and leave every byte of
+data where it was.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from dqlitepy_server import CLUSTER_KEY, DqlitepyServer, free_port
+
+import dqlitepy
+
+_REPO = Path(__file__).resolve().parent.parent
+OTHER_KEY = "another-cluster-key-fedcba9876543210"
+ROWS = [(i, f"row {i}") for i in range(1, 51)]
+
+
+def _env(key: str | None = None, **extra: str) -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(_REPO) + os.pathsep + env.get("PYTHONPATH", "")
+    env.pop("DQLITEPY_CLUSTER_KEY", None)
+    if key is not None:
+        env["DQLITEPY_CLUSTER_KEY"] = key
+    env.update(extra)
+    return env
+
+
+def _refused(
+    data_dir: Path, *, key: str | None = None, join: str | None = None, within: float = 10.0
+) -> tuple[str, float]:
+    """Run ``dqlitepy server`` on ``data_dir``; it must exit 2 within ``within`` seconds.
+
+    Returns its stderr and how long it ran.
+    """
+    address = f"127.0.0.1:{free_port()}"
+    args = [sys.executable, "-m", "dqlitepy", "server", "-a", address, "-d", str(data_dir)]
+    if join is not None:
+        args += ["-j", join]
+    started = time.monotonic()
+    process = subprocess.Popen(
+        args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env(key)
+    )
+    try:
+        _, err = process.communicate(timeout=within)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        _, err = process.communicate()
+        pytest.fail(f"the node was not refused within {within} s; it served:\n{err}")
+    elapsed = time.monotonic() - started
+    assert process.returncode == 2, (process.returncode, err)
+    assert "Traceback" not in err, err
+    return err, elapsed
+
+
+def _write_rows(address: str) -> None:
+    with dqlitepy.connect("app", servers=[address], timeout=10) as conn:
+        conn.execute("CREATE TABLE t (i INTEGER PRIMARY KEY, s TEXT)")
+        conn.executemany("INSERT INTO t VALUES (?, ?)", ROWS)
+    conn.close()
+
+
+def _read_rows(address: str) -> list[tuple[int, str]]:
+    # A new connection each time: a node whose files were deleted under it
+    # still reads the old ones through the sessions it had open.
+    conn = dqlitepy.connect("app", servers=[address], timeout=10)
+    try:
+        return [tuple(r) for r in conn.execute("SELECT i, s FROM t ORDER BY i")]
+    finally:
+        conn.close()
+
+
+def _database_files(data_dir: Path) -> list[str]:
+    return sorted(p.name for p in (data_dir / "databases").glob("db-*.sqlite*"))
+
+
+def _database_inode(data_dir: Path) -> int:
+    # A live node checkpoints and drops its WAL as it likes: its main file must stay.
+    return (data_dir / "databases" / "db-app.sqlite").stat().st_ino
+
+
+@pytest.fixture
+def node_dir(tmp_path: Path) -> Path:
+    return tmp_path / "node"
+
+
+@pytest.fixture
+def keyed_node(node_dir: Path) -> Iterator[DqlitepyServer]:
+    """A one-member replicated cluster holding ``ROWS`` in database ``app``."""
+    node = DqlitepyServer(node_dir, cluster_key=CLUSTER_KEY)
+    try:
+        node.start(timeout=30)
+        _write_rows(node.address)
+        yield node
+    finally:
+        node.close()
+
+
+# -- a data directory belongs to one process ------------------------------------------------------
+
+
+def test_a_second_server_on_a_live_directory_fails_fast_and_touches_nothing(
+    keyed_node: DqlitepyServer, node_dir: Path
+) -> None:
+    inode = _database_inode(node_dir)
+    assert keyed_node.process is not None
+    err, elapsed = _refused(node_dir, key=CLUSTER_KEY)
+    assert elapsed < 5, elapsed
+    assert len(err.strip().splitlines()) == 1, err
+    assert "in use" in err
+    assert f"process {keyed_node.process.pid}" in err, err
+    assert keyed_node.address in err, err
+    # The first node's database file is still there, and it still serves it.
+    assert _database_inode(node_dir) == inode
+    assert _read_rows(keyed_node.address) == ROWS
+    # Its data survives its own restart too (rebuilt from its intact Raft log).
+    assert keyed_node.stop() == 0
+    keyed_node.start(timeout=30)
+    assert _read_rows(keyed_node.address) == ROWS
+
+
+def test_a_standalone_server_on_a_live_directory_fails_fast(tmp_path: Path) -> None:
+    with DqlitepyServer(tmp_path / "single") as node:
+        _write_rows(node.address)
+        assert node.process is not None
+        err, elapsed = _refused(tmp_path / "single")
+        assert elapsed < 5, elapsed
+        assert f"process {node.process.pid}" in err and node.address in err, err
+        assert _read_rows(node.address) == ROWS
+
+
+# -- a data directory records its cluster ---------------------------------------------------------
+
+
+def test_a_member_restarted_without_its_key_refuses_and_keeps_its_data(
+    keyed_node: DqlitepyServer, node_dir: Path
+) -> None:
+    assert keyed_node.stop() == 0
+    files = _database_files(node_dir)
+    err, _ = _refused(node_dir, key=None)
+    assert "belongs to a replicated cluster" in err and "cluster key" in err, err
+    assert _database_files(node_dir) == files
+    keyed_node.start(timeout=30)
+    assert _read_rows(keyed_node.address) == ROWS
+
+
+def test_a_member_restarted_with_another_key_refuses_and_keeps_its_data(
+    keyed_node: DqlitepyServer, node_dir: Path
+) -> None:
+    assert keyed_node.stop() == 0
+    files = _database_files(node_dir)
+    err, _ = _refused(node_dir, key=OTHER_KEY)
+    assert "does not match" in err, err
+    assert _database_files(node_dir) == files
+    keyed_node.start(timeout=30)
+    assert _read_rows(keyed_node.address) == ROWS
+
+
+def test_a_standalone_directory_with_data_refuses_a_key(tmp_path: Path) -> None:
+    data_dir = tmp_path / "single"
+    node = DqlitepyServer(data_dir)
+    try:
+        node.start()
+        _write_rows(node.address)
+        assert node.stop() == 0
+        files = _database_files(data_dir)
+        err, _ = _refused(data_dir, key=CLUSTER_KEY)
+        assert "standalone" in err, err
+        assert _database_files(data_dir) == files
+        node.start()
+        assert _read_rows(node.address) == ROWS
+    finally:
+        node.close()
+
+
+def test_a_directory_made_before_identity_records_is_taken_as_replicated(
+    keyed_node: DqlitepyServer, node_dir: Path
+) -> None:
+    # What an older version left: a Raft journal and no identity record.
+    assert keyed_node.stop() == 0
+    (node_dir / "cluster.json").unlink()
+    err, _ = _refused(node_dir, key=None)
+    assert "belongs to a replicated cluster" in err, err
+    keyed_node.start(timeout=30)  # the first keyed start records the key
+    assert _read_rows(keyed_node.address) == ROWS
+    assert keyed_node.stop() == 0
+    err, _ = _refused(node_dir, key=OTHER_KEY)
+    assert "does not match" in err, err
+
+
+# -- joining proves the key -----------------------------------------------------------------------
+
+
+def test_a_node_with_the_wrong_key_is_never_added_and_exits(
+    keyed_node: DqlitepyServer, tmp_path: Path
+) -> None:
+    address = f"127.0.0.1:{free_port()}"
+    args = [sys.executable, "-m", "dqlitepy", "server", "-a", address, "-d", str(tmp_path / "j")]
+    args += ["-j", keyed_node.address]
+    started = time.monotonic()
+    joiner = subprocess.Popen(
+        args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env(OTHER_KEY)
+    )
+    listed = False
+    try:
+        with dqlitepy.Client([keyed_node.address], timeout=5) as client:
+            while joiner.poll() is None and time.monotonic() - started < 10:
+                listed = listed or address in {n.address for n in client.cluster()}
+                time.sleep(0.05)
+            assert joiner.poll() is not None, "the joiner did not exit within 10 s"
+            listed = listed or address in {n.address for n in client.cluster()}
+    finally:
+        if joiner.poll() is None:
+            joiner.kill()
+        _, err = joiner.communicate()
+    assert not listed, "the cluster listed a node holding the wrong key"
+    assert joiner.returncode == 2, (joiner.returncode, err)
+    assert "the cluster rejected this node's key" in err, err
+    assert "Traceback" not in err, err
+    # The cluster is unharmed: still one voter, still committing.
+    assert _read_rows(keyed_node.address) == ROWS
+    with dqlitepy.connect("app", servers=[keyed_node.address], timeout=10) as conn:
+        conn.execute("INSERT INTO t VALUES (100, 'after')")
+    conn.close()
+
+
+def test_a_node_with_the_right_key_still_joins(keyed_node: DqlitepyServer, tmp_path: Path) -> None:
+    with DqlitepyServer(
+        tmp_path / "joiner", cluster_key=CLUSTER_KEY, join=[keyed_node.address]
+    ) as joiner:
+        deadline = time.monotonic() + 30
+        with dqlitepy.Client([keyed_node.address], timeout=5) as client:
+            while joiner.address not in {n.address for n in client.cluster()}:
+                assert time.monotonic() < deadline, "the joiner was not added"
+                time.sleep(0.1)
+        assert _read_rows(joiner.address) == ROWS
+
+
+# -- the embedded node ----------------------------------------------------------------------------
+
+_HOLDER = textwrap.dedent(
+    """
+    import sys
+    import dqlitepy
+    with dqlitepy.connect("app.db") as conn:
+        conn.execute("CREATE TABLE t (x)")
+        conn.execute("INSERT INTO t VALUES (1), (2)")
+    conn.close()
+    print("ready", flush=True)
+    sys.stdin.readline()
+    conn = dqlitepy.connect("app.db")
+    print(conn.execute("SELECT count(*) FROM t").fetchone()[0], flush=True)
+    conn.close()
+    """
+)
+
+_SECOND = textwrap.dedent(
+    """
+    import dqlitepy
+    try:
+        dqlitepy.connect("app.db")
+    except dqlitepy.OperationalError as exc:
+        print(f"refused: {exc}")
+    else:
+        print("opened")
+    """
+)
+
+
+def test_the_embedded_node_locks_its_directory(tmp_path: Path) -> None:
+    env = _env(DQLITEPY_DATA_DIR=str(tmp_path / "embedded"))
+    env.pop("DQLITEPY_SERVERS", None)
+    holder = subprocess.Popen(
+        [sys.executable, "-c", _HOLDER],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+    )
+    try:
+        assert holder.stdout is not None and holder.stdin is not None
+        assert holder.stdout.readline().strip() == "ready"
+        second = subprocess.run(
+            [sys.executable, "-c", _SECOND],
+            capture_output=True,
+            text=True,
+            env=env,
+            cwd=tmp_path,
+            timeout=30,
+            check=False,
+        )
+        assert second.stdout.startswith("refused: "), (second.stdout, second.stderr)
+        assert f"process {holder.pid}" in second.stdout
+        holder.stdin.write("\n")
+        holder.stdin.flush()
+        assert holder.stdout.readline().strip() == "2"
+        assert holder.wait(timeout=30) == 0
+    finally:
+        if holder.poll() is None:
+            holder.kill()
+        holder.communicate()
+
+
+def test_a_node_in_this_process_locks_its_directory_until_closed(tmp_path: Path) -> None:
+    first = dqlitepy.Node(f"@dqlitepy-lock-{os.getpid()}-1", tmp_path / "dir").start()
+    try:
+        with pytest.raises(RuntimeError, match=f"in use by process {os.getpid()}") as info:
+            dqlitepy.Node(f"@dqlitepy-lock-{os.getpid()}-2", tmp_path / "dir")
+        from dqlitepy.node import StartupRefused
+
+        assert isinstance(info.value, StartupRefused)
+        assert first.address in str(info.value)
+    finally:
+        first.close()
+    with dqlitepy.Node(f"@dqlitepy-lock-{os.getpid()}-3", tmp_path / "dir") as again:
+        with again.connect("x") as conn:
+            conn.execute("CREATE TABLE IF NOT EXISTS t (x)")
+        conn.close()
+
+
+# -- the record, in process ------------------------------------------------------------------------
+
+
+def test_the_record_holds_a_fingerprint_never_the_key(tmp_path: Path) -> None:
+    from dqlitepy.server.datadir import DataDirectory, key_fingerprint
+
+    key = CLUSTER_KEY.encode()
+    directory = DataDirectory(tmp_path, address="127.0.0.1:1", cluster_key=key)
+    try:
+        assert directory.fresh and not directory.key_recorded
+        directory.record_cluster("bootstrap")
+        assert directory.key_recorded
+    finally:
+        directory.close()
+    raw = (tmp_path / "cluster.json").read_bytes()
+    assert key not in raw and key.hex().encode() not in raw
+    assert key_fingerprint(key).encode() in raw
+    assert key_fingerprint(key) != key_fingerprint(OTHER_KEY.encode())
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["LOCK", "cluster.json"]
+
+
+def test_an_empty_standalone_directory_may_become_replicated(tmp_path: Path) -> None:
+    from dqlitepy.server.datadir import ClusterIdentityError, DataDirectory
+
+    DataDirectory(tmp_path, address="127.0.0.1:1", cluster_key=None).close()
+    directory = DataDirectory(tmp_path, address="127.0.0.1:1", cluster_key=CLUSTER_KEY.encode())
+    try:
+        assert directory.fresh
+        directory.record_cluster("join")
+    finally:
+        directory.close()
+    with pytest.raises(ClusterIdentityError, match="belongs to a replicated cluster"):
+        DataDirectory(tmp_path, address="127.0.0.1:1", cluster_key=None)
+    # Refused without a trace: the lock was released.
+    DataDirectory(tmp_path, address="127.0.0.1:1", cluster_key=CLUSTER_KEY.encode()).close()

@@ -111,3 +111,43 @@ def test_a_commit_raft_never_accepted_leaves_no_trace(cluster: DqlitepyCluster) 
         _make_leader(cluster, node.address)
         assert _rows(node.address, "p") == [("committed",)]
         assert _rows(node.address, "t") == [("after",)]
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_a_resumed_old_leader_serves_no_stale_read(cluster: DqlitepyCluster) -> None:
+    """Jepsen's probe: pause the leader, write elsewhere, resume it, read through it."""
+    setup = dqlitepy.connect("app", servers=cluster.addresses, isolation_level=None)
+    try:
+        setup.execute("CREATE TABLE r (k INTEGER PRIMARY KEY, v INTEGER)")
+        setup.execute("INSERT INTO r VALUES (1, 0)")
+    finally:
+        setup.close()
+    outcomes: list[str] = []
+    for value in range(1, 6):
+        old = cluster.node(cluster.leader())
+        # A client already connected to the old leader, its session open.
+        reader = dqlitepy.connect("app", servers=[old.address], isolation_level=None, timeout=5)
+        try:
+            assert reader.execute("SELECT v FROM r WHERE k = 1").fetchone() == (value - 1,)
+            _signal(old, signal.SIGSTOP)
+            try:
+                others = [n.address for n in cluster.nodes if n is not old]
+                _leader_among(others)
+                writer = dqlitepy.connect("app", servers=others, isolation_level=None, timeout=10)
+                try:
+                    writer.execute("UPDATE r SET v = ? WHERE k = 1", (value,))
+                finally:
+                    writer.close()
+            finally:
+                _signal(old, signal.SIGCONT)
+            try:
+                row = reader.execute("SELECT v FROM r WHERE k = 1").fetchone()
+            except dqlitepy.OperationalError as exc:
+                outcomes.append(f"refused: {exc}")
+            else:
+                assert row == (value,), f"round {value}: stale read {row} from {old.address}"
+                outcomes.append("current")
+        finally:
+            reader.close()
+    print(outcomes)

@@ -112,6 +112,11 @@ DEFAULT_REQUEST_TIMEOUT = 60.0
 
 _SQLITE_BUSY = 5
 _SQLITE_ERROR = 1
+# A URL scheme (RFC 3986 §3.1) followed by "//".  Two characters at least, so
+# that a Windows drive ("c://x") stays a file name.
+_URL_SCHEME = re.compile(r"([A-Za-z][A-Za-z0-9+.-]+)://")
+# The dqlite scheme and its colon or slashes: a dqlite URL, however mistyped.
+_DQLITE_SCHEME = re.compile(r"dqlite(?::|//)", re.IGNORECASE)
 _INT64_MIN = -(1 << 63)
 _INT64_MAX = (1 << 63) - 1
 _ROLLBACK_TO = re.compile(r"ROLLBACK\s+(?:TRANSACTION\s+)?TO\b", re.IGNORECASE)
@@ -175,18 +180,50 @@ def complete_statement(statement: str) -> bool:
     return is_complete(statement)
 
 
+def _is_url(name: str) -> bool:
+    """True if the database name ``name`` is meant as a URL, not as a name.
+
+    ``sqlite3`` takes any string as a file name, so only what no one means as
+    one counts: a name that starts with the dqlite scheme and its colon or
+    slashes (``dqlite:...``, ``dqlite//...``: a dqlite URL, maybe mistyped),
+    or with any other scheme of two characters or more and ``://`` (a URL for
+    something else, such as SQLAlchemy's ``sqlite+dqlitepy://``).  ``file:``
+    names are left to ``sqlite3``'s rules (a URI with ``uri=True``, else a
+    name); ``app.db``, ``dir/app.db``, ``app.db:v2`` and ``:memory:`` are names.
+    """
+    if _DQLITE_SCHEME.match(name):
+        return True
+    match = _URL_SCHEME.match(name)
+    return match is not None and match.group(1).lower() != "file"
+
+
 def parse_url(url: str) -> tuple[list[str], str]:
     """Split ``dqlite://h1:p1,h2:p2/db`` into the server list and the database name.
 
+    The scheme is case-insensitive (RFC 3986); the database name is
+    percent-decoded and a query string is ignored.
+
     Raises:
-        ProgrammingError: the URL has no servers or no database.
+        ProgrammingError: ``url`` is not a dqlite URL, or has no servers, an
+            invalid server address or no database.
     """
-    rest = url[len("dqlite://") :]
+    scheme, sep, rest = url.partition("://")
+    if scheme.lower() != "dqlite" or not sep:
+        raise ProgrammingError(
+            f"invalid dqlite URL {url!r}: expected dqlite://host:port,.../database"
+        )
     hosts, sep, database = rest.partition("/")
     database = unquote(database.partition("?")[0])
     servers = [h for h in hosts.split(",") if h]
     if not sep or not database or not servers:
-        raise ProgrammingError(f"invalid dqlite URL {url!r}: expected dqlite://host:port,.../db")
+        raise ProgrammingError(
+            f"invalid dqlite URL {url!r}: expected dqlite://host:port,.../database"
+        )
+    for address in servers:
+        try:
+            parse_address(address)
+        except ValueError as exc:
+            raise ProgrammingError(f"invalid dqlite URL {url!r}: {exc}") from None
     return servers, database
 
 
@@ -262,7 +299,8 @@ class Connection:
             )
         level = self._check_isolation_level(isolation_level)
         name = os.fsdecode(database) if isinstance(database, bytes) else os.fspath(database)
-        if name.startswith("dqlite://"):
+        # A path object names a file (and cannot hold "//"): only strings are URLs.
+        if isinstance(database, str | bytes) and _is_url(name):
             url_servers, name = parse_url(name)
             if servers is None:
                 servers = url_servers

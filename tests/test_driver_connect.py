@@ -5,11 +5,13 @@ from __future__ import annotations
 import contextlib
 import os
 import socket
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from dqlitepy_server import DqlitepyServer
 
 import dqlitepy
 from dqlitepy.client import dbapi
@@ -218,6 +220,32 @@ def test_unreachable_servers_fail_within_leader_timeout(blackhole: str, db_name:
     elapsed = time.monotonic() - started
     assert isinstance(info.value, dqlitepy.NoLeaderError)
     assert 0.9 <= elapsed < 3.0, elapsed
+
+
+def test_every_server_refusing_fails_within_timeout(db_name: str) -> None:
+    refused = [f"127.0.0.1:{_unused_port()}" for _ in range(3)]
+    started = time.monotonic()
+    with pytest.raises(dqlitepy.NoLeaderError) as info:
+        # leader_timeout keeps its 30 s default: with nobody listening, `timeout` decides.
+        dqlitepy.connect(db_name, servers=refused, timeout=1.0)
+    elapsed = time.monotonic() - started
+    assert 0.9 <= elapsed < 2.0, elapsed
+    assert "refused" in str(info.value)
+    assert info.value.outcome == "not run"
+
+
+def test_a_server_that_starts_within_timeout_is_found(db_name: str) -> None:
+    # Refusals alone end the search only after `timeout`: a node that comes up (a restart)
+    # before then is still found.
+    node = DqlitepyServer()
+    starter = threading.Timer(0.5, node.start)
+    starter.start()
+    try:
+        with closing_conn(dqlitepy.connect(db_name, servers=[node.address], timeout=30)) as conn:
+            assert conn.execute("SELECT 1").fetchone() == (1,)
+    finally:
+        starter.join()
+        node.close()
 
 
 # -- leader discovery ----------------------------------------------------------------------------

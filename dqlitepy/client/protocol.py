@@ -9,7 +9,9 @@ because only a request that provably did not reach the server may be retried
 
 :func:`find_leader` follows go-dqlite's connector (``protocol.md`` §5.2): ask any
 node for the leader, dial the leader, check it names itself, register with
-CLIENT.  Each attempt has its own timeout so one dead node cannot eat the budget.
+CLIENT.  Each attempt has its own timeout so one dead node cannot eat the budget,
+and a search in which every node refuses the connection ends early
+(``refused_timeout``): nothing is listening, so no election is about to end.
 """
 
 from __future__ import annotations
@@ -307,10 +309,32 @@ def _ask_leader(address: str, timeout: float) -> tuple[Protocol, ServerResponse]
     return proto, proto.call(LeaderRequest(), ServerResponse, timeout)
 
 
+class _Refused(ConnectionLostError):
+    """The node asked first refused the connection (nothing listens there)."""
+
+
+def _refused(exc: ConnectionLostError) -> bool:
+    # A dial that failed at once (ECONNREFUSED, an unknown host, a missing
+    # socket) rather than timing out, which a frozen or far-away node does.
+    cause = exc.__cause__
+    return (
+        not exc.request_sent and isinstance(cause, OSError) and not isinstance(cause, TimeoutError)
+    )
+
+
 def _try_node(address: str, attempt_timeout: float) -> Protocol | None:
-    """One attempt through one node: a Protocol to the leader, or None."""
+    """One attempt through one node: a Protocol to the leader, or None.
+
+    Raises:
+        _Refused: ``address`` refused the connection.
+    """
     deadline = time.monotonic() + attempt_timeout
-    proto, leader = _ask_leader(address, attempt_timeout)
+    try:
+        proto, leader = _ask_leader(address, attempt_timeout)
+    except ConnectionLostError as exc:
+        if _refused(exc):
+            raise _Refused(str(exc), request_sent=False) from exc
+        raise
     if leader.address != address:
         proto.close()
         if not leader.address:
@@ -338,6 +362,7 @@ def find_leader(
     attempt_timeout: float,
     total_timeout: float,
     preferred: Iterable[str] = (),
+    refused_timeout: float | None = None,
 ) -> Protocol:
     """Return a connection to the current leader, registered with CLIENT.
 
@@ -348,14 +373,22 @@ def find_leader(
             backoff (100 ms, doubling, capped at 250 ms: an election takes about
             a second, and a lower cap finds its winner sooner) until it runs out.
         preferred: addresses tried first (e.g. the last known leader).
+        refused_timeout: give up sooner when every node has refused the
+            connection for this long (None: never sooner).  A node that accepts
+            it, even one that knows no leader yet, lets the search go on until
+            ``total_timeout``: an election ends, a cluster that is down does not.
 
     Raises:
-        NoLeaderError: no leader could be found within ``total_timeout``.
+        NoLeaderError: no leader could be found within ``total_timeout``, or
+            every node refused the connection for ``refused_timeout``.
     """
     order = list(dict.fromkeys([*preferred, *servers]))
     if not order:
         raise NoLeaderError("no dqlite servers to connect to")
-    deadline = time.monotonic() + total_timeout
+    started = time.monotonic()
+    deadline = started + total_timeout
+    # When a node last accepted a connection; the search began as if one had.
+    last_accepted = started
     delay = 0.1
     errors: dict[str, str] = {}
     while True:
@@ -365,16 +398,32 @@ def find_leader(
                 break
             try:
                 proto = _try_node(address, min(attempt_timeout, left))
-            except (OperationalError, ProtocolError, OSError) as exc:
+            except _Refused as exc:
                 errors[address] = str(exc)
                 log.debug("leader discovery through %s failed: %s", address, exc)
                 continue
+            except (OperationalError, ProtocolError, OSError) as exc:
+                last_accepted = time.monotonic()
+                errors[address] = str(exc)
+                log.debug("leader discovery through %s failed: %s", address, exc)
+                continue
+            last_accepted = time.monotonic()
             if proto is not None:
                 return proto
             errors[address] = "no leader known"
-        left = deadline - time.monotonic()
+        now = time.monotonic()
+        left = deadline - now
+        detail = "; ".join(f"{a}: {e}" for a, e in errors.items())
         if left <= 0:
-            detail = "; ".join(f"{a}: {e}" for a, e in errors.items())
             raise NoLeaderError(f"no leader found within {total_timeout:g}s ({detail})")
-        time.sleep(min(delay, left))
+        pause = min(delay, left)
+        if refused_timeout is not None:
+            refused_left = last_accepted + refused_timeout - now
+            if refused_left <= 0:
+                raise NoLeaderError(
+                    f"no dqlite server accepted a connection within {refused_timeout:g}s; "
+                    f"every one refused it ({detail})"
+                )
+            pause = min(pause, refused_left)
+        time.sleep(pause)
         delay = min(delay * 2, _MAX_DISCOVERY_DELAY)

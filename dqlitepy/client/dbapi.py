@@ -39,6 +39,7 @@ from typing import Any, Final, TypeVar
 from urllib.parse import unquote
 
 from ..wire import (
+    DEFAULT_MAX_MESSAGE_SIZE,
     OPEN_BUSY_TIMEOUT_SHIFT,
     DbResponse,
     EmptyResponse,
@@ -300,6 +301,7 @@ class Connection:
         leader_timeout: float = DEFAULT_LEADER_TIMEOUT,
         attempt_timeout: float = DEFAULT_ATTEMPT_TIMEOUT,
         request_timeout: float | None = DEFAULT_REQUEST_TIMEOUT,
+        max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
     ) -> None:
         if self._initialized:
             # As in sqlite3, calling __init__ again closes the connection and opens
@@ -340,6 +342,7 @@ class Connection:
                 leader_timeout,
                 attempt_timeout,
                 request_timeout,
+                max_message_size,
             )
             self._autocommit: bool | int = autocommit
             self._isolation_level: str | None = level
@@ -365,6 +368,7 @@ class Connection:
         leader_timeout: float,
         attempt_timeout: float,
         request_timeout: float | None,
+        max_message_size: int,
     ) -> None:
         if not servers:
             raise OperationalError(
@@ -388,6 +392,7 @@ class Connection:
         self._leader_timeout = float(leader_timeout)
         self._attempt_timeout = float(attempt_timeout)
         self._request_timeout = request_timeout
+        self._max_message_size = operator.index(max_message_size)
         self._detect_types = int(detect_types)
         self._check_same_thread = bool(check_same_thread)
         self._thread_ident = threading.get_ident()
@@ -543,6 +548,7 @@ class Connection:
 
     def _open_session(self, proto: Protocol) -> None:
         """Open the database in a new server session and apply this connection's settings."""
+        proto.max_request_size = self._max_message_size
         flags = (int(self._timeout * 1000) + 1) << OPEN_BUSY_TIMEOUT_SHIFT
         proto.call(OpenRequest(self._database, flags), DbResponse, self._request_timeout)
         # A new server session: limits set earlier apply to it too.
@@ -1685,6 +1691,7 @@ def connect(
     leader_timeout: float = DEFAULT_LEADER_TIMEOUT,
     attempt_timeout: float = DEFAULT_ATTEMPT_TIMEOUT,
     request_timeout: float | None = DEFAULT_REQUEST_TIMEOUT,
+    max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
 ) -> Connection:
     """Open a connection to a database of a dqlite cluster.
 
@@ -1706,6 +1713,9 @@ def connect(
         attempt_timeout: the budget of one attempt through one node.
         request_timeout: the longest one request may wait for its response
             (None: no limit).
+        max_message_size: the largest request body sent; a statement or value
+            that would make a bigger one raises ``DataError`` before anything is
+            sent (a dqlitepy server refuses messages over 64 MiB by default).
 
     Raises:
         ProgrammingError: ``database`` is a URL that is not a valid dqlite URL,
@@ -1729,4 +1739,5 @@ def connect(
         leader_timeout=leader_timeout,
         attempt_timeout=attempt_timeout,
         request_timeout=request_timeout,
+        max_message_size=max_message_size,
     )

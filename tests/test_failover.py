@@ -160,6 +160,76 @@ def test_not_leader_refusals_are_retried_not_shown(
         conn.close()
 
 
+CHURN_SECONDS = 8.0
+
+
+def test_leadership_churn_shows_only_errors_of_unknown_outcome() -> None:
+    """Leadership moves every fraction of a second while clients connect and write: what
+    reaches them is never a not-leader refusal (those did not run and are retried), only
+    errors that say what became of the request."""
+    with DqlitepyCluster.formed() as cluster:
+        stop = threading.Event()
+        seen: list[dqlitepy.Error] = []
+        writes = [0]
+        moves = [0]
+
+        def churn() -> None:
+            while not stop.wait(0.2):
+                try:
+                    with dqlitepy.Client(cluster.addresses, timeout=2) as admin:
+                        leader = admin.leader()
+                        members = admin.cluster()
+                        others = [m for m in members if leader and m.address != leader.address]
+                        if others:  # else an election is under way: it moves by itself
+                            admin.transfer(others[moves[0] % len(others)].id)
+                            moves[0] += 1
+                except dqlitepy.Error as exc:
+                    # A move can fail (an election under way, a slow transfer): try the next.
+                    print("churn:", repr(exc))
+
+        def worker(name: str) -> None:
+            n = 0
+            while not stop.is_set():
+                try:
+                    conn = dqlitepy.connect(
+                        "churn",
+                        servers=cluster.addresses,
+                        isolation_level=None,
+                        attempt_timeout=1.0,
+                        leader_timeout=10.0,
+                        request_timeout=5.0,
+                    )
+                    try:
+                        for _ in range(5):
+                            conn.execute("INSERT INTO t VALUES (?)", (f"{name}-{n}",))
+                            n += 1
+                            writes[0] += 1
+                    finally:
+                        conn.close()
+                except dqlitepy.Error as exc:
+                    seen.append(exc)
+
+        with dqlitepy.connect("churn", servers=cluster.addresses) as setup:
+            setup.execute("CREATE TABLE t (v TEXT)")
+        setup.close()
+        threads = [threading.Thread(target=churn)]
+        threads += [threading.Thread(target=worker, args=(f"w{i}",)) for i in range(2)]
+        for thread in threads:
+            thread.start()
+        time.sleep(CHURN_SECONDS)
+        stop.set()
+        for thread in threads:
+            thread.join(30)
+        print(f"{moves[0]} leadership moves, {writes[0]} writes, errors: {seen}")
+        assert moves[0] >= 2
+        assert writes[0] > 0
+        assert not [e for e in seen if isinstance(e, dqlitepy.NotLeaderError)]
+        for exc in seen:
+            assert isinstance(exc, dqlitepy.ConnectionLostError | dqlitepy.LeadershipLostError), exc
+            assert exc.outcome == "unknown", exc
+            assert "the outcome of the statement is unknown" in str(exc), exc
+
+
 def test_commit_lost_with_the_leader_has_unknown_outcome() -> None:
     with DqlitepyCluster.formed() as cluster:
         conn = dqlitepy.connect(

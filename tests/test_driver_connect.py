@@ -5,11 +5,13 @@ from __future__ import annotations
 import contextlib
 import os
 import socket
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from dqlitepy_server import DqlitepyServer
 
 import dqlitepy
 from dqlitepy.client import dbapi
@@ -136,13 +138,57 @@ def test_factory_subclass(connect: Connect) -> None:
         "dqlite://,/db",
         "dqlite://no-port-here/db",
         "dqlite://127.0.0.1:notaport/db",
+        # A dqlite URL with a slash or the colon missing used to become an embedded database
+        # named after the URL.
+        "dqlite:/127.0.0.1:9001/app.db",
+        "dqlite//127.0.0.1:9001/app.db",
+        "dqlite:127.0.0.1:9001/app.db",
+        "dqlite:",
+        "DQLITE:/127.0.0.1:9001/app.db",
+        # Other URLs are no database names either (the second is SQLAlchemy's form).
+        "http://127.0.0.1:9001/app.db",
+        "sqlite+dqlitepy://127.0.0.1:9001/app.db",
     ],
 )
-def test_bad_url_is_programming_error(url: str) -> None:
+def test_bad_url_is_programming_error(
+    url: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    # Without servers configured, a name that is not refused goes to the embedded node: keep
+    # whatever it would create out of the working tree.
+    monkeypatch.delenv("DQLITEPY_SERVERS", raising=False)
+    monkeypatch.setenv("DQLITEPY_DATA_DIR", str(tmp_path))
     started = time.monotonic()
-    with pytest.raises(dqlitepy.ProgrammingError):
+    with pytest.raises(dqlitepy.ProgrammingError) as info:
         dqlitepy.connect(url, leader_timeout=10)
     assert time.monotonic() - started < 1.0  # refused at once, not after leader_timeout
+    assert repr(url) in str(info.value)
+
+
+def test_url_scheme_is_case_insensitive(servers: list[str], db_name: str) -> None:
+    with closing_conn(dqlitepy.connect("DQLITE://" + ",".join(servers) + "/" + db_name)) as conn:
+        assert conn.execute("SELECT 1").fetchone() == (1,)
+
+
+@pytest.mark.parametrize(
+    "form",
+    [
+        "{}.db",
+        "dir/{}.db",
+        "{}.db:v2",  # a colon late in the name is no scheme
+        "c:/{}.db",  # nor is a drive letter
+        "file:{}.db",  # without uri=True, sqlite3 takes this as a file name too
+    ],
+)
+def test_names_that_are_no_urls_stay_database_names(
+    connect: Connect, db_name: str, form: str, request: pytest.FixtureRequest
+) -> None:
+    if request.node.callspec.params["servers"] == "dqlite" and ("/" in form or "file:" in form):
+        # The driver passes such a name on unchanged; C dqlite then takes a slash as a path
+        # and "file:" as an SQLite URI (it opens with SQLITE_OPEN_URI).
+        pytest.skip("C dqlite gives slashes and colons in names a meaning of its own")
+    name = form.format(db_name)
+    connect(name).execute("CREATE TABLE t (x)")
+    assert connect(name).execute("SELECT name FROM sqlite_master").fetchall() == [("t",)]
 
 
 def test_bad_server_address_is_programming_error(db_name: str) -> None:
@@ -174,6 +220,32 @@ def test_unreachable_servers_fail_within_leader_timeout(blackhole: str, db_name:
     elapsed = time.monotonic() - started
     assert isinstance(info.value, dqlitepy.NoLeaderError)
     assert 0.9 <= elapsed < 3.0, elapsed
+
+
+def test_every_server_refusing_fails_within_timeout(db_name: str) -> None:
+    refused = [f"127.0.0.1:{_unused_port()}" for _ in range(3)]
+    started = time.monotonic()
+    with pytest.raises(dqlitepy.NoLeaderError) as info:
+        # leader_timeout keeps its 30 s default: with nobody listening, `timeout` decides.
+        dqlitepy.connect(db_name, servers=refused, timeout=1.0)
+    elapsed = time.monotonic() - started
+    assert 0.9 <= elapsed < 2.0, elapsed
+    assert "refused" in str(info.value)
+    assert info.value.outcome == "not run"
+
+
+def test_a_server_that_starts_within_timeout_is_found(db_name: str) -> None:
+    # Refusals alone end the search only after `timeout`: a node that comes up (a restart)
+    # before then is still found.
+    node = DqlitepyServer()
+    starter = threading.Timer(0.5, node.start)
+    starter.start()
+    try:
+        with closing_conn(dqlitepy.connect(db_name, servers=[node.address], timeout=30)) as conn:
+            assert conn.execute("SELECT 1").fetchone() == (1,)
+    finally:
+        starter.join()
+        node.close()
 
 
 # -- leader discovery ----------------------------------------------------------------------------

@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 import dqlitepy
+from dqlitepy.wire import DEFAULT_MAX_MESSAGE_SIZE
 
 pytestmark = pytest.mark.dqlite
 
@@ -138,6 +139,46 @@ def test_errors_are_catchable_as_sqlite3_user_code_does(connect: Connect) -> Non
             conn.execute(sql)
         with pytest.raises(conn.Error):
             conn.execute(sql)
+
+
+# -- messages over the size limit ----------------------------------------------------------------
+
+LIMIT = DEFAULT_MAX_MESSAGE_SIZE
+
+
+def test_value_over_the_message_limit_is_refused_before_sending(connect: Connect) -> None:
+    conn = connect()
+    conn.execute("CREATE TABLE t (x)")
+    conn.execute("INSERT INTO t VALUES (1)")  # opens a transaction, which must survive
+    for value in (b"\0" * (LIMIT + 1), "x" * (LIMIT + 1)):
+        # As sqlite3 refuses a value over SQLITE_LIMIT_LENGTH: DataError, SQLITE_TOOBIG.
+        with pytest.raises(dqlitepy.DataError) as info:
+            conn.execute("INSERT INTO t VALUES (?)", (value,))
+        assert info.value.sqlite_errorcode == 18
+        assert info.value.sqlite_errorname == "SQLITE_TOOBIG"
+        assert str(info.value).startswith("string or blob too big")
+        assert "64 MiB" in str(info.value)
+        with pytest.raises(dqlitepy.DataError):
+            conn.executemany("INSERT INTO t VALUES (?)", [(2,), (value,)])
+        assert conn.in_transaction
+    with pytest.raises(dqlitepy.DataError) as info:
+        conn.execute("SELECT '" + "x" * LIMIT + "'")
+    assert str(info.value).startswith("query string is too large")
+    # Nothing was sent: the connection and its transaction go on.
+    assert conn.in_transaction
+    conn.execute("INSERT INTO t VALUES (3)")
+    conn.commit()
+    # executemany() ran its first set each time, as sqlite3 does before a failing one.
+    assert conn.execute("SELECT x FROM t ORDER BY x").fetchall() == [(1,), (2,), (2,), (3,)]
+
+
+def test_message_limit_is_a_connect_argument(connect: Connect) -> None:
+    conn = connect(isolation_level=None, max_message_size=4096)
+    conn.execute("CREATE TABLE t (x)")
+    conn.execute("INSERT INTO t VALUES (?)", (b"x" * 3000,))
+    with pytest.raises(dqlitepy.DataError, match="4096 bytes"):
+        conn.execute("INSERT INTO t VALUES (?)", (b"x" * 5000,))
+    assert conn.execute("SELECT length(x) FROM t").fetchall() == [(3000,)]
 
 
 # -- module surface ------------------------------------------------------------------------------

@@ -2,19 +2,24 @@
 
 design.md §1: after a leader change the *next* call finds the new leader; only what provably
 did not run is retried; a write whose outcome is unknown raises OperationalError and is never
-re-sent; an open transaction does not survive the change.
+re-sent; an open transaction does not survive the change.  Errors say truthfully what became
+of the request (``outcome``: unknown, rolled back or not run).
 """
 
 from __future__ import annotations
 
+import signal
+import threading
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
 from dqlite_cluster import DqliteDemoCluster
+from dqlitepy_server import DqlitepyCluster
 
 import dqlitepy
+from dqlitepy.client import dbapi, protocol
 
 pytestmark = [pytest.mark.dqlite, pytest.mark.slow]
 
@@ -55,6 +60,213 @@ def _count(conn: dqlitepy.Connection, sql: str = "SELECT count(*) FROM t") -> in
     (n,) = conn.execute(sql).fetchone()
     assert isinstance(n, int)
     return n
+
+
+def _move_leadership(addresses: list[str], away_from: str, timeout: float = 20.0) -> str:
+    """Hand leadership from ``away_from`` to another voter; return the new leader's address
+    once ``away_from`` itself names it."""
+    with dqlitepy.Client(addresses, timeout=timeout) as admin:
+        target = next(
+            m
+            for m in admin.cluster()
+            if m.address != away_from and m.role == dqlitepy.NodeRole.VOTER
+        )
+        admin.transfer(target.id)
+    deadline = time.monotonic() + timeout
+    while True:
+        with dqlitepy.Client([away_from], timeout=2) as old:
+            leader = old.leader()
+        if leader is not None and leader.address != away_from:
+            return leader.address
+        assert time.monotonic() < deadline, f"{away_from} still leads"
+        time.sleep(0.05)
+
+
+class _DeposingDiscovery:
+    """The driver's leader discovery, except that the next ``pending`` leaders it finds are
+    deposed (leadership handed to another voter) before the driver's next request reaches
+    them: a real server then refuses that request (OPEN, or the first statement) as not
+    leader, deterministically."""
+
+    def __init__(self, addresses: list[str]) -> None:
+        self.addresses = addresses
+        self.pending = 0
+        self.deposed: list[str] = []
+
+    def __call__(self, servers: list[str], **kwargs: Any) -> protocol.Protocol:
+        proto = protocol.find_leader(servers, **kwargs)
+        if self.pending > 0:
+            self.pending -= 1
+            _move_leadership(self.addresses, proto.address)
+            self.deposed.append(proto.address)
+        return proto
+
+
+@pytest.fixture(params=["dqlite", "dqlitepy-cluster"])
+def any_cluster(request: pytest.FixtureRequest) -> Iterator[list[str]]:
+    """The addresses of a fresh 3-voter cluster of C dqlite or of dqlitepy processes."""
+    if request.param == "dqlite":
+        demo: DqliteDemoCluster = request.getfixturevalue("fresh_dqlite_cluster")
+        yield list(demo.addresses)
+        return
+    with DqlitepyCluster.formed() as cluster:
+        yield cluster.addresses
+
+
+def test_not_leader_refusals_are_retried_not_shown(
+    any_cluster: list[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    discovery = _DeposingDiscovery(any_cluster)
+    monkeypatch.setattr(dbapi, "find_leader", discovery)
+
+    # connect(): the leader found is deposed before OPEN (dqlitepy refuses OPEN; C dqlite
+    # opens, then refuses the first statement).  connect() succeeds all the same.
+    discovery.pending = 1
+    conn = dqlitepy.connect(
+        "failover", servers=any_cluster, isolation_level=None, attempt_timeout=1.0
+    )
+    try:
+        conn.execute("CREATE TABLE t (x)")
+        assert len(discovery.deposed) == 1
+
+        # Leadership moves while the connection is idle, and once more right after the
+        # reconnection found the next leader: the statement is refused, then OPEN (or the
+        # statement again) is refused; all of it is retried, none of it is shown.
+        with dqlitepy.Client(any_cluster) as admin:
+            leader = admin.leader()
+        assert leader is not None
+        _move_leadership(any_cluster, leader.address)
+        discovery.pending = 1
+        conn.execute("INSERT INTO t VALUES (1)")
+        assert len(discovery.deposed) == 2
+        assert _count(conn) == 1
+
+        # In a transaction a refusal cannot be retried: the transaction is gone, and the
+        # error says it was rolled back (it was: nothing of it committed).
+        conn.execute("BEGIN")
+        conn.execute("INSERT INTO t VALUES (2)")
+        with dqlitepy.Client(any_cluster) as admin:
+            leader = admin.leader()
+        assert leader is not None
+        _move_leadership(any_cluster, leader.address)
+        with pytest.raises(dqlitepy.ConnectionLostError) as info:
+            conn.execute("INSERT INTO t VALUES (3)")
+        assert info.value.outcome == "rolled back"
+        assert "the open transaction was rolled back" in str(info.value)
+        assert not info.value.request_sent
+        assert not conn.in_transaction
+        assert _count(conn) == 1
+    finally:
+        conn.close()
+
+
+CHURN_SECONDS = 8.0
+
+
+def test_leadership_churn_shows_only_errors_of_unknown_outcome() -> None:
+    """Leadership moves every fraction of a second while clients connect and write: what
+    reaches them is never a not-leader refusal (those did not run and are retried), only
+    errors that say what became of the request."""
+    with DqlitepyCluster.formed() as cluster:
+        stop = threading.Event()
+        seen: list[dqlitepy.Error] = []
+        writes = [0]
+        moves = [0]
+
+        def churn() -> None:
+            while not stop.wait(0.2):
+                try:
+                    with dqlitepy.Client(cluster.addresses, timeout=2) as admin:
+                        leader = admin.leader()
+                        members = admin.cluster()
+                        others = [m for m in members if leader and m.address != leader.address]
+                        if others:  # else an election is under way: it moves by itself
+                            admin.transfer(others[moves[0] % len(others)].id)
+                            moves[0] += 1
+                except dqlitepy.Error as exc:
+                    # A move can fail (an election under way, a slow transfer): try the next.
+                    print("churn:", repr(exc))
+
+        def worker(name: str) -> None:
+            n = 0
+            while not stop.is_set():
+                try:
+                    conn = dqlitepy.connect(
+                        "churn",
+                        servers=cluster.addresses,
+                        isolation_level=None,
+                        attempt_timeout=1.0,
+                        leader_timeout=10.0,
+                        request_timeout=5.0,
+                    )
+                    try:
+                        for _ in range(5):
+                            conn.execute("INSERT INTO t VALUES (?)", (f"{name}-{n}",))
+                            n += 1
+                            writes[0] += 1
+                    finally:
+                        conn.close()
+                except dqlitepy.Error as exc:
+                    seen.append(exc)
+
+        with dqlitepy.connect("churn", servers=cluster.addresses) as setup:
+            setup.execute("CREATE TABLE t (v TEXT)")
+        setup.close()
+        threads = [threading.Thread(target=churn)]
+        threads += [threading.Thread(target=worker, args=(f"w{i}",)) for i in range(2)]
+        for thread in threads:
+            thread.start()
+        time.sleep(CHURN_SECONDS)
+        stop.set()
+        for thread in threads:
+            thread.join(30)
+        print(f"{moves[0]} leadership moves, {writes[0]} writes, errors: {seen}")
+        assert moves[0] >= 2
+        assert writes[0] > 0
+        assert not [e for e in seen if isinstance(e, dqlitepy.NotLeaderError)]
+        for exc in seen:
+            assert isinstance(exc, dqlitepy.ConnectionLostError | dqlitepy.LeadershipLostError), exc
+            assert exc.outcome == "unknown", exc
+            assert "the outcome of the statement is unknown" in str(exc), exc
+
+
+def test_commit_lost_with_the_leader_has_unknown_outcome() -> None:
+    with DqlitepyCluster.formed() as cluster:
+        conn = dqlitepy.connect(
+            "failover", servers=cluster.addresses, attempt_timeout=1.0, request_timeout=10.0
+        )
+        try:
+            conn.execute("CREATE TABLE t (x)")
+            conn.commit()
+            conn.execute("INSERT INTO t VALUES (1)")
+            leader = cluster.node(cluster.leader())
+            assert leader.process is not None
+            # Frozen, the leader takes the COMMIT into its socket buffer and never answers;
+            # killed, it resets the connection.  The driver cannot know whether the COMMIT
+            # ran (had the leader run it before dying, the row would be committed).
+            leader.process.send_signal(signal.SIGSTOP)
+            killer = threading.Timer(0.5, leader.stop, args=(signal.SIGKILL,))
+            killer.start()
+            try:
+                started = time.monotonic()
+                with pytest.raises(dqlitepy.ConnectionLostError) as info:
+                    conn.commit()
+                elapsed = time.monotonic() - started
+            finally:
+                killer.join()
+            assert elapsed < 5.0, elapsed
+            assert info.value.outcome == "unknown"
+            assert "the outcome of the commit is unknown" in str(info.value)
+            assert "rolled back" not in str(info.value)
+            assert info.value.request_sent
+            assert not conn.in_transaction
+            # The connection goes on, on the new leader; the row is there or not, once.
+            assert _count(conn) in (0, 1)
+            conn.execute("INSERT INTO t VALUES (2)")
+            conn.commit()
+            assert _count(conn, "SELECT count(*) FROM t WHERE x = 2") == 1
+        finally:
+            conn.close()
 
 
 def test_leader_killed_next_read_succeeds(
@@ -117,19 +329,29 @@ def test_write_with_unknown_outcome_is_never_resent(
     conn = connect(request_timeout=1.0, isolation_level=isolation_level)
     conn.execute("CREATE TABLE t (x)")
     conn.commit()
+    if isolation_level is not None:
+        # The write of unknown outcome is the COMMIT: the INSERT alone cannot commit.
+        conn.execute("INSERT INTO t VALUES (1)")
     leader = _leader(cluster)
 
     cluster.stop(leader)
     try:
         started = time.monotonic()
         with pytest.raises(dqlitepy.ConnectionLostError) as info:
-            conn.execute("INSERT INTO t VALUES (1)")
+            if isolation_level is None:
+                conn.execute("INSERT INTO t VALUES (1)")
+            else:
+                conn.commit()
         elapsed = time.monotonic() - started
     finally:
         cluster.cont(leader)
     # It gave up after request_timeout instead of sending the INSERT somewhere else.
     assert 0.9 <= elapsed < 3.0, elapsed
     assert info.value.request_sent  # the outcome is unknown
+    assert info.value.outcome == "unknown"
+    what = "statement" if isolation_level is None else "commit"
+    assert f"the outcome of the {what} is unknown" in str(info.value)
+    assert "rolled back" not in str(info.value)
     assert isinstance(info.value, dqlitepy.OperationalError)
     assert not conn.in_transaction
 
@@ -159,7 +381,8 @@ def test_open_transaction_is_lost_with_the_leader(
     cluster.kill(old)
     with pytest.raises(dqlitepy.ConnectionLostError) as info:
         conn.execute("INSERT INTO t VALUES (2)")
-    assert "transaction" in str(info.value)
+    assert "the open transaction was rolled back" in str(info.value)
+    assert info.value.outcome == "rolled back"
     assert not conn.in_transaction
     conn.rollback()  # what sqlite3 code does after an error: fine, nothing to roll back
 

@@ -135,10 +135,16 @@ class Client:
                 self.close()
                 if time.monotonic() >= deadline:
                     raise
-            except ConnectionLostError:
-                # The change's fate is unknown: never re-sent; rediscover next time.
+            except ConnectionLostError as exc:
                 self.close()
-                raise
+                if exc.request_sent:
+                    # The change's fate is unknown: never re-sent; rediscover next time.
+                    raise ConnectionLostError(
+                        f"{exc}; the outcome of the {request.TYPE.name} request is unknown",
+                        request_sent=True,
+                    ) from exc
+                if time.monotonic() >= deadline:
+                    raise
 
     def leader(self) -> NodeInfo | None:
         """Return the current leader (id and address), or None if none is known."""

@@ -12,17 +12,21 @@ behaves as in Python 3.12.
 
 Failover (``design.md`` §1): before each request the connection checks that its
 socket is still open; a dead leader or a ``not leader`` answer (which comes
-before execution) makes it find the new leader and send the request there.  A
-request whose fate is unknown (the connection failed after it was sent, or
-``leadership lost``) is never re-sent: it raises :class:`OperationalError`, and
-the next call reconnects.  An open transaction does not survive a change of
-leader: the server rolls it back, and the connection says so.
+before execution, to a statement or to the OPEN of a new session) makes it find
+the new leader and send the request there, until ``leader_timeout``.  A request
+whose fate is unknown (the connection failed after it was sent, or ``leadership
+lost``) is never re-sent: it raises :class:`OperationalError`, and the next call
+reconnects.  An open transaction does not survive a change of leader: the
+server rolls it back.  Every such error says what became of the request, in its
+message and in ``outcome`` (see :mod:`dqlitepy.client.errors`): a ``COMMIT``
+whose reply was lost has an unknown outcome, not a rolled-back transaction.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import operator
 import os
 import re
@@ -35,6 +39,7 @@ from typing import Any, Final, TypeVar
 from urllib.parse import unquote
 
 from ..wire import (
+    DEFAULT_MAX_MESSAGE_SIZE,
     OPEN_BUSY_TIMEOUT_SHIFT,
     DbResponse,
     EmptyResponse,
@@ -56,6 +61,9 @@ from . import errors as _errors
 from . import types as _types
 from .constants import SQLITE_LIMIT_SQL_LENGTH
 from .errors import (
+    OUTCOME_NOT_RUN,
+    OUTCOME_ROLLED_BACK,
+    OUTCOME_UNKNOWN,
     ConnectionLostError,
     DatabaseError,
     DataError,
@@ -68,7 +76,9 @@ from .errors import (
     NotLeaderError,
     NotSupportedError,
     OperationalError,
+    Outcome,
     ProgrammingError,
+    make_error,
 )
 from .protocol import Protocol, find_leader, parse_address
 from .sqltext import (
@@ -100,6 +110,8 @@ __all__ = [
     "parse_url",
 ]
 
+log = logging.getLogger("dqlitepy.client")
+
 #: ``autocommit`` value meaning "follow ``isolation_level`` as sqlite3 did before 3.12".
 LEGACY_TRANSACTION_CONTROL: Final = -1
 
@@ -109,9 +121,16 @@ DEFAULT_LEADER_TIMEOUT = 30.0
 DEFAULT_ATTEMPT_TIMEOUT = 2.0
 #: The longest a single request may wait for its response.
 DEFAULT_REQUEST_TIMEOUT = 60.0
+#: The longest pause between two attempts to open the database on a new leader.
+_MAX_OPEN_DELAY = 0.25
 
 _SQLITE_BUSY = 5
 _SQLITE_ERROR = 1
+# A URL scheme (RFC 3986 §3.1) followed by "//".  Two characters at least, so
+# that a Windows drive ("c://x") stays a file name.
+_URL_SCHEME = re.compile(r"([A-Za-z][A-Za-z0-9+.-]+)://")
+# The dqlite scheme and its colon or slashes: a dqlite URL, however mistyped.
+_DQLITE_SCHEME = re.compile(r"dqlite(?::|//)", re.IGNORECASE)
 _INT64_MIN = -(1 << 63)
 _INT64_MAX = (1 << 63) - 1
 _ROLLBACK_TO = re.compile(r"ROLLBACK\s+(?:TRANSACTION\s+)?TO\b", re.IGNORECASE)
@@ -175,18 +194,50 @@ def complete_statement(statement: str) -> bool:
     return is_complete(statement)
 
 
+def _is_url(name: str) -> bool:
+    """True if the database name ``name`` is meant as a URL, not as a name.
+
+    ``sqlite3`` takes any string as a file name, so only what no one means as
+    one counts: a name that starts with the dqlite scheme and its colon or
+    slashes (``dqlite:...``, ``dqlite//...``: a dqlite URL, maybe mistyped),
+    or with any other scheme of two characters or more and ``://`` (a URL for
+    something else, such as SQLAlchemy's ``sqlite+dqlitepy://``).  ``file:``
+    names are left to ``sqlite3``'s rules (a URI with ``uri=True``, else a
+    name); ``app.db``, ``dir/app.db``, ``app.db:v2`` and ``:memory:`` are names.
+    """
+    if _DQLITE_SCHEME.match(name):
+        return True
+    match = _URL_SCHEME.match(name)
+    return match is not None and match.group(1).lower() != "file"
+
+
 def parse_url(url: str) -> tuple[list[str], str]:
     """Split ``dqlite://h1:p1,h2:p2/db`` into the server list and the database name.
 
+    The scheme is case-insensitive (RFC 3986); the database name is
+    percent-decoded and a query string is ignored.
+
     Raises:
-        ProgrammingError: the URL has no servers or no database.
+        ProgrammingError: ``url`` is not a dqlite URL, or has no servers, an
+            invalid server address or no database.
     """
-    rest = url[len("dqlite://") :]
+    scheme, sep, rest = url.partition("://")
+    if scheme.lower() != "dqlite" or not sep:
+        raise ProgrammingError(
+            f"invalid dqlite URL {url!r}: expected dqlite://host:port,.../database"
+        )
     hosts, sep, database = rest.partition("/")
     database = unquote(database.partition("?")[0])
     servers = [h for h in hosts.split(",") if h]
     if not sep or not database or not servers:
-        raise ProgrammingError(f"invalid dqlite URL {url!r}: expected dqlite://host:port,.../db")
+        raise ProgrammingError(
+            f"invalid dqlite URL {url!r}: expected dqlite://host:port,.../database"
+        )
+    for address in servers:
+        try:
+            parse_address(address)
+        except ValueError as exc:
+            raise ProgrammingError(f"invalid dqlite URL {url!r}: {exc}") from None
     return servers, database
 
 
@@ -250,6 +301,7 @@ class Connection:
         leader_timeout: float = DEFAULT_LEADER_TIMEOUT,
         attempt_timeout: float = DEFAULT_ATTEMPT_TIMEOUT,
         request_timeout: float | None = DEFAULT_REQUEST_TIMEOUT,
+        max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
     ) -> None:
         if self._initialized:
             # As in sqlite3, calling __init__ again closes the connection and opens
@@ -262,7 +314,8 @@ class Connection:
             )
         level = self._check_isolation_level(isolation_level)
         name = os.fsdecode(database) if isinstance(database, bytes) else os.fspath(database)
-        if name.startswith("dqlite://"):
+        # A path object names a file (and cannot hold "//"): only strings are URLs.
+        if isinstance(database, str | bytes) and _is_url(name):
             url_servers, name = parse_url(name)
             if servers is None:
                 servers = url_servers
@@ -289,6 +342,7 @@ class Connection:
                 leader_timeout,
                 attempt_timeout,
                 request_timeout,
+                max_message_size,
             )
             self._autocommit: bool | int = autocommit
             self._isolation_level: str | None = level
@@ -314,6 +368,7 @@ class Connection:
         leader_timeout: float,
         attempt_timeout: float,
         request_timeout: float | None,
+        max_message_size: int,
     ) -> None:
         if not servers:
             raise OperationalError(
@@ -337,6 +392,7 @@ class Connection:
         self._leader_timeout = float(leader_timeout)
         self._attempt_timeout = float(attempt_timeout)
         self._request_timeout = request_timeout
+        self._max_message_size = operator.index(max_message_size)
         self._detect_types = int(detect_types)
         self._check_same_thread = bool(check_same_thread)
         self._thread_ident = threading.get_ident()
@@ -426,80 +482,173 @@ class Connection:
         self._txn_by_savepoint = False
         return had
 
-    def _connected(self) -> Protocol:
-        """Return a live protocol to the leader with the database open."""
+    def _connected(self, deadline: float | None = None) -> Protocol:
+        """Return a live protocol to the leader with the database open.
+
+        Opening a session on a new leader is retried until ``deadline``
+        (default: ``leader_timeout`` from now): OPEN changes nothing in the
+        database, so it is sent again whether a node that stopped leading
+        refused it or the connection failed.
+
+        Raises:
+            ConnectionLostError: the connection died while a transaction was
+                open; the server rolled it back.
+            NoLeaderError: no leader could open the database in time.
+        """
         proto = self._proto
         if proto is not None and proto.is_alive():
             return proto
         self._drop()
         if self._lose_transaction():
+            # Noticed before anything was sent: nothing can have committed.
+            where = proto.address if proto is not None else "the leader"
             raise ConnectionLostError(
-                "the connection to the leader was lost and the open transaction was rolled back",
+                f"lost the connection to {where} while idle; the open transaction was rolled back",
                 request_sent=False,
+                outcome=OUTCOME_ROLLED_BACK,
             )
+        if deadline is None:
+            deadline = time.monotonic() + self._leader_timeout
         preferred = [proto.address] if proto is not None else []
-        proto = find_leader(
-            self._servers,
-            attempt_timeout=self._attempt_timeout,
-            total_timeout=self._leader_timeout,
-            preferred=preferred,
-        )
-        try:
-            flags = (int(self._timeout * 1000) + 1) << OPEN_BUSY_TIMEOUT_SHIFT
-            proto.call(OpenRequest(self._database, flags), DbResponse, self._request_timeout)
-            # A new server session: limits set earlier apply to it too.
-            for category, value in self._limits.items():
-                self._limit_on(proto, category, value)
-        except BaseException:
-            proto.close()
-            raise
-        self._proto = proto
-        self._last_insert_rowid = 0
-        return proto
+        delay = 0.01
+        while True:
+            proto = find_leader(
+                self._servers,
+                attempt_timeout=self._attempt_timeout,
+                total_timeout=max(0.0, deadline - time.monotonic()),
+                preferred=preferred,
+                # With every node refusing connections nothing will lead soon:
+                # give up after `timeout`, as sqlite3.connect gives up on a
+                # database it cannot open instead of waiting for leader_timeout.
+                refused_timeout=self._timeout,
+            )
+            try:
+                self._open_session(proto)
+            except (NotLeaderError, ConnectionLostError) as exc:
+                # The node found was deposed (or died) between naming itself
+                # leader and the OPEN: look again.
+                proto.close()
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise NoLeaderError(
+                        f"no leader could open database {self._database!r} within "
+                        f"{self._leader_timeout:g}s (last: {proto.address}: {exc})"
+                    ) from exc
+                log.debug("opening %r on %s failed: %s", self._database, proto.address, exc)
+                preferred = []
+                time.sleep(min(delay, left))
+                delay = min(delay * 2, _MAX_OPEN_DELAY)
+                continue
+            except BaseException:
+                proto.close()
+                raise
+            self._proto = proto
+            self._last_insert_rowid = 0
+            return proto
 
-    def _run(self, send: Callable[[Protocol], Any], *, retry_unknown: bool = False) -> Any:
+    def _open_session(self, proto: Protocol) -> None:
+        """Open the database in a new server session and apply this connection's settings."""
+        proto.max_request_size = self._max_message_size
+        flags = (int(self._timeout * 1000) + 1) << OPEN_BUSY_TIMEOUT_SHIFT
+        proto.call(OpenRequest(self._database, flags), DbResponse, self._request_timeout)
+        # A new server session: limits set earlier apply to it too.
+        for category, value in self._limits.items():
+            self._limit_on(proto, category, value)
+
+    def _run(
+        self,
+        send: Callable[[Protocol], Any],
+        *,
+        retry_unknown: bool = False,
+        may_commit: bool = False,
+    ) -> Any:
         """Run one request against the leader, failing over where it is provably safe.
 
         Args:
             send: performs the request on a protocol and returns its result.
-            retry_unknown: the request has no side effects, so it may be re-sent
+            retry_unknown: the request has no lasting effect (a read, or a BEGIN
+                whose session dies with the connection), so it may be re-sent
                 even if the connection died after sending it.
+            may_commit: the request may commit the open transaction (COMMIT,
+                END, RELEASE of the savepoint that opened it), so losing its
+                reply leaves the transaction's outcome unknown, not rolled back.
+
+        Raises:
+            ConnectionLostError, LeadershipLostError: the request or the open
+                transaction cannot be retried; ``outcome`` says what became of it.
+            NoLeaderError: no leader could serve the request within ``leader_timeout``.
         """
         deadline = time.monotonic() + self._leader_timeout
         while True:
-            proto = self._connected()
+            proto = self._connected(deadline)
             try:
                 return send(proto)
-            except NotLeaderError:
-                # Rejected before execution: safe to send again to the new leader.
+            except NotLeaderError as exc:
+                # Refused before execution: safe to send again to the new leader.
                 self._drop()
                 if self._lose_transaction():
                     raise ConnectionLostError(
-                        "leadership moved to another node; the open transaction was rolled back",
+                        f"{proto.address} is no longer the leader and refused the statement "
+                        "before running it; the open transaction was rolled back",
                         request_sent=False,
-                    ) from None
-            except LeadershipLostError:
+                        outcome=OUTCOME_ROLLED_BACK,
+                    ) from exc
+                last: Error = exc
+            except LeadershipLostError as exc:
                 self._drop()
-                self._lose_transaction()
-                raise
+                raise self._lost(exc, sent=True, may_commit=may_commit) from exc
             except ConnectionLostError as exc:
                 self._drop()
-                had_txn = self._lose_transaction()
-                if had_txn:
-                    raise ConnectionLostError(
-                        f"{exc}; the open transaction was rolled back",
-                        request_sent=exc.request_sent,
-                    ) from exc
-                if exc.request_sent and not retry_unknown:
-                    raise ConnectionLostError(
-                        f"{exc}; the outcome of the statement is unknown", request_sent=True
-                    ) from exc
+                if self._in_txn or (exc.request_sent and not retry_unknown):
+                    raise self._lost(exc, sent=exc.request_sent, may_commit=may_commit) from exc
+                last = exc
             if time.monotonic() >= deadline:
-                raise NoLeaderError("no leader could serve the request in time")
+                raise NoLeaderError(
+                    f"no leader could serve the request within {self._leader_timeout:g}s "
+                    f"(last: {last})"
+                ) from last
 
-    def _call(self, request: Request, expect: type[Any], *, retry_unknown: bool = False) -> Any:
+    def _lost(
+        self, exc: _errors.OperationalError, *, sent: bool, may_commit: bool
+    ) -> _errors.OperationalError:
+        """The error for a request cut off from its leader, saying what became of it.
+
+        The server session is gone, and any open transaction with it: unless the
+        request could have committed it (a COMMIT whose reply was lost may have
+        run), nothing of it committed.  Outside a transaction, a request that
+        was sent may have run.
+        """
+        had_txn = self._lose_transaction()
+        outcome: Outcome
+        if had_txn and sent and may_commit:
+            outcome, what = OUTCOME_UNKNOWN, "the outcome of the commit is unknown"
+        elif had_txn:
+            outcome, what = OUTCOME_ROLLED_BACK, "the open transaction was rolled back"
+        elif sent:
+            outcome, what = OUTCOME_UNKNOWN, "the outcome of the statement is unknown"
+        else:
+            outcome, what = OUTCOME_NOT_RUN, "the statement was not run"
+        message = f"{exc}; {what}"
+        if isinstance(exc, ConnectionLostError):
+            return ConnectionLostError(message, request_sent=sent, outcome=outcome)
+        error = make_error(type(exc), message, code=exc.sqlite_errorcode, name=exc.sqlite_errorname)
+        error.outcome = outcome
+        return error
+
+    def _call(
+        self,
+        request: Request,
+        expect: type[Any],
+        *,
+        retry_unknown: bool = False,
+        may_commit: bool = False,
+    ) -> Any:
         timeout = self._request_timeout
-        return self._run(lambda p: p.call(request, expect, timeout), retry_unknown=retry_unknown)
+        return self._run(
+            lambda p: p.call(request, expect, timeout),
+            retry_unknown=retry_unknown,
+            may_commit=may_commit,
+        )
 
     def _query(self, request: Request, *, retry_unknown: bool = False) -> list[RowsResponse]:
         timeout = self._request_timeout
@@ -516,11 +665,21 @@ class Connection:
                 if _callback_tracebacks:
                     raise
 
-    def _exec_text(self, sql: str) -> ResultResponse:
-        """Run a transaction-control statement, waiting out a locked database."""
+    def _exec_text(
+        self, sql: str, *, retry_unknown: bool = False, may_commit: bool = False
+    ) -> ResultResponse:
+        """Run a transaction-control statement, waiting out a locked database.
+
+        ``retry_unknown`` and ``may_commit`` are :meth:`_run`'s.
+        """
         self._traced(sql)
         result: ResultResponse = self._with_busy_retry(
-            lambda: self._call(ExecSqlRequest(0, sql), ResultResponse)
+            lambda: self._call(
+                ExecSqlRequest(0, sql),
+                ResultResponse,
+                retry_unknown=retry_unknown,
+                may_commit=may_commit,
+            )
         )
         self._last_insert_rowid = result.last_insert_id
         return result
@@ -595,7 +754,9 @@ class Connection:
     def _begin(self, level: str | None) -> None:
         # The statement texts sqlite3 sends (and traces): "BEGIN " + isolation
         # level for implicit transactions, plain "BEGIN" with autocommit=False.
-        self._exec_text("BEGIN" if level is None else f"BEGIN {level}")
+        # A BEGIN whose reply was lost is sent again: whatever it did ended
+        # with its server session.
+        self._exec_text("BEGIN" if level is None else f"BEGIN {level}", retry_unknown=True)
         self._in_txn = True
 
     def _note_statement(self, parsed: ParsedSQL) -> None:
@@ -706,7 +867,7 @@ class Connection:
             )
         with self._lock:
             if value is True and self._in_txn:
-                self._exec_text("COMMIT")
+                self._exec_text("COMMIT", may_commit=True)
                 self._lose_transaction()
             elif value is False and not self._in_txn:
                 self._begin(None)
@@ -752,7 +913,7 @@ class Connection:
             if self._autocommit is True:
                 return
             if self._in_txn:
-                self._exec_text("COMMIT")
+                self._exec_text("COMMIT", may_commit=True)
                 self._lose_transaction()
             if self._autocommit is False:
                 self._begin(None)
@@ -1167,8 +1328,19 @@ class Cursor:
                     conn._last_insert_rowid = conn._ask_last_insert_rowid()
                 self.lastrowid = conn._last_insert_rowid
                 return
+        keyword = parsed.keyword
+        # A transaction opened outside one dies with its session, so a lost
+        # reply to it is harmless; a COMMIT (or what commits as one) that lost
+        # its reply may have committed.
+        opens = keyword in ("BEGIN", "SAVEPOINT") and not conn._in_txn
+        commits = keyword in ("COMMIT", "END") or (keyword == "RELEASE" and conn._txn_by_savepoint)
         result: ResultResponse = conn._with_busy_retry(
-            lambda: conn._call(ExecSqlRequest(0, sql, params), ResultResponse)
+            lambda: conn._call(
+                ExecSqlRequest(0, sql, params),
+                ResultResponse,
+                retry_unknown=opens,
+                may_commit=commits,
+            )
         )
         conn._note_statement(parsed)
         conn._last_insert_rowid = result.last_insert_id
@@ -1238,24 +1410,41 @@ class Cursor:
     def _execute_many(
         self, conn: Connection, parsed: ParsedSQL, iterator: Iterator[Any], total: int
     ) -> None:
-        proto_holder: list[Protocol] = []
+        # The statement as prepared in one server session: (protocol, statement id).
+        prepared: list[tuple[Protocol, int]] = []
+        timeout = conn._request_timeout
 
-        def prepare(proto: Protocol) -> StmtResponse:
-            proto_holder[:] = [proto]
-            stmt: StmtResponse = proto.call(
-                PrepareRequest(0, parsed.first), StmtResponse, conn._request_timeout
-            )
-            return stmt
+        def prepare_on(proto: Protocol) -> int:
+            if not prepared or prepared[0][0] is not proto:
+                # First use, or a new session after a failover that lost nothing
+                # (outside a transaction, before this request was sent): the old
+                # statement id died with the old session.
+                stmt: StmtResponse = proto.call(
+                    PrepareRequest(0, parsed.first), StmtResponse, timeout
+                )
+                prepared[:] = [(proto, stmt.stmt_id)]
+            return prepared[0][1]
 
-        stmt: StmtResponse = conn._run(prepare)
-        proto = proto_holder[0]
+        def exec_on(proto: Protocol, params: ValueTuple) -> ResultResponse:
+            try:
+                stmt_id = prepare_on(proto)
+            except ConnectionLostError as exc:
+                # Only a PREPARE was lost, which changes nothing: the EXEC was
+                # never sent, so it may be sent to the next leader.
+                raise ConnectionLostError(str(exc), request_sent=False) from exc
+            request = ExecRequest(0, stmt_id, params)
+            result: ResultResponse = proto.call(request, ResultResponse, timeout)
+            return result
+
+        # Prepared before the first parameter set is read, so that bad SQL fails
+        # even with no parameters, as in sqlite3.
+        conn._run(prepare_on, retry_unknown=True)
         try:
             for parameters in iterator:
                 params = conn._params(parsed, parameters)
-                request = ExecRequest(0, stmt.stmt_id, params)
                 result: ResultResponse = conn._with_busy_retry(
-                    lambda request=request: conn._run(  # type: ignore[misc]
-                        lambda p: self._exec_on(p, proto, request, conn._request_timeout)
+                    lambda params=params: conn._run(  # type: ignore[misc]
+                        lambda p: exec_on(p, params)
                     )
                 )
                 conn._last_insert_rowid = result.last_insert_id
@@ -1263,25 +1452,10 @@ class Cursor:
                     total += result.rows_affected
                 self.rowcount = total
         finally:
-            if conn._proto is proto and not proto.closed:
+            if prepared and conn._proto is prepared[0][0] and not prepared[0][0].closed:
                 with contextlib.suppress(Error):
-                    proto.call(
-                        FinalizeRequest(0, stmt.stmt_id), EmptyResponse, conn._request_timeout
-                    )
+                    prepared[0][0].call(FinalizeRequest(0, prepared[0][1]), EmptyResponse, timeout)
         self.rowcount = total
-
-    @staticmethod
-    def _exec_on(
-        current: Protocol, prepared_on: Protocol, request: ExecRequest, timeout: float | None
-    ) -> ResultResponse:
-        if current is not prepared_on:
-            # The statement id belongs to a server session that is gone.
-            raise OperationalError(
-                "the connection to the leader was lost during executemany(); "
-                "the statement was not run for the remaining parameters"
-            )
-        result: ResultResponse = current.call(request, ResultResponse, timeout)
-        return result
 
     def executescript(self, sql_script: str, /) -> Cursor:
         """Commit any open transaction, then run every statement of the script."""
@@ -1295,7 +1469,7 @@ class Cursor:
                 raise ValueError("embedded null character")
             self._reset()
             if conn._autocommit == LEGACY_TRANSACTION_CONTROL and conn._in_txn:
-                conn._exec_text("COMMIT")
+                conn._exec_text("COMMIT", may_commit=True)
                 conn._lose_transaction()
             # sqlite3 leaves rowcount and lastrowid as they were.
             rowcount, lastrowid = self.rowcount, self.lastrowid
@@ -1517,12 +1691,14 @@ def connect(
     leader_timeout: float = DEFAULT_LEADER_TIMEOUT,
     attempt_timeout: float = DEFAULT_ATTEMPT_TIMEOUT,
     request_timeout: float | None = DEFAULT_REQUEST_TIMEOUT,
+    max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
 ) -> Connection:
     """Open a connection to a database of a dqlite cluster.
 
     Args:
         database: the database name, or a ``dqlite://h1:p1,h2:p2/name`` URL.
-        timeout: how long a statement waits for a locked database.
+        timeout: how long a statement waits for a locked database; also how
+            long to keep trying while every server refuses the connection.
         detect_types: ``PARSE_COLNAMES`` (and ``PARSE_DECLTYPES``) as in sqlite3.
         isolation_level: ``""``, ``"DEFERRED"``, ``"IMMEDIATE"``, ``"EXCLUSIVE"``
             or None for autocommit (legacy transaction control).
@@ -1537,9 +1713,16 @@ def connect(
         attempt_timeout: the budget of one attempt through one node.
         request_timeout: the longest one request may wait for its response
             (None: no limit).
+        max_message_size: the largest request body sent; a statement or value
+            that would make a bigger one raises ``DataError`` before anything is
+            sent (a dqlitepy server refuses messages over 64 MiB by default).
 
     Raises:
-        OperationalError: no leader could be reached.
+        ProgrammingError: ``database`` is a URL that is not a valid dqlite URL,
+            or a server address is invalid.
+        NoLeaderError: no leader could be reached within ``leader_timeout``, or
+            every server refused the connection for ``timeout``.
+        OperationalError: the database could not be opened.
     """
     cls = factory or Connection
     return cls(
@@ -1556,4 +1739,5 @@ def connect(
         leader_timeout=leader_timeout,
         attempt_timeout=attempt_timeout,
         request_timeout=request_timeout,
+        max_message_size=max_message_size,
     )

@@ -15,7 +15,7 @@ dqlite codes that need their own meaning (not leader, leadership lost, ...).
 
 from __future__ import annotations
 
-from typing import TypeVar
+from typing import Final, Literal, TypeVar
 
 __all__ = [
     "DQLITE_NOTFOUND",
@@ -36,12 +36,27 @@ __all__ = [
     "NoLeaderError",
     "NotLeaderError",
     "NotSupportedError",
+    "OUTCOME_NOT_RUN",
+    "OUTCOME_ROLLED_BACK",
+    "OUTCOME_UNKNOWN",
     "OperationalError",
+    "Outcome",
     "ProgrammingError",
     "Warning",
     "error_from_code",
     "make_error",
 ]
+
+#: What became of the failed request (and of the open transaction) when the
+#: connection to the leader, or the leader itself, was lost; see
+#: :attr:`OperationalError.outcome`.
+Outcome = Literal["unknown", "rolled back", "not run"]
+#: The request may or may not have taken effect; it is never re-sent.
+OUTCOME_UNKNOWN: Final = "unknown"
+#: The open transaction certainly did not commit: the server rolled it back.
+OUTCOME_ROLLED_BACK: Final = "rolled back"
+#: The request certainly did not change the database.
+OUTCOME_NOT_RUN: Final = "not run"
 
 
 # ---------------------------------------------------------------------------
@@ -89,7 +104,19 @@ class OperationalError(DatabaseError):
 
     Examples: the database is locked, an I/O error, a syntax error (``sqlite3``
     reports those as operational too), or losing the connection to the server.
+
+    Attributes:
+        outcome: for the errors that end the server session (:class:`ConnectionLostError`,
+            :class:`LeadershipLostError`, :class:`NoLeaderError`), what became of
+            the request: ``"unknown"`` (it may have taken effect, e.g. a
+            ``COMMIT`` whose reply was lost; it is never re-sent),
+            ``"rolled back"`` (the open transaction certainly did not commit) or
+            ``"not run"`` (the database certainly did not change).  ``None`` on
+            errors SQLite reported, which mean what they mean in ``sqlite3``.
     """
+
+    # A class-level default, so errors made from a result code carry it too.
+    outcome: Outcome | None = None
 
 
 class IntegrityError(DatabaseError):
@@ -112,8 +139,12 @@ class NotLeaderError(OperationalError):
     """The server is not the raft leader, so it refused the request before running it.
 
     Codes 10250 (``SQLITE_IOERR_NOT_LEADER``) and the legacy 8202.  The request
-    did not run, so it is safe to retry it on the current leader.
+    did not run, so it is safe to retry it on the current leader: the driver
+    does, and this error reaches an application only from the admin
+    :class:`~dqlitepy.Client` once its timeout is over.
     """
+
+    outcome: Outcome | None = OUTCOME_NOT_RUN
 
 
 class LeadershipLostError(OperationalError):
@@ -121,30 +152,46 @@ class LeadershipLostError(OperationalError):
 
     Codes 10506 (``SQLITE_IOERR_LEADERSHIP_LOST``) and the legacy 8458.  The
     fate of the write is unknown: it may still be committed by the new leader,
-    so it must not be re-sent blindly.
+    so it must not be re-sent blindly (``outcome`` is ``"unknown"``, or
+    ``"rolled back"`` when the driver knows the statement could not commit).
     """
+
+    outcome: Outcome | None = OUTCOME_UNKNOWN
 
 
 class NoLeaderError(OperationalError):
-    """No server of the cluster could be found that is the leader; carries no code."""
+    """No server of the cluster could be found that is the leader; carries no code.
+
+    The request was not run (``outcome`` is ``"not run"``).
+    """
+
+    outcome: Outcome | None = OUTCOME_NOT_RUN
 
 
 class ConnectionLostError(OperationalError):
     """The connection to the leader failed, or the leader changed, mid-conversation.
 
-    The server session behind the connection is gone, and with it any open
-    transaction (the server rolls it back); the next call reconnects to the
-    current leader.  Carries no code.
+    The server session behind the connection is gone; the next call reconnects
+    to the current leader.  What became of the request and of an open
+    transaction is in :attr:`outcome` (and in the message): ``"unknown"`` when
+    a write or a ``COMMIT`` was sent and no reply came, ``"rolled back"`` when
+    the open transaction was lost before it could commit, ``"not run"`` when
+    the request never reached a server.  Carries no code.
 
     Attributes:
-        request_sent: False when the failed request certainly did not run (it
-            never left this process, or a node that no longer leads refused it);
-            True when its outcome is unknown, so it must not be re-sent blindly.
+        request_sent: False when the request never left this process (or a node
+            that no longer leads refused it); True when it was sent, so it must
+            not be re-sent blindly.
+        outcome: see above; defaults to ``"unknown"`` when ``request_sent``,
+            else ``"not run"``.
     """
 
-    def __init__(self, message: str, *, request_sent: bool) -> None:
+    def __init__(self, message: str, *, request_sent: bool, outcome: Outcome | None = None) -> None:
         super().__init__(message)
         self.request_sent = request_sent
+        if outcome is None:
+            outcome = OUTCOME_UNKNOWN if request_sent else OUTCOME_NOT_RUN
+        self.outcome = outcome
 
 
 class _NoMemoryError(MemoryError):

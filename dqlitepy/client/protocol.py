@@ -9,11 +9,19 @@ because only a request that provably did not reach the server may be retried
 
 :func:`find_leader` follows go-dqlite's connector (``protocol.md`` §5.2): ask any
 node for the leader, dial the leader, check it names itself, register with
-CLIENT.  Each attempt has its own timeout so one dead node cannot eat the budget.
+CLIENT.  Each attempt has its own timeout so one dead node cannot eat the budget,
+and a search in which every node refuses the connection ends early
+(``refused_timeout``): nothing is listening, so no election is about to end.
+
+A request is checked against the message size limit before it is encoded for
+sending, so a value too big for the server is refused here (``DataError``, as
+``sqlite3`` refuses a value over ``SQLITE_LIMIT_LENGTH``) instead of the server
+resetting the connection.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import select
 import socket
@@ -23,6 +31,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from typing import TypeVar
 
 from ..wire import (
+    DEFAULT_MAX_MESSAGE_SIZE,
     NEED_DATA,
     PROTOCOL_VERSION,
     PROTOCOL_VERSION_LEGACY,
@@ -38,9 +47,17 @@ from ..wire import (
     Response,
     RowsResponse,
     ServerResponse,
+    ValueTuple,
     WelcomeResponse,
 )
-from .errors import ConnectionLostError, NoLeaderError, OperationalError, error_from_code
+from .errors import (
+    ConnectionLostError,
+    DataError,
+    NoLeaderError,
+    OperationalError,
+    error_from_code,
+    make_error,
+)
 
 __all__ = [
     "ConnectionLostError",
@@ -56,6 +73,8 @@ R = TypeVar("R", bound=Response)
 
 _RECV_SIZE = 256 * 1024
 _SQLITE_INTERRUPT = 9
+_SQLITE_TOOBIG = 18
+_MIB = 1 << 20
 
 
 def parse_address(address: str) -> tuple[int, str | tuple[str, int]]:
@@ -106,6 +125,8 @@ class Protocol:
 
     def __init__(self, sock: socket.socket, address: str, version: int = PROTOCOL_VERSION) -> None:
         self.address = address
+        #: The largest request body sent; a larger one raises ``DataError`` unsent.
+        self.max_request_size = DEFAULT_MAX_MESSAGE_SIZE
         self._sock: socket.socket | None = sock
         self._conn = ClientConnection()
         self._pending_out = self._conn.handshake(version)
@@ -209,11 +230,41 @@ class Protocol:
                 conn.receive_data(data)
 
     def _start(self, request: Request) -> bytes:
+        self._check_size(request)
         try:
             with self._lock:
                 return self._conn.send(request)
         except ProtocolError as exc:
             raise OperationalError(f"cannot send {type(request).__name__}: {exc}") from exc
+
+    def _check_size(self, request: Request) -> None:
+        """Refuse a request whose body is over ``max_request_size``, before it is sent.
+
+        A dqlitepy server drops the connection on a message over its limit as
+        soon as the header arrives (``design.md`` §4), which the caller would
+        see as a reset with an open transaction lost.  Refused here, nothing is
+        sent and the connection goes on.  The body is encoded to be measured
+        only when a cheap bound says it might be too big.
+        """
+        limit = self.max_request_size
+        if _size_bound(request) <= limit:
+            return
+        size = len(request.encode_body(legacy=self._conn.legacy))
+        if size <= limit:
+            return
+        sql = getattr(request, "sql", None)
+        # sqlite3's wording: the SQL text itself, or a value bound to it.
+        what = (
+            "query string is too large"
+            if isinstance(sql, str) and _size_bound(sql) > limit and len(sql.encode()) > limit
+            else "string or blob too big"
+        )
+        raise make_error(
+            DataError,
+            f"{what}: the {request.TYPE.name} request would be {size} bytes, over the "
+            f"message limit of {_bytes_text(limit)}",
+            code=_SQLITE_TOOBIG,
+        )
 
     def interrupt(self) -> bool:
         """From another thread: ask the server to stop the query in flight.
@@ -285,6 +336,33 @@ class Protocol:
         self._receive(deadline)
 
 
+def _size_bound(value: object) -> int:
+    """An upper bound of the encoded size of a request or one of its fields (protocol.md §1.4).
+
+    Text is at most 4 bytes a character plus its NUL and padding; a blob is
+    its bytes plus a length word and padding; numbers are one word.  Anything
+    else counts as unbounded, so that the exact size is measured.
+    """
+    if isinstance(value, str):
+        return 4 * len(value) + 16
+    if isinstance(value, bytes | bytearray | memoryview):
+        return len(value) + 16
+    if value is None or isinstance(value, int | float):
+        return 8
+    if isinstance(value, ValueTuple):
+        # A count byte and a type byte per value, padded, then the values.
+        return 16 + len(value.values) + sum(_size_bound(v) for v in value.values)
+    if isinstance(value, Request) and dataclasses.is_dataclass(value):
+        return 16 + sum(_size_bound(getattr(value, f.name)) for f in dataclasses.fields(value))
+    return 1 << 62
+
+
+def _bytes_text(size: int) -> str:
+    if size and size % _MIB == 0:
+        return f"{size} bytes ({size // _MIB} MiB)"
+    return f"{size} bytes"
+
+
 def _remaining(deadline: float | None) -> float | None:
     if deadline is None:
         return None
@@ -307,10 +385,32 @@ def _ask_leader(address: str, timeout: float) -> tuple[Protocol, ServerResponse]
     return proto, proto.call(LeaderRequest(), ServerResponse, timeout)
 
 
+class _Refused(ConnectionLostError):
+    """The node asked first refused the connection (nothing listens there)."""
+
+
+def _refused(exc: ConnectionLostError) -> bool:
+    # A dial that failed at once (ECONNREFUSED, an unknown host, a missing
+    # socket) rather than timing out, which a frozen or far-away node does.
+    cause = exc.__cause__
+    return (
+        not exc.request_sent and isinstance(cause, OSError) and not isinstance(cause, TimeoutError)
+    )
+
+
 def _try_node(address: str, attempt_timeout: float) -> Protocol | None:
-    """One attempt through one node: a Protocol to the leader, or None."""
+    """One attempt through one node: a Protocol to the leader, or None.
+
+    Raises:
+        _Refused: ``address`` refused the connection.
+    """
     deadline = time.monotonic() + attempt_timeout
-    proto, leader = _ask_leader(address, attempt_timeout)
+    try:
+        proto, leader = _ask_leader(address, attempt_timeout)
+    except ConnectionLostError as exc:
+        if _refused(exc):
+            raise _Refused(str(exc), request_sent=False) from exc
+        raise
     if leader.address != address:
         proto.close()
         if not leader.address:
@@ -338,6 +438,7 @@ def find_leader(
     attempt_timeout: float,
     total_timeout: float,
     preferred: Iterable[str] = (),
+    refused_timeout: float | None = None,
 ) -> Protocol:
     """Return a connection to the current leader, registered with CLIENT.
 
@@ -348,14 +449,22 @@ def find_leader(
             backoff (100 ms, doubling, capped at 250 ms: an election takes about
             a second, and a lower cap finds its winner sooner) until it runs out.
         preferred: addresses tried first (e.g. the last known leader).
+        refused_timeout: give up sooner when every node has refused the
+            connection for this long (None: never sooner).  A node that accepts
+            it, even one that knows no leader yet, lets the search go on until
+            ``total_timeout``: an election ends, a cluster that is down does not.
 
     Raises:
-        NoLeaderError: no leader could be found within ``total_timeout``.
+        NoLeaderError: no leader could be found within ``total_timeout``, or
+            every node refused the connection for ``refused_timeout``.
     """
     order = list(dict.fromkeys([*preferred, *servers]))
     if not order:
         raise NoLeaderError("no dqlite servers to connect to")
-    deadline = time.monotonic() + total_timeout
+    started = time.monotonic()
+    deadline = started + total_timeout
+    # When a node last accepted a connection; the search began as if one had.
+    last_accepted = started
     delay = 0.1
     errors: dict[str, str] = {}
     while True:
@@ -365,16 +474,32 @@ def find_leader(
                 break
             try:
                 proto = _try_node(address, min(attempt_timeout, left))
-            except (OperationalError, ProtocolError, OSError) as exc:
+            except _Refused as exc:
                 errors[address] = str(exc)
                 log.debug("leader discovery through %s failed: %s", address, exc)
                 continue
+            except (OperationalError, ProtocolError, OSError) as exc:
+                last_accepted = time.monotonic()
+                errors[address] = str(exc)
+                log.debug("leader discovery through %s failed: %s", address, exc)
+                continue
+            last_accepted = time.monotonic()
             if proto is not None:
                 return proto
             errors[address] = "no leader known"
-        left = deadline - time.monotonic()
+        now = time.monotonic()
+        left = deadline - now
+        detail = "; ".join(f"{a}: {e}" for a, e in errors.items())
         if left <= 0:
-            detail = "; ".join(f"{a}: {e}" for a, e in errors.items())
             raise NoLeaderError(f"no leader found within {total_timeout:g}s ({detail})")
-        time.sleep(min(delay, left))
+        pause = min(delay, left)
+        if refused_timeout is not None:
+            refused_left = last_accepted + refused_timeout - now
+            if refused_left <= 0:
+                raise NoLeaderError(
+                    f"no dqlite server accepted a connection within {refused_timeout:g}s; "
+                    f"every one refused it ({detail})"
+                )
+            pause = min(pause, refused_left)
+        time.sleep(pause)
         delay = min(delay * 2, _MAX_DISCOVERY_DELAY)

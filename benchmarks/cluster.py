@@ -6,7 +6,11 @@ percentiles and throughput with the ratio dqlitepy / dqlite:
 - 1 writer: sequential autocommit INSERTs of one small row (p50, p99, tx/s);
 - 16 writers: 16 threads, each with its own connection, inserting for the same
   time (successful tx/s; "database is locked" answers are retried by the driver
-  up to its timeout, as sqlite3 users expect).
+  up to its timeout, as sqlite3 users expect);
+- point reads, 1 and 16 readers: ``SELECT v FROM kv WHERE k = ?`` on the leader.
+  dqlitepy confirms leadership with a quorum before every read (ReadIndex,
+  batched across concurrent readers); dqlite-demo does not (a deposed C dqlite
+  leader may serve stale reads), so the ratio is the price of linearizability.
 
 Run: ``python benchmarks/cluster.py [--seconds 5]`` (needs Debian's go-dqlite).
 Every process it starts is killed by PID at the end.
@@ -96,6 +100,41 @@ def many_writers(servers: list[str], seconds: float, writers: int = 16) -> dict[
     return {f"{writers} writers tx/s": sum(counts) / seconds, "errors": float(sum(errors))}
 
 
+def readers(servers: list[str], seconds: float, count: int) -> dict[str, float]:
+    setup = dqlitepy.connect("benchr", servers=servers, isolation_level=None)
+    setup.execute("CREATE TABLE IF NOT EXISTS kv (k INTEGER PRIMARY KEY, v TEXT)")
+    setup.executemany("INSERT OR REPLACE INTO kv VALUES (?, 'value')", [(k,) for k in range(100)])
+    setup.close()
+    latencies: list[list[float]] = [[] for _ in range(count)]
+    start_line = threading.Barrier(count)
+
+    def run(i: int) -> None:
+        conn = dqlitepy.connect("benchr", servers=servers, isolation_level=None, timeout=10)
+        try:
+            start_line.wait()
+            deadline = time.perf_counter() + seconds
+            k = i
+            while time.perf_counter() < deadline:
+                start = time.perf_counter()
+                conn.execute("SELECT v FROM kv WHERE k = ?", (k % 100,)).fetchone()
+                latencies[i].append(time.perf_counter() - start)
+                k += 7
+        finally:
+            conn.close()
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(count)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    every = sorted(x for per_reader in latencies for x in per_reader)
+    label = f"{count} reader{'s' if count > 1 else ''}"
+    return {
+        f"{label} p50 ms": statistics.median(every) * 1e3,
+        f"{label} reads/s": len(every) / seconds,
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=5.0)
@@ -105,11 +144,13 @@ def main() -> None:
         with make() as servers:
             results[name] = {**one_writer(servers, args.seconds)}
             results[name].update(many_writers(servers, args.seconds))
-    print(f"{'3 nodes':<18} {'dqlite-demo':>12} {'dqlitepy':>12} {'ratio':>7}")
+            results[name].update(readers(servers, args.seconds, 1))
+            results[name].update(readers(servers, args.seconds, 16))
+    print(f"{'3 nodes':<20} {'dqlite-demo':>12} {'dqlitepy':>12} {'ratio':>7}")
     for key, reference in results["dqlite"].items():
         ours = results["dqlitepy"][key]
         ratio = ours / reference if reference else float("nan")
-        print(f"{key:<18} {reference:>12.2f} {ours:>12.2f} {ratio:>7.2f}")
+        print(f"{key:<20} {reference:>12.2f} {ours:>12.2f} {ratio:>7.2f}")
 
 
 if __name__ == "__main__":

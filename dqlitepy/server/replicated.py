@@ -619,12 +619,18 @@ class Replicated:
                     return
 
     def _rebuild(
-        self, db: _Database, *, pages: Transaction | None = None, install: Path | None = None
+        self,
+        db: _Database,
+        *,
+        pages: Transaction | None = None,
+        install: Path | None = None,
+        remove: bool = False,
     ) -> None:
         """Close every session, cut the WAL back to the committed state, write what is new.
 
         ``pages``: a committed transaction's pages to write; ``install``: a
-        snapshot's file to swap in.  Runs on the applier thread only.
+        snapshot's file to swap in; ``remove``: delete the database (a snapshot
+        without it).  Runs on the applier thread only.
         """
         with db.mutex:
             if db.phase is not Phase.RESTORING:
@@ -648,6 +654,8 @@ class Replicated:
         with db.file_lock:
             if install is not None:
                 self.engine.install(db.name, install)
+            elif remove:
+                self.engine.remove(db.name)
             else:
                 self.engine.restore_committed(db.name, salts, frames)
                 if pages is not None:
@@ -663,9 +671,7 @@ class Replicated:
             staged = task.files.get(name)
             db = self._database(name)
             if staged is None:
-                self._rebuild(db)
-                with db.file_lock:
-                    self.engine.remove(name)
+                self._rebuild(db, remove=True)
             else:
                 self._rebuild(db, install=staged)
 

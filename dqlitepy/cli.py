@@ -101,8 +101,16 @@ def format_value(value: Any) -> str:
 class Shell:
     """Runs SQL and dot commands against one database of a cluster."""
 
-    def __init__(self, servers: list[str], database: str, fmt: str, out: TextIO) -> None:
+    def __init__(
+        self,
+        servers: list[str],
+        database: str,
+        fmt: str,
+        out: TextIO,
+        cluster_key_file: str | None = None,
+    ) -> None:
         self.servers = servers
+        self.cluster_key_file = cluster_key_file
         self.database = database
         self.format = fmt
         self.out = out
@@ -118,7 +126,8 @@ class Shell:
     @property
     def client(self) -> dqlitepy.Client:
         if self._client is None:
-            self._client = dqlitepy.Client(self.servers)
+            # The key (file, else DQLITEPY_CLUSTER_KEY) for .add/.assign/.remove/.transfer.
+            self._client = dqlitepy.Client(self.servers, cluster_key=self.cluster_key_file)
         return self._client
 
     def close(self) -> None:
@@ -223,7 +232,7 @@ def _split_script(text: str) -> list[str]:
 
 def _shell(args: argparse.Namespace) -> int:
     servers = [s for s in ",".join(args.servers).split(",") if s]
-    shell = Shell(servers, args.database, args.format, sys.stdout)
+    shell = Shell(servers, args.database, args.format, sys.stdout, args.cluster_key_file)
     try:
         if args.sql is not None:
             shell.run(args.sql)
@@ -304,6 +313,7 @@ def _server(args: argparse.Namespace) -> int:
             cluster_key=key,
             voters=args.voters,
             standbys=args.standbys,
+            trust_loopback_admin=args.trust_loopback_admin,
         ).start()
     except StartupRefused as exc:
         # The operator's mistake (a busy directory, a missing or wrong key): nothing changed.
@@ -329,6 +339,12 @@ def _parser() -> argparse.ArgumentParser:
         "-s", "--servers", action="append", required=True, help="comma-separated node addresses"
     )
     shell.add_argument("-f", "--format", choices=("tabular", "json"), default="tabular")
+    shell.add_argument(
+        "-k",
+        "--cluster-key-file",
+        help="file holding the cluster key, proved to nodes that ask for it before .add, "
+        ".assign, .remove and .transfer (default: DQLITEPY_CLUSTER_KEY, if set)",
+    )
     shell.add_argument("database")
     shell.add_argument("sql", nargs="?", help="one statement or dot command (default: stdin)")
     shell.set_defaults(func=_shell)
@@ -364,6 +380,13 @@ def _parser() -> argparse.ArgumentParser:
         default=3,
         help="on joining, else become a standby while it has fewer (default %(default)s); "
         "later nodes join as spares",
+    )
+    server.add_argument(
+        "--trust-loopback-admin",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="serve add/assign/remove/transfer to clients on this host without a proof of the "
+        "cluster key (default: only when the address is loopback or @abstract)",
     )
     server.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     server.set_defaults(func=_server)

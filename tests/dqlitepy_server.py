@@ -153,22 +153,27 @@ CLUSTER_KEY = "test-cluster-key-0123456789abcdef"
 
 
 class DqlitepyCluster:
-    """Three ``dqlitepy server`` processes: the first bootstraps, the others --join it."""
+    """Three ``dqlitepy server`` processes: the first bootstraps, the others --join it.
 
-    def __init__(self, size: int = 3) -> None:
+    ``options`` are given to every node.
+    """
+
+    def __init__(self, size: int = 3, options: list[str] | None = None) -> None:
         self.root = Path(tempfile.mkdtemp(prefix="dqlitepy-cluster-"))
         self.nodes: list[DqlitepyServer] = []
         for i in range(size):
             join = [self.nodes[0].address] if self.nodes else None
-            node = DqlitepyServer(self.root / f"node{i}", cluster_key=CLUSTER_KEY, join=join)
+            node = DqlitepyServer(
+                self.root / f"node{i}", cluster_key=CLUSTER_KEY, join=join, options=options
+            )
             self.nodes.append(node)
             node.start(timeout=60)
 
     @classmethod
     @contextmanager
-    def formed(cls, size: int = 3) -> Iterator[DqlitepyCluster]:
+    def formed(cls, size: int = 3, options: list[str] | None = None) -> Iterator[DqlitepyCluster]:
         """A cluster whose ``size`` voters agree on a leader, closed on exit."""
-        cluster = cls(size)
+        cluster = cls(size, options)
         try:
             cluster.wait_voters(size)
             yield cluster

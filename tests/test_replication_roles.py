@@ -23,6 +23,7 @@ from dqlitepy_server import CLUSTER_KEY, DqlitepyCluster, DqlitepyServer
 
 import dqlitepy
 from dqlitepy import NodeRole
+from dqlitepy.replication.replicator import PeerHealth
 from dqlitepy.server.node import OFFLINE_AFTER, next_role_change
 
 
@@ -199,40 +200,51 @@ def test_a_dead_voter_is_replaced_by_a_standby(cluster: DqlitepyCluster) -> None
 LEADER = "10.0.0.1:9001"
 
 
+def _h(silent: float, behind: int = 0, acknowledged: bool = True) -> PeerHealth:
+    return PeerHealth(silent, behind, acknowledged)
+
+
 @pytest.mark.parametrize(
     ("roles", "health", "expected"),
     [
         # Three voters online: nothing to do.
-        ({LEADER: 0, "b": 0, "c": 0, "s": 1}, {"b": (0.1, 0), "c": (0.2, 0), "s": (0.1, 0)}, None),
+        ({LEADER: 0, "b": 0, "c": 0, "s": 1}, {"b": _h(0.1), "c": _h(0.2), "s": _h(0.1)}, None),
         # A voter silent too long: the standby is promoted first...
         (
             {LEADER: 0, "b": 0, "c": 0, "s": 1},
-            {"b": (0.1, 0), "c": (OFFLINE_AFTER + 1, 0), "s": (0.1, 0)},
+            {"b": _h(0.1), "c": _h(OFFLINE_AFTER + 1), "s": _h(0.1)},
             ("s", NodeRole.VOTER),
         ),
         # ... and then the silent voter becomes a spare.
         (
             {LEADER: 0, "b": 0, "c": 0, "s": 0},
-            {"b": (0.1, 0), "c": (OFFLINE_AFTER + 1, 0), "s": (0.1, 0)},
+            {"b": _h(0.1), "c": _h(OFFLINE_AFTER + 1), "s": _h(0.1)},
             ("c", NodeRole.SPARE),
         ),
         # A voter missing (removed): a standby fills the place.
-        ({LEADER: 0, "b": 0, "s": 1}, {"b": (0.1, 0), "s": (0.1, 0)}, ("s", NodeRole.VOTER)),
+        ({LEADER: 0, "b": 0, "s": 1}, {"b": _h(0.1), "s": _h(0.1)}, ("s", NodeRole.VOTER)),
         # No standby fit to vote (silent, or far behind): nothing to do.
         (
             {LEADER: 0, "b": 0, "c": 0, "s": 1, "t": 1},
-            {"b": (0.1, 0), "c": (OFFLINE_AFTER + 1, 0), "s": (5.0, 0), "t": (0.1, 5000)},
+            {"b": _h(0.1), "c": _h(OFFLINE_AFTER + 1), "s": _h(5.0), "t": _h(0.1, 5000)},
+            None,
+        ),
+        # A standby that never acknowledged anything in this term is not caught up, however
+        # short the log and however recently it became a standby (it may not even exist).
+        (
+            {LEADER: 0, "b": 0, "s": 1},
+            {"b": _h(0.1), "s": _h(0.1, 3, acknowledged=False)},
             None,
         ),
         # A spare is never picked: the leader does not know whether it is up.
-        ({LEADER: 0, "b": 0, "x": 2}, {"b": (0.1, 0)}, None),
+        ({LEADER: 0, "b": 0, "x": 2}, {"b": _h(0.1)}, None),
         # Four voters, all online: no demotion.
-        ({LEADER: 0, "b": 0, "c": 0, "d": 0}, {a: (0.1, 0) for a in "bcd"}, None),
+        ({LEADER: 0, "b": 0, "c": 0, "d": 0}, {a: _h(0.1) for a in "bcd"}, None),
     ],
 )
 def test_the_leader_replaces_offline_voters_one_change_at_a_time(
     roles: dict[str, int],
-    health: dict[str, tuple[float, int]],
+    health: dict[str, PeerHealth],
     expected: tuple[str, NodeRole] | None,
 ) -> None:
     assert next_role_change(roles, health, LEADER, 3) == expected

@@ -46,7 +46,10 @@ from dqlitepy.wire import (
     RESPONSES,
     AddRequest,
     AssignRequest,
+    AuthChallengeRequest,
+    AuthProofRequest,
     BadRequest,
+    ChallengeResponse,
     ClientConnection,
     ClientRequest,
     ClientState,
@@ -202,6 +205,7 @@ PENDING: tuple[Request, ...] = (
     TransferRequest(0),
     DescribeRequest(0),
     WeightRequest(1),
+    AuthChallengeRequest(),
 )
 
 
@@ -282,6 +286,8 @@ REQUEST_CORPUS: tuple[Request, ...] = (
     TransferRequest(0),
     DescribeRequest(0),
     WeightRequest(7),
+    AuthChallengeRequest(),
+    AuthProofRequest(bytes(range(32)), bytes(range(32, 64))),
 )
 
 RESPONSE_CORPUS: tuple[Response, ...] = (
@@ -305,6 +311,7 @@ RESPONSE_CORPUS: tuple[Response, ...] = (
     EmptyResponse(),
     FilesResponse((("demo", b"SQLite format 3\x00" + bytes(5)), ("demo-wal", b"\x01\x02"))),
     MetadataResponse(0, 7),
+    ChallengeResponse(bytes(range(64, 96))),
 )
 
 _PENDING_INDEX = {type(r): i for i, r in reversed(list(enumerate(PENDING)))}
@@ -320,6 +327,7 @@ _ANSWERS: dict[type[Response], type[Request]] = {
     EmptyResponse: FinalizeRequest,
     FilesResponse: DumpRequest,
     MetadataResponse: DescribeRequest,
+    ChallengeResponse: AuthChallengeRequest,
 }
 
 
@@ -501,7 +509,7 @@ def _assert_bad_request_then_usable(message: bytes, type_: int) -> BadRequest:
     return event
 
 
-@pytest.mark.parametrize("type_", range(20, 256))
+@pytest.mark.parametrize("type_", [t for t in range(20, 256) if t not in REQUESTS])
 def test_unknown_request_type_is_bad_request(type_: int) -> None:
     event = _assert_bad_request_then_usable(_HEADER.pack(1, type_, 3, 0) + bytes(8), type_)
     assert event.schema == 3

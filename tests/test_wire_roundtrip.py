@@ -36,7 +36,10 @@ from dqlitepy.wire import (
     RESPONSES,
     AddRequest,
     AssignRequest,
+    AuthChallengeRequest,
+    AuthProofRequest,
     BadRequest,
+    ChallengeResponse,
     ClientConnection,
     ClientRequest,
     ClientState,
@@ -129,6 +132,7 @@ def test_canon_distinguishes() -> None:
 
 u64 = st.one_of(st.sampled_from([0, 1, U64_MAX, 1 << 63]), st.integers(0, U64_MAX))
 u32 = st.one_of(st.sampled_from([0, U32_MAX]), st.integers(0, U32_MAX))
+nonces = st.binary(min_size=32, max_size=32)  # AUTH nonces and MACs (wire/auth.py)
 i64 = st.one_of(
     st.sampled_from([INT64_MIN, INT64_MAX, 0, -1, 1]), st.integers(INT64_MIN, INT64_MAX)
 )
@@ -230,6 +234,8 @@ REQUEST_STRATEGIES: dict[int, st.SearchStrategy[Request]] = {
     RequestType.CLUSTER: st.builds(ClusterRequest, u64),
     RequestType.TRANSFER: st.builds(TransferRequest, u64),
     RequestType.DESCRIBE: st.just(DescribeRequest(0)),  # any other format is refused
+    RequestType.AUTH_CHALLENGE: st.builds(AuthChallengeRequest, u64),
+    RequestType.AUTH_PROOF: st.builds(AuthProofRequest, nonces, nonces, u64),
     RequestType.WEIGHT: st.builds(WeightRequest, u64),
 }
 
@@ -283,6 +289,7 @@ RESPONSE_STRATEGIES: dict[int, st.SearchStrategy[Response]] = {
         ).map(tuple),
     ),
     ResponseType.METADATA: st.builds(MetadataResponse, u64, u64),
+    ResponseType.CHALLENGE: st.builds(ChallengeResponse, nonces, u64),
 }
 
 
@@ -311,6 +318,7 @@ def pending_for(response: Response) -> Request:
         EmptyResponse: FinalizeRequest(0, 0),
         FilesResponse: DumpRequest("db"),
         MetadataResponse: DescribeRequest(0),
+        ChallengeResponse: AuthChallengeRequest(),
     }
     return table[type(response)]
 
@@ -745,6 +753,9 @@ SPEC_ANSWERS: dict[int, set[int]] = {
     RequestType.TRANSFER: {ResponseType.EMPTY},
     RequestType.DESCRIBE: {ResponseType.METADATA},
     RequestType.WEIGHT: {ResponseType.EMPTY},
+    # dqlitepy's own (wire/auth.py).
+    RequestType.AUTH_CHALLENGE: {ResponseType.CHALLENGE},
+    RequestType.AUTH_PROOF: {ResponseType.EMPTY},
 }
 
 SAMPLE_REQUESTS: dict[int, Request] = {
@@ -767,6 +778,8 @@ SAMPLE_REQUESTS: dict[int, Request] = {
     RequestType.TRANSFER: TransferRequest(0),
     RequestType.DESCRIBE: DescribeRequest(0),
     RequestType.WEIGHT: WeightRequest(1),
+    RequestType.AUTH_CHALLENGE: AuthChallengeRequest(),
+    RequestType.AUTH_PROOF: AuthProofRequest(bytes(32), bytes(32)),
 }
 
 SAMPLE_RESPONSES: dict[int, Response] = {
@@ -781,6 +794,7 @@ SAMPLE_RESPONSES: dict[int, Response] = {
     ResponseType.EMPTY: EmptyResponse(),
     ResponseType.FILES: FilesResponse((("a", b""),)),
     ResponseType.METADATA: MetadataResponse(0, 0),
+    ResponseType.CHALLENGE: ChallengeResponse(bytes(32)),
 }
 
 PAIRS = [(q, a) for q in sorted(SAMPLE_REQUESTS) for a in sorted(SAMPLE_RESPONSES)]

@@ -4,10 +4,20 @@ Requests that only the leader serves (ADD, ASSIGN, REMOVE, TRANSFER) go to the
 leader, found as the driver finds it.  The others are answered by whichever node
 they are sent to: CLUSTER and LEADER by any node, DESCRIBE, WEIGHT and DUMP by
 the node named (the first known server by default), as the Go shell does.
+
+A dqlitepy node serves the membership requests only to a connection it trusts
+(``docs/server.md``, "Who may change the cluster"), and answers others FAILURE 23
+"not authorized" before doing anything.  A client given the cluster key then
+proves it on that connection (``wire/auth.py``) and sends the request once more:
+safe, since the refusal came before anything ran.  So a node that trusts the
+client anyway (loopback) costs no extra round trip, and C dqlite servers, which
+never answer "not authorized", never see dqlitepy's authentication requests.
 """
 
 from __future__ import annotations
 
+import os
+import secrets
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -15,8 +25,13 @@ from types import TracebackType
 from typing import TypeVar
 
 from ..wire import (
+    NONCE_SIZE,
+    NOT_AUTHORIZED,
     AddRequest,
     AssignRequest,
+    AuthChallengeRequest,
+    AuthProofRequest,
+    ChallengeResponse,
     ClusterRequest,
     DescribeRequest,
     DumpRequest,
@@ -33,8 +48,9 @@ from ..wire import (
     ServersResponse,
     TransferRequest,
     WeightRequest,
+    admin_proof,
 )
-from .errors import InterfaceError, NotLeaderError, OperationalError
+from .errors import DatabaseError, InterfaceError, NotLeaderError, OperationalError
 from .protocol import ConnectionLostError, Protocol, find_leader
 
 __all__ = ["Client", "NodeMetadata"]
@@ -57,6 +73,23 @@ class NodeMetadata:
     weight: int
 
 
+def _cluster_key(key: bytes | str | os.PathLike[str] | None) -> bytes | None:
+    """The key itself, read from a file, or from ``DQLITEPY_CLUSTER_KEY``; None: no key."""
+    if isinstance(key, bytes):
+        value = key
+    elif key is not None:
+        try:
+            with open(key, "rb") as f:
+                value = f.read().strip()
+        except OSError as exc:
+            raise InterfaceError(f"cannot read the cluster key file {str(key)!r}: {exc}") from exc
+    else:
+        return os.environ.get("DQLITEPY_CLUSTER_KEY", "").encode() or None
+    if not value:
+        raise InterfaceError("the cluster key is empty")
+    return value
+
+
 def _role(role: NodeRole | int | str) -> NodeRole:
     if isinstance(role, str):
         try:
@@ -73,6 +106,13 @@ class Client:
         servers: addresses of known nodes, as a list or a comma-separated string.
         timeout: the budget of each call (leader discovery included).
         attempt_timeout: the budget of one attempt through one node.
+        cluster_key: the cluster key (bytes), or the path of a file holding it;
+            by default the value of ``DQLITEPY_CLUSTER_KEY``, if set.  Proved
+            to a node that asks for it before it serves add, assign, remove or
+            transfer (see the module docstring).
+
+    Raises:
+        InterfaceError: no servers, or the key file cannot be read or is empty.
     """
 
     def __init__(
@@ -81,6 +121,7 @@ class Client:
         *,
         timeout: float = 10.0,
         attempt_timeout: float = 2.0,
+        cluster_key: bytes | str | os.PathLike[str] | None = None,
     ) -> None:
         if isinstance(servers, str):
             servers = [s for s in servers.split(",") if s]
@@ -89,11 +130,14 @@ class Client:
         self.servers = list(servers)
         self.timeout = timeout
         self.attempt_timeout = attempt_timeout
+        self._key = _cluster_key(cluster_key)
         self._leader: Protocol | None = None
+        self._proven = False  # the key was proved on self._leader
 
     def close(self) -> None:
         """Close the connection to the leader, if any."""
         proto, self._leader = self._leader, None
+        self._proven = False
         if proto is not None:
             proto.close()
 
@@ -128,7 +172,7 @@ class Client:
                     total_timeout=max(0.0, deadline - time.monotonic()),
                 )
             try:
-                return proto.call(request, expect, self.timeout)
+                return self._authorized_call(proto, request, expect)
             except NotLeaderError:
                 # Refused before anything happened (e.g. leadership moved since
                 # the last call): safe to send again to the new leader.
@@ -145,6 +189,23 @@ class Client:
                     ) from exc
                 if time.monotonic() >= deadline:
                     raise
+
+    def _authorized_call(self, proto: Protocol, request: Request, expect: type[R]) -> R:
+        """Send ``request``; if the node asks for the key, prove it and send it once more."""
+        try:
+            return proto.call(request, expect, self.timeout)
+        except DatabaseError as exc:
+            if exc.sqlite_errorcode != NOT_AUTHORIZED or self._key is None or self._proven:
+                raise
+        self._prove_key(proto, self._key)
+        self._proven = True
+        return proto.call(request, expect, self.timeout)
+
+    def _prove_key(self, proto: Protocol, key: bytes) -> None:
+        challenge = proto.call(AuthChallengeRequest(), ChallengeResponse, self.timeout)
+        nonce = secrets.token_bytes(NONCE_SIZE)
+        proof = AuthProofRequest(nonce, admin_proof(key, challenge.nonce, nonce))
+        proto.call(proof, EmptyResponse, self.timeout)
 
     def leader(self) -> NodeInfo | None:
         """Return the current leader (id and address), or None if none is known."""

@@ -88,7 +88,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import cbor2
 from pysyncobj import SyncObj, SyncObjConf
@@ -100,6 +100,7 @@ from ..wire import NodeRole
 __all__ = [
     "FAILURES",
     "HardenedSyncObj",
+    "PeerHealth",
     "PeerNode",
     "ReadResult",
     "raft_config",
@@ -227,6 +228,21 @@ class _ReadRound:
     acks: set[Any] = field(default_factory=set)  # voters (PeerNode) that answered
 
 
+class PeerHealth(NamedTuple):
+    """What a leader knows of one peer it replicates to (:meth:`HardenedSyncObj.peer_health`)."""
+
+    #: Seconds since the peer last answered; a peer that has not answered yet counts from
+    #: when the leader began replicating to it (or began leading), so that it is not
+    #: taken for offline at once.
+    silent: float
+    #: Entries of the leader's log the peer has not acknowledged.
+    behind: int
+    #: Whether the peer acknowledged entries in this leader's term.  Until it has,
+    #: ``behind`` is an assumption (the leader knows nothing of the peer's log), and
+    #: ``silent`` says nothing about whether it is reachable at all.
+    acknowledged: bool
+
+
 class HardenedSyncObj(SyncObj):  # type: ignore[misc]
     """A PySyncObj node with the fixes above; commands are opaque bytes.
 
@@ -286,6 +302,9 @@ class HardenedSyncObj(SyncObj):  # type: ignore[misc]
         self._read_rounds = 0
         # The read_round of the AppendEntries being answered (follower side).
         self._answering_round: int | None = None
+        # Leader side: the term in which each peer last acknowledged entries (a peer
+        # unheard of is not "caught up", however short the log; see peer_health).
+        self._acknowledged: dict[Any, int] = {}
         super().__init__(self_node, others, conf, nodeClass=PeerNode, **kwargs)
         self._tag_append_entries()
         self.addOnTickCallback(self._run_tick_calls)
@@ -626,20 +645,25 @@ class HardenedSyncObj(SyncObj):  # type: ignore[misc]
         """The configuration: each member's address and role."""
         return dict(self._roles)
 
-    def peer_health(self) -> dict[str, tuple[float, int]]:
+    def peer_health(self) -> dict[str, PeerHealth]:
         """For a leader (tick thread): each replicated peer's silence and lag.
 
-        Maps the address of every voter and standby but this node to the
-        seconds since it last answered and the entries it lacks.
+        Maps the address of every voter and standby but this node to its
+        :class:`PeerHealth`.
         """
         if self.raft_state != LEADER:
             return {}
         now = time.monotonic()
         last = self._SyncObj__getCurrentLogIndex()
+        term = self._SyncObj__raftCurrentTerm
         answered = self._SyncObj__lastResponseTime
         match = self._SyncObj__raftMatchIndex
         return {
-            str(node.id): (now - answered.get(node, -math.inf), last - match.get(node, 0))
+            str(node.id): PeerHealth(
+                now - answered.get(node, -math.inf),
+                last - match.get(node, 0),
+                self._acknowledged.get(node) == term,
+            )
             for node in self._SyncObj__otherNodes | self._SyncObj__readonlyNodes
         }
 
@@ -692,12 +716,14 @@ class HardenedSyncObj(SyncObj):  # type: ignore[misc]
             if not replicated_before:
                 next_index[node] = self._SyncObj__getCurrentLogIndex() + 1
                 match_index[node] = 0
+                self._acknowledged.pop(node, None)
                 self._SyncObj__transport.addNode(node)
             # A voter the leader never heard from would count as silent at once.
             self._SyncObj__lastResponseTime.setdefault(node, time.monotonic())
         elif replicated_before:
             next_index.pop(node, None)
             match_index.pop(node, None)
+            self._acknowledged.pop(node, None)
             self._SyncObj__lastResponseTime.pop(node, None)
             self._SyncObj__transport.dropNode(node)
         return True
@@ -835,6 +861,7 @@ class HardenedSyncObj(SyncObj):  # type: ignore[misc]
             # must not send nextIndex back over entries already on their way.
             match[node] = max(match[node], proposed - 1)
             next_index[node] = max(next_index[node], match[node] + 1)
+            self._acknowledged[node] = self._SyncObj__raftCurrentTerm
         elif message["reset"]:
             next_index[node] = proposed
             # The follower lacks what comes from `proposed` on: never count it.

@@ -24,7 +24,7 @@ import cbor2
 from pysyncobj.config import FAIL_REASON, SERIALIZER_STATE
 
 from .journal import durable_journal_for_syncobj
-from .raft import FAILURES, LEADER, HardenedSyncObj, PeerNode, ReadResult, raft_config
+from .raft import FAILURES, LEADER, HardenedSyncObj, PeerHealth, PeerNode, ReadResult, raft_config
 from .transport import SecureTransport, secure_transport_class
 
 __all__ = [
@@ -32,6 +32,7 @@ __all__ = [
     "LeadershipLost",
     "LeadershipUnconfirmed",
     "NotLeader",
+    "PeerHealth",
     "ReplicationError",
     "Replicator",
 ]
@@ -221,8 +222,8 @@ class Replicator:
         """Every member's address and role (VOTER, STANDBY or SPARE), as Raft has them."""
         return self.core.roles
 
-    def peer_health(self, timeout: float = 2.0) -> dict[str, tuple[float, int]]:
-        """On the leader: each voter's and standby's (seconds silent, entries behind).
+    def peer_health(self, timeout: float = 2.0) -> dict[str, PeerHealth]:
+        """On the leader: each voter's and standby's :class:`PeerHealth`.
 
         Empty on a node that does not lead (or when Raft's thread is too busy).
         """
@@ -230,7 +231,7 @@ class Replicator:
         if core is None:
             return {}
         done = threading.Event()
-        result: dict[str, tuple[float, int]] = {}
+        result: dict[str, PeerHealth] = {}
 
         def measure() -> None:
             result.update(core.peer_health())

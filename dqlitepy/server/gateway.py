@@ -21,9 +21,13 @@ from typing import Any, Protocol
 from ..engine import EngineError, QueryResult, Session, SessionClosed, StatementInfo, is_blank
 from ..wire import (
     DEFAULT_HEARTBEAT_TIMEOUT_MS,
+    NOT_AUTHORIZED,
     OPEN_BUSY_TIMEOUT_SHIFT,
     AddRequest,
     AssignRequest,
+    AuthChallengeRequest,
+    AuthProofRequest,
+    ChallengeResponse,
     ClientRequest,
     ClusterRequest,
     DbResponse,
@@ -58,6 +62,7 @@ from ..wire import (
     WelcomeResponse,
 )
 from ..wire.rows import RowsBatchEncoder
+from .auth import AdminSession, NotAuthorized
 
 __all__ = ["Gateway", "NodeContext", "RowsChunk"]
 
@@ -196,10 +201,13 @@ class Gateway:
 
     Args:
         node: the node this connection belongs to.
+        admin: whether this connection may change the cluster (``server/auth.py``);
+            by default it may not.
     """
 
-    def __init__(self, node: NodeContext) -> None:
+    def __init__(self, node: NodeContext, admin: AdminSession | None = None) -> None:
         self._node = node
+        self._admin = AdminSession.refusing() if admin is None else admin
         self._database: str | None = None
         self._session: Session | None = None
         self._statements: dict[int, StatementInfo] = {}
@@ -248,6 +256,8 @@ class Gateway:
             yield FailureResponse(_NOT_LEADER, "not leader")
         except GatewayFailure as exc:
             yield FailureResponse(exc.code, exc.message)
+        except NotAuthorized as exc:
+            yield FailureResponse(NOT_AUTHORIZED, str(exc))
         except EngineError as exc:
             yield FailureResponse(exc.code, exc.message)
 
@@ -411,7 +421,17 @@ class Gateway:
         self._node.weight = request.weight
         yield EmptyResponse()
 
+    def handle_authchallenge(self, request: AuthChallengeRequest) -> Iterator[Response]:
+        nonce = self._admin.challenge(request.mechanism)
+        yield ChallengeResponse(nonce, request.mechanism)
+
+    def handle_authproof(self, request: AuthProofRequest) -> Iterator[Response]:
+        self._admin.prove(request.mechanism, request.client_nonce, request.mac)
+        yield EmptyResponse()
+
     def _membership(self, request: Request) -> Iterator[Response]:
+        # Authorization first: a stranger gets the same answer from every node.
+        self._admin.require(request.TYPE.name)
         self._node.require_leader()
         self._node.change_membership(request)
         yield EmptyResponse()

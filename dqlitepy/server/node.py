@@ -13,13 +13,12 @@ from __future__ import annotations
 import contextlib
 import errno
 import logging
-import math
 import os
 import secrets
 import socket
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -27,13 +26,22 @@ from typing import Any, BinaryIO
 import cbor2
 
 from ..engine import Engine, Session, StatementInfo
-from ..replication.replicator import DEFAULT_SNAPSHOT_ENTRIES, ReplicationError, Replicator
+from ..replication.replicator import (
+    DEFAULT_SNAPSHOT_ENTRIES,
+    PeerHealth,
+    ReplicationError,
+    Replicator,
+)
 from ..replication.transport import MIN_KEY_SIZE, FrameMacError, SessionError, check_cluster_key
 from ..wire import (
     NEED_DATA,
+    NONCE_SIZE,
     AddRequest,
     AssignRequest,
+    AuthChallengeRequest,
+    AuthProofRequest,
     BadRequest,
+    ChallengeResponse,
     ClientConnection,
     ClusterRequest,
     ConnectRequest,
@@ -49,10 +57,13 @@ from ..wire import (
     ServerResponse,
     ServersResponse,
     TransferRequest,
+    admin_proof,
 )
 from ..wire.framing import DEFAULT_MAX_MESSAGE_SIZE
+from .auth import AdminPolicy, Peer, listens_locally
 from .datadir import ClusterKeyRejected, DataDirectory
 from .gateway import Gateway, GatewayFailure, RowsChunk
+from .membership import NotCaughtUp, caught_up, promote_to_voter
 from .replicated import Replicated
 
 __all__ = ["BOOTSTRAP_ID", "NodeServer", "parse_listen_address"]
@@ -65,7 +76,10 @@ BOOTSTRAP_ID = 0x2DC171858C3155BE
 _IDENTITY_FILE = "node-identity.cbor"
 _IDENTITY_VERSION = 1
 _RECV_SIZE = 256 * 1024
+_SQLITE_BUSY = 5
 _NOT_LEADER = 10250
+# The requests that change the cluster: a node serves them only to a trusted connection.
+_MEMBERSHIP = (AddRequest, AssignRequest, RemoveRequest, TransferRequest)
 # accept() errors that leave the listener usable, and the pause before trying again.
 _ACCEPT_RETRY = frozenset(
     {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM, errno.ECONNABORTED, errno.EPROTO}
@@ -138,22 +152,39 @@ def _initial_configuration(
     return voters, voting
 
 
-def _call(address: str, request: Request, timeout: float = 10.0) -> Any:
-    """One request to another node over the client protocol (used to join)."""
+def _call(address: str, request: Request, timeout: float = 10.0, key: bytes | None = None) -> Any:
+    """One request to another node over the client protocol (used to join).
+
+    With ``key``, a membership request is preceded by the proof of the key on the
+    same connection (``wire/auth.py``): the leader may not trust this node's address.
+    """
     family, sockaddr = parse_listen_address(address)
     with socket.socket(family, socket.SOCK_STREAM) as sock:
         sock.settimeout(timeout)
         sock.connect(sockaddr)
         conn = ClientConnection()
-        sock.sendall(conn.handshake() + conn.send(request))
-        while (event := conn.next_event()) is NEED_DATA:
-            data = sock.recv(_RECV_SIZE)
-            if not data:
-                raise OSError(f"{address} closed the connection")
-            conn.receive_data(data)
-        if isinstance(event, FailureResponse):
-            raise GatewayFailure(event.code, event.message)
-        return event
+        handshake = conn.handshake()
+
+        def ask(request: Request) -> Any:
+            nonlocal handshake
+            sock.sendall(handshake + conn.send(request))
+            handshake = b""
+            while (event := conn.next_event()) is NEED_DATA:
+                data = sock.recv(_RECV_SIZE)
+                if not data:
+                    raise OSError(f"{address} closed the connection")
+                conn.receive_data(data)
+            if isinstance(event, FailureResponse):
+                raise GatewayFailure(event.code, event.message)
+            return event
+
+        if key is not None and isinstance(request, _MEMBERSHIP):
+            challenge = ask(AuthChallengeRequest())
+            if not isinstance(challenge, ChallengeResponse):
+                raise ProtocolError(f"{address} answered AUTH_CHALLENGE with {challenge!r}")
+            nonce = secrets.token_bytes(NONCE_SIZE)
+            ask(AuthProofRequest(nonce, admin_proof(key, challenge.nonce, nonce)))
+        return ask(request)
 
 
 def _leader_of(join: Sequence[str], deadline: float) -> str:
@@ -209,19 +240,25 @@ def _join(
     voters: int,
     standbys: int,
     timeout: float = 30.0,
+    *,
+    key: bytes | None = None,
 ) -> None:
     """Ask the leader to add this node and give it a role, as go-dqlite's app does.
 
     The node joins as a spare (ADD), then becomes a voter while the cluster has
     fewer than ``voters`` of them, else a standby while it has fewer than
-    ``standbys``.
+    ``standbys``.  Membership requests carry the proof of ``key``.  A leader
+    makes a node a voter only once it has caught up (``membership.py``): one
+    still catching up when ``timeout`` runs out has joined as a standby, which
+    the leader promotes once it has caught up if voters are missing.
     """
     deadline = time.monotonic() + timeout
     while True:
         leader = _leader_of(join, deadline)
+        mine: int | None = None
         try:
             try:
-                _call(leader, AddRequest(node_id, address))
+                _call(leader, AddRequest(node_id, address), key=key)
             except GatewayFailure as exc:
                 if "already in use" not in exc.message:
                     raise
@@ -237,11 +274,18 @@ def _join(
                 wanted = NodeRole.SPARE
             if mine is not None and mine <= wanted:
                 return  # roles rank voter < standby < spare: never demoted by a rejoin
-            _call(leader, AssignRequest(node_id, wanted), timeout=timeout)
+            _call(leader, AssignRequest(node_id, wanted), timeout=timeout, key=key)
             log.info("joined the cluster through %s as %s", leader, wanted.name.lower())
             return
         except (OSError, ProtocolError, GatewayFailure) as exc:
             if time.monotonic() > deadline:
+                if (
+                    isinstance(exc, GatewayFailure)
+                    and exc.code == _SQLITE_BUSY
+                    and mine == NodeRole.STANDBY
+                ):
+                    log.info("joined the cluster through %s as a standby: %s", leader, exc)
+                    return
                 raise RuntimeError(f"could not join through {leader}: {exc}") from exc
             time.sleep(0.5)
 
@@ -250,34 +294,25 @@ def _join(
 ROLES_CHECK_INTERVAL = 1.0
 #: A voter the leader has not heard from for this long is replaced by a standby.
 OFFLINE_AFTER = 10.0
-#: A standby may replace a voter if it answered this recently...
-_STANDBY_ONLINE_WITHIN = 2.0
-#: ... and lacks at most this many entries.
-_STANDBY_MAX_LAG = 100
 
 
 def next_role_change(
-    roles: dict[str, int], health: dict[str, tuple[float, int]], leader: str, voters: int
+    roles: dict[str, int], health: Mapping[str, PeerHealth], leader: str, voters: int
 ) -> tuple[str, NodeRole] | None:
     """The next role change a leader makes to keep ``voters`` voters online, if any.
 
     Like go-dqlite's app, restricted to what Raft tells the leader: a standby
-    that is online and caught up is promoted while voters are missing or one
-    is offline (silent for :data:`OFFLINE_AFTER`); then the offline voter is
-    made a spare. One change at a time, promotion first, so the quorum never
-    depends on the offline node.
+    that has caught up (``membership.caught_up``) is promoted while voters are
+    missing or one is offline (silent for :data:`OFFLINE_AFTER`); then the
+    offline voter is made a spare. One change at a time, promotion first, so the
+    quorum never depends on the offline node.
     """
     current = [a for a, r in roles.items() if r == NodeRole.VOTER]
     offline = sorted(
-        a for a in current if a != leader and health.get(a, (math.inf, 0))[0] > OFFLINE_AFTER
+        a for a in current if a != leader and (a not in health or health[a].silent > OFFLINE_AFTER)
     )
     ready = sorted(
-        a
-        for a, r in roles.items()
-        if r == NodeRole.STANDBY
-        and a in health
-        and health[a][0] < _STANDBY_ONLINE_WITHIN
-        and health[a][1] <= _STANDBY_MAX_LAG
+        a for a, r in roles.items() if r == NodeRole.STANDBY and caught_up(health.get(a))
     )
     if offline and len(current) > voters:
         return offline[0], NodeRole.SPARE
@@ -302,6 +337,10 @@ class NodeServer:
         standbys: ... else a standby while it has fewer, else it stays a spare.
             While leading, the node also keeps ``voters`` voters online by
             promoting standbys in place of voters gone silent.
+        trust_loopback_admin: serve ADD/ASSIGN/REMOVE/TRANSFER to clients on
+            this host without a proof of the cluster key; None (the default):
+            only when listening on a loopback address or an abstract Unix
+            socket (``server/auth.py``).
     """
 
     def __init__(
@@ -316,6 +355,7 @@ class NodeServer:
         cluster_key: bytes | None = None,
         voters: int = 3,
         standbys: int = 3,
+        trust_loopback_admin: bool | None = None,
     ) -> None:
         parse_listen_address(address)
         if voters < 1 or standbys < 0:
@@ -356,6 +396,9 @@ class NodeServer:
         # member shares); without one it is a single node committing locally.
         self.cluster_key = cluster_key
         self.replicated: Replicated | None = None
+        self._trust_loopback_admin = trust_loopback_admin
+        # Who may change the cluster; set once the listener is bound (start()).
+        self._admin = AdminPolicy(cluster_key, trust_loopback=False)
 
     # ------------------------------------------------------------ identity
 
@@ -464,7 +507,10 @@ class NodeServer:
                     raise GatewayFailure(1, "server role is not valid")
                 if address == self._address:
                     raise GatewayFailure(1, "the leader cannot change its own role")
-                replicated.replicator.set_role(address, int(role))
+                if role == NodeRole.VOTER:
+                    promote_to_voter(replicated.replicator, address)  # once caught up
+                else:
+                    replicated.replicator.set_role(address, int(role))
             elif isinstance(request, RemoveRequest):
                 if address == self._address:
                     raise GatewayFailure(1, "the leader cannot remove itself")
@@ -475,6 +521,8 @@ class NodeServer:
                 if request.node_id != 0 and roles.get(address) != NodeRole.VOTER:
                     raise GatewayFailure(1, "server role is not valid: only voters can lead")
                 replicated.replicator.transfer(None if request.node_id == 0 else address)
+        except NotCaughtUp as exc:
+            raise GatewayFailure(_SQLITE_BUSY, str(exc)) from exc
         except ReplicationError as exc:
             raise GatewayFailure(1, str(exc)) from exc
 
@@ -518,6 +566,14 @@ class NodeServer:
         if family != socket.AF_UNIX:
             host = self._requested_address.rpartition(":")[0]
             self._address = f"{host}:{sock.getsockname()[1]}"
+        trust_loopback = self._trust_loopback_admin
+        if trust_loopback is None:
+            trust_loopback = listens_locally(sock)
+        self._admin = AdminPolicy(self.cluster_key, trust_loopback=trust_loopback)
+        log.info(
+            "membership requests need %s",
+            "the cluster key or a client on this host" if trust_loopback else "the cluster key",
+        )
         self._listener = sock
         self._directory.record_address(self._address)
         self._accept_thread = threading.Thread(
@@ -561,7 +617,7 @@ class NodeServer:
         self.replicated = Replicated(self.engine, factory, self._id)
         self.replicated.start()
         if self.join:
-            _join(self.join, self._id, self._address, *self._join_roles)
+            _join(self.join, self._id, self._address, *self._join_roles, key=key)
         else:
             threading.Thread(target=self._rejoin, name="dqlitepy-rejoin", daemon=True).start()
         threading.Thread(
@@ -589,7 +645,9 @@ class NodeServer:
         if not peers:
             return
         try:
-            _join(peers, self._id, self._address, *self._join_roles, timeout=60)
+            _join(
+                peers, self._id, self._address, *self._join_roles, timeout=60, key=self.cluster_key
+            )
         except Exception as exc:
             log.warning("could not rejoin through %s: %s", ", ".join(peers), exc)
 
@@ -670,7 +728,7 @@ class NodeServer:
 
     def _serve(self, sock: socket.socket) -> None:
         conn = ServerConnection(self._max_message_size)
-        gateway = Gateway(self)
+        gateway = Gateway(self, self._admin.session(Peer.of(sock)))
         gone = False
         handed_over = False
         read_ahead = 0

@@ -8,6 +8,13 @@ it); the client and server layers drive it with their own I/O.
 
 from __future__ import annotations
 
+from .auth import (
+    MECHANISM_HMAC_SHA256,
+    NONCE_SIZE,
+    NOT_AUTHORIZED,
+    admin_proof,
+    check_admin_proof,
+)
 from .codec import Value, ValueTuple, infer_type
 from .connection import (
     NEED_DATA,
@@ -41,6 +48,9 @@ from .messages import (
     RESPONSES,
     AddRequest,
     AssignRequest,
+    AuthChallengeRequest,
+    AuthProofRequest,
+    ChallengeResponse,
     ClientRequest,
     ClusterRequest,
     ConnectRequest,
@@ -81,7 +91,10 @@ __all__ = [
     "DEFAULT_MAX_MESSAGE_SIZE",
     "MARKER_DONE",
     "MARKER_PART",
+    "MECHANISM_HMAC_SHA256",
     "NEED_DATA",
+    "NONCE_SIZE",
+    "NOT_AUTHORIZED",
     "OPEN_BUSY_TIMEOUT_SHIFT",
     "PROTOCOL_VERSION",
     "PROTOCOL_VERSION_LEGACY",
@@ -90,7 +103,10 @@ __all__ = [
     "ROWS_BATCH_SIZE",
     "AddRequest",
     "AssignRequest",
+    "AuthChallengeRequest",
+    "AuthProofRequest",
     "BadRequest",
+    "ChallengeResponse",
     "ClientConnection",
     "ClientRequest",
     "ClientState",
@@ -143,6 +159,8 @@ __all__ = [
     "ValueType",
     "WeightRequest",
     "WelcomeResponse",
+    "admin_proof",
+    "check_admin_proof",
     "encode_frame",
     "encode_message",
     "infer_type",

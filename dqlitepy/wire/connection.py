@@ -99,6 +99,8 @@ _EXPECTED: dict[int, frozenset[int]] = {
     RequestType.TRANSFER: frozenset({ResponseType.EMPTY}),
     RequestType.DESCRIBE: frozenset({ResponseType.METADATA}),
     RequestType.WEIGHT: frozenset({ResponseType.EMPTY}),
+    RequestType.AUTH_CHALLENGE: frozenset({ResponseType.CHALLENGE}),
+    RequestType.AUTH_PROOF: frozenset({ResponseType.EMPTY}),
 }
 
 

@@ -72,6 +72,11 @@ class RequestType(IntEnum):
     TRANSFER = 17
     DESCRIBE = 18
     WEIGHT = 19
+    # dqlitepy's own requests, far from dqlite's range (0-19) so that dqlite's future ones
+    # cannot collide.  Only dqlitepy clients send them, and only to a node that asked for
+    # proof (FAILURE 23 "not authorized"); see ``wire/auth.py``.
+    AUTH_CHALLENGE = 208
+    AUTH_PROOF = 209
 
 
 class ResponseType(IntEnum):
@@ -88,6 +93,8 @@ class ResponseType(IntEnum):
     EMPTY = 8
     FILES = 9
     METADATA = 10
+    # dqlitepy's own: the answer to AUTH_CHALLENGE (see ``wire/auth.py``).
+    CHALLENGE = 208
 
 
 class ValueType(IntEnum):

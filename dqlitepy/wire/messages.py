@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import ClassVar
 
+from .auth import MECHANISM_HMAC_SHA256, NONCE_SIZE
 from .codec import Reader, Value, ValueTuple, Writer
 from .constants import (
     DEFAULT_HEARTBEAT_TIMEOUT_MS,
@@ -26,6 +27,9 @@ __all__ = [
     "RESPONSES",
     "AddRequest",
     "AssignRequest",
+    "AuthChallengeRequest",
+    "AuthProofRequest",
+    "ChallengeResponse",
     "ClientRequest",
     "ClusterRequest",
     "ConnectRequest",
@@ -472,6 +476,49 @@ class WeightRequest(Request):
         return cls(r.u64())
 
 
+def _check_nonce(what: str, value: bytes) -> None:
+    if len(value) != NONCE_SIZE:
+        raise LocalProtocolError(f"{what} must have {NONCE_SIZE} bytes, not {len(value)}")
+
+
+@dataclass(frozen=True, slots=True)
+class AuthChallengeRequest(Request):
+    """AUTH_CHALLENGE (dqlitepy, ``wire/auth.py``): ask for a nonce to prove the cluster key."""
+
+    TYPE: ClassVar[RequestType] = RequestType.AUTH_CHALLENGE
+    mechanism: int = MECHANISM_HMAC_SHA256
+
+    def _encode(self, w: Writer, legacy: bool) -> None:
+        w.u64(self.mechanism)
+
+    @classmethod
+    def _decode(cls, r: Reader, schema: int, legacy: bool) -> AuthChallengeRequest:
+        return cls(r.u64())
+
+
+@dataclass(frozen=True, slots=True)
+class AuthProofRequest(Request):
+    """AUTH_PROOF (dqlitepy, ``wire/auth.py``): the client's nonce and its MAC of the challenge."""
+
+    TYPE: ClassVar[RequestType] = RequestType.AUTH_PROOF
+    client_nonce: bytes
+    mac: bytes
+    mechanism: int = MECHANISM_HMAC_SHA256
+
+    def _encode(self, w: Writer, legacy: bool) -> None:
+        _check_nonce("the client nonce", self.client_nonce)
+        _check_nonce("the MAC", self.mac)
+        w.u64(self.mechanism)
+        w.raw(bytes(self.client_nonce))
+        w.raw(bytes(self.mac))
+
+    @classmethod
+    def _decode(cls, r: Reader, schema: int, legacy: bool) -> AuthProofRequest:
+        mechanism = r.u64()
+        nonce = r.raw(NONCE_SIZE)
+        return cls(nonce, r.raw(NONCE_SIZE), mechanism)
+
+
 # -------------------------------------------------------------------------- responses
 
 
@@ -782,6 +829,25 @@ class MetadataResponse(Response):
         return cls(r.u64(), r.u64())
 
 
+@dataclass(frozen=True, slots=True)
+class ChallengeResponse(Response):
+    """CHALLENGE (dqlitepy, ``wire/auth.py``): the node's nonce, good for one proof."""
+
+    TYPE: ClassVar[ResponseType] = ResponseType.CHALLENGE
+    nonce: bytes
+    mechanism: int = MECHANISM_HMAC_SHA256
+
+    def _encode(self, w: Writer, legacy: bool) -> None:
+        _check_nonce("the nonce", self.nonce)
+        w.u64(self.mechanism)
+        w.raw(bytes(self.nonce))
+
+    @classmethod
+    def _decode(cls, r: Reader, schema: int, legacy: bool) -> ChallengeResponse:
+        mechanism = r.u64()
+        return cls(r.raw(NONCE_SIZE), mechanism)
+
+
 #: Request classes by type code.
 REQUESTS: dict[int, type[Request]] = {
     cls.TYPE: cls
@@ -806,6 +872,8 @@ REQUESTS: dict[int, type[Request]] = {
         TransferRequest,
         DescribeRequest,
         WeightRequest,
+        AuthChallengeRequest,
+        AuthProofRequest,
     )
 }
 
@@ -824,5 +892,6 @@ RESPONSES: dict[int, type[Response]] = {
         EmptyResponse,
         FilesResponse,
         MetadataResponse,
+        ChallengeResponse,
     )
 }

@@ -148,8 +148,8 @@ class Node:
         return list(self._server.cluster())
 
     def client(self) -> Client:
-        """An admin :class:`~dqlitepy.Client` pointed at this node."""
-        return Client([self.address])
+        """An admin :class:`~dqlitepy.Client` pointed at this node (holding its cluster key)."""
+        return Client([self.address], cluster_key=self._server.cluster_key)
 
     def connect(self, database: str, **kwargs: Any) -> Connection:
         """Open a DB-API connection to ``database`` through this node."""

@@ -314,3 +314,21 @@ def test_unreachable_voters_cannot_take_the_quorum_away() -> None:
         cluster.leader(timeout=30)
         assert _insert(cluster.addresses, "quorum", 5) == 10
         assert roles() == expected
+
+
+def test_an_embedding_applications_node_client_holds_the_key(tmp_path: Path) -> None:
+    key = CLUSTER_KEY.encode()
+    options = {"cluster_key": key, "trust_loopback_admin": False}
+    with dqlitepy.Node(_unused_address(), tmp_path / "node", **options) as node:
+        deadline = time.monotonic() + 30
+        while not node.is_leader:
+            assert time.monotonic() < deadline, "the node did not lead"
+            time.sleep(0.05)
+        spare = _unused_address()
+        with dqlitepy.Client([node.address]) as stranger, pytest.raises(dqlitepy.DatabaseError):
+            stranger.add(4244, spare)
+        with node.client() as client:
+            client.add(4244, spare)
+            assert (4244, spare, NodeRole.SPARE) in _members([node.address])
+            client.remove(4244)
+        assert all(address != spare for _, address, _ in _members([node.address]))

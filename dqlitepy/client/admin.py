@@ -8,6 +8,7 @@ the node named (the first known server by default), as the Go shell does.
 
 from __future__ import annotations
 
+import ssl as _ssl
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -73,6 +74,7 @@ class Client:
         servers: addresses of known nodes, as a list or a comma-separated string.
         timeout: the budget of each call (leader discovery included).
         attempt_timeout: the budget of one attempt through one node.
+        ssl: connect with TLS using this context (see :mod:`dqlitepy.client.tls`).
     """
 
     def __init__(
@@ -81,6 +83,7 @@ class Client:
         *,
         timeout: float = 10.0,
         attempt_timeout: float = 2.0,
+        ssl: _ssl.SSLContext | None = None,
     ) -> None:
         if isinstance(servers, str):
             servers = [s for s in servers.split(",") if s]
@@ -89,6 +92,7 @@ class Client:
         self.servers = list(servers)
         self.timeout = timeout
         self.attempt_timeout = attempt_timeout
+        self.ssl = ssl
         self._leader: Protocol | None = None
 
     def close(self) -> None:
@@ -110,7 +114,7 @@ class Client:
 
     def _on_node(self, address: str | None, request: Request, expect: type[R]) -> R:
         target = address or self.servers[0]
-        proto = Protocol.open(target, self.attempt_timeout)
+        proto = Protocol.open(target, self.attempt_timeout, ssl_context=self.ssl)
         try:
             return proto.call(request, expect, self.timeout)
         finally:
@@ -126,6 +130,7 @@ class Client:
                     self.servers,
                     attempt_timeout=self.attempt_timeout,
                     total_timeout=max(0.0, deadline - time.monotonic()),
+                    ssl_context=self.ssl,
                 )
             try:
                 return proto.call(request, expect, self.timeout)

@@ -25,13 +25,16 @@ import logging
 import math
 import os
 import signal
+import ssl
 import sys
 import threading
 from collections.abc import Callable, Sequence
 from typing import Any, TextIO
 
 import dqlitepy
+from dqlitepy.client.tls import client_context
 from dqlitepy.node import StartupRefused
+from dqlitepy.server.tls import NodeTLS
 
 __all__ = ["format_value", "main"]
 
@@ -101,24 +104,34 @@ def format_value(value: Any) -> str:
 class Shell:
     """Runs SQL and dot commands against one database of a cluster."""
 
-    def __init__(self, servers: list[str], database: str, fmt: str, out: TextIO) -> None:
+    def __init__(
+        self,
+        servers: list[str],
+        database: str,
+        fmt: str,
+        out: TextIO,
+        tls: ssl.SSLContext | None = None,
+    ) -> None:
         self.servers = servers
         self.database = database
         self.format = fmt
         self.out = out
+        self.tls = tls
         self._conn: dqlitepy.Connection | None = None
         self._client: dqlitepy.Client | None = None
 
     @property
     def conn(self) -> dqlitepy.Connection:
         if self._conn is None:
-            self._conn = dqlitepy.connect(self.database, servers=self.servers, isolation_level=None)
+            self._conn = dqlitepy.connect(
+                self.database, servers=self.servers, isolation_level=None, ssl=self.tls
+            )
         return self._conn
 
     @property
     def client(self) -> dqlitepy.Client:
         if self._client is None:
-            self._client = dqlitepy.Client(self.servers)
+            self._client = dqlitepy.Client(self.servers, ssl=self.tls)
         return self._client
 
     def close(self) -> None:
@@ -221,9 +234,33 @@ def _split_script(text: str) -> list[str]:
     return statements
 
 
+def _shell_tls(args: argparse.Namespace) -> ssl.SSLContext | None:
+    """The Go shell's TLS: present ``--cert``, trust ``--ca`` or else ``--cert`` itself.
+
+    As go-dqlite's SimpleDialTLSConfig, the server's certificate must chain to
+    that trust anchor; host names are not checked (a cluster certificate names
+    the cluster, not each node's address).
+    """
+    if args.cert is None and args.key is None and args.ca is None:
+        return None
+    if args.cert is None or args.key is None:
+        raise ValueError("both TLS certificate and key must be given (--cert and --key)")
+    return client_context(
+        ca=args.ca if args.ca is not None else args.cert,
+        cert=args.cert,
+        key=args.key,
+        check_hostname=False,
+    )
+
+
 def _shell(args: argparse.Namespace) -> int:
     servers = [s for s in ",".join(args.servers).split(",") if s]
-    shell = Shell(servers, args.database, args.format, sys.stdout)
+    try:
+        tls = _shell_tls(args)
+    except ValueError as exc:
+        print(f"Error: {exc}", file=sys.stderr)
+        return 2
+    shell = Shell(servers, args.database, args.format, sys.stdout, tls)
     try:
         if args.sql is not None:
             shell.run(args.sql)
@@ -288,6 +325,16 @@ def _server(args: argparse.Namespace) -> int:
 
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, on_signal)
+    tls: NodeTLS | None = None
+    if args.tls_cert or args.tls_key or args.tls_ca:
+        if not (args.tls_cert and args.tls_key):
+            print("Error: TLS needs both --tls-cert and --tls-key", file=sys.stderr)
+            return 2
+        try:
+            tls = NodeTLS.from_files(args.tls_cert, args.tls_key, args.tls_ca)
+        except ValueError as exc:
+            print(f"Error: {exc}", file=sys.stderr)
+            return 2
     key = _cluster_key(args.cluster_key_file)
     if join and key is None:
         print(
@@ -304,6 +351,7 @@ def _server(args: argparse.Namespace) -> int:
             cluster_key=key,
             voters=args.voters,
             standbys=args.standbys,
+            tls=tls,
         ).start()
     except StartupRefused as exc:
         # The operator's mistake (a busy directory, a missing or wrong key): nothing changed.
@@ -329,6 +377,11 @@ def _parser() -> argparse.ArgumentParser:
         "-s", "--servers", action="append", required=True, help="comma-separated node addresses"
     )
     shell.add_argument("-f", "--format", choices=("tabular", "json"), default="tabular")
+    shell.add_argument("-c", "--cert", help="TLS certificate to present (PEM), as the dqlite shell")
+    shell.add_argument("-k", "--key", help="its private key (PEM)")
+    shell.add_argument(
+        "--ca", help="CA certificates the servers' must chain to (default: the --cert file itself)"
+    )
     shell.add_argument("database")
     shell.add_argument("sql", nargs="?", help="one statement or dot command (default: stdin)")
     shell.set_defaults(func=_shell)
@@ -364,6 +417,18 @@ def _parser() -> argparse.ArgumentParser:
         default=3,
         help="on joining, else become a standby while it has fewer (default %(default)s); "
         "later nodes join as spares",
+    )
+    server.add_argument(
+        "--tls-cert",
+        metavar="FILE",
+        help="serve clients and Raft over TLS with this certificate (PEM); with --tls-key",
+    )
+    server.add_argument("--tls-key", metavar="FILE", help="the certificate's private key (PEM)")
+    server.add_argument(
+        "--tls-ca",
+        metavar="FILE",
+        help="mutual TLS: every client and peer must present a certificate this CA signed "
+        "(default: clients need none; peers must present one the --tls-cert file vouches for)",
     )
     server.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     server.set_defaults(func=_server)

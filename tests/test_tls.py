@@ -29,6 +29,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 from dqlite_cluster import DQLITE_SHELL
@@ -37,6 +38,7 @@ from pysyncobj import SyncObj, SyncObjConf, replicated
 
 import dqlitepy
 from dqlitepy.client.tls import client_context, context_from_url
+from dqlitepy.replication import transport as transport_module
 from dqlitepy.replication.transport import (
     ConnectAcceptor,
     RaftNode,
@@ -141,25 +143,26 @@ def _fails_fast(call: Callable[[], object], match: str, within: float = 5.0) -> 
 # ----------------------------------------------------------------------------- raft transport
 
 
-def _raft_conf() -> SyncObjConf:
-    return SyncObjConf(
-        appendEntriesUseBatch=False,
-        raftMinTimeout=0.35,
-        raftMaxTimeout=0.45,
-        appendEntriesPeriod=0.05,
-        connectionTimeout=1.5,
-        connectionRetryTime=0.3,
-        appendEntriesBatchSizeBytes=16 * 1024 * 1024,
-        autoTickPeriod=0.02,
-    )
+def _raft_conf(**overrides: Any) -> SyncObjConf:
+    settings: dict[str, Any] = {
+        "appendEntriesUseBatch": False,
+        "raftMinTimeout": 0.35,
+        "raftMaxTimeout": 0.45,
+        "appendEntriesPeriod": 0.05,
+        "connectionTimeout": 1.5,
+        "connectionRetryTime": 0.3,
+        "appendEntriesBatchSizeBytes": 16 * 1024 * 1024,
+        "autoTickPeriod": 0.02,
+    }
+    return SyncObjConf(**{**settings, **overrides})
 
 
 class _Counter(SyncObj):  # type: ignore[misc]
-    def __init__(self, address: str, others: list[str], transport: type) -> None:
+    def __init__(self, address: str, others: list[str], transport: type, **conf: Any) -> None:
         super().__init__(
             RaftNode(address),
             [RaftNode(o) for o in others],
-            _raft_conf(),
+            _raft_conf(**conf),
             transportClass=transport,
             nodeClass=RaftNode,
         )
@@ -177,71 +180,124 @@ class _Counter(SyncObj):  # type: ignore[misc]
         return self.digests[-1]
 
 
+class _RaftCluster:
+    """PySyncObj nodes in this process, each behind a TLS ConnectAcceptor, all dialling TLS."""
+
+    def __init__(self, tls: list[NodeTLS], **conf: Any) -> None:
+        self.tls = tls
+        self.conf = conf
+        self.acceptors = [ConnectAcceptor("127.0.0.1:0", ssl_context=t.server) for t in tls]
+        self.addresses = [a.address for a in self.acceptors]
+        self.nodes: list[_Counter | None] = [None] * len(tls)
+        self.transports: list[SecureTransport | None] = [None] * len(tls)
+        try:
+            for i in range(len(tls)):
+                self.start(i)
+        except BaseException:
+            self.close()
+            raise
+
+    def start(self, i: int) -> _Counter:
+        def created(transport: SecureTransport) -> None:
+            self.transports[i] = transport
+            self.acceptors[i].attach(transport)
+
+        cls = secure_transport_class(
+            CLUSTER_KEY.encode(), node_id=i + 1, on_created=created, ssl_context=self.tls[i].client
+        )
+        others = [a for a in self.addresses if a != self.addresses[i]]
+        node = self.nodes[i] = _Counter(self.addresses[i], others, cls, **self.conf)
+        return node
+
+    def stop(self, i: int) -> None:
+        node = self.nodes[i]
+        assert node is not None
+        self.acceptors[i].attach(None)
+        node.destroy_synchronous()
+        self.nodes[i] = self.transports[i] = None
+
+    def live(self) -> list[_Counter]:
+        return [n for n in self.nodes if n is not None]
+
+    def leader(self) -> _Counter:
+        wait_until(lambda: sum(n._isLeader() for n in self.live()) == 1, "a leader")
+        return next(n for n in self.live() if n._isLeader())
+
+    def close(self) -> None:
+        for i, node in enumerate(self.nodes):
+            if node is not None:
+                self.stop(i)
+        for acceptor in self.acceptors:
+            acceptor.close()
+
+
 def test_raft_links_run_over_tls_and_carry_a_4_mib_entry(certs: Certs) -> None:
     # The non-blocking TLS paths of the transport: dialled links (client handshake on
     # poller events), adopted TLS sockets, chunked writes retried after SSLWantWrite,
     # reads that drain OpenSSL's buffer.
     tls = NodeTLS.from_files(certs.crt("node"), certs.key("node"), certs.crt("ca"))
-    acceptors = [ConnectAcceptor("127.0.0.1:0", ssl_context=tls.server) for _ in range(3)]
-    addresses = [a.address for a in acceptors]
-    transports: list[SecureTransport] = []
-    nodes: list[_Counter] = []
+    cluster = _RaftCluster([tls] * 3)
     try:
-        for i, address in enumerate(addresses):
-
-            def created(transport: SecureTransport, i: int = i) -> None:
-                transports.append(transport)
-                acceptors[i].attach(transport)
-
-            cls = secure_transport_class(
-                CLUSTER_KEY.encode(), node_id=i + 1, on_created=created, ssl_context=tls.client
-            )
-            nodes.append(_Counter(address, [a for a in addresses if a != address], cls))
-        wait_until(lambda: sum(n._isLeader() for n in nodes) == 1, "a leader")
+        cluster.leader()
+        nodes = cluster.live()
         for i in range(60):
             assert nodes[i % 3].incr(sync=True, timeout=WAIT) == i + 1
         blob = os.urandom(4 * 1024 * 1024)
-        leader = next(n for n in nodes if n._isLeader())
-        assert leader.put(blob, sync=True, timeout=WAIT) == hashlib.sha256(blob).hexdigest()
+        digest = cluster.leader().put(blob, sync=True, timeout=WAIT)
+        assert digest == hashlib.sha256(blob).hexdigest()
         wait_until(lambda: all(n.value == 60 and len(n.digests) == 1 for n in nodes), "all applied")
+        transports = [t for t in cluster.transports if t is not None]
         links = [link for t in transports for link in t._open.values()]
         assert links and all(isinstance(link.sock, ssl.SSLSocket) for link in links)
         assert all(t.rejected_connections == 0 for t in transports)
     finally:
-        for node in nodes:
-            node.destroy_synchronous()
-        for acceptor in acceptors:
-            acceptor.close()
+        cluster.close()
+
+
+def test_a_snapshot_crosses_tls_links_to_a_restarted_node(
+    certs: Certs, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Snapshot chunks are "reliable" frames: past the high-water mark the sender waits for
+    # the TLS socket to drain instead of dropping them.
+    chunks: list[Any] = []
+    decode = transport_module.decode_raft_message
+
+    def spy(body: bytes) -> dict[str, Any]:
+        message = decode(body)
+        if message.get("serialized") is not None:
+            chunks.append(message["serialized"])
+        return message
+
+    monkeypatch.setattr(transport_module, "decode_raft_message", spy)
+    tls = NodeTLS.from_files(certs.crt("node"), certs.key("node"), certs.crt("ca"))
+    cluster = _RaftCluster([tls] * 3, logCompactionMinEntries=20)
+    try:
+        for _ in range(60):
+            cluster.leader().incr(sync=True, timeout=WAIT)
+        victim = next(i for i, n in enumerate(cluster.nodes) if n and not n._isLeader())
+        cluster.stop(victim)
+        for _ in range(30):
+            cluster.leader().incr(sync=True, timeout=WAIT)
+        restarted = cluster.start(victim)
+        wait_until(lambda: restarted.value == 90, "the restarted node installed the snapshot")
+        assert chunks and chunks[0][1] is True and chunks[-1][2] is True
+    finally:
+        cluster.close()
 
 
 def test_raft_peer_with_a_certificate_from_another_ca_is_refused(certs: Certs) -> None:
     tls = NodeTLS.from_files(certs.crt("node"), certs.key("node"), certs.crt("ca"))
     rogue = NodeTLS.from_files(certs.crt("rogue"), certs.key("rogue"), certs.crt("otherca"))
-    acceptors = [ConnectAcceptor("127.0.0.1:0", ssl_context=t.server) for t in (tls, rogue)]
-    addresses = [a.address for a in acceptors]
-    transports: list[SecureTransport] = []
-    nodes: list[_Counter] = []
+    # Same cluster key: only TLS stands between them.
+    cluster = _RaftCluster([tls, rogue])
     try:
-        for i, node_tls in enumerate((tls, rogue)):
-
-            def created(transport: SecureTransport, i: int = i) -> None:
-                transports.append(transport)
-                acceptors[i].attach(transport)
-
-            # Same cluster key: only TLS stands between them.
-            cls = secure_transport_class(
-                CLUSTER_KEY.encode(), node_id=i + 1, on_created=created, ssl_context=node_tls.client
-            )
-            nodes.append(_Counter(addresses[i], [addresses[1 - i]], cls))
+        transports = [t for t in cluster.transports if t is not None]
         wait_until(lambda: any(t.rejected_connections for t in transports), "a refused handshake")
         time.sleep(1.0)
         assert all(not t._open for t in transports)
-        assert not any(n._isLeader() for n in nodes)  # two voters, never connected
+        assert not any(n._isLeader() for n in cluster.live())  # two voters, never connected
     finally:
-        for node in nodes:
-            node.destroy_synchronous()
-        for acceptor in acceptors:
-            acceptor.close()
+        cluster.close()
 
 
 # ----------------------------------------------------------------------------- one node

@@ -142,22 +142,22 @@ def _initial_configuration(
 def _call(address: str, request: Request, timeout: float = 10.0, tls: NodeTLS | None = None) -> Any:
     """One request to another node over the client protocol (used to join)."""
     family, sockaddr = parse_listen_address(address)
-    with socket.socket(family, socket.SOCK_STREAM) as raw:
-        raw.settimeout(timeout)
-        raw.connect(sockaddr)
-        # Wrapping detaches ``raw``: the TLS socket must be closed itself.
-        sock = raw if tls is None else tls.dial(raw, address.rpartition(":")[0].strip("[]"))
-        with sock:
-            conn = ClientConnection()
-            sock.sendall(conn.handshake() + conn.send(request))
-            while (event := conn.next_event()) is NEED_DATA:
-                data = sock.recv(_RECV_SIZE)
-                if not data:
-                    raise OSError(f"{address} closed the connection")
-                conn.receive_data(data)
-    if isinstance(event, FailureResponse):
-        raise GatewayFailure(event.code, event.message)
-    return event
+    with contextlib.ExitStack() as stack:
+        sock = stack.enter_context(socket.socket(family, socket.SOCK_STREAM))
+        sock.settimeout(timeout)
+        sock.connect(sockaddr)
+        if tls is not None:  # wrapping detaches the plain socket: close the TLS one
+            sock = stack.enter_context(tls.dial(sock, address.rpartition(":")[0].strip("[]")))
+        conn = ClientConnection()
+        sock.sendall(conn.handshake() + conn.send(request))
+        while (event := conn.next_event()) is NEED_DATA:
+            data = sock.recv(_RECV_SIZE)
+            if not data:
+                raise OSError(f"{address} closed the connection")
+            conn.receive_data(data)
+        if isinstance(event, FailureResponse):
+            raise GatewayFailure(event.code, event.message)
+        return event
 
 
 def _leader_of(join: Sequence[str], deadline: float, tls: NodeTLS | None = None) -> str:

@@ -35,7 +35,6 @@ import logging
 import select
 import socket
 import ssl
-import sys
 import threading
 import time
 from collections.abc import Iterable, Iterator, Sequence
@@ -150,8 +149,6 @@ def _tls_failure(exc: BaseException) -> bool:
     not a reset, an EOF or a timeout, which an overloaded or restarting node
     gives too.
     """
-    if "ssl" not in sys.modules:  # no TLS was used: nothing to look for
-        return False
     cause = exc.__cause__ if exc.__cause__ is not None else exc
     return isinstance(cause, ssl.SSLError) and not isinstance(
         cause, ssl.SSLEOFError | ssl.SSLZeroReturnError | ssl.SSLSyscallError

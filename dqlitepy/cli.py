@@ -25,13 +25,16 @@ import logging
 import math
 import os
 import signal
+import ssl
 import sys
 import threading
 from collections.abc import Callable, Sequence
 from typing import Any, TextIO
 
 import dqlitepy
+from dqlitepy.client.tls import client_context
 from dqlitepy.node import StartupRefused
+from dqlitepy.server.tls import NodeTLS
 
 __all__ = ["format_value", "main"]
 
@@ -107,6 +110,7 @@ class Shell:
         database: str,
         fmt: str,
         out: TextIO,
+        tls: ssl.SSLContext | None = None,
         cluster_key_file: str | None = None,
     ) -> None:
         self.servers = servers
@@ -114,20 +118,25 @@ class Shell:
         self.database = database
         self.format = fmt
         self.out = out
+        self.tls = tls
         self._conn: dqlitepy.Connection | None = None
         self._client: dqlitepy.Client | None = None
 
     @property
     def conn(self) -> dqlitepy.Connection:
         if self._conn is None:
-            self._conn = dqlitepy.connect(self.database, servers=self.servers, isolation_level=None)
+            self._conn = dqlitepy.connect(
+                self.database, servers=self.servers, isolation_level=None, ssl=self.tls
+            )
         return self._conn
 
     @property
     def client(self) -> dqlitepy.Client:
         if self._client is None:
             # The key (file, else DQLITEPY_CLUSTER_KEY) for .add/.assign/.remove/.transfer.
-            self._client = dqlitepy.Client(self.servers, cluster_key=self.cluster_key_file)
+            self._client = dqlitepy.Client(
+                self.servers, cluster_key=self.cluster_key_file, ssl=self.tls
+            )
         return self._client
 
     def close(self) -> None:
@@ -230,9 +239,33 @@ def _split_script(text: str) -> list[str]:
     return statements
 
 
+def _shell_tls(args: argparse.Namespace) -> ssl.SSLContext | None:
+    """The Go shell's TLS: present ``--cert``, trust ``--ca`` or else ``--cert`` itself.
+
+    As go-dqlite's SimpleDialTLSConfig, the server's certificate must chain to
+    that trust anchor; host names are not checked (a cluster certificate names
+    the cluster, not each node's address).
+    """
+    if args.cert is None and args.key is None and args.ca is None:
+        return None
+    if args.cert is None or args.key is None:
+        raise ValueError("both TLS certificate and key must be given (--cert and --key)")
+    return client_context(
+        ca=args.ca if args.ca is not None else args.cert,
+        cert=args.cert,
+        key=args.key,
+        check_hostname=False,
+    )
+
+
 def _shell(args: argparse.Namespace) -> int:
     servers = [s for s in ",".join(args.servers).split(",") if s]
-    shell = Shell(servers, args.database, args.format, sys.stdout, args.cluster_key_file)
+    try:
+        tls = _shell_tls(args)
+    except ValueError as exc:
+        print(f"Error: {exc}", file=sys.stderr)
+        return 2
+    shell = Shell(servers, args.database, args.format, sys.stdout, tls, args.cluster_key_file)
     try:
         if args.sql is not None:
             shell.run(args.sql)
@@ -297,6 +330,16 @@ def _server(args: argparse.Namespace) -> int:
 
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, on_signal)
+    tls: NodeTLS | None = None
+    if args.tls_cert or args.tls_key or args.tls_ca:
+        if not (args.tls_cert and args.tls_key):
+            print("Error: TLS needs both --tls-cert and --tls-key", file=sys.stderr)
+            return 2
+        try:
+            tls = NodeTLS.from_files(args.tls_cert, args.tls_key, args.tls_ca)
+        except ValueError as exc:
+            print(f"Error: {exc}", file=sys.stderr)
+            return 2
     key = _cluster_key(args.cluster_key_file)
     if join and key is None:
         print(
@@ -314,6 +357,7 @@ def _server(args: argparse.Namespace) -> int:
             voters=args.voters,
             standbys=args.standbys,
             trust_loopback_admin=args.trust_loopback_admin,
+            tls=tls,
         ).start()
     except StartupRefused as exc:
         # The operator's mistake (a busy directory, a missing or wrong key): nothing changed.
@@ -339,8 +383,12 @@ def _parser() -> argparse.ArgumentParser:
         "-s", "--servers", action="append", required=True, help="comma-separated node addresses"
     )
     shell.add_argument("-f", "--format", choices=("tabular", "json"), default="tabular")
+    shell.add_argument("-c", "--cert", help="TLS certificate to present (PEM), as the dqlite shell")
+    shell.add_argument("-k", "--key", help="its private key (PEM)")
     shell.add_argument(
-        "-k",
+        "--ca", help="CA certificates the servers' must chain to (default: the --cert file itself)"
+    )
+    shell.add_argument(
         "--cluster-key-file",
         help="file holding the cluster key, proved to nodes that ask for it before .add, "
         ".assign, .remove and .transfer (default: DQLITEPY_CLUSTER_KEY, if set)",
@@ -387,6 +435,18 @@ def _parser() -> argparse.ArgumentParser:
         default=None,
         help="serve add/assign/remove/transfer to clients on this host without a proof of the "
         "cluster key (default: only when the address is loopback or @abstract)",
+    )
+    server.add_argument(
+        "--tls-cert",
+        metavar="FILE",
+        help="serve clients and Raft over TLS with this certificate (PEM); with --tls-key",
+    )
+    server.add_argument("--tls-key", metavar="FILE", help="the certificate's private key (PEM)")
+    server.add_argument(
+        "--tls-ca",
+        metavar="FILE",
+        help="mutual TLS: every client and peer must present a certificate this CA signed "
+        "(default: clients need none; peers must present one the --tls-cert file vouches for)",
     )
     server.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     server.set_defaults(func=_server)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import atexit
 import os
 import shutil
+import ssl
 import tempfile
 import threading
 import uuid
@@ -62,7 +63,9 @@ class Node:
         join: addresses of existing cluster members to join.
         **options: passed to the server (``max_message_size``,
             ``busy_timeout_ms``, ``max_connections``, ``cluster_key``,
-            ``voters``, ``standbys``).
+            ``voters``, ``standbys``, ``tls``: a
+            :class:`~dqlitepy.server.tls.NodeTLS` to serve clients and Raft
+            over TLS).
 
     Raises:
         DataDirectoryInUse: another node holds ``data_dir``.
@@ -148,12 +151,23 @@ class Node:
         return list(self._server.cluster())
 
     def client(self) -> Client:
-        """An admin :class:`~dqlitepy.Client` pointed at this node (holding its cluster key)."""
-        return Client([self.address], cluster_key=self._server.cluster_key)
+        """An admin :class:`~dqlitepy.Client` pointed at this node (its key and TLS, if any)."""
+        return Client(
+            [self.address], cluster_key=self._server.cluster_key, ssl=self._client_tls()
+        )
 
     def connect(self, database: str, **kwargs: Any) -> Connection:
-        """Open a DB-API connection to ``database`` through this node."""
+        """Open a DB-API connection to ``database`` through this node.
+
+        A TLS node is dialled with its own client context (its certificate) unless
+        ``ssl=`` says otherwise.
+        """
+        kwargs.setdefault("ssl", self._client_tls())
         return Connection(database, servers=[self.address], **kwargs)
+
+    def _client_tls(self) -> ssl.SSLContext | None:
+        tls = self._server.tls
+        return None if tls is None else tls.client
 
 
 class _Embedded:

@@ -17,6 +17,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from ssl import SSLContext
 from types import TracebackType
 
 import dqlitepy
@@ -155,11 +156,17 @@ CLUSTER_KEY = "test-cluster-key-0123456789abcdef"
 class DqlitepyCluster:
     """Three ``dqlitepy server`` processes: the first bootstraps, the others --join it.
 
-    ``options`` are given to every node.
+    Args:
+        size: how many nodes.
+        options: more ``dqlitepy server`` options for every node (``--tls-cert``...).
+        ssl: the client TLS context the helpers below connect with.
     """
 
-    def __init__(self, size: int = 3, options: list[str] | None = None) -> None:
+    def __init__(
+        self, size: int = 3, *, options: list[str] | None = None, ssl: SSLContext | None = None
+    ) -> None:
         self.root = Path(tempfile.mkdtemp(prefix="dqlitepy-cluster-"))
+        self.ssl = ssl
         self.nodes: list[DqlitepyServer] = []
         for i in range(size):
             join = [self.nodes[0].address] if self.nodes else None
@@ -171,9 +178,11 @@ class DqlitepyCluster:
 
     @classmethod
     @contextmanager
-    def formed(cls, size: int = 3, options: list[str] | None = None) -> Iterator[DqlitepyCluster]:
+    def formed(
+        cls, size: int = 3, *, options: list[str] | None = None, ssl: SSLContext | None = None
+    ) -> Iterator[DqlitepyCluster]:
         """A cluster whose ``size`` voters agree on a leader, closed on exit."""
-        cluster = cls(size, options)
+        cluster = cls(size, options=options, ssl=ssl)
         try:
             cluster.wait_voters(size)
             yield cluster
@@ -192,7 +201,7 @@ class DqlitepyCluster:
         while True:
             live = [n.address for n in self.nodes if n.process is not None]
             try:
-                with dqlitepy.Client(live, timeout=2) as client:
+                with dqlitepy.Client(live, timeout=2, ssl=self.ssl) as client:
                     leader = client.leader()
                 if leader is not None:
                     return leader.address
@@ -206,11 +215,11 @@ class DqlitepyCluster:
         deadline = time.monotonic() + timeout
         while True:
             try:
-                with dqlitepy.Client(self.addresses, timeout=5) as client:
+                with dqlitepy.Client(self.addresses, timeout=5, ssl=self.ssl) as client:
                     voters = [n for n in client.cluster() if n.role == 0 and n.id]
                 leaders = set()
                 for address in self.addresses:
-                    with dqlitepy.Client([address], timeout=2) as one:
+                    with dqlitepy.Client([address], timeout=2, ssl=self.ssl) as one:
                         leader = one.leader()
                     # The leader's id too: members' ids travel through the log.
                     leaders.add(f"{leader.id}@{leader.address}" if leader and leader.id else "")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime
 import os
 import signal
+import ssl
 import textwrap
 import time
 from collections.abc import Iterator
@@ -98,9 +99,19 @@ class URLTest(fixtures.TestBase):
             "check_same_thread": True,
         }
 
+    def test_url_tls_arguments_become_an_ssl_context(self) -> None:
+        _, kwargs = _connect_args("sqlite+dqlitepy://h1:9001/app.db?tls=1&tls_check_hostname=0")
+        context = kwargs.pop("ssl")
+        assert isinstance(context, ssl.SSLContext) and not context.check_hostname
+        assert kwargs == {"servers": ["h1:9001"], "check_same_thread": False}
+        assert "ssl" not in _connect_args("sqlite+dqlitepy://h1:9001/app.db?tls=0")[1]
+
     @pytest.mark.parametrize(
         ("url", "message"),
         [
+            ("sqlite+dqlitepy://h1:9001/app.db?tls=maybe", "not a boolean"),
+            ("sqlite+dqlitepy://h1:9001/app.db?tls_ca=/nonexistent.pem", "cannot load"),
+            ("sqlite+dqlitepy://h1:9001/app.db?tls=1&tls=0", "given twice"),
             ("sqlite+dqlitepy://user:pw@h1:9001/app.db", "no user names"),
             ("sqlite+dqlitepy://h1:9001/", "name the database"),
             ("sqlite+dqlitepy://h1:9001/:memory:", "name the database"),

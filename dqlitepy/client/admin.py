@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import ssl as _ssl
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -110,6 +111,7 @@ class Client:
             by default the value of ``DQLITEPY_CLUSTER_KEY``, if set.  Proved
             to a node that asks for it before it serves add, assign, remove or
             transfer (see the module docstring).
+        ssl: connect with TLS using this context (see :mod:`dqlitepy.client.tls`).
 
     Raises:
         InterfaceError: no servers, or the key file cannot be read or is empty.
@@ -122,6 +124,7 @@ class Client:
         timeout: float = 10.0,
         attempt_timeout: float = 2.0,
         cluster_key: bytes | str | os.PathLike[str] | None = None,
+        ssl: _ssl.SSLContext | None = None,
     ) -> None:
         if isinstance(servers, str):
             servers = [s for s in servers.split(",") if s]
@@ -131,6 +134,7 @@ class Client:
         self.timeout = timeout
         self.attempt_timeout = attempt_timeout
         self._key = _cluster_key(cluster_key)
+        self.ssl = ssl
         self._leader: Protocol | None = None
         self._proven = False  # the key was proved on self._leader
 
@@ -154,7 +158,7 @@ class Client:
 
     def _on_node(self, address: str | None, request: Request, expect: type[R]) -> R:
         target = address or self.servers[0]
-        proto = Protocol.open(target, self.attempt_timeout)
+        proto = Protocol.open(target, self.attempt_timeout, ssl_context=self.ssl)
         try:
             return proto.call(request, expect, self.timeout)
         finally:
@@ -170,6 +174,7 @@ class Client:
                     self.servers,
                     attempt_timeout=self.attempt_timeout,
                     total_timeout=max(0.0, deadline - time.monotonic()),
+                    ssl_context=self.ssl,
                 )
             try:
                 return self._authorized_call(proto, request, expect)

@@ -30,13 +30,14 @@ import logging
 import operator
 import os
 import re
+import ssl as _ssl
 import threading
 import time
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from types import TracebackType
 from typing import Any, Final, TypeVar
-from urllib.parse import unquote
+from urllib.parse import parse_qsl, unquote
 
 from ..wire import (
     DEFAULT_MAX_MESSAGE_SIZE,
@@ -89,6 +90,7 @@ from .sqltext import (
     parse,
     split_statements,
 )
+from .tls import context_from_url
 from .types import (
     PARSE_COLNAMES,
     PARSE_DECLTYPES,
@@ -215,7 +217,7 @@ def parse_url(url: str) -> tuple[list[str], str]:
     """Split ``dqlite://h1:p1,h2:p2/db`` into the server list and the database name.
 
     The scheme is case-insensitive (RFC 3986); the database name is
-    percent-decoded and a query string is ignored.
+    percent-decoded; the query string is read by the caller (its ``tls*`` parameters).
 
     Raises:
         ProgrammingError: ``url`` is not a dqlite URL, or has no servers, an
@@ -239,6 +241,21 @@ def parse_url(url: str) -> tuple[list[str], str]:
         except ValueError as exc:
             raise ProgrammingError(f"invalid dqlite URL {url!r}: {exc}") from None
     return servers, database
+
+
+def _url_tls(url: str) -> _ssl.SSLContext | None:
+    """The TLS context a ``dqlite://`` URL's query string asks for (``docs/driver.md``).
+
+    Raises:
+        ProgrammingError: a malformed TLS parameter or TLS files that cannot be loaded.
+    """
+    query = url.partition("?")[2]
+    if not query:
+        return None
+    try:
+        return context_from_url(dict(parse_qsl(query, keep_blank_values=True)))
+    except ValueError as exc:
+        raise ProgrammingError(f"invalid dqlite URL {url!r}: {exc}") from None
 
 
 def _servers_from_env() -> list[str]:
@@ -302,6 +319,7 @@ class Connection:
         attempt_timeout: float = DEFAULT_ATTEMPT_TIMEOUT,
         request_timeout: float | None = DEFAULT_REQUEST_TIMEOUT,
         max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
+        ssl: _ssl.SSLContext | None = None,
     ) -> None:
         if self._initialized:
             # As in sqlite3, calling __init__ again closes the connection and opens
@@ -316,9 +334,12 @@ class Connection:
         name = os.fsdecode(database) if isinstance(database, bytes) else os.fspath(database)
         # A path object names a file (and cannot hold "//"): only strings are URLs.
         if isinstance(database, str | bytes) and _is_url(name):
-            url_servers, name = parse_url(name)
+            url = name
+            url_servers, name = parse_url(url)
             if servers is None:
                 servers = url_servers
+            if ssl is None:
+                ssl = _url_tls(url)
         elif uri and name.startswith("file:"):
             name = unquote(name[len("file:") :].partition("?")[0])
         if isinstance(servers, str):
@@ -330,6 +351,7 @@ class Connection:
         self._close_callbacks: list[Callable[[], None]] = []
         self._closed = True
         self._proto: Protocol | None = None
+        self._ssl = ssl
         try:
             if servers is None:
                 servers, name = self._default_servers(name)
@@ -521,6 +543,7 @@ class Connection:
                 # give up after `timeout`, as sqlite3.connect gives up on a
                 # database it cannot open instead of waiting for leader_timeout.
                 refused_timeout=self._timeout,
+                ssl_context=self._ssl,
             )
             try:
                 self._open_session(proto)
@@ -1692,6 +1715,7 @@ def connect(
     attempt_timeout: float = DEFAULT_ATTEMPT_TIMEOUT,
     request_timeout: float | None = DEFAULT_REQUEST_TIMEOUT,
     max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
+    ssl: _ssl.SSLContext | None = None,
 ) -> Connection:
     """Open a connection to a database of a dqlite cluster.
 
@@ -1716,6 +1740,9 @@ def connect(
         max_message_size: the largest request body sent; a statement or value
             that would make a bigger one raises ``DataError`` before anything is
             sent (a dqlitepy server refuses messages over 64 MiB by default).
+        ssl: connect with TLS using this context (e.g. from
+            :func:`dqlitepy.client.tls.client_context`); it wins over a URL's
+            ``tls*`` parameters.
 
     Raises:
         ProgrammingError: ``database`` is a URL that is not a valid dqlite URL,
@@ -1740,4 +1767,5 @@ def connect(
         attempt_timeout=attempt_timeout,
         request_timeout=request_timeout,
         max_message_size=max_message_size,
+        ssl=ssl,
     )

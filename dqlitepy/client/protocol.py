@@ -13,6 +13,15 @@ CLIENT.  Each attempt has its own timeout so one dead node cannot eat the budget
 and a search in which every node refuses the connection ends early
 (``refused_timeout``): nothing is listening, so no election is about to end.
 
+With an :class:`ssl.SSLContext` every socket is wrapped in TLS right after it
+connects (the handshake counts against the attempt's timeout).  A TLS failure
+that retrying cannot cure (a certificate the client or the server rejects, or a
+TLS node refusing a plain-text client with :data:`_TLS_REQUIRED_CODE`) ends
+leader discovery at once instead of retrying until the deadline.  OpenSSL
+objects must not be used by two threads at once, so on a TLS connection
+:meth:`Protocol.interrupt` leaves its request for the owner's thread, which
+waits for responses in short slices and sends it in between.
+
 A request is checked against the message size limit before it is encoded for
 sending, so a value too big for the server is refused here (``DataError``, as
 ``sqlite3`` refuses a value over ``SQLITE_LIMIT_LENGTH``) instead of the server
@@ -25,6 +34,7 @@ import dataclasses
 import logging
 import select
 import socket
+import ssl
 import threading
 import time
 from collections.abc import Iterable, Iterator, Sequence
@@ -52,6 +62,7 @@ from ..wire import (
 )
 from .errors import (
     ConnectionLostError,
+    DatabaseError,
     DataError,
     NoLeaderError,
     OperationalError,
@@ -75,6 +86,11 @@ _RECV_SIZE = 256 * 1024
 _SQLITE_INTERRUPT = 9
 _SQLITE_TOOBIG = 18
 _MIB = 1 << 20
+# A TLS node answers a plain-text client's first request with this FAILURE (SQLITE_AUTH).
+_TLS_REQUIRED_CODE = 23
+# How long the owner of a TLS connection waits at a time for a response, so that an
+# interrupt from another thread goes out within that delay.
+_TLS_SLICE = 0.05
 
 
 def parse_address(address: str) -> tuple[int, str | tuple[str, int]]:
@@ -96,8 +112,8 @@ def parse_address(address: str) -> tuple[int, str | tuple[str, int]]:
     return socket.AF_INET, (host, int(port))
 
 
-def dial(address: str, timeout: float) -> socket.socket:
-    """Open a socket to a node within ``timeout`` seconds."""
+def dial(address: str, timeout: float, ssl_context: ssl.SSLContext | None = None) -> socket.socket:
+    """Open a socket to a node within ``timeout`` seconds (``ssl_context``: and run TLS)."""
     family, sockaddr = parse_address(address)
     if family == socket.AF_UNIX:
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -107,24 +123,52 @@ def dial(address: str, timeout: float) -> socket.socket:
         except BaseException:
             sock.close()
             raise
+    else:
+        assert isinstance(sockaddr, tuple)
+        sock = socket.create_connection(sockaddr, timeout=timeout)
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        except BaseException:
+            sock.close()
+            raise
+    if ssl_context is None:
         return sock
-    assert isinstance(sockaddr, tuple)
-    sock = socket.create_connection(sockaddr, timeout=timeout)
-    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    return sock
+    try:
+        # The handshake runs here, under the connect timeout the socket still has.
+        host = sockaddr[0] if isinstance(sockaddr, tuple) else None
+        return ssl_context.wrap_socket(sock, server_hostname=host)
+    except BaseException:
+        sock.close()
+        raise
+
+
+def _tls_failure(exc: BaseException) -> bool:
+    """True if ``exc`` (or its cause) is a TLS failure that retrying cannot cure.
+
+    A certificate one side rejects, an alert, a peer that does not speak TLS;
+    not a reset, an EOF or a timeout, which an overloaded or restarting node
+    gives too.
+    """
+    cause = exc.__cause__ if exc.__cause__ is not None else exc
+    return isinstance(cause, ssl.SSLError) and not isinstance(
+        cause, ssl.SSLEOFError | ssl.SSLZeroReturnError | ssl.SSLSyscallError
+    )
 
 
 class Protocol:
     """One open, handshaken connection to one node.
 
     Args:
-        sock: a connected socket; the protocol owns it from now on.
+        sock: a connected socket (a TLS one too); the protocol owns it from now on.
         address: the address it was dialed with (reported in errors).
         version: the protocol version to send.
     """
 
     def __init__(self, sock: socket.socket, address: str, version: int = PROTOCOL_VERSION) -> None:
         self.address = address
+        self._tls = isinstance(sock, ssl.SSLSocket)
+        # An INTERRUPT another thread asked for, sent by the owner's thread (TLS only).
+        self._urgent = b""
         #: The largest request body sent; a larger one raises ``DataError`` unsent.
         self.max_request_size = DEFAULT_MAX_MESSAGE_SIZE
         self._sock: socket.socket | None = sock
@@ -135,14 +179,28 @@ class Protocol:
         self._lock = threading.Lock()
 
     @classmethod
-    def open(cls, address: str, timeout: float, version: int = PROTOCOL_VERSION) -> Protocol:
-        """Dial ``address`` and prepare the handshake (sent with the first request)."""
+    def open(
+        cls,
+        address: str,
+        timeout: float,
+        version: int = PROTOCOL_VERSION,
+        ssl_context: ssl.SSLContext | None = None,
+    ) -> Protocol:
+        """Dial ``address`` (with TLS if ``ssl_context``) and prepare the handshake.
+
+        The handshake is sent with the first request.
+        """
         try:
-            sock = dial(address, timeout)
+            sock = dial(address, timeout, ssl_context)
         except (OSError, ValueError) as exc:
-            raise ConnectionLostError(
-                f"cannot connect to {address}: {exc}", request_sent=False
-            ) from exc
+            if _tls_failure(exc):
+                text = f"TLS handshake failed with {address}: {exc}"
+            elif ssl_context is not None and isinstance(exc, ssl.SSLEOFError):
+                # What a node without TLS does to a ClientHello (or a busy node to anyone).
+                text = f"{address} closed the connection during the TLS handshake: is TLS on there?"
+            else:
+                text = f"cannot connect to {address}: {exc}"
+            raise ConnectionLostError(text, request_sent=False) from exc
         return cls(sock, address, version)
 
     @property
@@ -167,15 +225,21 @@ class Protocol:
         if sock is None or self._conn.state is not ClientState.IDLE:
             return False
         try:
-            readable, _, _ = select.select([sock], [], [], 0)
-            if not readable:
-                return True
-            # Anything readable while idle is EOF, a reset or garbage: all fatal.
-            sock.setblocking(False)
-            try:
-                data = sock.recv(1, socket.MSG_PEEK)
-            finally:
-                sock.setblocking(True)
+            if self._tls and sock.pending():  # type: ignore[attr-defined]
+                data = b"?"  # decrypted bytes nobody asked for
+            else:
+                readable, _, _ = select.select([sock], [], [], 0)
+                if not readable:
+                    return True
+                # Anything readable while idle is EOF, a reset or garbage: all fatal.
+                sock.setblocking(False)
+                try:
+                    # TLS has no MSG_PEEK; what it reads is discarded anyway.
+                    data = sock.recv(1) if self._tls else sock.recv(1, socket.MSG_PEEK)
+                except ssl.SSLWantReadError:
+                    return True  # a TLS record with nothing for us (a session ticket)
+                finally:
+                    sock.setblocking(True)
         except (OSError, ValueError):
             data = b""
         self.close()
@@ -194,6 +258,9 @@ class Protocol:
         if self._pending_out:
             data = self._pending_out + data
             self._pending_out = b""
+        if self._urgent:
+            with self._lock:
+                data, self._urgent = self._urgent + data, b""
         try:
             sock.settimeout(_remaining(deadline))
             with self._lock:
@@ -219,8 +286,7 @@ class Protocol:
                     f"connection to {self.address} is closed", request_sent=True
                 )
             try:
-                sock.settimeout(_remaining(deadline))
-                data = sock.recv(_RECV_SIZE)
+                data = self._recv(sock, deadline)
             except (OSError, ValueError) as exc:
                 raise self._poison(exc, sent=True, what="lost connection to") from exc
             if not data:
@@ -228,6 +294,24 @@ class Protocol:
                 raise self._poison(closed, sent=True, what="lost connection to")
             with self._lock:
                 conn.receive_data(data)
+
+    def _recv(self, sock: socket.socket, deadline: float | None) -> bytes:
+        if not self._tls:
+            sock.settimeout(_remaining(deadline))
+            return sock.recv(_RECV_SIZE)
+        while True:
+            if self._urgent:
+                with self._lock:
+                    urgent, self._urgent = self._urgent, b""
+                sock.settimeout(_remaining(deadline))
+                sock.sendall(urgent)
+            left = _remaining(deadline)  # raises TimeoutError once the deadline passed
+            sock.settimeout(_TLS_SLICE if left is None else min(left, _TLS_SLICE))
+            try:
+                return sock.recv(_RECV_SIZE)
+            except TimeoutError:
+                # OpenSSL keeps a partly received record: the next recv goes on with it.
+                continue
 
     def _start(self, request: Request) -> bytes:
         self._check_size(request)
@@ -280,6 +364,10 @@ class Protocol:
             if sock is None or not self._conn.can_interrupt():
                 return False
             data = self._conn.send(InterruptRequest(0))
+            if self._tls:
+                # The owner, waiting for the response, sends it within _TLS_SLICE.
+                self._urgent += data
+                return True
             try:
                 sock.sendall(data)
             except OSError:
@@ -372,17 +460,30 @@ def _remaining(deadline: float | None) -> float | None:
     return left
 
 
-def _ask_leader(address: str, timeout: float) -> tuple[Protocol, ServerResponse]:
+def _ask_leader(
+    address: str, timeout: float, ssl_context: ssl.SSLContext | None = None
+) -> tuple[Protocol, ServerResponse]:
     """Dial a node and ask it for the leader, falling back to the legacy handshake."""
     try:
-        proto = Protocol.open(address, timeout)
-        return proto, proto.call(LeaderRequest(), ServerResponse, timeout)
+        return _call_leader(Protocol.open(address, timeout, ssl_context=ssl_context), timeout)
     except ConnectionLostError as exc:
-        if not exc.request_sent or isinstance(exc.__cause__, TimeoutError | socket.timeout):
+        if (
+            not exc.request_sent
+            or isinstance(exc.__cause__, TimeoutError | socket.timeout)
+            or _tls_failure(exc)
+        ):
             raise
     # go-dqlite retries with the legacy version when v1 got EOF or a reset.
-    proto = Protocol.open(address, timeout, PROTOCOL_VERSION_LEGACY)
-    return proto, proto.call(LeaderRequest(), ServerResponse, timeout)
+    proto = Protocol.open(address, timeout, PROTOCOL_VERSION_LEGACY, ssl_context)
+    return _call_leader(proto, timeout)
+
+
+def _call_leader(proto: Protocol, timeout: float) -> tuple[Protocol, ServerResponse]:
+    try:
+        return proto, proto.call(LeaderRequest(), ServerResponse, timeout)
+    except BaseException:
+        proto.close()
+        raise
 
 
 class _Refused(ConnectionLostError):
@@ -398,7 +499,9 @@ def _refused(exc: ConnectionLostError) -> bool:
     )
 
 
-def _try_node(address: str, attempt_timeout: float) -> Protocol | None:
+def _try_node(
+    address: str, attempt_timeout: float, ssl_context: ssl.SSLContext | None = None
+) -> Protocol | None:
     """One attempt through one node: a Protocol to the leader, or None.
 
     Raises:
@@ -406,16 +509,18 @@ def _try_node(address: str, attempt_timeout: float) -> Protocol | None:
     """
     deadline = time.monotonic() + attempt_timeout
     try:
-        proto, leader = _ask_leader(address, attempt_timeout)
+        proto, leader = _ask_leader(address, attempt_timeout, ssl_context)
     except ConnectionLostError as exc:
-        if _refused(exc):
+        if _refused(exc) and not _tls_failure(exc):
             raise _Refused(str(exc), request_sent=False) from exc
         raise
     if leader.address != address:
         proto.close()
         if not leader.address:
             return None
-        proto, leader = _ask_leader(leader.address, max(0.05, deadline - time.monotonic()))
+        proto, leader = _ask_leader(
+            leader.address, max(0.05, deadline - time.monotonic()), ssl_context
+        )
         if leader.address != proto.address:
             # The node it named does not think it leads: an election is under way.
             proto.close()
@@ -439,6 +544,7 @@ def find_leader(
     total_timeout: float,
     preferred: Iterable[str] = (),
     refused_timeout: float | None = None,
+    ssl_context: ssl.SSLContext | None = None,
 ) -> Protocol:
     """Return a connection to the current leader, registered with CLIENT.
 
@@ -453,10 +559,14 @@ def find_leader(
             connection for this long (None: never sooner).  A node that accepts
             it, even one that knows no leader yet, lets the search go on until
             ``total_timeout``: an election ends, a cluster that is down does not.
+        ssl_context: connect with TLS.
 
     Raises:
         NoLeaderError: no leader could be found within ``total_timeout``, or
             every node refused the connection for ``refused_timeout``.
+        OperationalError: TLS failed with every node in a way retrying cannot
+            cure (a rejected certificate, TLS on one side only); raised as soon
+            as every node has been tried.
     """
     order = list(dict.fromkeys([*preferred, *servers]))
     if not order:
@@ -467,21 +577,34 @@ def find_leader(
     last_accepted = started
     delay = 0.1
     errors: dict[str, str] = {}
+    # Nodes whose TLS set-up does not match ours: asking them again changes nothing.
+    mismatched: set[str] = set()
     while True:
         for address in order:
             left = deadline - time.monotonic()
             if left <= 0:
                 break
+            if address in mismatched:
+                continue
             try:
-                proto = _try_node(address, min(attempt_timeout, left))
+                proto = _try_node(address, min(attempt_timeout, left), ssl_context)
             except _Refused as exc:
                 errors[address] = str(exc)
                 log.debug("leader discovery through %s failed: %s", address, exc)
                 continue
-            except (OperationalError, ProtocolError, OSError) as exc:
+            except (DatabaseError, ProtocolError, OSError) as exc:
                 last_accepted = time.monotonic()
                 errors[address] = str(exc)
                 log.debug("leader discovery through %s failed: %s", address, exc)
+                if _tls_failure(exc) or getattr(exc, "sqlite_errorcode", 0) == _TLS_REQUIRED_CODE:
+                    mismatched.add(address)
+                    if mismatched.issuperset(order):
+                        detail = "; ".join(f"{a}: {errors[a]}" for a in order)
+                        raise make_error(
+                            OperationalError, f"cannot connect to any dqlite server ({detail})"
+                        ) from exc
+                elif not isinstance(exc, OperationalError | ProtocolError | OSError):
+                    raise
                 continue
             last_accepted = time.monotonic()
             if proto is not None:

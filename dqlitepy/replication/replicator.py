@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import ssl
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -100,6 +101,8 @@ class Replicator:
             ``command`` is empty for the no-op entry each new leader appends.
         on_leadership: called on Raft's thread with True/False when this node
             gains or loses the leader role.
+        ssl_context: dial peers with TLS using this (client) context; peers'
+            connections handed over by :meth:`adopt` are then TLS sockets too.
     """
 
     def __init__(
@@ -116,8 +119,10 @@ class Replicator:
         snapshot: Callable[[], Callable[[BinaryIO], None]] | None = None,
         restore: Callable[[BinaryIO], None] | None = None,
         snapshot_entries: int = DEFAULT_SNAPSHOT_ENTRIES,
+        ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         self.address = address
+        self._ssl_context = ssl_context
         self._raft_dir = Path(data_dir) / "raft"
         self._voters = [v for v in voters if v != address]
         self._voting = voting
@@ -146,7 +151,10 @@ class Replicator:
             self._transport = transport
 
         transport_class = secure_transport_class(
-            self._cluster_key, node_id=self._node_id, on_created=created
+            self._cluster_key,
+            node_id=self._node_id,
+            on_created=created,
+            ssl_context=self._ssl_context,
         )
         options: dict[str, Any] = {}
         if self._snapshot is not None and self._restore is not None:

@@ -78,6 +78,19 @@ itself that the cluster holds its key before it asks to be added
 (:func:`check_cluster_key`).  The AUTH frame is bound to both nonces and to the direction,
 so it is worth nothing in any other session (a claim of a member's address gets as much).
 
+**TLS** (``server/tls.py``).  On a TLS node the sockets handed over by ``adopt`` are
+:class:`ssl.SSLSocket` objects whose handshake the server already ran, and dialled links
+run the client handshake themselves, without blocking, before sending the dqlite
+handshake: CONNECTING → TLS_HANDSHAKE (``do_handshake`` on each poller event) → ACTIVE.
+The session above (HELLO, AUTH, MACs) is unchanged: the cluster key is checked inside TLS
+too.  Three things differ for a TLS socket in non-blocking use, all handled in
+:class:`_Link`: "no data yet" is :class:`ssl.SSLWantReadError` (or, for a write,
+:class:`ssl.SSLWantWriteError`) rather than :class:`BlockingIOError`; decrypted bytes
+can wait inside OpenSSL where the level-triggered poller cannot see them, so a read drains
+until OpenSSL itself wants more (and ``pending()`` is emptied); and ``sendmsg`` does not
+exist, while a write that OpenSSL could not finish must be retried with the same bytes, so
+the queue is sent in chunks of at most :data:`_TLS_CHUNK` bytes kept until written.
+
 PySyncObj's admin ("utility") messages and read-only nodes are not supported: the first are an
 unauthenticated remote control in the stock transport, the second do not exist in dqlite
 (standby and spare nodes are members).
@@ -98,6 +111,7 @@ import logging
 import os
 import select
 import socket
+import ssl
 import struct
 import sys
 import threading
@@ -181,6 +195,8 @@ _READ_BUDGET_HANDSHAKE: Final = 64 * 1024
 _WARNING_INTERVAL: Final = 60
 # sendmsg takes at most IOV_MAX (1024 on Linux) buffers; a frame is three.
 _MAX_IOV: Final = 192
+# A TLS link writes its queue in copies of at most this size (16 TLS records).
+_TLS_CHUNK: Final = 256 * 1024
 
 
 # ----------------------------------------------------------------------------- errors
@@ -719,12 +735,16 @@ class SecureSession:
 
 class _LinkState(enum.Enum):
     CONNECTING = "connecting"  # non-blocking connect() in flight (dialled links only)
+    TLS_HANDSHAKE = "tls_handshake"  # the TLS client handshake runs (dialled TLS links only)
     ACTIVE = "active"  # the session runs (handshake or open)
     CLOSED = "closed"
 
 
 _LINK_TRANSITIONS: Final[Mapping[_LinkState, frozenset[_LinkState]]] = {
-    _LinkState.CONNECTING: frozenset({_LinkState.ACTIVE, _LinkState.CLOSED}),
+    _LinkState.CONNECTING: frozenset(
+        {_LinkState.TLS_HANDSHAKE, _LinkState.ACTIVE, _LinkState.CLOSED}
+    ),
+    _LinkState.TLS_HANDSHAKE: frozenset({_LinkState.ACTIVE, _LinkState.CLOSED}),
     _LinkState.ACTIVE: frozenset({_LinkState.CLOSED}),
     _LinkState.CLOSED: frozenset(),
 }
@@ -787,6 +807,10 @@ class _Link:
         self.last_send = now
         self._wqueue: collections.deque[bytes | memoryview] = collections.deque()
         self._wbytes = 0
+        #: A TLS socket (adopted from a TLS node's server, or wrapped once dialled).
+        self.tls = isinstance(sock, ssl.SSLSocket)
+        #: The TLS write OpenSSL has not finished: retried with exactly these bytes.
+        self._tls_out: bytes | None = None
         self._want_write = connecting
         transport._poller.subscribe(self.fd, self._on_event, self._mask())
 
@@ -836,6 +860,9 @@ class _Link:
             if mask & (_WRITE | _ERROR):
                 self._finish_connect()
             return
+        if self.state is _LinkState.TLS_HANDSHAKE:
+            self._tls_handshake()
+            return
         if mask & (_READ | _ERROR):
             self._read()
         if mask & _WRITE and not self.closed:
@@ -850,6 +877,48 @@ class _Link:
             self.sock.getpeername()
         except OSError:
             return  # not connected yet: a stale event
+        context = self.transport._ssl_context
+        if context is not None:
+            try:
+                # Same descriptor, so the poller's subscription stays valid; the plain
+                # socket object is detached by the wrapping.
+                self.sock = context.wrap_socket(
+                    self.sock,
+                    do_handshake_on_connect=False,
+                    server_hostname=split_address(self.address)[0],
+                )
+            except (OSError, ValueError) as exc:
+                self.close(f"cannot start TLS: {exc}")
+                return
+            self.tls = True
+            self._set_state(_LinkState.TLS_HANDSHAKE)
+            self._tls_handshake()
+            return
+        self._start_session()
+
+    def _tls_handshake(self) -> None:
+        sock = self.sock
+        assert isinstance(sock, ssl.SSLSocket)
+        try:
+            sock.do_handshake()
+        except ssl.SSLWantReadError:
+            self._set_write_interest(False)
+            return
+        except ssl.SSLWantWriteError:
+            self._set_write_interest(True)
+            return
+        except ssl.SSLError as exc:
+            # A certificate the CA did not sign, or ours refused: a misconfigured or
+            # foreign peer, reported like a failed authentication.
+            self.close(f"TLS handshake failed: {exc}", rejected=True)
+            return
+        except OSError as exc:
+            self.close(f"TLS handshake failed: {exc}")
+            return
+        self._set_write_interest(False)
+        self._start_session()
+
+    def _start_session(self) -> None:
         self._set_state(_LinkState.ACTIVE)
         transport = self.transport
         preamble = _VERSION.pack(PROTOCOL_VERSION) + encode_message(
@@ -870,10 +939,15 @@ class _Link:
         view = self.transport._recv_view
         got = 0
         eof = False
-        while got < budget:
+        sock = self.sock
+        tls = self.tls
+        while got < budget or (tls and sock.pending()):  # type: ignore[attr-defined]
             try:
-                n = self.sock.recv_into(view)
-            except (BlockingIOError, InterruptedError):
+                n = sock.recv_into(view)
+            except (BlockingIOError, InterruptedError, ssl.SSLWantReadError):
+                break
+            except ssl.SSLWantWriteError:
+                self._set_write_interest(True)
                 break
             except OSError as exc:
                 self.close(f"receive failed: {exc}")
@@ -883,13 +957,18 @@ class _Link:
                 break
             self.session.receive_data(view[:n])
             got += n
-            if n < len(view):
-                break  # drained for now; the level-triggered poller reports any rest
+            # Drained for now (the level-triggered poller reports any rest); TLS returns
+            # one record per call and may hold more decrypted bytes: read on until
+            # OpenSSL itself wants more from the socket.
+            if n < len(view) and not tls:
+                break
         if got:
             self.last_recv = time.monotonic()
             self._process()
         if eof and not self.closed:
             self.close("closed by the peer")
+        elif tls and not self.closed and (self._wqueue or self._tls_out) and not self._want_write:
+            self._flush()  # a write that waited for a read (SSLWantReadError)
 
     def _process(self) -> None:
         transport = self.transport
@@ -962,6 +1041,9 @@ class _Link:
         self._flush()
 
     def _flush(self) -> None:
+        if self.tls:
+            self._flush_tls()
+            return
         queue = self._wqueue
         while queue:
             try:
@@ -984,6 +1066,45 @@ class _Link:
             self.close(self._close_when_flushed, rejected=True)
             return
         self._set_write_interest(bool(queue))
+
+    def _flush_tls(self) -> None:
+        queue = self._wqueue
+        while queue or self._tls_out is not None:
+            chunk = self._tls_out
+            if chunk is None:
+                parts: list[bytes | memoryview] = []
+                size = 0
+                while queue and size < _TLS_CHUNK:
+                    head = queue[0]
+                    if size + len(head) <= _TLS_CHUNK:
+                        parts.append(queue.popleft())
+                        size += len(head)
+                    else:
+                        view = memoryview(head)
+                        parts.append(view[: _TLS_CHUNK - size])
+                        queue[0] = view[_TLS_CHUNK - size :]
+                        size = _TLS_CHUNK
+                chunk = self._tls_out = b"".join(parts)
+            try:
+                sent = self.sock.send(chunk)
+            except (BlockingIOError, InterruptedError, ssl.SSLWantWriteError):
+                self._set_write_interest(True)
+                return
+            except ssl.SSLWantReadError:
+                # Only a renegotiation does this (off in our contexts): retried after a read.
+                self._set_write_interest(False)
+                return
+            except OSError as exc:
+                self.close(f"send failed: {exc}")
+                return
+            self._wbytes -= sent
+            # OpenSSL writes all or nothing (no SSL_MODE_ENABLE_PARTIAL_WRITE); a short
+            # count would still be handled.
+            self._tls_out = chunk[sent:] if sent < len(chunk) else None
+        if self._close_when_flushed is not None:
+            self.close(self._close_when_flushed, rejected=True)
+            return
+        self._set_write_interest(False)
 
     # -- timers and closing
 
@@ -1036,6 +1157,7 @@ class _Settings:
     node_id: int
     max_frame_size: int
     on_created: Callable[[SecureTransport], None] | None
+    ssl_context: ssl.SSLContext | None = None
 
 
 _Adopted = tuple[socket.socket, int, str, bytes]
@@ -1063,6 +1185,7 @@ class SecureTransport(Transport):  # type: ignore[misc]  # PySyncObj is untyped
         if selfNode is None:
             raise ValueError("read-only PySyncObj nodes are not supported by SecureTransport")
         self._cluster_key = settings.cluster_key
+        self._ssl_context = settings.ssl_context
         self.node_id = settings.node_id
         self.max_frame_size = settings.max_frame_size
         self.self_address = str(selfNode.id)
@@ -1245,6 +1368,10 @@ class SecureTransport(Transport):  # type: ignore[misc]  # PySyncObj is untyped
             return
         self._links.add(link)
         link.feed(initial)
+        if link.tls and not link.closed and sock.pending():  # type: ignore[attr-defined]
+            # Decrypted bytes the server read past ``initial`` wait inside OpenSSL,
+            # where the poller cannot see them.
+            link._read()
 
     # -- dialling and timers (tick thread)
 
@@ -1385,6 +1512,7 @@ def secure_transport_class(
     node_id: int = 0,
     max_frame_size: int = DEFAULT_MAX_FRAME_SIZE,
     on_created: Callable[[SecureTransport], None] | None = None,
+    ssl_context: ssl.SSLContext | None = None,
 ) -> type[SecureTransport]:
     """Return a :class:`SecureTransport` subclass bound to a cluster key, for ``transportClass=``.
 
@@ -1395,6 +1523,8 @@ def secure_transport_class(
             Raft entry must fit in it.
         on_created: called with each transport PySyncObj creates (the node server needs it
             to hand sockets over with :meth:`SecureTransport.adopt`).
+        ssl_context: a client context to dial peers with TLS (the node's: it presents
+            the node's certificate); None: dial in plain text.
 
     Raises:
         ValueError: a short key, a node id outside u64, or a frame limit below 64 KiB.
@@ -1405,7 +1535,7 @@ def secure_transport_class(
         raise ValueError(f"node id {node_id!r} is not a u64")
     if not 64 * 1024 <= max_frame_size < 1 << 32:
         raise ValueError(f"max_frame_size {max_frame_size!r} is out of range")
-    bound_settings = _Settings(cluster_key, node_id, max_frame_size, on_created)
+    bound_settings = _Settings(cluster_key, node_id, max_frame_size, on_created, ssl_context)
 
     class BoundSecureTransport(SecureTransport):
         _settings = bound_settings
@@ -1423,6 +1553,7 @@ def check_cluster_key(
     node_id: int,
     own_address: str,
     timeout: float = 5.0,
+    ssl_context: ssl.SSLContext | None = None,
 ) -> None:
     """Check that the member at ``address`` holds ``cluster_key``, without joining anything.
 
@@ -1436,6 +1567,7 @@ def check_cluster_key(
         node_id: this node's id, sent in CONNECT.
         own_address: this node's address, sent in CONNECT.
         timeout: for connecting and for each read.
+        ssl_context: dial with TLS using this client context.
 
     Raises:
         FrameMacError: the member's AUTH frame failed its MAC: it holds another key.
@@ -1449,7 +1581,10 @@ def check_cluster_key(
     preamble = _VERSION.pack(PROTOCOL_VERSION) + encode_message(
         ConnectRequest(node_id, own_address)
     )
-    with socket.create_connection((host, port), timeout=timeout) as sock:
+    with contextlib.ExitStack() as stack:
+        sock = stack.enter_context(socket.create_connection((host, port), timeout=timeout))
+        if ssl_context is not None:
+            sock = stack.enter_context(ssl_context.wrap_socket(sock, server_hostname=host))
         sock.sendall(preamble + b"".join(session.data_to_send()))
         while session.next_event() is not SessionEvent.AUTHENTICATED:
             data = sock.recv(MAX_HANDSHAKE_FRAME)
@@ -1470,9 +1605,16 @@ class ConnectAcceptor:
     Args:
         address: ``host:port`` to listen on (port 0 picks one; see :attr:`address`).
         handshake_timeout: how long a peer may take to send the handshake and CONNECT.
+        ssl_context: a server context: peers must speak TLS first (as to a TLS node).
     """
 
-    def __init__(self, address: str, *, handshake_timeout: float = 5.0) -> None:
+    def __init__(
+        self,
+        address: str,
+        *,
+        handshake_timeout: float = 5.0,
+        ssl_context: ssl.SSLContext | None = None,
+    ) -> None:
         host, port = split_address(address, allow_port_zero=True)
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         self._listener = socket.create_server((host, port), family=family)
@@ -1480,6 +1622,7 @@ class ConnectAcceptor:
         bound = self._listener.getsockname()[1]
         self.address = f"[{host}]:{bound}" if family == socket.AF_INET6 else f"{host}:{bound}"
         self._handshake_timeout = handshake_timeout
+        self._ssl_context = ssl_context
         self._transport: SecureTransport | None = None
         self._lock = threading.Lock()
         self._pending: set[socket.socket] = set()
@@ -1531,6 +1674,19 @@ class ConnectAcceptor:
         handed_over = False
         try:
             sock.settimeout(self._handshake_timeout)
+            if self._ssl_context is not None:
+                plain = sock
+                with self._lock:
+                    if plain not in self._pending:
+                        return  # closed meanwhile
+                    # Wrapping detaches ``plain``: track the TLS socket from now on.
+                    sock = self._ssl_context.wrap_socket(
+                        plain, server_side=True, do_handshake_on_connect=False
+                    )
+                    self._pending.discard(plain)
+                    self._pending.add(sock)
+                assert isinstance(sock, ssl.SSLSocket)
+                sock.do_handshake()
             # A CONNECT body is a u64 and an address: nothing bigger is worth buffering.
             conn = ServerConnection(4096, accept_legacy=False)
             while True:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from .gateway import Gateway, GatewayFailure, NodeContext, RowsChunk
 from .node import BOOTSTRAP_ID, NodeServer, parse_listen_address
+from .tls import NodeTLS
 
 __all__ = [
     "BOOTSTRAP_ID",
@@ -14,6 +15,7 @@ __all__ = [
     "GatewayFailure",
     "NodeContext",
     "NodeServer",
+    "NodeTLS",
     "RowsChunk",
     "parse_listen_address",
 ]

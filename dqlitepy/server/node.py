@@ -65,6 +65,7 @@ from .datadir import ClusterKeyRejected, DataDirectory
 from .gateway import Gateway, GatewayFailure, RowsChunk
 from .membership import NotCaughtUp, caught_up, promote_to_voter
 from .replicated import Replicated
+from .tls import PLAINTEXT_REFUSED_CODE, NodeTLS, is_loopback, is_tls_mismatch
 
 __all__ = ["BOOTSTRAP_ID", "NodeServer", "parse_listen_address"]
 
@@ -127,7 +128,7 @@ def _load_identity(data_dir: Path, bootstrap: bool) -> int:
 
 
 def _initial_configuration(
-    data_dir: Path, address: str, join: Sequence[str]
+    data_dir: Path, address: str, join: Sequence[str], tls: NodeTLS | None = None
 ) -> tuple[list[str], bool]:
     """The voters Raft starts with, and whether this node is one of them.
 
@@ -140,7 +141,7 @@ def _initial_configuration(
         with path.open("rb") as f:
             record = cbor2.load(f)
         return [str(a) for a in record["voters"]], bool(record.get("voting", True))
-    voters = [a for a in _cluster_voters(join) if a != address] if join else []
+    voters = [a for a in _cluster_voters(join, tls=tls) if a != address] if join else []
     voting = not join
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
@@ -152,16 +153,25 @@ def _initial_configuration(
     return voters, voting
 
 
-def _call(address: str, request: Request, timeout: float = 10.0, key: bytes | None = None) -> Any:
+def _call(
+    address: str,
+    request: Request,
+    timeout: float = 10.0,
+    key: bytes | None = None,
+    tls: NodeTLS | None = None,
+) -> Any:
     """One request to another node over the client protocol (used to join).
 
     With ``key``, a membership request is preceded by the proof of the key on the
     same connection (``wire/auth.py``): the leader may not trust this node's address.
     """
     family, sockaddr = parse_listen_address(address)
-    with socket.socket(family, socket.SOCK_STREAM) as sock:
+    with contextlib.ExitStack() as stack:
+        sock = stack.enter_context(socket.socket(family, socket.SOCK_STREAM))
         sock.settimeout(timeout)
         sock.connect(sockaddr)
+        if tls is not None:  # wrapping detaches the plain socket: close the TLS one
+            sock = stack.enter_context(tls.dial(sock, address.rpartition(":")[0].strip("[]")))
         conn = ClientConnection()
         handshake = conn.handshake()
 
@@ -187,29 +197,47 @@ def _call(address: str, request: Request, timeout: float = 10.0, key: bytes | No
         return ask(request)
 
 
-def _leader_of(join: Sequence[str], deadline: float) -> str:
+def _leader_of(join: Sequence[str], deadline: float, tls: NodeTLS | None = None) -> str:
+    last: Exception | None = None
     while True:
+        mismatched = 0
         for address in join:
             try:
-                leader = _call(address, LeaderRequest())
-            except (OSError, ProtocolError, GatewayFailure):
+                leader = _call(address, LeaderRequest(), tls=tls)
+            except (OSError, ProtocolError, GatewayFailure) as exc:
+                last = exc  # e.g. a TLS certificate the other side refused: worth telling
+                if is_tls_mismatch(exc) or (
+                    isinstance(exc, GatewayFailure) and exc.code == PLAINTEXT_REFUSED_CODE
+                ):
+                    mismatched += 1
                 continue
             if isinstance(leader, ServerResponse) and leader.address:
                 return leader.address
+        if join and mismatched == len(join):
+            # Asking again changes nothing: the operator must fix the certificates.
+            raise RuntimeError(f"TLS does not match the cluster's ({', '.join(join)}): {last}")
         if time.monotonic() > deadline:
-            raise RuntimeError(f"no leader found through {', '.join(join)}")
+            why = f" (last error: {last})" if last is not None else ""
+            raise RuntimeError(f"no leader found through {', '.join(join)}{why}")
         time.sleep(0.2)
 
 
-def _cluster_voters(join: Sequence[str], timeout: float = 30.0) -> list[str]:
-    leader = _leader_of(join, time.monotonic() + timeout)
-    servers = _call(leader, ClusterRequest(1))
+def _cluster_voters(
+    join: Sequence[str], timeout: float = 30.0, tls: NodeTLS | None = None
+) -> list[str]:
+    leader = _leader_of(join, time.monotonic() + timeout, tls)
+    servers = _call(leader, ClusterRequest(1), tls=tls)
     assert isinstance(servers, ServersResponse)
     return [n.address for n in servers.servers if n.role == NodeRole.VOTER]
 
 
 def _prove_key(
-    join: Sequence[str], key: bytes, node_id: int, address: str, timeout: float = 30.0
+    join: Sequence[str],
+    key: bytes,
+    node_id: int,
+    address: str,
+    timeout: float = 30.0,
+    tls: NodeTLS | None = None,
 ) -> None:
     """Check that the cluster holds ``key`` before asking it to add this node.
 
@@ -218,9 +246,15 @@ def _prove_key(
     """
     deadline = time.monotonic() + timeout
     while True:
-        leader = _leader_of(join, deadline)
+        leader = _leader_of(join, deadline, tls)
         try:
-            check_cluster_key(leader, key, node_id=node_id, own_address=address)
+            check_cluster_key(
+                leader,
+                key,
+                node_id=node_id,
+                own_address=address,
+                ssl_context=None if tls is None else tls.client,
+            )
             return
         except FrameMacError as exc:
             raise ClusterKeyRejected(
@@ -242,6 +276,7 @@ def _join(
     timeout: float = 30.0,
     *,
     key: bytes | None = None,
+    tls: NodeTLS | None = None,
 ) -> None:
     """Ask the leader to add this node and give it a role, as go-dqlite's app does.
 
@@ -254,15 +289,15 @@ def _join(
     """
     deadline = time.monotonic() + timeout
     while True:
-        leader = _leader_of(join, deadline)
+        leader = _leader_of(join, deadline, tls)
         mine: int | None = None
         try:
             try:
-                _call(leader, AddRequest(node_id, address), key=key)
+                _call(leader, AddRequest(node_id, address), key=key, tls=tls)
             except GatewayFailure as exc:
                 if "already in use" not in exc.message:
                     raise
-            servers = _call(leader, ClusterRequest(1))
+            servers = _call(leader, ClusterRequest(1), tls=tls)
             assert isinstance(servers, ServersResponse)
             roles = [n.role for n in servers.servers if n.address != address]
             mine = next((n.role for n in servers.servers if n.address == address), None)
@@ -274,7 +309,7 @@ def _join(
                 wanted = NodeRole.SPARE
             if mine is not None and mine <= wanted:
                 return  # roles rank voter < standby < spare: never demoted by a rejoin
-            _call(leader, AssignRequest(node_id, wanted), timeout=timeout, key=key)
+            _call(leader, AssignRequest(node_id, wanted), timeout=timeout, key=key, tls=tls)
             log.info("joined the cluster through %s as %s", leader, wanted.name.lower())
             return
         except (OSError, ProtocolError, GatewayFailure) as exc:
@@ -341,6 +376,8 @@ class NodeServer:
             this host without a proof of the cluster key; None (the default):
             only when listening on a loopback address or an abstract Unix
             socket (``server/auth.py``).
+        tls: serve clients and Raft over TLS, and dial other nodes with it
+            (:class:`~dqlitepy.server.tls.NodeTLS`).
     """
 
     def __init__(
@@ -356,6 +393,7 @@ class NodeServer:
         voters: int = 3,
         standbys: int = 3,
         trust_loopback_admin: bool | None = None,
+        tls: NodeTLS | None = None,
     ) -> None:
         parse_listen_address(address)
         if voters < 1 or standbys < 0:
@@ -363,6 +401,7 @@ class NodeServer:
         if cluster_key is not None and len(cluster_key) < MIN_KEY_SIZE:
             raise ValueError(f"the cluster key must be at least {MIN_KEY_SIZE} bytes")
         self._join_roles = (voters, standbys)
+        self.tls = tls
         self._requested_address = address
         self._address = address
         self.data_dir = Path(data_dir)
@@ -574,6 +613,15 @@ class NodeServer:
             "membership requests need %s",
             "the cluster key or a client on this host" if trust_loopback else "the cluster key",
         )
+        if self.tls is not None:
+            sock = self.tls.wrap_listener(sock)
+        elif not is_loopback(self._address):
+            log.warning(
+                "node %s serves clients and Raft in plain text on a non-loopback address: "
+                "anyone on the network can read the data (the cluster key only authenticates "
+                "Raft traffic); use --tls-cert/--tls-key",
+                self._address,
+            )
         self._listener = sock
         self._directory.record_address(self._address)
         self._accept_thread = threading.Thread(
@@ -589,11 +637,11 @@ class NodeServer:
         key = self.cluster_key
         directory = self._directory
         if directory.fresh and self.join:
-            _prove_key(self.join, key, self._id, self._address)
+            _prove_key(self.join, key, self._id, self._address, tls=self.tls)
         if not directory.key_recorded:
             origin = "upgrade" if not directory.fresh else "join" if self.join else "bootstrap"
             directory.record_cluster(origin)
-        voters, voting = _initial_configuration(self.data_dir, self._address, self.join)
+        voters, voting = _initial_configuration(self.data_dir, self._address, self.join, self.tls)
 
         def factory(
             apply: Callable[[int, bytes], Any], on_leadership: Callable[[bool], None]
@@ -612,12 +660,13 @@ class NodeServer:
                 snapshot_entries=int(
                     os.environ.get("DQLITEPY_SNAPSHOT_ENTRIES") or DEFAULT_SNAPSHOT_ENTRIES
                 ),
+                ssl_context=None if self.tls is None else self.tls.client,
             )
 
         self.replicated = Replicated(self.engine, factory, self._id)
         self.replicated.start()
         if self.join:
-            _join(self.join, self._id, self._address, *self._join_roles, key=key)
+            _join(self.join, self._id, self._address, *self._join_roles, key=key, tls=self.tls)
         else:
             threading.Thread(target=self._rejoin, name="dqlitepy-rejoin", daemon=True).start()
         threading.Thread(
@@ -646,7 +695,13 @@ class NodeServer:
             return
         try:
             _join(
-                peers, self._id, self._address, *self._join_roles, timeout=60, key=self.cluster_key
+                peers,
+                self._id,
+                self._address,
+                *self._join_roles,
+                timeout=60,
+                key=self.cluster_key,
+                tls=self.tls,
             )
         except Exception as exc:
             log.warning("could not rejoin through %s: %s", ", ".join(peers), exc)

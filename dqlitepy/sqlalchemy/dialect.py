@@ -40,6 +40,8 @@ from sqlalchemy.dialects.sqlite import DATE, DATETIME
 from sqlalchemy.dialects.sqlite.base import SQLiteCompiler, SQLiteDialect
 
 import dqlitepy
+from dqlitepy.client.tls import URL_OPTIONS as TLS_URL_OPTIONS
+from dqlitepy.client.tls import context_from_url
 
 if TYPE_CHECKING:
     from sqlalchemy.engine import URL, Connection
@@ -236,15 +238,30 @@ class SQLiteDialect_dqlitepy(SQLiteDialect):
                 "(sqlite+dqlitepy://host:port/name); ':memory:' exists only without "
                 "servers, on the embedded node"
             )
-        unknown = sorted(set(url.query) - set(_QUERY_ARGUMENTS) - {"host"})
+        unknown = sorted(set(url.query) - set(_QUERY_ARGUMENTS) - set(TLS_URL_OPTIONS) - {"host"})
         if unknown:
             raise exc.ArgumentError(
                 f"invalid dqlite URL {url!r}: unknown query argument(s) "
-                f"{', '.join(unknown)}; accepted: host, {', '.join(_QUERY_ARGUMENTS)}"
+                f"{', '.join(unknown)}; accepted: host, {', '.join(_QUERY_ARGUMENTS)}, "
+                f"{', '.join(TLS_URL_OPTIONS)}"
             )
         opts: dict[str, Any] = {}
         for key, type_ in _QUERY_ARGUMENTS.items():
             util.coerce_kw_type(url.query, key, type_, dest=opts)
+        tls_options = {}
+        for key in TLS_URL_OPTIONS:
+            value = url.query.get(key)
+            if value is not None:
+                if not isinstance(value, str):
+                    raise exc.ArgumentError(f"invalid dqlite URL {url!r}: {key} given twice")
+                tls_options[key] = value
+        try:
+            # The same parameters as the driver's dqlite:// URL; connect_args={"ssl": ...} wins.
+            context = context_from_url(tls_options)
+        except ValueError as error:
+            raise exc.ArgumentError(f"invalid dqlite URL {url!r}: {error}") from None
+        if context is not None:
+            opts["ssl"] = context
         # The pool hands a connection to whichever thread checks it out; the driver
         # serialises use of a connection with a lock.
         opts.setdefault("check_same_thread", memory)

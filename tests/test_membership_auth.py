@@ -225,7 +225,7 @@ def test_with_the_key_the_cluster_can_be_changed(
     # Last, as it moves the leader.
     leader = guarded.leader()
     target = next(a for a in guarded.addresses if a != leader)
-    moved = _shell(guarded.addresses, f".transfer {target}", "-k", str(key_file))
+    moved = _shell(guarded.addresses, f".transfer {target}", "--cluster-key-file", str(key_file))
     assert moved.returncode == 0, moved.stderr
     deadline = time.monotonic() + 10
     while guarded.leader() != target:

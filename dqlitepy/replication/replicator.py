@@ -23,8 +23,16 @@ from typing import Any, BinaryIO
 import cbor2
 from pysyncobj.config import FAIL_REASON, SERIALIZER_STATE
 
-from .journal import durable_journal_for_syncobj
-from .raft import FAILURES, LEADER, HardenedSyncObj, PeerNode, ReadResult, raft_config
+from .journal import JournalWriteError, durable_journal_for_syncobj
+from .raft import (
+    FAILURES,
+    LEADER,
+    STORAGE_FAILED,
+    HardenedSyncObj,
+    PeerNode,
+    ReadResult,
+    raft_config,
+)
 from .transport import SecureTransport, secure_transport_class
 
 __all__ = [
@@ -34,6 +42,7 @@ __all__ = [
     "NotLeader",
     "ReplicationError",
     "Replicator",
+    "StorageError",
 ]
 
 #: Compact the log (write a snapshot) once it holds this many entries.
@@ -58,6 +67,21 @@ class NotLeader(ReplicationError):
 
 class LeadershipLost(ReplicationError):
     """The command's fate is unknown (leadership changed or time ran out)."""
+
+
+class StorageError(NotLeader):
+    """This node's Raft log cannot be written: the command was not appended anywhere.
+
+    The node has stepped down (see ``raft.py``, "Storage failures").
+
+    Attributes:
+        full: the storage is full (no space left, quota exhausted), rather
+            than failing (an I/O error).
+    """
+
+    def __init__(self, message: str, *, full: bool) -> None:
+        super().__init__(message)
+        self.full = full
 
 
 class LeadershipUnconfirmed(ReplicationError):
@@ -212,6 +236,21 @@ class Replicator:
         core = self._core
         return core is not None and core.raft_state == LEADER
 
+    def storage_writable(self) -> bool:
+        """False while this node's Raft log refuses writes (it then takes no part in elections)."""
+        core = self._core
+        return core is None or core.storage_writable
+
+    def check_storage(self) -> None:
+        """Have Raft's thread probe the log's storage soon (any thread, never waits).
+
+        If the probe fails, this node steps down and stays out of elections
+        until its storage works again.
+        """
+        core = self._core
+        if core is not None:
+            core.request_storage_check()
+
     def leader_address(self) -> str | None:
         """The last known leader's address."""
         core = self._core
@@ -246,12 +285,16 @@ class Replicator:
         """Replicate ``command`` and return what applying it returned.
 
         Raises:
+            StorageError: this node could not store the command; it was not
+                appended anywhere (and this node stepped down).
             NotLeader: this node does not lead; nothing was appended.
             LeadershipLost: the outcome is unknown.
         """
         result, reason = self.core.submit_and_wait(command, timeout)
         if reason == FAIL_REASON.SUCCESS:
             return result
+        if reason == STORAGE_FAILED and isinstance(result, JournalWriteError):
+            raise StorageError(f"the Raft log cannot be written: {result.cause}", full=result.full)
         name = FAILURES.get(reason, str(reason))
         if reason in _NOT_APPENDED:
             raise NotLeader(f"not leader ({name})")

@@ -201,6 +201,29 @@ def test_a_leader_whose_disk_fills_steps_down_and_rejoins_when_space_is_freed(
     )
 
 
+def test_a_follower_whose_disk_fills_holds_nothing_up_and_catches_up(
+    cluster: Cluster, disks: list[Path]
+) -> None:
+    before = _setup(cluster, 20)
+    leader = cluster.leader()
+    follower = next(address for address in cluster.addresses if address != leader)
+    disk = disks[cluster.addresses.index(follower)]
+    fill(disk)
+    with _Writer(cluster.addresses, leader_timeout=20) as writer:
+        # It cannot store entries: the leader and the other follower are the quorum.
+        writer.wait_for(lambda: len(writer.acknowledged) >= 50, 30, "writes stopped")
+        deadline = time.monotonic() + 3
+        while time.monotonic() < deadline:
+            assert cluster.leader() == leader
+            time.sleep(0.2)
+        unfill(disk)
+        acked = len(writer.acknowledged)
+        writer.wait_for(lambda: len(writer.acknowledged) >= acked + 20, 30, "writes stopped")
+    assert not writer.full and not writer.unknown, writer.summary()
+    _transfer_to(cluster, follower, timeout=60)
+    _check_outcomes(_rows_on(follower), writer, before)
+
+
 def test_when_every_disk_is_full_writes_fail_clearly_and_the_cluster_recovers(
     cluster: Cluster, disks: list[Path]
 ) -> None:

@@ -8,16 +8,21 @@ commit is cut back out of the files, and that the log's storage is probed.
 
 from __future__ import annotations
 
+import errno
 import sqlite3
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
+from pysyncobj.config import FAIL_REASON
 from small_fs import fill, needs_root, small_filesystem
 
 from dqlitepy.engine import Engine, EngineError
-from dqlitepy.replication.replicator import StorageError
+from dqlitepy.replication.journal import JournalWriteError
+from dqlitepy.replication.raft import STORAGE_FAILED
+from dqlitepy.replication.replicator import LeadershipLost, Replicator, StorageError
 from dqlitepy.server.gateway import GatewayFailure
 from dqlitepy.server.replicated import Replicated
 
@@ -157,3 +162,26 @@ def test_a_full_disk_is_reported_as_sqlite_full_even_where_sqlite_says_io_error(
             finally:
                 session.close()
         assert (failed.value.code, str(failed.value)) == (13, "database or disk is full")
+
+
+@pytest.mark.parametrize(
+    ("reason", "stored", "raised"),
+    [
+        (STORAGE_FAILED, False, StorageError),
+        (FAIL_REASON.UNKNOWN_OUTCOME, None, LeadershipLost),
+    ],
+)
+def test_the_replicator_says_whether_the_log_stored_the_entry(
+    tmp_path: Path, reason: int, stored: bool | None, raised: type[Exception]
+) -> None:
+    replicator = Replicator(
+        "127.0.0.1:1", tmp_path, [], node_id=1, cluster_key=b"k" * 32, apply=lambda i, c: None
+    )
+    failure = JournalWriteError("no room", OSError(errno.ENOSPC, "full"), stored=stored)
+    replicator._core = SimpleNamespace(  # type: ignore[assignment]
+        submit_and_wait=lambda command, timeout: (failure, reason)
+    )
+    with pytest.raises(raised) as failed:
+        replicator.submit(b"x", 1.0)
+    if isinstance(failed.value, StorageError):
+        assert failed.value.full

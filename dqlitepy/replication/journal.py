@@ -623,8 +623,9 @@ class DurableJournal(Journal):  # type: ignore[misc]  # pysyncobj is untyped
     def _writing(self) -> Iterator[None]:
         """Serialise a mutation; a failed one makes the journal FAILED.
 
-        The mutations under it change the in-memory state only after their I/O succeeded, or
-        (a truncation) once it cannot fail any more, so a failure leaves memory as it was.
+        The mutations under it change the in-memory state only after their I/O succeeded, or,
+        for a truncation, as soon as the file was cut: after a failure, memory holds what the
+        file holds or less, never entries the file may have lost.
         """
         with self._lock:
             self._check_writable()

@@ -448,9 +448,11 @@ class Replicator:
                 os.replace(partial, final)
                 log.info("%s wrote a snapshot at entry %d", self.address, last[1])
                 self._snapshot_state = SERIALIZER_STATE.SUCCESS
-            except Exception:
+            except Exception as exc:
                 log.exception("%s could not write a snapshot", self.address)
                 self._snapshot_state = SERIALIZER_STATE.FAILED
+                if isinstance(exc, OSError):
+                    self.check_storage()  # a full disk: the log's next append fails too
 
         threading.Thread(target=run, name="dqlitepy-snapshot", daemon=True).start()
 
@@ -464,6 +466,11 @@ class Replicator:
     def _read_snapshot(self, path: str) -> tuple[Any, Any, set[PeerNode]]:
         """PySyncObj's deserializer: install the state, give Raft its bookmarks back."""
         assert self._restore is not None
+        core = self._core
+        if core is not None and not core.storage_writable:
+            # The log could not be replaced by the snapshot's entries: installing the
+            # databases alone would put them ahead of the log.  The leader sends it again.
+            raise ReplicationError(f"{path}: not installed while the Raft log cannot be written")
         with open(path, "rb") as f:
             header = cbor2.load(f)
             if not isinstance(header, dict) or header.get("version") != SNAPSHOT_VERSION:

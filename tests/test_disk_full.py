@@ -166,10 +166,11 @@ def test_a_leader_whose_disk_fills_steps_down_and_rejoins_when_space_is_freed(
         fill(disk)
         # The full leader's client is told "disk full", and the leader steps down.
         writer.wait_for(lambda: bool(writer.full or writer.unknown), 20, "no write failed")
-        new_leader = cluster.leader(timeout=20)
+        # (The client may hear "disk full" a tick before Raft's thread steps down.)
+        while cluster.leader(timeout=20) == full_node:
+            assert time.monotonic() < filled_at + 10, "the full leader did not step down"
+            time.sleep(0.05)
         stepped_down = time.monotonic() - filled_at
-        assert new_leader != full_node
-        assert stepped_down < 10, f"took {stepped_down:.1f} s to step down"
         # Writes go on through the driver, on another leader.
         acked = len(writer.acknowledged)
         writer.wait_for(lambda: len(writer.acknowledged) >= acked + 30, 30, "writes stopped")

@@ -14,7 +14,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from ssl import SSLContext
@@ -160,29 +160,49 @@ class DqlitepyCluster:
         size: how many nodes.
         options: more ``dqlitepy server`` options for every node (``--tls-cert``...).
         ssl: the client TLS context the helpers below connect with.
+        data_dirs: each node's data directory (the caller's to remove), instead of
+            directories under a temporary root; a node's log is written beside its
+            directory (``<dir>.log``), so the directory may be a mount point.
     """
 
     def __init__(
-        self, size: int = 3, *, options: list[str] | None = None, ssl: SSLContext | None = None
+        self,
+        size: int = 3,
+        *,
+        options: list[str] | None = None,
+        ssl: SSLContext | None = None,
+        data_dirs: Sequence[Path] | None = None,
     ) -> None:
+        if data_dirs is not None and len(data_dirs) != size:
+            raise ValueError(f"{len(data_dirs)} data directories for {size} nodes")
         self.root = Path(tempfile.mkdtemp(prefix="dqlitepy-cluster-"))
         self.ssl = ssl
         self.nodes: list[DqlitepyServer] = []
-        for i in range(size):
-            join = [self.nodes[0].address] if self.nodes else None
-            node = DqlitepyServer(
-                self.root / f"node{i}", cluster_key=CLUSTER_KEY, join=join, options=options
-            )
-            self.nodes.append(node)
-            node.start(timeout=60)
+        try:
+            for i in range(size):
+                join = [self.nodes[0].address] if self.nodes else None
+                data_dir = data_dirs[i] if data_dirs is not None else self.root / f"node{i}"
+                node = DqlitepyServer(
+                    data_dir, cluster_key=CLUSTER_KEY, join=join, options=options
+                )
+                self.nodes.append(node)
+                node.start(timeout=60)
+        except BaseException:
+            self.close()  # the nodes started so far
+            raise
 
     @classmethod
     @contextmanager
     def formed(
-        cls, size: int = 3, *, options: list[str] | None = None, ssl: SSLContext | None = None
+        cls,
+        size: int = 3,
+        *,
+        options: list[str] | None = None,
+        ssl: SSLContext | None = None,
+        data_dirs: Sequence[Path] | None = None,
     ) -> Iterator[DqlitepyCluster]:
         """A cluster whose ``size`` voters agree on a leader, closed on exit."""
-        cluster = cls(size, options=options, ssl=ssl)
+        cluster = cls(size, options=options, ssl=ssl, data_dirs=data_dirs)
         try:
             cluster.wait_voters(size)
             yield cluster

@@ -8,6 +8,7 @@ PySyncObj's MemoryJournal, and three real PySyncObj nodes replicate and restart 
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import logging
 import os
@@ -33,12 +34,15 @@ from hypothesis import strategies as st
 from pysyncobj import SyncObj, SyncObjConf, replicated
 from pysyncobj.config import FAIL_REASON
 from pysyncobj.journal import MemoryJournal
+from small_fs import fill, needs_root, small_filesystem, unfill
 
 from dqlitepy.replication.journal import (
     HEADER_SIZE,
     DurableJournal,
     JournalCorruptError,
     JournalError,
+    JournalState,
+    JournalWriteError,
     _encode_record,
     _read_meta_file,
     durable_journal_for_syncobj,
@@ -449,8 +453,10 @@ def test_commit_index_lowered_on_disk_before_the_log_is_cut(tmp_path: Path) -> N
         assert _read_meta_file(str(path) + ".meta")[1].commit == 2
         assert journal.getRaftCommitIndex() == 2
         journal.clear()
-        assert _read_meta_file(str(path) + ".meta")[1].commit == 0
+        assert journal.getRaftCommitIndex() == 1
+        # The file is replaced by the next add, which lowers the stored value first.
         _fill(journal, 5, first=10)  # the log grows back: the old commit index is not revived
+        assert _read_meta_file(str(path) + ".meta")[1].commit == 0
         journal.onOneSecondTimer()
         assert _read_meta_file(str(path) + ".meta")[1].commit <= 1
 
@@ -480,25 +486,160 @@ def test_stock_pysyncobj_journal_file_is_recognised(tmp_path: Path) -> None:
         DurableJournal(path)
 
 
-def test_io_error_disables_the_journal(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def _failing(code: int) -> Callable[..., Any]:
+    def fail(*args: Any) -> Any:
+        raise OSError(code, os.strerror(code))
+
+    return fail
+
+
+def test_io_error_fails_the_journal_until_a_probe_succeeds(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     path = tmp_path / "j"
     journal = DurableJournal(path)
     _fill(journal, 2)
-
-    def failing_sync(fd: int) -> None:
-        raise OSError(5, "Input/output error")
-
-    monkeypatch.setattr(os, "fdatasync", failing_sync)
-    with pytest.raises(JournalError, match="I/O error"):
+    size = path.stat().st_size
+    monkeypatch.setattr(os, "fdatasync", _failing(errno.EIO))
+    with pytest.raises(JournalWriteError, match="could not append entry 3") as failed:
         journal.add(b"x", 3, 1)
-    monkeypatch.undo()
+    # The record was written and then cut off again, but that cut could not be synced either.
+    assert failed.value.stored is None and not failed.value.full
+    assert path.stat().st_size == size
     assert len(journal) == 2  # not acknowledged, so not in the log PySyncObj sees
-    # After a failed fsync the page cache state is unknown: no further writes until restart.
-    with pytest.raises(JournalError, match="refused writes"):
-        journal.add(b"x", 3, 1)
+    assert journal.state is JournalState.FAILED and not journal.writable
+    # Every write is refused, and says it stored nothing.
+    for write in (
+        lambda: journal.add(b"x", 3, 1),
+        lambda: journal.setCurrentTerm(5, "a"),
+        lambda: journal.deleteEntriesFrom(1),
+    ):
+        with pytest.raises(JournalWriteError, match="refused writes") as refused:
+            write()
+        assert refused.value.stored is False
+    assert journal.getCurrentTerm() == 0
+    assert not journal.probe()  # the storage still fails
+    assert journal.state is JournalState.FAILED
+    monkeypatch.undo()
+    assert journal.probe()
+    assert journal.state is JournalState.OPEN and journal.failure is None
+    assert not (tmp_path / "j.probe").exists()
+    journal.add(b"x", 3, 1)
     journal.close()
     with DurableJournal(path) as reopened:
-        assert [e[1] for e in reopened[:2]] == [1, 2]
+        assert [e[1] for e in reopened[:]] == [1, 2, 3]
+
+
+def test_a_full_disk_during_an_append_leaves_nothing_behind(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "j"
+    journal = DurableJournal(path)
+    _fill(journal, 2)
+    size = path.stat().st_size
+    real_pwrite = os.pwrite
+
+    def short_pwritev(fd: int, buffers: list[bytes], offset: int) -> int:
+        # Part of the record reaches the file, then the disk is full.
+        return real_pwrite(fd, b"".join(buffers)[:7], offset)
+
+    monkeypatch.setattr(os, "pwritev", short_pwritev)
+    monkeypatch.setattr(os, "pwrite", _failing(errno.ENOSPC))
+    with pytest.raises(JournalWriteError) as failed:
+        journal.add(b"y" * 100, 3, 1)
+    assert failed.value.stored is False and failed.value.full
+    assert path.stat().st_size == size  # the partial record was cut off (and synced)
+    assert not journal.probe()  # no room for the probe file either
+    monkeypatch.undo()
+    assert journal.probe()
+    journal.add(b"y" * 100, 3, 1)
+    journal.close()
+    with DurableJournal(path) as reopened:
+        assert [e[1] for e in reopened[:]] == [1, 2, 3]
+
+
+def test_a_failed_term_write_keeps_the_old_term(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "j"
+    journal = DurableJournal(path)
+    _fill(journal, 1)
+    journal.setCurrentTerm(3, "a")
+    monkeypatch.setattr(os, "fdatasync", _failing(errno.EIO))
+    with pytest.raises(JournalWriteError):
+        journal.setCurrentTerm(4, "b")
+    assert (journal.getCurrentTerm(), journal.getVotedForNodeId()) == (3, "a")
+    monkeypatch.undo()
+    assert journal.probe()  # rewrites the metadata with what memory holds
+    journal.close()
+    with DurableJournal(path) as reopened:
+        assert (reopened.getCurrentTerm(), reopened.getVotedForNodeId()) == (3, "a")
+
+
+def test_a_failed_add_after_clear_keeps_the_old_log(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # PySyncObj installs a snapshot with clear(), add(), add(): an empty log after a failed
+    # add() would make every later tick fail (journal[-1]).
+    path = tmp_path / "j"
+    journal = DurableJournal(path)
+    _fill(journal, 3)
+    before = journal[:]
+    journal.clear()
+    monkeypatch.setattr(os, "pwritev", _failing(errno.ENOSPC))
+    with pytest.raises(JournalWriteError) as failed:
+        journal.add(b"snapshot", 10, 2)
+    assert failed.value.stored is False
+    assert journal[:] == before
+    monkeypatch.undo()
+    assert journal.probe()
+    journal.clear()
+    journal.add(b"snapshot", 10, 2)
+    journal.add(b"next", 11, 2)
+    journal.close()
+    with DurableJournal(path) as reopened:
+        assert reopened[:] == [(b"snapshot", 10, 2), (b"next", 11, 2)]
+
+
+def test_probe_of_an_open_journal_fails_it_when_there_is_no_room(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    journal = DurableJournal(tmp_path / "j", probe_bytes=4096)
+    _fill(journal, 1)
+    assert journal.probe() and journal.writable
+    monkeypatch.setattr(os, "pwritev", _failing(errno.EDQUOT))
+    assert not journal.probe()
+    assert journal.state is JournalState.FAILED
+    failure = journal.failure
+    assert failure is not None and failure.errno == errno.EDQUOT
+    with pytest.raises(JournalWriteError) as refused:
+        journal.add(b"x", 2, 1)
+    assert refused.value.full
+    monkeypatch.undo()
+    assert journal.probe()
+    journal.close()
+    assert not journal.probe()  # closed: never writable again
+
+
+@needs_root
+def test_a_journal_on_a_full_file_system_recovers_when_space_is_freed() -> None:
+    with small_filesystem(4) as disk:
+        journal = DurableJournal(disk / "j")
+        try:
+            _fill(journal, 3)
+            fill(disk)
+            with pytest.raises(JournalWriteError) as failed:
+                journal.add(_command(4, 256 * 1024), 4, 1)
+            assert failed.value.full and failed.value.stored is False
+            assert len(journal) == 3
+            assert not journal.probe()
+            unfill(disk)
+            assert journal.probe()
+            journal.add(_command(4, 256 * 1024), 4, 1)
+        finally:
+            journal.close()
+        with DurableJournal(disk / "j") as reopened:
+            assert [e[1] for e in reopened[:]] == [1, 2, 3, 4]
 
 
 # -- durability: syncs counted, stock FileJournal as the counter-example -----------------------
@@ -529,7 +670,8 @@ _OPERATIONS: dict[str, Callable[[Any], None]] = {
     "setCurrentTerm": lambda journal: journal.setCurrentTerm(3, "127.0.0.1:4322"),
     "deleteEntriesFrom": lambda journal: journal.deleteEntriesFrom(1),
     "deleteEntriesTo": lambda journal: journal.deleteEntriesTo(1),
-    "clear": lambda journal: journal.clear(),
+    # clear() reaches the disk with the add that follows it (PySyncObj installing a snapshot).
+    "clear": lambda journal: (journal.clear(), journal.add(b"snapshot", 50, 2)),
 }
 
 

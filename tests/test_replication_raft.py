@@ -7,6 +7,8 @@ stops reproducing it).
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import math
 import pickle
 import socket
@@ -15,12 +17,16 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import pysyncobj.syncobj
 import pytest
 from pysyncobj import SyncObj
 from pysyncobj.config import FAIL_REASON
+from pysyncobj.journal import MemoryJournal
 
+from dqlitepy.replication.journal import JournalWriteError
 from dqlitepy.replication.raft import (
     LEADER,
+    STORAGE_FAILED,
     HardenedSyncObj,
     PeerNode,
     raft_config,
@@ -354,4 +360,176 @@ def test_a_standby_replicates_without_counting_toward_the_quorum() -> None:
         assert standby.raft_state != LEADER
     finally:
         for n in [*nodes, standby]:
+            n.destroy_synchronous()
+
+
+# -- storage failures (see "Storage failures" in raft.py) ---------------------------------------
+
+
+class _FlakyJournal(MemoryJournal):  # type: ignore[misc]
+    """A journal whose storage can be made to fail, shaped like DurableJournal's interface."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.broken = False
+        self.failure: OSError | None = None
+
+    @property
+    def writable(self) -> bool:
+        return self.failure is None
+
+    def _check(self) -> None:
+        if self.broken:
+            self.failure = OSError(errno.ENOSPC, "No space left on device")
+        if self.failure is not None:
+            raise JournalWriteError("no room", self.failure, stored=False)
+
+    def add(self, command: bytes, idx: int, term: int) -> None:
+        self._check()
+        super().add(command, idx, term)
+
+    def setCurrentTerm(self, term: int, votedForNodeId: Any) -> None:
+        self._check()
+        super().setCurrentTerm(term, votedForNodeId)
+
+    def deleteEntriesFrom(self, entryFrom: int) -> None:
+        self._check()
+        super().deleteEntriesFrom(entryFrom)
+
+    def probe(self) -> bool:
+        if self.broken:
+            self.failure = OSError(errno.ENOSPC, "No space left on device")
+            return False
+        self.failure = None
+        return True
+
+
+@contextlib.contextmanager
+def _flaky_journals() -> Iterator[list[_FlakyJournal]]:
+    """HardenedSyncObj instances built inside get a _FlakyJournal each (in the list)."""
+    made: list[_FlakyJournal] = []
+
+    def create(path: Any) -> _FlakyJournal:
+        made.append(_FlakyJournal())
+        return made[-1]
+
+    saved = pysyncobj.syncobj.createJournal
+    pysyncobj.syncobj.createJournal = create
+    try:
+        yield made
+    finally:
+        pysyncobj.syncobj.createJournal = saved
+
+
+def _vote_request(term: int) -> dict[str, Any]:
+    return {"type": "request_vote", "term": term, "last_log_index": 99, "last_log_term": 99}
+
+
+def test_a_node_that_cannot_write_acknowledges_nothing_and_grants_no_vote() -> None:
+    me, leader, candidate = (f"127.0.0.1:{_port()}" for _ in range(3))
+    with _flaky_journals() as journals:
+        node = HardenedSyncObj(
+            me, [leader, candidate], raft_config(autoTick=False), _apply, storage_probe_interval=0
+        )
+    (journal,) = journals
+    sent: list[tuple[str, dict[str, Any]]] = []
+    try:
+        node._SyncObj__transport.send = lambda peer, message: sent.append((peer.id, message))
+        node._SyncObj__setCurrentTerm(1, None)
+        node._SyncObj__onMessageReceived(PeerNode(leader), _append(1, [(2, 1)]))
+        assert sent[-1][1]["success"] and sent[-1][1]["next_node_idx"] == 3
+        journal.broken = True
+        node._SyncObj__onMessageReceived(PeerNode(leader), _append(2, [(3, 1), (4, 1)]))
+        # Not stored, so not acknowledged: the leader is told to send again from entry 3.
+        answer = sent[-1][1]
+        assert not answer["success"] and answer["reset"] and answer["next_node_idx"] == 3
+        assert not node.storage_writable
+        assert node._SyncObj__raftElectionDeadline == math.inf
+        # A vote (or a term) it cannot persist is never sent; a heartbeat is still answered.
+        before = len(sent)
+        node._SyncObj__onMessageReceived(PeerNode(candidate), _vote_request(5))
+        node._SyncObj__onMessageReceived(PeerNode(leader), {"type": "timeout_now", "term": 1})
+        assert len(sent) == before and node._SyncObj__raftCurrentTerm == 1
+        assert node._SyncObj__raftElectionDeadline == math.inf
+        node._SyncObj__onMessageReceived(PeerNode(leader), _append(2, []))
+        assert sent[-1][1]["success"] and sent[-1][1]["next_node_idx"] == 3
+        # The probe keeps failing while the disk is full, then the node rejoins.
+        node._watch_storage()
+        assert not node.storage_writable
+        journal.broken = False
+        node._watch_storage()
+        assert node.storage_writable
+        assert node._SyncObj__raftElectionDeadline < time.monotonic() + 5
+        node._SyncObj__onMessageReceived(PeerNode(leader), _append(2, [(3, 1), (4, 1)]))
+        assert sent[-1][1]["success"] and sent[-1][1]["next_node_idx"] == 5
+        node._SyncObj__onMessageReceived(PeerNode(candidate), _vote_request(5))
+        assert sent[-1] == (candidate, {"type": "response_vote", "term": 5})
+    finally:
+        node._doDestroy()
+
+
+def test_a_term_that_cannot_be_persisted_is_not_adopted() -> None:
+    me, candidate = f"127.0.0.1:{_port()}", f"127.0.0.1:{_port()}"
+    with _flaky_journals() as journals:
+        node = HardenedSyncObj(me, [candidate], raft_config(autoTick=False), _apply)
+    sent: list[Any] = []
+    try:
+        node._SyncObj__transport.send = lambda peer, message: sent.append(message)
+        node._SyncObj__setCurrentTerm(1, None)
+        journals[0].broken = True  # discovered by the vote's own term write
+        node._SyncObj__onMessageReceived(PeerNode(candidate), _vote_request(2))
+        assert sent == []
+        assert node._SyncObj__raftCurrentTerm == 1  # PySyncObj alone would say 2
+        assert not node.storage_writable
+    finally:
+        node._doDestroy()
+
+
+def _wait(condition: Any, timeout: float, message: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, message
+        time.sleep(0.01)
+
+
+def test_a_leader_that_cannot_write_steps_down_and_rejoins_once_it_can() -> None:
+    addresses = [f"127.0.0.1:{_port()}" for _ in range(3)]
+    with _flaky_journals() as journals:
+        nodes = [
+            HardenedSyncObj(a, [p for p in addresses if p != a], raft_config(), _apply)
+            for a in addresses
+        ]
+    journal = dict(zip(addresses, journals, strict=True))
+    try:
+        leader = _elected(nodes)
+        assert leader.submit_and_wait(b"before", timeout=5)[1] == FAIL_REASON.SUCCESS
+        full = leader.selfNode.id
+        journal[full].broken = True
+        stepped_down_at = time.monotonic()
+        result, reason = leader.submit_and_wait(b"not stored", timeout=5)
+        assert reason == STORAGE_FAILED and isinstance(result, JournalWriteError), reason
+        assert result.full and result.stored is False
+        others = [n for n in nodes if n is not leader]
+        _wait(lambda: any(n.barrier_done for n in others), 10, "no other node took over")
+        print(f"another node leads {time.monotonic() - stepped_down_at:.2f} s after the failure")
+        successor = _elected(others)
+        for i in range(20):
+            assert successor.submit_and_wait(b"after-%d" % i, timeout=5)[1] == FAIL_REASON.SUCCESS
+        # While its disk is full the node never stands (nor leads) again.
+        deadline = time.monotonic() + 3
+        while time.monotonic() < deadline:
+            assert leader.raft_state != LEADER
+            time.sleep(0.05)
+        assert leader.last_applied < successor.last_applied
+        journal[full].broken = False
+        _wait(
+            lambda: leader.last_applied == successor.last_applied, 10, "the node did not catch up"
+        )
+        # ...and it can lead again.
+        successor.on_tick(lambda: successor.transferLeadership(PeerNode(full)))
+        _wait(lambda: leader.barrier_done, 10, "leadership did not move back")
+        assert leader.submit_and_wait(b"again", timeout=5)[1] == FAIL_REASON.SUCCESS
+        assert not any(b"not stored" in bytes(e[0]) for e in journal[full][:])
+    finally:
+        for n in nodes:
             n.destroy_synchronous()

@@ -15,6 +15,7 @@ pragmas that would change the journal, durability, locking or schema writing.
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import re
@@ -58,6 +59,10 @@ _SQLITE_RANGE = 25
 _SQLITE_ROW = 100
 _SQLITE_INTERRUPT = 9
 _SQLITE_MISUSE = 21
+_SQLITE_IOERR = 10
+_SQLITE_FULL = 13
+#: OS errors meaning "no room" (SQLITE_FULL), as opposed to a failing device.
+_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
 # The wire layer keeps text that is not UTF-8 as surrogate escapes; dqlite would pass
 # such bytes to SQLite as they are, but APSW takes and gives only valid UTF-8.
 _NOT_UTF8 = "text value is not valid UTF-8"
@@ -120,8 +125,19 @@ class SessionClosed(EngineError):
         super().__init__(_SQLITE_MISUSE, "the session is closed")
 
 
-def _translate(exc: apsw.Error) -> EngineError:
+def _translate(exc: apsw.Error, db: apsw.Connection | None = None) -> EngineError:
+    """SQLite's error as an :class:`EngineError`; ``db``: the connection it came from.
+
+    SQLite reports a full disk as ``SQLITE_FULL`` only where it expected one (writing
+    pages); elsewhere the same ``ENOSPC`` (or ``EDQUOT``) is an ``SQLITE_IOERR_*`` code,
+    e.g. ``SQLITE_IOERR_SHMSIZE`` when the WAL index cannot grow.  The OS error of the
+    connection's last failed call tells them apart: a full disk is reported as one.
+    """
     code = getattr(exc, "extendedresult", None) or getattr(exc, "result", None) or _SQLITE_ERROR
+    if db is not None and int(code) & 0xFF == _SQLITE_IOERR:
+        with contextlib.suppress(apsw.Error):
+            if db.system_errno in _FULL_ERRNOS:
+                return EngineError(_SQLITE_FULL, "database or disk is full")
     return EngineError(int(code), str(exc))
 
 
@@ -210,7 +226,7 @@ class QueryResult:
         try:
             return next(self._rows)
         except apsw.Error as exc:
-            raise _translate(exc) from exc
+            raise _translate(exc, self._session._db) from exc
         except UnicodeDecodeError as exc:
             # Fail the query rather than the connection (CPython's sqlite3 raises
             # OperationalError too).
@@ -241,6 +257,8 @@ def _fold_wal(path: Path) -> None:
         try:
             db.execute("PRAGMA journal_mode=WAL").fetchall()
             db.wal_checkpoint(mode=apsw.SQLITE_CHECKPOINT_TRUNCATE)
+        except apsw.Error as exc:
+            raise _translate(exc, db) from exc
         finally:
             db.close(True)
     except apsw.Error as exc:
@@ -309,7 +327,12 @@ class Session:
             self._db.execute("PRAGMA foreign_keys=1").fetchall()
             self._db.enable_load_extension(False)
         except apsw.Error as exc:
-            raise _translate(exc) from exc
+            db = getattr(self, "_db", None)
+            error = _translate(exc, db)
+            if db is not None:
+                with contextlib.suppress(apsw.Error):
+                    db.close(True)
+            raise error from exc
         # Set last: the pragmas above are the server's own and must not be refused.
         self._db.authorizer = _authorizer
         # What sqlite3's API offers and the dqlite protocol has no request for,
@@ -401,7 +424,7 @@ class Session:
         try:
             details = apsw.ext.query_info(self._db, sql)
         except apsw.Error as exc:
-            raise _translate(exc) from exc
+            raise _translate(exc, self._db) from exc
         except UnicodeEncodeError as exc:
             raise EngineError(_SQLITE_ERROR, _SQL_NOT_UTF8) from exc
         first = details.first_query or ""
@@ -445,7 +468,7 @@ class Session:
             rows = cursor.execute(info.sql, bindings)
             row_came = next(rows, None) is not None
         except apsw.Error as exc:
-            raise _translate(exc) from exc
+            raise _translate(exc, self._db) from exc
         except UnicodeEncodeError as exc:
             raise EngineError(_SQLITE_ERROR, _PARAM_NOT_UTF8) from exc
         except UnicodeDecodeError:
@@ -474,7 +497,7 @@ class Session:
                 description = apsw.ext.query_info(self._db, info.sql).description or ()
         except apsw.Error as exc:
             cursor.close(True)
-            raise _translate(exc) from exc
+            raise _translate(exc, self._db) from exc
         except UnicodeEncodeError as exc:
             cursor.close(True)
             raise EngineError(_SQLITE_ERROR, _PARAM_NOT_UTF8) from exc
@@ -693,7 +716,7 @@ class Engine:
             wal = wal_path.read_bytes() if wal_path.exists() else b""
             db.execute("COMMIT").fetchall()
         except apsw.Error as exc:
-            raise _translate(exc) from exc
+            raise _translate(exc, session._db) from exc
         finally:
             session.close()
         return [(name, main), (name + "-wal", wal)]

@@ -9,7 +9,11 @@ PySyncObj calls, and returns from every call that Raft relies on only once the c
 Guarantees (with ``sync=True``, the default):
 
 * ``add`` returns after its record was written and ``fdatasync``-ed (one sync per entry);
-* ``deleteEntriesFrom`` (truncation after a Raft conflict) and ``clear`` are durable on return;
+* ``deleteEntriesFrom`` (truncation after a Raft conflict) is durable on return;
+* ``clear`` (before a snapshot's entries are added) takes effect with the next ``add``, which
+  replaces the file atomically by one holding only that entry (or at ``close``): if that
+  ``add`` fails, the old log is still there, on disk and in memory, instead of an empty log
+  PySyncObj cannot work with (every tick reads ``journal[-1]``);
 * ``deleteEntriesTo`` (compaction after a snapshot) is atomic: the kept records are copied to a
   new file that is synced and renamed over the journal, then the directory is synced;
 * ``setCurrentTerm`` (term and vote) is durable on return;
@@ -21,6 +25,34 @@ Guarantees (with ``sync=True``, the default):
 
 ``sync=False`` skips every fsync (tests, benchmarks): records are written in the same format
 and order, so a killed *process* loses nothing, but a power failure may.
+
+Write failures (a full disk, an exceeded quota, an I/O error)
+-------------------------------------------------------------
+A journal is in one of three states (:class:`JournalState`, moves in :data:`_STATE_MOVES`):
+
+========  ===================================================================================
+OPEN      writes are taken
+FAILED    a write failed: every write is refused (:class:`JournalWriteError`) until
+          :meth:`DurableJournal.probe` succeeds; reads go on (the entries are in memory)
+CLOSED    :meth:`DurableJournal.close` ran; nothing more is taken
+========  ===================================================================================
+
+A failed write raises :class:`JournalWriteError` (never a bare ``OSError``) and leaves the
+journal as it was before the call: an append's partial record is cut off again at once
+(``ftruncate`` back to the last intact record and a sync, which needs no free space), and the
+error says whether that worked (``stored=False``: the entry is provably not in the log, on disk
+or in memory) or not (``stored=None``: it may come back after a restart, like an entry a crash
+interrupted). A failed metadata write leaves the previous term and vote in memory; the slot it
+was writing may or may not hold the new state, which is harmless because no message reflecting
+that state was sent, and the next metadata write overwrites the same slot.
+
+Only Raft's thread calls :meth:`DurableJournal.probe` (the Raft core does, about once a
+second while FAILED): it cuts any partial record, rewrites the metadata, then writes, syncs and
+deletes ``probe_bytes`` (1 MiB) beside the journal (``PATH.probe``), so that a node returns only
+once there is some room, not a few bytes. On success the journal is OPEN again. This replaces
+"restart the node after an I/O error": after a failed ``fdatasync`` the kernel may have dropped
+the dirty pages, but the probe cuts every byte written since the last successful sync, and
+everything before it was synced by a call that succeeded.
 
 Files, for a journal at ``PATH`` (all integers little-endian unless said otherwise):
 
@@ -39,6 +71,8 @@ Files, for a journal at ``PATH`` (all integers little-endian unless said otherwi
 ``PATH.lock``
     holds an exclusive ``flock`` while the journal is open, so that two journals (in one process
     or two) can never write the same files.
+``PATH.probe``
+    exists only while :meth:`DurableJournal.probe` runs (removed when a journal is opened).
 
 Plugging it into PySyncObj: ``SyncObj.__init__`` creates its log with
 ``pysyncobj.syncobj.createJournal(conf.journalFile)``; construct the ``SyncObj`` inside
@@ -48,6 +82,8 @@ Plugging it into PySyncObj: ``SyncObj.__init__`` creates its log with
 from __future__ import annotations
 
 import contextlib
+import enum
+import errno
 import fcntl
 import logging
 import operator
@@ -66,10 +102,13 @@ from pysyncobj.journal import Journal, MemoryJournal
 __all__ = [
     "FORMAT_VERSION",
     "HEADER_SIZE",
+    "DEFAULT_PROBE_BYTES",
     "DurableJournal",
     "Entry",
     "JournalCorruptError",
     "JournalError",
+    "JournalState",
+    "JournalWriteError",
     "durable_journal_for_syncobj",
     "make_syncobj_journal_factory",
 ]
@@ -99,6 +138,49 @@ _SLOT_BODY = struct.Struct("<QI")  # sequence, payload length
 
 class JournalError(Exception):
     """The journal cannot be opened, or can no longer be written."""
+
+
+class JournalWriteError(JournalError):
+    """A write to the journal failed, or was refused because an earlier one failed.
+
+    Attributes:
+        cause: the ``OSError`` of the failure (for a refused write: of the earlier failure).
+        stored: ``False`` if the change is provably not in the journal (nothing was written,
+            or what was written has been cut off again and that is on disk); ``None`` if it
+            may be on disk (it would come back after a restart).
+    """
+
+    def __init__(self, message: str, cause: OSError, *, stored: bool | None) -> None:
+        super().__init__(message)
+        self.cause = cause
+        self.stored = stored
+
+    @property
+    def full(self) -> bool:
+        """True if the storage is full (no space left, or the quota is exhausted)."""
+        return self.cause.errno in _FULL_ERRNOS
+
+
+#: ``OSError.errno`` values meaning "no room", as opposed to "the device failed".
+_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
+
+
+class JournalState(enum.Enum):
+    """Whether a :class:`DurableJournal` takes writes (see "Write failures" above)."""
+
+    OPEN = "open"
+    FAILED = "failed"
+    CLOSED = "closed"
+
+
+_STATE_MOVES: dict[JournalState, frozenset[JournalState]] = {
+    JournalState.OPEN: frozenset({JournalState.FAILED, JournalState.CLOSED}),
+    JournalState.FAILED: frozenset({JournalState.OPEN, JournalState.CLOSED}),
+    JournalState.CLOSED: frozenset(),
+}
+
+#: What :meth:`DurableJournal.probe` writes and syncs by default before the journal reopens.
+DEFAULT_PROBE_BYTES = 1 << 20
 
 
 class JournalCorruptError(JournalError):
@@ -364,19 +446,37 @@ class DurableJournal(Journal):  # type: ignore[misc]  # pysyncobj is untyped
 
     All methods are meant to be called from PySyncObj's tick thread; a lock still serialises
     writers so that ``close()`` from another thread cannot race an append onto a closed fd.
-    After an I/O error the journal refuses further writes (the state of the page cache is
-    unknown after a failed fsync); the node must be restarted, which re-reads the files.
+    After a failed write the journal refuses writes until :meth:`probe` succeeds (see "Write
+    failures" in the module docstring).
+
+    Args:
+        path: the journal file.
+        sync: sync every change (False: tests and benchmarks only).
+        probe_bytes: how much room :meth:`probe` must find before the journal takes writes
+            again after a failure.
     """
 
-    def __init__(self, path: str | os.PathLike[str], *, sync: bool = True) -> None:
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        sync: bool = True,
+        probe_bytes: int = DEFAULT_PROBE_BYTES,
+    ) -> None:
         super().__init__()
         self._path = os.path.abspath(os.fspath(path))
         self._dir = os.path.dirname(self._path)
         self._meta_path = self._path + ".meta"
+        self._probe_path = self._path + ".probe"
         self._sync = sync
+        self._probe_bytes = max(0, probe_bytes)
+        # Guards everything below against close() from another thread.
         self._lock = threading.Lock()
-        self._closed = False
-        self._failed: BaseException | None = None
+        self._state = JournalState.OPEN
+        #: Why the journal is FAILED (the latest error seen while it is).
+        self._failure: OSError | None = None
+        #: clear() was called and no add() has replaced the file yet: the log it dropped.
+        self._cleared: tuple[list[Entry], list[int], int, int] | None = None
         self._entries: list[Entry] = []
         self._offsets: list[int] = []
         self._end = HEADER_SIZE
@@ -412,7 +512,7 @@ class DurableJournal(Journal):  # type: ignore[misc]  # pysyncobj is untyped
 
     def _open(self) -> None:
         # Leftovers of an interrupted creation or rewrite: never the current state.
-        for leftover in (self._path + ".tmp", self._meta_path + ".tmp"):
+        for leftover in (self._path + ".tmp", self._meta_path + ".tmp", self._probe_path):
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(leftover)
         if not os.path.exists(self._path) or os.path.getsize(self._path) == 0:
@@ -493,25 +593,63 @@ class DurableJournal(Journal):  # type: ignore[misc]  # pysyncobj is untyped
     def _last_index(self) -> int | None:
         return self._entries[-1][1] if self._entries else None
 
+    def _set_state(self, state: JournalState) -> None:
+        if state not in _STATE_MOVES[self._state]:
+            raise RuntimeError(f"{self._path}: journal {self._state.value} -> {state.value}")
+        self._state = state
+
+    def _fail(self, exc: OSError) -> None:
+        """A write failed (``_lock`` held): refuse writes until a probe succeeds."""
+        if self._state is JournalState.OPEN:
+            log.error(
+                "%s: write failed (%s); refusing writes until storage works again", self._path, exc
+            )
+            self._set_state(JournalState.FAILED)
+        self._failure = exc
+
     def _check_writable(self) -> None:
-        if self._closed:
+        if self._state is JournalState.CLOSED:
             raise JournalError(f"{self._path}: journal is closed")
-        if self._failed is not None:
-            raise JournalError(
-                f"{self._path}: journal refused writes after an I/O error ({self._failed}); "
-                "restart the node"
-            ) from self._failed
+        if self._state is JournalState.FAILED:
+            assert self._failure is not None
+            raise JournalWriteError(
+                f"{self._path}: journal refused writes after a write failed ({self._failure}); "
+                "it takes writes again once a probe succeeds",
+                self._failure,
+                stored=False,
+            )
 
     @contextlib.contextmanager
     def _writing(self) -> Iterator[None]:
-        """Serialise a mutation and turn an I/O error into a permanent failure."""
+        """Serialise a mutation; a failed one makes the journal FAILED.
+
+        The mutations under it change the in-memory state only after their I/O succeeded, or,
+        for a truncation, as soon as the file was cut: after a failure, memory holds what the
+        file holds or less, never entries the file may have lost.
+        """
         with self._lock:
             self._check_writable()
+            self._materialise_clear()
             try:
                 yield
             except OSError as exc:
-                self._failed = exc
-                raise JournalError(f"{self._path}: I/O error, journal disabled: {exc}") from exc
+                self._fail(exc)
+                raise JournalWriteError(
+                    f"{self._path}: write failed: {exc}", exc, stored=None
+                ) from exc
+
+    def _materialise_clear(self) -> None:
+        """Carry out a pending clear() on disk now (``_lock`` held; before other mutations)."""
+        cleared, self._cleared = self._cleared, None
+        if cleared is None:
+            return
+        entries, offsets, end, commit = cleared
+        self._entries, self._offsets, self._end, self._commit = entries, offsets, end, commit
+        try:
+            self._truncate_at(0)
+        except OSError as exc:
+            self._fail(exc)
+            raise JournalWriteError(f"{self._path}: write failed: {exc}", exc, stored=None) from exc
 
     def _store_meta(self, term: int, voted_for: str | None, last_index: int | None) -> None:
         """Durably store term, vote and the commit index clamped to ``last_index``."""
@@ -529,7 +667,12 @@ class DurableJournal(Journal):  # type: ignore[misc]  # pysyncobj is untyped
     # -- PySyncObj's Journal interface --
 
     def add(self, command: bytes, idx: int, term: int) -> None:
-        """Append one entry; durable on return."""
+        """Append one entry; durable on return.
+
+        Raises:
+            JournalWriteError: the entry could not be stored (``stored`` says whether it is
+                provably absent from the file); the in-memory log does not hold it.
+        """
         if not isinstance(command, bytes | bytearray | memoryview):
             raise TypeError(f"journal command must be bytes, not {type(command).__name__}")
         command = bytes(command)
@@ -538,18 +681,88 @@ class DurableJournal(Journal):  # type: ignore[misc]  # pysyncobj is untyped
             raise ValueError(f"negative raft index or term: {idx}, {term}")
         parts = _encode_record(command, idx, term)
         size = sum(len(part) for part in parts)
-        with self._writing():
-            _pwrite_all(self._fd, parts, self._end)
-            self._datasync(self._fd)
+        with self._lock:
+            self._check_writable()
+            if self._cleared is not None:
+                self._add_replacing(parts, (command, idx, term))
+                return
+            try:
+                _pwrite_all(self._fd, parts, self._end)
+                self._datasync(self._fd)
+            except OSError as exc:
+                stored = self._cut_tail()
+                self._fail(exc)
+                raise JournalWriteError(
+                    f"{self._path}: could not append entry {idx}: {exc}", exc, stored=stored
+                ) from exc
             # Visible to PySyncObj only once durable: it may acknowledge what it can read.
             self._offsets.append(self._end)
             self._entries.append((command, idx, term))
             self._end += size
 
+    def _cut_tail(self) -> bool | None:
+        """Cut what a failed append wrote (``_lock`` held): False once that is durable.
+
+        Shrinking a file needs no free space, so this works on a full disk; after an I/O
+        error it may fail too (None: the record may be on disk).
+        """
+        try:
+            os.ftruncate(self._fd, self._end)
+            self._datasync(self._fd)
+        except OSError:
+            return None
+        return False
+
+    def _add_replacing(self, parts: list[bytes], entry: Entry) -> None:
+        """The first add() after clear(): replace the file by one holding only ``entry``."""
+        assert self._cleared is not None
+        entries, offsets, end, saved_commit = self._cleared
+        tmp = self._path + ".tmp"
+        replaced = False
+        try:
+            # As in _truncate_at: the stored commit index must not vouch for entries that
+            # are about to disappear; lowering it first is safe whatever happens next.
+            self._commit = 1
+            if self._stored.commit > 0:
+                self._store_meta(self._stored.term, self._stored.voted_for, None)
+            new_fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+            try:
+                _pwrite_all(new_fd, [_HEADER.pack(_MAGIC, FORMAT_VERSION, 0), *parts], 0)
+                self._datasync(new_fd)
+                os.replace(tmp, self._path)
+            except BaseException:
+                os.close(new_fd)
+                with contextlib.suppress(OSError):
+                    os.unlink(tmp)
+                raise
+            replaced = True
+            old_fd, self._fd = self._fd, new_fd
+            os.close(old_fd)
+            self._cleared = None
+            self._entries, self._offsets = [entry], [HEADER_SIZE]
+            self._end = HEADER_SIZE + sum(len(part) for part in parts)
+            self._dirsync()
+        except OSError as exc:
+            if not replaced:
+                # The old file is untouched: the log PySyncObj sees is the old one again.
+                self._cleared = None
+                self._entries, self._offsets, self._end = entries, offsets, end
+                self._commit = saved_commit
+            self._fail(exc)
+            raise JournalWriteError(
+                f"{self._path}: could not replace the log by entry {entry[1]}: {exc}",
+                exc,
+                stored=False if not replaced else None,
+            ) from exc
+
     def clear(self) -> None:
-        """Drop every entry; durable on return."""
-        with self._writing():
-            self._truncate_at(0)
+        """Drop every entry; on disk with the next :meth:`add` (atomically) or at close."""
+        with self._lock:
+            self._check_writable()
+            if self._cleared is None:
+                self._cleared = (self._entries, self._offsets, self._end, self._commit)
+            self._entries, self._offsets = [], []
+            self._commit = min(self._commit, 1)  # as _truncate_at(0) does
 
     def deleteEntriesFrom(self, entryFrom: SupportsIndex) -> None:
         """``del entries[entryFrom:]`` (a list position, not a Raft index); durable on return."""
@@ -570,11 +783,14 @@ class DurableJournal(Journal):  # type: ignore[misc]  # pysyncobj is untyped
             self._store_meta(self._stored.term, self._stored.voted_for, new_last)
         end = self._offsets[start] if start < len(self._entries) else self._end
         os.ftruncate(self._fd, end)
-        # fdatasync covers the new size: the truncation is durable once it returns.
-        self._datasync(self._fd)
+        # The entries are gone from the file now: if the sync below fails, whether the cut
+        # is durable is unknown, but memory must not hold what the file no longer does (a
+        # probe would otherwise grow the file back with zeros under entries PySyncObj reads).
         del self._entries[start:]
         del self._offsets[start:]
         self._end = end
+        # fdatasync covers the new size: the truncation is durable once it returns.
+        self._datasync(self._fd)
 
     def deleteEntriesTo(self, entryTo: SupportsIndex) -> None:
         """``entries = entries[entryTo:]`` (a list position); the file is rewritten atomically."""
@@ -673,10 +889,53 @@ class DurableJournal(Journal):  # type: ignore[misc]  # pysyncobj is untyped
 
     def onOneSecondTimer(self) -> None:
         """Persist a changed commit index (PySyncObj calls this about once a second)."""
-        if not self._commit_dirty or self._closed or self._failed is not None:
+        if not self._commit_dirty or self._state is not JournalState.OPEN:
             return
+        if self._cleared is not None:
+            return  # the entries it covers are about to be replaced
         with self._writing():
             self._store_meta(self._stored.term, self._stored.voted_for, self._last_index())
+
+    def probe(self) -> bool:
+        """Find out whether the storage takes writes (Raft's thread); True if it does.
+
+        FAILED: cut whatever a failed append left after the last intact record, rewrite the
+        metadata, then write, sync and delete ``probe_bytes`` beside the journal; if all of
+        it works, the journal is OPEN again.  OPEN: only the last step, and a failure makes
+        the journal FAILED (the server asks for this when SQLite reported a full disk).
+        """
+        with self._lock:
+            if self._state is JournalState.CLOSED or self._cleared is not None:
+                return False
+            try:
+                if self._state is JournalState.FAILED:
+                    os.ftruncate(self._fd, self._end)
+                    self._datasync(self._fd)
+                    self._store_meta(self._stored.term, self._stored.voted_for, self._last_index())
+                self._probe_space()
+            except OSError as exc:
+                self._fail(exc)
+                return False
+            if self._state is JournalState.FAILED:
+                log.warning("%s: storage takes writes again; journal open", self._path)
+                self._set_state(JournalState.OPEN)
+                self._failure = None
+            return True
+
+    def _probe_space(self) -> None:
+        fd = os.open(self._probe_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+        try:
+            chunk = bytes(min(self._probe_bytes, 1 << 16))
+            offset = 0
+            while offset < self._probe_bytes:
+                piece = chunk[: self._probe_bytes - offset]
+                _pwrite_all(fd, [piece], offset)
+                offset += len(piece)
+            self._datasync(fd)
+        finally:
+            os.close(fd)
+            with contextlib.suppress(OSError):
+                os.unlink(self._probe_path)
 
     # -- extras --
 
@@ -690,21 +949,39 @@ class DurableJournal(Journal):  # type: ignore[misc]  # pysyncobj is untyped
 
     @property
     def closed(self) -> bool:
-        return self._closed
+        return self._state is JournalState.CLOSED
+
+    @property
+    def state(self) -> JournalState:
+        return self._state
+
+    @property
+    def writable(self) -> bool:
+        """True while the journal takes writes (OPEN)."""
+        return self._state is JournalState.OPEN
+
+    @property
+    def failure(self) -> OSError | None:
+        """While FAILED: the latest error that kept the storage from being written."""
+        return self._failure
 
     def close(self) -> None:
         """Persist the commit index and release the files. Entries stay readable; idempotent."""
         with self._lock:
-            if self._closed:
+            if self._state is JournalState.CLOSED:
                 return
             try:
-                if self._commit_dirty and self._failed is None:
-                    self._store_meta(self._stored.term, self._stored.voted_for, self._last_index())
+                if self._state is JournalState.OPEN:
+                    self._materialise_clear()
+                    if self._commit_dirty:
+                        last = self._last_index()
+                        self._store_meta(self._stored.term, self._stored.voted_for, last)
             except OSError as exc:
-                self._failed = exc
-                raise JournalError(f"{self._path}: I/O error while closing: {exc}") from exc
+                raise JournalWriteError(
+                    f"{self._path}: write failed while closing: {exc}", exc, stored=None
+                ) from exc
             finally:
-                self._closed = True
+                self._state = JournalState.CLOSED
                 for fd in (self._fd, self._meta_fd, self._lock_fd):
                     os.close(fd)
 
@@ -715,7 +992,7 @@ class DurableJournal(Journal):  # type: ignore[misc]  # pysyncobj is untyped
         self.close()
 
     def __repr__(self) -> str:
-        state = "closed" if self._closed else "failed" if self._failed else "open"
+        state = self._state.value
         return f"<DurableJournal {self._path!r} {state}, {len(self._entries)} entries>"
 
 

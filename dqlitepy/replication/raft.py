@@ -44,6 +44,41 @@ Fixes, each with a test in ``tests/test_replication_raft.py``:
   steps down (and ignores answers from its own earlier terms).
 - **Linearizable reads.**  PySyncObj has no read path.  :meth:`read_index`
   implements ReadIndex (Raft thesis §6.4), see "Linearizable reads" below.
+- **Storage failures.**  A journal write that raises inside PySyncObj's tick
+  aborts the tick half-way (the leader's command callback is lost and its
+  client waits for a timeout, while heartbeats go on and the leader keeps its
+  role).  Here a node whose journal cannot write stops taking part in Raft
+  until it can, see "Storage failures" below.
+
+Storage failures
+----------------
+Raft needs a node's log, term and vote on disk before it answers anything
+that reflects them (Figure 2, "Persistent state ... updated on stable storage
+before responding to RPCs").  When a :class:`~.journal.DurableJournal` write
+fails (``ENOSPC``, ``EDQUOT``, ``EIO``...), the journal refuses writes
+(FAILED) until a probe succeeds, and this node, on Raft's thread:
+
+- as leader, asks its most caught-up follower to start an election at once
+  (TimeoutNow) and steps down; a command whose entry could not be appended is
+  failed with :data:`STORAGE_FAILED` when the journal proved the entry absent
+  (the submitter may say "not stored"), with UNKNOWN_OUTCOME otherwise;
+- stands for no election (its timeout is infinite), grants no vote and ignores
+  TimeoutNow: a vote or a new term it cannot persist must not be sent;
+- as follower, acknowledges only entries it stored: an append that fails is
+  answered "reset" at its log's end, so the leader neither counts it nor
+  skips it;
+- keeps answering what needs no write (a heartbeat of its term, a stale
+  leader's message), so clients are still sent to the leader;
+- probes the journal every ``storage_probe_interval`` seconds (1 s), and
+  immediately when :meth:`HardenedSyncObj.request_storage_check` asks (the
+  server does when SQLite reports a full disk or an I/O error): once the probe
+  works, it restarts its election timer and rejoins as an ordinary member,
+  catching up from the leader, without a restart.
+
+The term and vote are also persisted *before* PySyncObj's memory changes
+(it changes memory first), so a failed write leaves the node in the state it
+can prove.  Nothing here takes a lock that another thread holds for long: the
+journal's own lock is contended only by ``close``.
 
 Linearizable reads
 ------------------
@@ -96,6 +131,7 @@ from pysyncobj.config import FAIL_REASON
 from pysyncobj.node import TCPNode
 
 from ..wire import NodeRole
+from .journal import JournalWriteError
 
 __all__ = [
     "FAILURES",
@@ -103,6 +139,7 @@ __all__ = [
     "PeerHealth",
     "PeerNode",
     "ReadResult",
+    "STORAGE_FAILED",
     "raft_config",
     "role_change",
     "safe_unpickle",
@@ -121,12 +158,18 @@ FOLLOWER = 0
 CANDIDATE = 1
 LEADER = 2
 
+#: A command's failure reason (ours, beside PySyncObj's FAIL_REASON): its entry
+#: could not be appended because this node's journal cannot write, and the
+#: journal proved it absent.  The callback's result is the JournalWriteError.
+STORAGE_FAILED = 100
+
 #: PySyncObj's failure reasons, by name.
 FAILURES = {
     value: name
     for name, value in vars(FAIL_REASON).items()
     if not name.startswith("_") and isinstance(value, int)
 }
+FAILURES[STORAGE_FAILED] = "STORAGE_FAILED"
 
 
 class PeerNode(TCPNode):  # type: ignore[misc]
@@ -257,6 +300,8 @@ class HardenedSyncObj(SyncObj):  # type: ignore[misc]
             the log tells it its role).
         snapshot_roles: returns the roles recorded in the snapshot being
             installed (PySyncObj passes on only the voters).
+        storage_probe_interval: seconds between probes of a journal that
+            cannot write (see "Storage failures").
         **kwargs: passed to ``SyncObj`` (``transportClass``...).
     """
 
@@ -276,6 +321,7 @@ class HardenedSyncObj(SyncObj):  # type: ignore[misc]
         *,
         voting: bool = True,
         snapshot_roles: Callable[[], Mapping[str, int] | None] | None = None,
+        storage_probe_interval: float = 1.0,
         **kwargs: Any,
     ) -> None:
         self._dqlitepy_apply = apply
@@ -305,10 +351,17 @@ class HardenedSyncObj(SyncObj):  # type: ignore[misc]
         # Leader side: the term in which each peer last acknowledged entries (a peer
         # unheard of is not "caught up", however short the log; see peer_health).
         self._acknowledged: dict[Any, int] = {}
+        # Storage failures (see above); tick thread, but _probe_requested,
+        # which any thread may set.
+        self._storage_probe_interval = storage_probe_interval
+        self._next_probe = 0.0
+        self._probe_requested = False
+        self._storage_down = False  # a failure was handled and not yet recovered from
         super().__init__(self_node, others, conf, nodeClass=PeerNode, **kwargs)
         self._tag_append_entries()
         self.addOnTickCallback(self._run_tick_calls)
         self.addOnTickCallback(self._serve_reads)
+        self.addOnTickCallback(self._watch_storage)
         self._admit_strangers()
         # After the snapshot (loaded on the first tick), the log's own changes.
         self.on_tick(self._replay_configuration)
@@ -364,8 +417,11 @@ class HardenedSyncObj(SyncObj):  # type: ignore[misc]
         outcome: list[Any] = [None, FAIL_REASON.UNKNOWN_OUTCOME]
 
         def callback(result: Any, reason: int) -> None:
-            outcome[0], outcome[1] = result, reason
-            done.set()
+            # The first outcome counts: abandon_waiters() may follow the real
+            # one (a failed append steps the leader down) before we wake up.
+            if not done.is_set():
+                outcome[0], outcome[1] = result, reason
+                done.set()
 
         with self._waiters_lock:
             self._waiters.add(callback)
@@ -391,19 +447,149 @@ class HardenedSyncObj(SyncObj):  # type: ignore[misc]
             callback(None, FAIL_REASON.LEADER_CHANGED)
 
     def _checkCommandsToApply(self) -> None:
-        # Runs on the tick thread, so the state cannot change under us: a node
-        # that stopped leading fails its queued commands instead of forwarding.
-        if self.raft_state == LEADER:
-            SyncObj._checkCommandsToApply(self)
-            return
-        queue = self._SyncObj__commandsQueue
-        while True:
+        # PySyncObj's loop, on the tick thread (the state cannot change under
+        # us but by this loop): a node that does not lead fails its queued
+        # commands instead of forwarding them, and a failed append fails its
+        # command instead of escaping from the tick with the callback lost.
+        commands = self._SyncObj__commandsQueue
+        started = time.monotonic()
+        while self.raft_state != LEADER or (
+            time.monotonic() - started < self.conf.appendEntriesPeriod
+        ):
             try:
-                _, callback = queue.get_nowait()
+                command, callback = commands.get_nowait()
             except Exception:  # the queue's Empty
                 return
+            if self.raft_state != LEADER:
+                if callable(callback):
+                    callback(None, FAIL_REASON.NOT_LEADER)
+                continue
+            self._append_command(command, callback)
+
+    def _append_command(self, command: bytes, callback: Any) -> None:
+        """Append a queued command to this leader's log and send it (tick thread)."""
+        index = self._SyncObj__getCurrentLogIndex() + 1
+        term = self._SyncObj__raftCurrentTerm
+        request = (
+            self._SyncObj__parseChangeClusterRequest(command)
+            if self.conf.dynamicMembershipChange
+            else None
+        )
+        if request is not None and not self._SyncObj__changeCluster(request):
             if callable(callback):
-                callback(None, FAIL_REASON.NOT_LEADER)
+                callback(None, FAIL_REASON.REQUEST_DENIED)
+            return
+        try:
+            self._SyncObj__raftLog.add(command, index, term)
+        except JournalWriteError as exc:
+            if request is not None:
+                self._SyncObj__doChangeCluster(request, reverse=True)
+            if callable(callback):
+                # Not in the log (memory or disk) and never sent: nobody has it.
+                reason = STORAGE_FAILED if exc.stored is False else FAIL_REASON.UNKNOWN_OUTCOME
+                callback(exc, reason)
+            self._storage_failed(exc)
+            return
+        if callable(callback):
+            self._SyncObj__commandsWaitingCommit[index].append((term, callback))
+        if not self.conf.appendEntriesUseBatch:
+            self._SyncObj__sendAppendEntries()
+
+    # ------------------------------------------------------- storage failures
+
+    @property
+    def storage_writable(self) -> bool:
+        """False while this node's journal refuses writes (see "Storage failures")."""
+        journal = getattr(self, "_SyncObj__raftLog", None)
+        return bool(getattr(journal, "writable", True))
+
+    def request_storage_check(self) -> None:
+        """Probe the journal's storage at the next tick (any thread; at most once per interval).
+
+        A node that cannot write must step down before its next append fails:
+        the server asks for this when SQLite reports a full disk or an I/O error.
+        """
+        self._probe_requested = True
+        self._wake()
+
+    def _watch_storage(self) -> None:
+        """Each tick: probe a journal that cannot write (or when asked), once per interval."""
+        journal = self._SyncObj__raftLog
+        probe = getattr(journal, "probe", None)
+        if probe is None:
+            return  # a MemoryJournal never fails
+        writable = bool(journal.writable)
+        if writable and not self._probe_requested and not self._storage_down:
+            return
+        now = time.monotonic()
+        if now < self._next_probe:
+            return
+        self._probe_requested = False
+        self._next_probe = now + self._storage_probe_interval
+        if probe():
+            if self._storage_down:
+                self._storage_recovered()
+        else:
+            self._storage_failed(journal.failure)
+
+    def _storage_failed(self, cause: BaseException | None) -> None:
+        """The journal cannot write (tick thread): leave the leader role and elections."""
+        if not self._storage_down:
+            self._storage_down = True
+            self._next_probe = time.monotonic() + self._storage_probe_interval
+            log.error(
+                "%s: the Raft log cannot be written (%s): leaving elections until it can",
+                self._self_address(),
+                cause,
+            )
+        state = self.raft_state
+        if state == LEADER:
+            # The most caught-up follower starts an election now rather than
+            # after its timeout (when none is caught up, PySyncObj declines).
+            self.transferLeadership(None)
+            log.warning("%s: this leader cannot write its log: stepping down", self._self_address())
+        if state != FOLLOWER:
+            self._SyncObj__setState(FOLLOWER)
+            self._SyncObj__raftLeader = None
+        self.postpone_election()  # never, while the journal refuses writes
+        self._fail_reads(ReadResult.LEADERSHIP_LOST)
+
+    def _storage_recovered(self) -> None:
+        self._storage_down = False
+        log.warning(
+            "%s: the Raft log can be written again: rejoining the cluster", self._self_address()
+        )
+        self.postpone_election()  # a normal timeout again
+
+    def _self_address(self) -> str:
+        node = self.selfNode
+        return "?" if node is None else str(node.id)
+
+    def _onTick(self, timeToWait: float = 0.0) -> None:  # PySyncObj's name
+        try:
+            SyncObj._onTick(self, timeToWait)
+        except JournalWriteError as exc:
+            # A write outside the paths handled above (the commit index, a
+            # candidate's new term, log compaction) failed half-way through the tick.
+            self._storage_failed(exc)
+
+    def _SyncObj__setCurrentTerm(self, term: int, votedForNodeId: Any) -> None:
+        # PySyncObj changes memory first; a failed write must leave the node
+        # in the state it can prove, so the journal goes first.
+        self._SyncObj__raftLog.setCurrentTerm(term, votedForNodeId)
+        self._SyncObj__raftCurrentTerm = term
+        self._SyncObj__votedForNodeId = votedForNodeId
+
+    def _SyncObj__onBecomeLeader(self) -> None:
+        if not self.storage_writable:
+            # Elected with votes asked before the journal failed: it cannot
+            # append this term's no-op, so it cannot lead.
+            self._storage_failed(getattr(self._SyncObj__raftLog, "failure", None))
+            return
+        try:
+            SyncObj._SyncObj__onBecomeLeader(self)
+        except JournalWriteError as exc:
+            self._storage_failed(exc)  # this term's no-op could not be appended
 
     def postpone_election(self) -> None:
         """Restart the election timer (after a long pause of Raft's thread)."""
@@ -767,7 +953,7 @@ class HardenedSyncObj(SyncObj):  # type: ignore[misc]
             self._set_role(str(address), int(role))
 
     def _SyncObj__generateRaftTimeout(self) -> float:
-        if not self._voting:
+        if not self._voting or not self.storage_writable:
             return math.inf  # never stands for election
         return float(SyncObj._SyncObj__generateRaftTimeout(self))
 
@@ -812,6 +998,16 @@ class HardenedSyncObj(SyncObj):  # type: ignore[misc]
         if not isinstance(message, dict):
             return
         kind = message.get("type")
+        if kind in ("request_vote", "timeout_now") and not self.storage_writable:
+            # A vote, or the term of an election, that cannot be persisted must
+            # not be sent (see "Storage failures").
+            return
+        try:
+            self._on_message(node, message, kind)
+        except JournalWriteError as exc:
+            self._storage_failed(exc)  # nothing reflecting the failed write was sent
+
+    def _on_message(self, node: Any, message: dict[str, Any], kind: Any) -> None:
         if kind == "append_entries":
             self._answering_round = message.get("read_round")
             try:
@@ -911,7 +1107,19 @@ class HardenedSyncObj(SyncObj):  # type: ignore[misc]
             break
         membership = self.conf.dynamicMembershipChange
         for command, index, entry_term in entries[start:]:
-            self._SyncObj__raftLog.add(bytes(command), index, entry_term)
+            try:
+                self._SyncObj__raftLog.add(bytes(command), index, entry_term)
+            except JournalWriteError as exc:
+                self._storage_failed(exc)
+                # Everything up to our log's end matches the leader's (checked
+                # above); from there on the leader must send again.
+                self._SyncObj__sendNextNodeIdx(
+                    node,
+                    nextNodeIdx=self._SyncObj__getCurrentLogIndex() + 1,
+                    success=False,
+                    reset=True,
+                )
+                return
             if membership:
                 request = self._SyncObj__parseChangeClusterRequest(bytes(command))
                 if request is not None:
@@ -930,9 +1138,16 @@ class HardenedSyncObj(SyncObj):  # type: ignore[misc]
         if index <= self._SyncObj__raftLastApplied:
             # Committed entries never conflict in Raft; refuse rather than diverge.
             raise RuntimeError(f"refusing to truncate applied entry {index}")
-        if self.conf.dynamicMembershipChange:
-            for command, _, _ in reversed(self._SyncObj__getEntries(index)):
+        doomed = self._SyncObj__getEntries(index) if self.conf.dynamicMembershipChange else []
+        try:
+            self._SyncObj__deleteEntriesFrom(index)
+        finally:
+            # Undo the membership changes of the entries actually gone (a failed
+            # deletion may have cut the log or not).
+            last = self._SyncObj__getCurrentLogIndex()
+            for command, entry_index, _ in reversed(doomed):
+                if entry_index <= last:
+                    continue
                 request = self._SyncObj__parseChangeClusterRequest(bytes(command))
                 if request is not None:
                     self._SyncObj__doChangeCluster(request, reverse=True)
-        self._SyncObj__deleteEntriesFrom(index)

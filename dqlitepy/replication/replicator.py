@@ -24,8 +24,17 @@ from typing import Any, BinaryIO
 import cbor2
 from pysyncobj.config import FAIL_REASON, SERIALIZER_STATE
 
-from .journal import durable_journal_for_syncobj
-from .raft import FAILURES, LEADER, HardenedSyncObj, PeerHealth, PeerNode, ReadResult, raft_config
+from .journal import JournalWriteError, durable_journal_for_syncobj
+from .raft import (
+    FAILURES,
+    LEADER,
+    STORAGE_FAILED,
+    HardenedSyncObj,
+    PeerHealth,
+    PeerNode,
+    ReadResult,
+    raft_config,
+)
 from .transport import SecureTransport, secure_transport_class
 
 __all__ = [
@@ -36,6 +45,7 @@ __all__ = [
     "PeerHealth",
     "ReplicationError",
     "Replicator",
+    "StorageError",
 ]
 
 #: Compact the log (write a snapshot) once it holds this many entries.
@@ -60,6 +70,21 @@ class NotLeader(ReplicationError):
 
 class LeadershipLost(ReplicationError):
     """The command's fate is unknown (leadership changed or time ran out)."""
+
+
+class StorageError(NotLeader):
+    """This node's Raft log cannot be written: the command was not appended anywhere.
+
+    The node has stepped down (see ``raft.py``, "Storage failures").
+
+    Attributes:
+        full: the storage is full (no space left, quota exhausted), rather
+            than failing (an I/O error).
+    """
+
+    def __init__(self, message: str, *, full: bool) -> None:
+        super().__init__(message)
+        self.full = full
 
 
 class LeadershipUnconfirmed(ReplicationError):
@@ -221,6 +246,21 @@ class Replicator:
         core = self._core
         return core is not None and core.raft_state == LEADER
 
+    def storage_writable(self) -> bool:
+        """False while this node's Raft log refuses writes (it then takes no part in elections)."""
+        core = self._core
+        return core is None or core.storage_writable
+
+    def check_storage(self) -> None:
+        """Have Raft's thread probe the log's storage soon (any thread, never waits).
+
+        If the probe fails, this node steps down and stays out of elections
+        until its storage works again.
+        """
+        core = self._core
+        if core is not None:
+            core.request_storage_check()
+
     def leader_address(self) -> str | None:
         """The last known leader's address."""
         core = self._core
@@ -255,12 +295,16 @@ class Replicator:
         """Replicate ``command`` and return what applying it returned.
 
         Raises:
+            StorageError: this node could not store the command; it was not
+                appended anywhere (and this node stepped down).
             NotLeader: this node does not lead; nothing was appended.
             LeadershipLost: the outcome is unknown.
         """
         result, reason = self.core.submit_and_wait(command, timeout)
         if reason == FAIL_REASON.SUCCESS:
             return result
+        if reason == STORAGE_FAILED and isinstance(result, JournalWriteError):
+            raise StorageError(f"the Raft log cannot be written: {result.cause}", full=result.full)
         name = FAILURES.get(reason, str(reason))
         if reason in _NOT_APPENDED:
             raise NotLeader(f"not leader ({name})")
@@ -414,9 +458,11 @@ class Replicator:
                 os.replace(partial, final)
                 log.info("%s wrote a snapshot at entry %d", self.address, last[1])
                 self._snapshot_state = SERIALIZER_STATE.SUCCESS
-            except Exception:
+            except Exception as exc:
                 log.exception("%s could not write a snapshot", self.address)
                 self._snapshot_state = SERIALIZER_STATE.FAILED
+                if isinstance(exc, OSError):
+                    self.check_storage()  # a full disk: the log's next append fails too
 
         threading.Thread(target=run, name="dqlitepy-snapshot", daemon=True).start()
 
@@ -430,6 +476,11 @@ class Replicator:
     def _read_snapshot(self, path: str) -> tuple[Any, Any, set[PeerNode]]:
         """PySyncObj's deserializer: install the state, give Raft its bookmarks back."""
         assert self._restore is not None
+        core = self._core
+        if core is not None and not core.storage_writable:
+            # The log could not be replaced by the snapshot's entries: installing the
+            # databases alone would put them ahead of the log.  The leader sends it again.
+            raise ReplicationError(f"{path}: not installed while the Raft log cannot be written")
         with open(path, "rb") as f:
             header = cbor2.load(f)
             if not isinstance(header, dict) or header.get("version") != SNAPSHOT_VERSION:

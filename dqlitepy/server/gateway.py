@@ -73,7 +73,9 @@ _U64_MASK = (1 << 64) - 1
 _EMPTY_STATEMENT = 0
 _SQLITE_ERROR = 1
 _SQLITE_BUSY = 5
+_SQLITE_IOERR = 10
 _SQLITE_NOTFOUND = 12
+_SQLITE_FULL = 13
 _SQLITE_PROTOCOL = 15
 _SQLITE_RANGE = 25
 _DQLITE_PARSE = 1005
@@ -149,6 +151,9 @@ class NodeContext(Protocol):
 
     def change_membership(self, request: Request) -> None:
         """Apply ADD/ASSIGN/REMOVE/TRANSFER, raising ``GatewayFailure`` on error."""
+
+    def storage_failed(self) -> None:
+        """SQLite reported a full disk or an I/O error here (never raises, never waits)."""
 
 
 def _row_types(
@@ -259,6 +264,10 @@ class Gateway:
         except NotAuthorized as exc:
             yield FailureResponse(NOT_AUTHORIZED, str(exc))
         except EngineError as exc:
+            if exc.code & 0xFF in (_SQLITE_IOERR, _SQLITE_FULL):
+                # Opening, preparing or reading fails too when the disk is full (the
+                # WAL index cannot grow): the node must find out, not only the client.
+                self._node.storage_failed()
             yield FailureResponse(exc.code, exc.message)
 
     # -------------------------------------------------------------- helpers

@@ -521,6 +521,15 @@ class NodeServer:
             return self.replicated.dump(name)
         return self.engine.dump(name)
 
+    def storage_failed(self) -> None:
+        """SQLite reported a full disk or an I/O error: have the Raft log's storage probed.
+
+        A replicated node whose probe fails steps down until its storage works
+        again (``docs/replication.md``, "Disk full and I/O errors").
+        """
+        if self.replicated is not None:
+            self.replicated.replicator.check_storage()
+
     def require_leader(self) -> None:
         """Refuse leader-only requests on a node that does not lead."""
         if not self.is_leader():

@@ -73,6 +73,32 @@ the leadership callback record what happened and queue the rest for the applier.
 After a restart the database files are rebuilt from the Raft log (the log is
 kept whole until snapshots exist), so a crash can never leave a file ahead of or
 apart from the log.
+
+Disk full and I/O errors
+========================
+A write statement can fail for lack of room (or an I/O error) in two places,
+and the client is told what provably happened (``docs/replication.md``):
+
+- **SQLite** (the leader's WAL), before anything was submitted: SQLite's own
+  error goes back (``SQLITE_FULL``, 13, "database or disk is full", or an
+  ``SQLITE_IOERR`` code).  The database is fenced and rebuilt like after a
+  failed commit — its files are a cache of the log, and a rebuild is the one
+  way back that does not depend on how SQLite left them — and Raft's thread is
+  asked to probe the log's storage (:meth:`Replicator.check_storage`), so a
+  leader whose disk is full steps down before its next append fails.
+- **The Raft log** (:class:`~dqlitepy.replication.replicator.StorageError`):
+  the leader's journal proved the entry absent, the leader stepped down, and
+  the commit in the WAL is cut off by the fence: 13 (or 10, "disk I/O error",
+  for an I/O error).  A transaction split into parts whose later part could
+  not be stored is never completed (the next leader's first entry drops its
+  parts), so it too did not happen.
+
+Any other failure of a submitted entry leaves its outcome unknown: ``leadership
+lost`` (10506), never a disk-full error.  While the applier cannot write a
+database file (a follower's full disk) it retries every
+:data:`_REBUILD_RETRY` seconds, logging the first failure of a streak, and
+asks for the same probe: Raft acknowledges only what the journal stored, so a
+lagging file costs time, never a write.
 """
 
 from __future__ import annotations
@@ -94,9 +120,15 @@ from typing import Any, BinaryIO
 
 import cbor2
 
-from ..engine import Engine, Session, StatementInfo
+from ..engine import Engine, EngineError, Session, StatementInfo
 from ..engine.wal import Transaction, WalError, WalTracker
-from ..replication.replicator import LeadershipLost, NotLeader, ReplicationError, Replicator
+from ..replication.replicator import (
+    LeadershipLost,
+    NotLeader,
+    ReplicationError,
+    Replicator,
+    StorageError,
+)
 from .gateway import GatewayFailure
 
 __all__ = ["PART_BYTES", "Phase", "Replicated"]
@@ -108,6 +140,7 @@ _NOT_LEADER = 10250
 _LEADERSHIP_LOST = 10506
 _SQLITE_BUSY = 5
 _SQLITE_IOERR = 10
+_SQLITE_FULL = 13
 _CHECKPOINT_FRAMES = 1000
 _SUBMIT_TIMEOUT = 10.0
 # How long a request waits for a new leader's barrier (applying the log's tail).
@@ -258,6 +291,18 @@ def _begins_write(sql: str) -> bool:
 
 def _not_leader() -> GatewayFailure:
     return GatewayFailure(_NOT_LEADER, "not leader")
+
+
+def _not_stored(error: StorageError) -> GatewayFailure:
+    """The answer to a write the Raft log could not store (it did not happen)."""
+    if error.full:
+        return GatewayFailure(_SQLITE_FULL, "database or disk is full")
+    return GatewayFailure(_SQLITE_IOERR, "disk I/O error")
+
+
+def _is_storage_error(exc: BaseException) -> bool:
+    """A SQLite error saying the disk is full or failing (any extended code)."""
+    return isinstance(exc, EngineError) and exc.code & 0xFF in (_SQLITE_FULL, _SQLITE_IOERR)
 
 
 def _no_op() -> None:
@@ -468,10 +513,17 @@ class Replicated:
         self._acquire_writer(db, owner, session, timeout)
         db.captured = []
         db.capture_error = None
+        storage_failed = False
         try:
             yield
+        except EngineError as exc:
+            storage_failed = _is_storage_error(exc)
+            raise
         finally:
             try:
+                if storage_failed:
+                    # SQLite's error goes back as it is: nothing was submitted.
+                    self._storage_trouble(db)
                 if not session.in_transaction:
                     self._replicate(db, session)
             finally:
@@ -556,6 +608,11 @@ class Replicated:
                     command.update(part=number, parts=len(parts))
                 try:
                     result = self.replicator.submit(cbor2.dumps(command), _SUBMIT_TIMEOUT)
+                except StorageError as exc:
+                    # Provably in no log (see "Disk full and I/O errors").
+                    self._own.pop(origin, None)
+                    self._fence(db)
+                    raise _not_stored(exc) from exc
                 except (NotLeader, LeadershipLost, ReplicationError) as exc:
                     result = exc
                 if result != "applied":
@@ -565,6 +622,12 @@ class Replicated:
                     raise GatewayFailure(_LEADERSHIP_LOST, "leadership lost") from cause
         if captured and db.tracker.frames >= _CHECKPOINT_FRAMES:
             session.checkpoint(db.file_lock)
+
+    def _storage_trouble(self, db: _Database) -> None:
+        """SQLite could not write ``db``: rebuild its files, have the log's storage probed."""
+        log.warning("database %r: a write failed for lack of room or an I/O error", db.name)
+        self._fence(db)
+        self.replicator.check_storage()
 
     def _fence(self, db: _Database) -> None:
         """The files may hold a commit Raft did not accept: stop serving, queue a rebuild."""
@@ -598,6 +661,7 @@ class Replicated:
 
     def _run_task(self, task: _Task) -> None:
         # A failed rebuild is tried again in place: later tasks build on it.
+        failures = 0
         while True:
             try:
                 if isinstance(task, _Pages):
@@ -612,9 +676,18 @@ class Replicated:
                             self._rebuild(db)
                 else:
                     self._install(task)
+                if failures:
+                    log.warning("rebuilding the database files worked after %d failures", failures)
                 return
-            except Exception:
-                log.exception("rebuilding the database files failed; trying again")
+            except Exception as exc:
+                failures += 1
+                if failures == 1:
+                    log.exception("rebuilding the database files failed; trying again")
+                else:
+                    log.debug("rebuilding the database files failed again: %s", exc)
+                if isinstance(exc, OSError) or _is_storage_error(exc):
+                    # A full or failing disk: Raft must stop counting on this node.
+                    self.replicator.check_storage()
                 if self._closing.wait(_REBUILD_RETRY):
                     return
 
@@ -846,6 +919,8 @@ class Replicated:
         command = cbor2.dumps({"v": _COMMAND_VERSION, "t": "member", **fields})
         try:
             self.replicator.submit(command, _SUBMIT_TIMEOUT)
+        except StorageError as exc:
+            raise _not_stored(exc) from exc
         except ReplicationError as exc:
             raise GatewayFailure(_LEADERSHIP_LOST, "leadership lost") from exc
 

@@ -24,6 +24,7 @@ unless ``DQLITEPY_NO_NETNS=1`` says to skip it.
 
 from __future__ import annotations
 
+import datetime
 import itertools
 import math
 import os
@@ -99,7 +100,16 @@ def cluster(network: Network, monkeypatch: pytest.MonkeyPatch) -> Iterator[Netns
     # come back from a kill or a partition, while the workloads run.
     monkeypatch.setenv("DQLITEPY_SNAPSHOT_ENTRIES", "200")
     with NetnsCluster.formed_in(network) as c:
-        yield c
+        try:
+            yield c
+        finally:
+            keep = os.environ.get("DQLITEPY_JEPSEN_LOG_DIR")
+            if keep:
+                # The nodes' logs (wall-clock times, as the report's) outlive the run.
+                Path(keep).mkdir(parents=True, exist_ok=True)
+                for i, node in enumerate(c.nodes):
+                    (Path(keep) / f"n{i}.log").write_text(node.log())
+                print(f"node logs kept in {keep}")
 
 
 def _connect(
@@ -348,19 +358,28 @@ def _converged(cluster: NetnsCluster, timeout: float = 30.0) -> str | None:
 # -- the report -----------------------------------------------------------------------------------
 
 
-def _culprit(window: Window, faults: list[Fault]) -> Fault | None:
-    """The fault behind a window: the last one that began before the window ended."""
-    before = [f for f in faults if f.start <= window.end]
-    return before[-1] if before else None
+def _culprit(window: Window, faults: list[Fault]) -> tuple[Fault | None, str]:
+    """The fault behind a window, and whether the window began during it or after its heal.
+
+    A window begins at the last success before an outage, so the fault behind it is the
+    last one begun by then (or within 0.5 s after: the operations in flight still succeed).
+    """
+    before = [f for f in faults if f.start <= window.start + 0.5]
+    if not before:
+        return None, "before any fault"
+    fault = before[-1]
+    if fault.end is not None and window.start >= fault.end:
+        return fault, "after the heal"
+    return fault, "during"
 
 
 def _blame(window: Window, faults: list[Fault]) -> str:
-    fault = _culprit(window, faults)
+    fault, phase = _culprit(window, faults)
     if fault is None:
-        return "no fault yet"
-    if fault.end is not None and window.start > fault.end + 1.0:
+        return phase
+    if phase == "after the heal" and fault.end is not None:
         return f"{window.start - fault.end:.1f}s after the heal of {fault}"
-    return str(fault)
+    return f"during {fault}"
 
 
 @pytest.mark.slow
@@ -378,6 +397,12 @@ def test_workloads_under_partitions(cluster: NetnsCluster) -> None:
     clients += [run.client("append", run.append)]
     nemesis = Nemesis(cluster, seed, RUN_SECONDS)
     started = time.monotonic()
+    wall = time.time() - started
+
+    def clock(t: float) -> str:
+        """A monotonic time as the wall-clock time the nodes' logs show."""
+        return datetime.datetime.fromtimestamp(wall + t).strftime("%H:%M:%S.%f")[:-3]
+
     for client in clients:
         client.start()
     try:
@@ -400,6 +425,11 @@ def test_workloads_under_partitions(cluster: NetnsCluster) -> None:
         for client in clients:
             client.join(60)
     stuck = [c.name for c in clients if c.is_alive()]
+    oks = [e.complete for e in run.recorder.snapshot() if e.status == "ok"]
+    if stuck or recovery_time(oks, healed) is None:
+        # Stuck: say what each node believes and where its threads are, before anything else
+        # (the final read below may hang on the same cause).
+        print(f"clients stuck: {stuck}; no success since the final heal?\n{cluster.evidence()}")
 
     final = _final(cluster)
     divergence = _converged(cluster)
@@ -460,19 +490,20 @@ def test_workloads_under_partitions(cluster: NetnsCluster) -> None:
         f"total {sum(w.length for w in windows):.1f}s, longest "
         f"{longest.length if longest else 0:.2f}s"
         + (
-            f" at +{longest.start - started:.1f}s, during {_blame(longest, nemesis.faults)}"
+            f" at +{longest.start - started:.1f}s, {_blame(longest, nemesis.faults)}"
             if longest
             else ""
         )
     )
     for w in sorted(windows, key=lambda w: -w.length)[:8]:
         lines.append(
-            f"  {w.length:5.2f}s at +{w.start - started:6.1f}s: {_blame(w, nemesis.faults)}"
+            f"  {w.length:5.2f}s at +{w.start - started:6.1f}s ({clock(w.start)}): "
+            f"{_blame(w, nemesis.faults)}"
         )
     worst: dict[str, float] = {}
     for window in windows:
-        fault = _culprit(window, nemesis.faults)
-        kind = fault.kind if fault is not None else "none"
+        fault, phase = _culprit(window, nemesis.faults)
+        kind = "none" if fault is None else f"{fault.kind} ({phase})"
         worst[kind] = max(worst.get(kind, 0.0), window.length)
     lines.append(
         "longest window by fault kind: "
@@ -484,7 +515,7 @@ def test_workloads_under_partitions(cluster: NetnsCluster) -> None:
     )
     lines.append(f"nodes converged: {'yes' if divergence is None else divergence}")
     lines.append("faults:")
-    lines += [f"  +{f.start - started:6.1f}s {f}" for f in nemesis.faults]
+    lines += [f"  +{f.start - started:6.1f}s ({clock(f.start)}) {f}" for f in nemesis.faults]
     print("\n".join(lines))
     for result in bad[:3]:
         print(result.explain())
@@ -512,6 +543,6 @@ def test_workloads_under_partitions(cluster: NetnsCluster) -> None:
         f"no successful operation within {MAX_RECOVERY}s of the final heal"
     )
     assert longest is None or longest.length <= MAX_WINDOW, (
-        f"unavailable for {longest.length:.2f}s (target {MAX_WINDOW}s) during "
+        f"unavailable for {longest.length:.2f}s (target {MAX_WINDOW}s) "
         f"{_blame(longest, nemesis.faults)}"
     )

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import shutil
+import subprocess
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 from dqlitepy_server import CLUSTER_KEY, DqlitepyCluster, DqlitepyServer
+
+import dqlitepy
 
 from .netns import Network
 
@@ -62,6 +65,38 @@ class NetnsCluster(DqlitepyCluster):
     def logs(self) -> str:
         """Every node's log, for a failure report."""
         return "\n".join(f"--- {n.address}\n{n.log()}" for n in self.nodes)
+
+    def evidence(self) -> str:
+        """What each node says about the leader, and every server's thread stacks (py-spy)."""
+        lines: list[str] = []
+        for i, node in enumerate(self.nodes):
+            pid = node.process.pid if node.process is not None else None
+            try:
+                with dqlitepy.Client([node.address], timeout=3, attempt_timeout=1) as one:
+                    named = one.leader()
+                leader = f"{named.id}@{named.address}" if named else "none"
+            except dqlitepy.Error as exc:
+                leader = f"error {exc!r}"
+            lines.append(f"n{i} {node.address} pid {pid}: names leader {leader}")
+        py_spy = shutil.which("py-spy")
+        for i, node in enumerate(self.nodes):
+            if node.process is None:
+                continue
+            lines.append(f"--- py-spy dump of n{i} {node.address} (pid {node.process.pid})")
+            if py_spy is None:
+                lines.append("(py-spy not on PATH: no stacks)")
+                continue
+            try:
+                done = subprocess.run(
+                    [py_spy, "dump", "--pid", str(node.process.pid)],
+                    capture_output=True,
+                    text=True,
+                    timeout=60,
+                )
+                lines.append(done.stdout + done.stderr)
+            except subprocess.TimeoutExpired:
+                lines.append("(py-spy timed out)")
+        return "\n".join(lines)
 
     def close(self) -> None:
         super().close()

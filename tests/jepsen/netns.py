@@ -133,22 +133,24 @@ class Network:
         raise NetworkError(f"no free /24 in {_SUPERNET}")
 
     def close(self) -> None:
-        """Remove what :meth:`create` made (namespaces take their veth ends with them)."""
+        """Remove what :meth:`create` made.
+
+        The veth pairs go first: deleting one end deletes its peer at once, whereas the
+        kernel dismantles a deleted namespace (and the pairs in it) asynchronously.
+        """
         errors: list[str] = []
+        for i in range(self.size):
+            try:
+                _ip("link", "del", f"{self.tag}h{i}")
+            except NetworkError as exc:
+                if "Cannot find device" not in str(exc):
+                    errors.append(str(exc))
         for ns in reversed(self._made_namespaces):
             try:
                 _ip("netns", "del", ns)
             except NetworkError as exc:
                 errors.append(str(exc))
         self._made_namespaces.clear()
-        for i in range(self.size):
-            # Normally gone with the namespace's end of the pair; removed here if not.
-            host = f"{self.tag}h{i}"
-            if host in _ip("-o", "link", "show"):
-                try:
-                    _ip("link", "del", host)
-                except NetworkError as exc:
-                    errors.append(str(exc))
         if self._made_bridge:
             try:
                 _ip("link", "del", self.bridge)

@@ -16,10 +16,11 @@ fault at a time, every few seconds, then heals everything.  Meanwhile:
 
 Every run prints a report (operations, outcomes, errors, anomalies, unavailability windows,
 recovery after the final heal) and asserts the targets of the "never stuck, never stale"
-issue.  The default run is short (``DQLITEPY_JEPSEN_SECONDS=30`` s of faults); the long one is
+issue.  The default run is short (``DQLITEPY_JEPSEN_SECONDS=40`` s of faults); the long one is
 ``DQLITEPY_JEPSEN_SECONDS=200 pytest tests/test_jepsen_partitions.py -s``.
-``DQLITEPY_FAULT_SEED`` replays a nemesis schedule.  Without root or ``ip`` the test fails,
-unless ``DQLITEPY_NO_NETNS=1`` says to skip it.
+``DQLITEPY_FAULT_SEED`` replays a nemesis schedule, ``DQLITEPY_JEPSEN_LOG_DIR`` keeps the
+nodes' logs, ``DQLITEPY_JEPSEN_MAX_WINDOW`` changes the unavailability target.  Without root
+or ``ip`` the test fails, unless ``DQLITEPY_NO_NETNS=1`` says to skip it.
 """
 
 from __future__ import annotations
@@ -47,8 +48,8 @@ from jepsen.netns import NETNS_SKIP_ENV, Network, NetworkError, netns_problem
 
 import dqlitepy
 
-#: Seconds of faults (the nemesis's run); the whole test takes about 25 s more.
-RUN_SECONDS = float(os.environ.get("DQLITEPY_JEPSEN_SECONDS") or 30)
+#: Seconds of faults (the nemesis's run); the whole test takes about 10 s more.
+RUN_SECONDS = float(os.environ.get("DQLITEPY_JEPSEN_SECONDS") or 40)
 #: The longest acceptable window without any successful operation, in seconds: twice the
 #: election timeout's upper bound (1.2 s, replication/raft.py) plus 1 s.
 MAX_WINDOW = float(os.environ.get("DQLITEPY_JEPSEN_MAX_WINDOW") or 3.4)
@@ -376,10 +377,14 @@ def _culprit(window: Window, faults: list[Fault]) -> tuple[Fault | None, str]:
 def _blame(window: Window, faults: list[Fault]) -> str:
     fault, phase = _culprit(window, faults)
     if fault is None:
-        return phase
-    if phase == "after the heal" and fault.end is not None:
-        return f"{window.start - fault.end:.1f}s after the heal of {fault}"
-    return f"during {fault}"
+        text = phase
+    elif phase == "after the heal" and fault.end is not None:
+        text = f"{window.start - fault.end:.1f}s after the heal of {fault}"
+    else:
+        text = f"during {fault}"
+    # A window that outlasts its fault into the next one is not the work of one fault.
+    later = [f for f in faults if window.start + 0.5 < f.start < window.end]
+    return text + "".join(f"; then {f}" for f in later)
 
 
 @pytest.mark.slow
@@ -395,7 +400,7 @@ def test_workloads_under_partitions(cluster: NetnsCluster) -> None:
     clients = [run.client("register", run.register) for _ in range(REGISTER_CLIENTS)]
     clients += [run.client("bank", run.bank) for _ in range(2)]
     clients += [run.client("append", run.append)]
-    nemesis = Nemesis(cluster, seed, RUN_SECONDS)
+    nemesis = Nemesis(cluster, seed, RUN_SECONDS, progress=lambda: run.recorder.last_ok)
     started = time.monotonic()
     wall = time.time() - started
 
@@ -537,7 +542,7 @@ def test_workloads_under_partitions(cluster: NetnsCluster) -> None:
     assert not phantom, f"rows nobody wrote: {phantom[:10]}"
     assert divergence is None, divergence
     # Liveness.
-    assert len(nemesis.faults) >= min(5, int(RUN_SECONDS // 7)), "the nemesis did too little"
+    assert len(nemesis.faults) >= max(1, int(RUN_SECONDS // 10)), "the nemesis did too little"
     assert all(statuses[(w, "ok")] for w in ("register", "bank", "append")), statuses
     assert recovery is not None and recovery <= MAX_RECOVERY, (
         f"no successful operation within {MAX_RECOVERY}s of the final heal"

@@ -90,6 +90,8 @@ class Recorder:
     errors: Counter[str] = field(default_factory=Counter)
     #: The first message of each kind of error.
     examples: dict[str, str] = field(default_factory=dict)
+    #: The completion time of the latest successful operation.
+    last_ok: float | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _processes: itertools.count[int] = field(default_factory=itertools.count)
 
@@ -111,6 +113,8 @@ class Recorder:
         event = Event(workload, process, kind, invoke, time.monotonic(), status, kind_of_error)
         with self._lock:
             self.events.append(event)
+            if status == "ok":
+                self.last_ok = event.complete
             if kind_of_error is not None:
                 self.errors[kind_of_error] += 1
                 self.examples.setdefault(kind_of_error, str(exc))

@@ -19,6 +19,7 @@ import signal
 import threading
 import time
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import dqlitepy
@@ -51,8 +52,13 @@ class Nemesis:
         cluster: the cluster (its ``network`` carries the partitions).
         seed: makes the schedule (kinds, targets, durations) reproducible.
         duration: seconds of faults.
-        hold: how long a partition or a pause lasts, or a killed node stays down (min, max).
-        quiet: the time between two faults (min, max).
+        hold: how long a partition or a pause lasts (min, max).
+        quiet: the time between two faults (min, max), counted from the first success after
+            the heal (see ``progress``).
+        progress: the monotonic time of the clients' latest success (None: none yet).  The
+            next fault waits until the cluster served again after the last heal (10 s at
+            most), so that the unavailability a fault causes, including what its heal
+            causes, is measured alone and not merged with the next fault's.
     """
 
     def __init__(
@@ -61,8 +67,9 @@ class Nemesis:
         seed: int,
         duration: float,
         *,
-        hold: tuple[float, float] = (2.0, 4.0),
-        quiet: tuple[float, float] = (1.0, 2.5),
+        hold: tuple[float, float] = (2.0, 3.5),
+        quiet: tuple[float, float] = (2.5, 4.0),
+        progress: Callable[[], float | None] = lambda: None,
     ) -> None:
         self._thread = threading.Thread(target=self._main, name="nemesis", daemon=True)
         self.cluster = cluster
@@ -71,6 +78,7 @@ class Nemesis:
         self.duration = duration
         self.hold = hold
         self.quiet = quiet
+        self.progress = progress
         self.stop = threading.Event()
         self.faults: list[Fault] = []
         #: When the last fault was healed (everything back up).
@@ -120,7 +128,12 @@ class Nemesis:
             while not self.stop.wait(self.rng.uniform(*self.quiet)):
                 if time.monotonic() >= deadline:
                     break
-                self._fault(self._next_kind())
+                fault = self._fault(self._next_kind())
+                assert fault.end is not None
+                served_by = time.monotonic() + 10.0
+                while (latest := self.progress()) is None or latest < fault.end:
+                    if time.monotonic() > served_by or self.stop.wait(0.05):
+                        break
         except Exception:  # reported by the test, not lost in a thread
             self.crash = traceback.format_exc()
         finally:
@@ -129,7 +142,7 @@ class Nemesis:
             except Exception:
                 self.crash = (self.crash or "") + "heal failed: " + traceback.format_exc()
 
-    def _fault(self, kind: str) -> None:
+    def _fault(self, kind: str) -> Fault:
         hold = self.rng.uniform(*self.hold)
         if kind in ("isolate", "isolate-leader"):
             if kind == "isolate-leader":
@@ -177,6 +190,7 @@ class Nemesis:
         else:
             raise AssertionError(f"unknown fault kind {kind!r}")
         fault.end = time.monotonic()
+        return fault
 
     def heal_all(self) -> None:
         """Remove every partition, resume every node, restart every stopped one."""

@@ -53,6 +53,8 @@ class DqlitepyServer:
         cluster_key: the cluster key (replication) or None (a single node).
         join: addresses to join through.
         options: more ``dqlitepy server`` options.
+        prefix: a command the server runs under, such as ``["ip", "netns", "exec", NS]``;
+            it must exec the server (not fork it), so that signals reach the server.
     """
 
     def __init__(
@@ -63,10 +65,12 @@ class DqlitepyServer:
         cluster_key: str | None = None,
         join: list[str] | None = None,
         options: list[str] | None = None,
+        prefix: list[str] | None = None,
     ) -> None:
         self.cluster_key = cluster_key
         self.join = list(join or [])
         self.options = list(options or [])
+        self.prefix = list(prefix or [])
         self._own_dir = data_dir is None
         self.data_dir = data_dir or Path(tempfile.mkdtemp(prefix="dqlitepy-node-"))
         self.address = address or f"127.0.0.1:{free_port()}"
@@ -84,6 +88,7 @@ class DqlitepyServer:
         with self.log_path.open("ab") as log:
             self.process = subprocess.Popen(
                 [
+                    *self.prefix,
                     sys.executable,
                     "-m",
                     "dqlitepy",

@@ -29,6 +29,7 @@ class NetnsCluster(DqlitepyCluster):
 
     def __init__(self, network: Network) -> None:
         self.network = network
+        self.ssl = None  # plain dqlite inside the namespaces
         self.root = Path(tempfile.mkdtemp(prefix="dqlitepy-netns-"))
         self.nodes: list[DqlitepyServer] = []
         try:

@@ -32,6 +32,13 @@ from typing import Any, TextIO
 
 import dqlitepy
 from dqlitepy.node import StartupRefused
+from dqlitepy.server.limits import (
+    DEFAULT_MAX_CONNECTIONS,
+    DEFAULT_REQUEST_MEMORY,
+    DEFAULT_REQUEST_TIMEOUT,
+    Limits,
+)
+from dqlitepy.wire import DEFAULT_MAX_MESSAGE_SIZE
 
 __all__ = ["format_value", "main"]
 
@@ -297,6 +304,17 @@ def _server(args: argparse.Namespace) -> int:
         )
         return 2
     try:
+        limits = Limits(
+            max_connections=args.max_connections,
+            max_message_size=args.max_message_size,
+            idle_timeout=args.idle_timeout or None,
+            request_timeout=args.request_timeout,
+            request_memory=args.request_memory,
+        )
+    except ValueError as exc:
+        print(f"Error: {exc}", file=sys.stderr)
+        return 2
+    try:
         node = dqlitepy.Node(
             args.address,
             args.data_dir,
@@ -304,6 +322,11 @@ def _server(args: argparse.Namespace) -> int:
             cluster_key=key,
             voters=args.voters,
             standbys=args.standbys,
+            max_connections=limits.max_connections,
+            max_message_size=limits.max_message_size,
+            idle_timeout=limits.idle_timeout,
+            request_timeout=limits.request_timeout,
+            request_memory=limits.request_memory,
         ).start()
     except StartupRefused as exc:
         # The operator's mistake (a busy directory, a missing or wrong key): nothing changed.
@@ -318,6 +341,40 @@ def _server(args: argparse.Namespace) -> int:
     finally:
         node.close()
     return 0
+
+
+_SIZE_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
+
+
+def _size(text: str) -> int:
+    """A byte count: ``268435456``, ``256M``, ``256MiB`` or ``1G``."""
+    number = text.strip().upper().removesuffix("IB").removesuffix("B")
+    unit = number[-1:] if number[-1:] in _SIZE_UNITS else ""
+    try:
+        value = int(number.removesuffix(unit)) * _SIZE_UNITS[unit]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"invalid size {text!r}: expected e.g. 65536 or 64M"
+        ) from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"invalid size {text!r}: must be positive")
+    return value
+
+
+def _positive(kind: Callable[[str], float], *, zero: bool = False) -> Callable[[str], Any]:
+    """An argparse type: a number of ``kind`` above 0 (or 0 itself, with ``zero``)."""
+
+    def convert(text: str) -> float:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"invalid number {text!r}") from None
+        if value < 0 or (value == 0 and not zero) or math.isnan(value):
+            raise argparse.ArgumentTypeError(f"{text!r} must be positive")
+        return value
+
+    convert.__name__ = kind.__name__  # argparse names the type in its messages
+    return convert
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -364,6 +421,48 @@ def _parser() -> argparse.ArgumentParser:
         default=3,
         help="on joining, else become a standby while it has fewer (default %(default)s); "
         "later nodes join as spares",
+    )
+    limits = server.add_argument_group(
+        "client connection limits", "what clients may hold (see docs/server.md, Limits)"
+    )
+    limits.add_argument(
+        "--max-connections",
+        type=_positive(int),
+        default=DEFAULT_MAX_CONNECTIONS,
+        metavar="N",
+        help="client connections served at once; past it a new connection takes the slot of "
+        "the one idle (or slowest to send its request) the longest (default %(default)s)",
+    )
+    limits.add_argument(
+        "--idle-timeout",
+        type=_positive(float, zero=True),
+        default=0.0,
+        metavar="SECONDS",
+        help="close client connections idle this long between requests; 0: never (default "
+        "%(default)g, as pooled go-dqlite connections stay idle indefinitely)",
+    )
+    limits.add_argument(
+        "--request-timeout",
+        type=_positive(float),
+        default=DEFAULT_REQUEST_TIMEOUT,
+        metavar="SECONDS",
+        help="time a request may take to arrive after its first byte, and a response may "
+        "stall (default %(default)g)",
+    )
+    limits.add_argument(
+        "--max-message-size",
+        type=_size,
+        default=DEFAULT_MAX_MESSAGE_SIZE,
+        metavar="BYTES",
+        help="largest request one connection may send; K, M, G suffixes (default 64M)",
+    )
+    limits.add_argument(
+        "--request-memory",
+        type=_size,
+        default=DEFAULT_REQUEST_MEMORY,
+        metavar="BYTES",
+        help="request bytes the node buffers at once over all connections; larger requests "
+        "wait for it up to --request-timeout (default 256M)",
     )
     server.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     server.set_defaults(func=_server)

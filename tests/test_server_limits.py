@@ -464,8 +464,13 @@ def test_32_unfinished_64_mib_bodies_stay_within_the_request_memory() -> None:
         assert growth_mib <= 256 + 48, growth_mib
         assert max(served) < 2.0
         log = server.log()
-        assert log.count("--request-memory) stayed in use") >= 20, log[-3000:]
-        assert log.count("request not received within") >= 4 - 1
+        # Each upload was cut: refused memory while waiting for it, or, holding it (or
+        # getting it in the last moments of its wait), cut by its request timeout.
+        refused = log.count("--request-memory) stayed in use")
+        cut = log.count("request not received within")
+        print(f"{refused} refused request memory, {cut} cut by the request timeout")
+        assert refused + cut == 32, log[-3000:]
+        assert refused >= 1 and cut >= 4
         assert _query(server.address) < 2  # and the memory is free again
         assert time.monotonic() - started < 60
 

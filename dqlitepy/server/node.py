@@ -90,6 +90,8 @@ _EVICTED_CLOSE_DELAY = 0.005
 # Warnings a flood of clients would repeat are logged at most this often (seconds).
 _LOG_EVERY = 60.0
 _SQLITE_ERROR = 1
+# A connection waiting for request memory looks this often whether it should stop waiting.
+_RESERVE_SLICE = 0.25
 
 
 def _nothing() -> None:
@@ -744,6 +746,18 @@ class NodeServer:
         with contextlib.suppress(OSError):
             slot.handle.shutdown(socket.SHUT_RDWR)
 
+    def _reserve(
+        self, budget: MemoryBudget, size: int, deadline: float, slot: Slot[socket.socket]
+    ) -> bool:
+        """Reserve request memory by ``deadline``, giving up early if the node closes or
+        the connection loses its slot (nothing else would wake the wait)."""
+        while True:
+            left = deadline - time.monotonic()
+            if budget.acquire(size, min(left, _RESERVE_SLICE)):
+                return True
+            if left <= _RESERVE_SLICE or slot.evicted or self._closing.is_set():
+                return False
+
     def _serve(self, sock: socket.socket, slot: Slot[socket.socket]) -> None:
         limits = self.limits
         table = self._table
@@ -806,8 +820,9 @@ class NodeServer:
                         deadline = slot.since + limits.request_timeout
                         size = incoming.body_size
                         if size is not None and size > SMALL_BODY and not reserved:
-                            if not budget.acquire(size, deadline - time.monotonic()):
-                                _fail_and_close(sock, _no_memory(size, budget), conn.legacy)
+                            if not self._reserve(budget, size, deadline, slot):
+                                if not (slot.evicted or self._closing.is_set()):
+                                    _fail_and_close(sock, _no_memory(size, budget), conn.legacy)
                                 return
                             reserved = size
                         timeout = deadline - time.monotonic()

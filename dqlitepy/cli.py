@@ -8,33 +8,54 @@ for NULL, ``[1 2]`` for blobs, ``true``/``false`` for booleans); ``.cluster``
 prints ``id|address|role`` with the id in hex; ``.cluster`` and ``.describe``
 honour ``-f json`` exactly as the Go shell does.  With ``-f json`` query results
 print as a JSON array of objects (the Go shell 1.11 prints them as tabular).
-Exit codes: 0 ok, 1 SQL or cluster error (message on stderr), 2 usage error; ``dqlitepy
-server`` also exits 2 when the node refuses to start because of an operator's mistake (its
-data directory in use, a missing or wrong cluster key: see ``docs/server.md``).
+
+Input, as the Go shell takes it (measured against ``/usr/bin/dqlite`` 1.11.5, see
+``docs/server.md``): SQL given as an argument runs statement by statement and stops at
+the first error (``Error: <query|exec>: <message>`` on stderr, exit 1).  Piped input runs
+to its end: each error is printed in place on stdout as ``Error:  <query|exec>:
+<message>``, a ``dqlite> `` prompt precedes every line read unless stdout is a terminal,
+and the exit status is 0.  :class:`ScriptReader` says where statements and dot commands
+begin and end; unlike the Go shell, a statement may span lines.
+
+Exit codes: 0 ok, 1 SQL or cluster error of an argument (message on stderr), 2 usage
+error; ``dqlitepy server`` also exits 2 when the node refuses to start because of an
+operator's mistake (its data directory in use, a missing or wrong cluster key: see
+``docs/server.md``).
 
 Only public APIs are used here (``dqlitepy.connect``, ``dqlitepy.Client``, ``dqlitepy.Node``
-and its errors).
+and its errors), and the driver's SQL scanner (:mod:`dqlitepy.client.sqltext`).
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import io
 import json
 import logging
 import math
 import os
+import re
 import signal
 import ssl
 import sys
 import threading
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any, TextIO
 
 import dqlitepy
+from dqlitepy.client.sqltext import has_more_statements, is_complete, split_statements
 from dqlitepy.client.tls import client_context
 from dqlitepy.node import StartupRefused
+from dqlitepy.server.limits import (
+    DEFAULT_MAX_CONNECTIONS,
+    DEFAULT_REQUEST_MEMORY,
+    DEFAULT_REQUEST_TIMEOUT,
+    Limits,
+)
 from dqlitepy.server.tls import NodeTLS
+from dqlitepy.wire import DEFAULT_MAX_MESSAGE_SIZE
 
 __all__ = ["format_value", "main"]
 
@@ -145,15 +166,9 @@ class Shell:
         if self._client is not None:
             self._client.close()
 
-    def run(self, line: str) -> None:
-        """Run one statement or dot command, printing its output."""
-        line = line.strip()
-        if not line:
-            return
-        if line.startswith("."):
-            self._dot(line.split())
-            return
-        cursor = self.conn.execute(line)
+    def execute(self, statement: str) -> None:
+        """Run one SQL statement, printing its rows."""
+        cursor = self.conn.execute(statement)
         if cursor.description is None:
             return
         columns = [d[0] for d in cursor.description]
@@ -167,11 +182,16 @@ class Shell:
         for row in rows:
             self.out.write("|".join(format_value(v) for v in row) + "\n")
 
+    def dot(self, line: str) -> None:
+        """Run one dot command (``.leader``, ``.cluster`` ...), printing its output."""
+        self._dot(line.split())
+
     def _node_id(self, address: str) -> int:
         for node in self.client.cluster():
             if node.address == address:
                 return node.id
-        raise dqlitepy.OperationalError(f"no node has address {address!r}")
+        # Worded and quoted as the Go shell does (Go's %q).
+        raise dqlitepy.OperationalError(f'no node has address "{address}"')
 
     def _dot(self, words: list[str]) -> None:
         command, args = words[0], words[1:]
@@ -231,12 +251,167 @@ def _json_value(value: Any) -> Any:
     return value
 
 
-def _split_script(text: str) -> list[str]:
-    statements = []
-    for part in text.split(";"):
-        if part.strip():
-            statements.append(part.strip())
-    return statements
+@dataclass(frozen=True, slots=True)
+class Statement:
+    """A SQL statement of the shell's input, ``;`` included."""
+
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class DotCommand:
+    """A dot command of the shell's input (``.leader``, ``.remove ADDR`` ...)."""
+
+    text: str
+
+
+Command = Statement | DotCommand
+
+#: A dot command's line: a "." then a letter (".5" begins a number).
+_DOT_LINE = re.compile(r"[ \t]*\.[A-Za-z]")
+
+
+class ScriptReader:
+    """Cuts the shell's input, line by line, into statements and dot commands.
+
+    * A statement ends at a ``;`` outside string literals (``'...'``), quoted
+      identifiers (``"..."``, ```...```, ``[...]``) and comments (``-- ...``,
+      ``/* ... */``), and may span lines; a ``CREATE TRIGGER`` ends at the ``;``
+      after its ``END`` (the rules of ``sqlite3_complete()``).
+    * A line whose first non-blank character is a ``.`` followed by a letter is
+      a dot command, unless it continues a literal, a comment or a trigger body;
+      SQL typed before it and not ended by a ``;`` runs first, as if it had one.
+    * At the end of the input, SQL not ended by a ``;`` runs as it is.
+
+    The Go shell runs each line on its own instead (a statement cannot span
+    lines, and ``;`` inside a line is SQLite's business); on input written for
+    it, one statement or dot command a line, both do the same.
+    """
+
+    def __init__(self) -> None:
+        self._buffer = ""
+
+    @property
+    def pending(self) -> bool:
+        """True while an unfinished statement (or literal or comment) is buffered."""
+        return has_more_statements(self._buffer) or not self._closed()
+
+    def is_dot_command(self, line: str) -> bool:
+        """True if ``line`` would be taken as a dot command (and end a pending statement)."""
+        return bool(_DOT_LINE.match(line)) and self._closed()
+
+    def feed(self, line: str) -> list[Command]:
+        """Take one line of input (without its line break); return what it completes."""
+        if self.is_dot_command(line):
+            return [*self.finish(), DotCommand(line.strip())]
+        self._buffer += line + "\n"
+        # Only a line holding a ";" can complete a statement: no rescans of a long one.
+        if ";" not in line:
+            return []
+        statements = split_statements(self._buffer)
+        if not statements:
+            return []
+        last = statements[-1]
+        end = self._buffer.rfind(last)
+        if is_complete(last):
+            end += len(last)  # all done: keep only what follows (comments, blanks)
+        else:
+            statements.pop()  # the last one goes on past this line
+        self._buffer = self._buffer[end:]
+        return [Statement(s) for s in statements]
+
+    def finish(self) -> list[Command]:
+        """Everything still buffered, as statements (at the end of the input)."""
+        statements: list[Command] = [Statement(s) for s in split_statements(self._buffer)]
+        self._buffer = ""
+        return statements
+
+    def _closed(self) -> bool:
+        # No literal, comment or trigger body left open: a ";" here would end it all.
+        return is_complete(self._buffer + ";")
+
+
+#: The Go shell's prompt. Its line reader (liner) prints it even when the input is
+#: piped, unless the output is a terminal whose TERM it supports.
+_PROMPT = "dqlite> "
+_CONTINUATION = "   ...> "
+_UNSUPPORTED_TERMS = frozenset({"", "dumb", "cons25"})
+
+
+def _error_text(command: Command, exc: Exception) -> str:
+    """The message the Go shell gives: SQL errors say whether they came from a query."""
+    if isinstance(command, DotCommand):
+        return str(exc)
+    # The Go shell sends lines starting with SELECT as queries, the others as execs.
+    kind = "query" if command.text[:6].upper() == "SELECT" else "exec"
+    return f"{kind}: {exc}"
+
+
+_SHELL_ERRORS = (dqlitepy.Error, OSError, ValueError)
+
+
+def _run(shell: Shell, command: Command) -> None:
+    if isinstance(command, DotCommand):
+        shell.dot(command.text)
+    else:
+        shell.execute(command.text)
+
+
+def _run_argument(shell: Shell, text: str) -> int:
+    """``dqlitepy shell ... DATABASE SQL``: stop at the first error, as the Go shell does."""
+    reader = ScriptReader()
+    commands = [c for line in text.split("\n") for c in reader.feed(line)] + reader.finish()
+    for command in commands:
+        try:
+            _run(shell, command)
+        except _SHELL_ERRORS as exc:
+            shell.out.flush()
+            print(f"Error: {_error_text(command, exc)}", file=sys.stderr)
+            return 1
+    return 0
+
+
+def _run_lines(shell: Shell, stream: TextIO, prompts: bool) -> int:
+    """Piped input: run it all, printing each error in place and going on (exit 0).
+
+    As the Go shell: a prompt before each line read (when ``prompts``), errors on
+    stdout as ``Error:  <message>`` (two spaces: Go's ``Println("Error: ", err)``),
+    and the exit status 0 whatever failed.
+    """
+    out = shell.out
+    reader = ScriptReader()
+
+    def run(commands: list[Command]) -> None:
+        for command in commands:
+            try:
+                _run(shell, command)
+            except _SHELL_ERRORS as exc:
+                out.write(f"Error:  {_error_text(command, exc)}\n")
+
+    def prompt() -> None:
+        if prompts:
+            out.write(_PROMPT)
+            out.flush()
+
+    prompt()
+    line = stream.readline()
+    while line:
+        run(reader.feed(line.rstrip("\r\n")))
+        if reader.pending:
+            # Nothing runs until the next line comes: read it before prompting, so
+            # that a statement without ";" that the end of the input or a dot
+            # command ends prints before the next prompt, as in the Go shell (which
+            # runs every line as soon as it is read).
+            line = stream.readline()
+            if not line or reader.is_dot_command(line.rstrip("\r\n")):
+                run(reader.finish())
+            prompt()
+        else:
+            out.flush()
+            prompt()
+            line = stream.readline()
+    out.flush()
+    return 0
 
 
 def _shell_tls(args: argparse.Namespace) -> ssl.SSLContext | None:
@@ -268,42 +443,47 @@ def _shell(args: argparse.Namespace) -> int:
     shell = Shell(servers, args.database, args.format, sys.stdout, tls, args.cluster_key_file)
     try:
         if args.sql is not None:
-            shell.run(args.sql)
-        elif sys.stdin.isatty():
+            return _run_argument(shell, args.sql)
+        if sys.stdin.isatty():
             _interactive(shell)
-        else:
-            for statement in _split_script(sys.stdin.read()):
-                shell.run(statement)
-    except (dqlitepy.Error, OSError, ValueError) as exc:
+            return 0
+        # Bytes that are not UTF-8 fail their own statement, not the whole input.
+        stdin = io.TextIOWrapper(sys.stdin.buffer, errors="surrogateescape")
+        prompts = not sys.stdout.isatty() or os.environ.get("TERM", "") in _UNSUPPORTED_TERMS
+        return _run_lines(shell, stdin, prompts)
+    except OSError as exc:  # reading the input failed: the Go shell gives up too
         print(f"Error: {exc}", file=sys.stderr)
         return 1
     finally:
-        shell.close()
-    return 0
+        with contextlib.suppress(*_SHELL_ERRORS):
+            shell.close()
 
 
 def _interactive(shell: Shell) -> None:
     with contextlib.suppress(ImportError):  # readline is missing on some platforms
         import readline  # noqa: F401 - line editing and history for input()
-    buffer = ""
+    reader = ScriptReader()
     while True:
+        end = False
         try:
-            line = input("dqlite> " if not buffer else "   ...> ")
+            line = input(_CONTINUATION if reader.pending else _PROMPT)
         except EOFError:
             print()
-            return
-        if not buffer and line.strip().startswith("."):
-            statements = [line]
+            end = True
+            commands = reader.finish()
+        except KeyboardInterrupt:
+            print()
+            reader = ScriptReader()  # Ctrl-C drops the statement being typed
+            continue
         else:
-            buffer += line + "\n"
-            if not dqlitepy.complete_statement(buffer):
-                continue
-            statements, buffer = [buffer], ""
-        for statement in statements:
+            commands = reader.feed(line)
+        for command in commands:
             try:
-                shell.run(statement)
-            except dqlitepy.Error as exc:
-                print(f"Error: {exc}", file=sys.stderr)
+                _run(shell, command)
+            except _SHELL_ERRORS as exc:
+                print(f"Error:  {_error_text(command, exc)}")
+        if end:
+            return
 
 
 def _cluster_key(path: str | None) -> bytes | None:
@@ -349,6 +529,17 @@ def _server(args: argparse.Namespace) -> int:
         )
         return 2
     try:
+        limits = Limits(
+            max_connections=args.max_connections,
+            max_message_size=args.max_message_size,
+            idle_timeout=args.idle_timeout or None,
+            request_timeout=args.request_timeout,
+            request_memory=args.request_memory,
+        )
+    except ValueError as exc:
+        print(f"Error: {exc}", file=sys.stderr)
+        return 2
+    try:
         node = dqlitepy.Node(
             args.address,
             args.data_dir,
@@ -358,6 +549,11 @@ def _server(args: argparse.Namespace) -> int:
             standbys=args.standbys,
             trust_loopback_admin=args.trust_loopback_admin,
             tls=tls,
+            max_connections=limits.max_connections,
+            max_message_size=limits.max_message_size,
+            idle_timeout=limits.idle_timeout,
+            request_timeout=limits.request_timeout,
+            request_memory=limits.request_memory,
         ).start()
     except StartupRefused as exc:
         # The operator's mistake (a busy directory, a missing or wrong key): nothing changed.
@@ -372,6 +568,40 @@ def _server(args: argparse.Namespace) -> int:
     finally:
         node.close()
     return 0
+
+
+_SIZE_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
+
+
+def _size(text: str) -> int:
+    """A byte count: ``268435456``, ``256M``, ``256MiB`` or ``1G``."""
+    number = text.strip().upper().removesuffix("IB").removesuffix("B")
+    unit = number[-1:] if number[-1:] in _SIZE_UNITS else ""
+    try:
+        value = int(number.removesuffix(unit)) * _SIZE_UNITS[unit]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"invalid size {text!r}: expected e.g. 65536 or 64M"
+        ) from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"invalid size {text!r}: must be positive")
+    return value
+
+
+def _positive(kind: Callable[[str], float], *, zero: bool = False) -> Callable[[str], Any]:
+    """An argparse type: a number of ``kind`` above 0 (or 0 itself, with ``zero``)."""
+
+    def convert(text: str) -> float:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"invalid number {text!r}") from None
+        if value < 0 or (value == 0 and not zero) or math.isnan(value):
+            raise argparse.ArgumentTypeError(f"{text!r} must be positive")
+        return value
+
+    convert.__name__ = kind.__name__  # argparse names the type in its messages
+    return convert
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -447,6 +677,48 @@ def _parser() -> argparse.ArgumentParser:
         metavar="FILE",
         help="mutual TLS: every client and peer must present a certificate this CA signed "
         "(default: clients need none; peers must present one the --tls-cert file vouches for)",
+    )
+    limits = server.add_argument_group(
+        "client connection limits", "what clients may hold (see docs/server.md, Limits)"
+    )
+    limits.add_argument(
+        "--max-connections",
+        type=_positive(int),
+        default=DEFAULT_MAX_CONNECTIONS,
+        metavar="N",
+        help="client connections served at once; past it a new connection takes the slot of "
+        "the one idle (or slowest to send its request) the longest (default %(default)s)",
+    )
+    limits.add_argument(
+        "--idle-timeout",
+        type=_positive(float, zero=True),
+        default=0.0,
+        metavar="SECONDS",
+        help="close client connections idle this long between requests; 0: never (default "
+        "%(default)g, as pooled go-dqlite connections stay idle indefinitely)",
+    )
+    limits.add_argument(
+        "--request-timeout",
+        type=_positive(float),
+        default=DEFAULT_REQUEST_TIMEOUT,
+        metavar="SECONDS",
+        help="time a request may take to arrive after its first byte, and a response may "
+        "stall (default %(default)g)",
+    )
+    limits.add_argument(
+        "--max-message-size",
+        type=_size,
+        default=DEFAULT_MAX_MESSAGE_SIZE,
+        metavar="BYTES",
+        help="largest request one connection may send; K, M, G suffixes (default 64M)",
+    )
+    limits.add_argument(
+        "--request-memory",
+        type=_size,
+        default=DEFAULT_REQUEST_MEMORY,
+        metavar="BYTES",
+        help="request bytes the node buffers at once over all connections; larger requests "
+        "wait for it up to --request-timeout (default 256M)",
     )
     server.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     server.set_defaults(func=_server)

@@ -9,7 +9,7 @@ import uuid
 import pytest
 from dqlite_cluster import DqliteDemoCluster
 
-from dqlitepy.cli import format_value
+from dqlitepy.cli import Command, DotCommand, ScriptReader, Statement, format_value
 
 
 def _ours(
@@ -68,10 +68,66 @@ def test_cluster_and_leader_match_go_shell(
 
 
 def test_statements_from_stdin(dqlite_cluster: DqliteDemoCluster, database: str) -> None:
+    # As the Go shell: a prompt before each line read, even from a pipe (more in
+    # test_shell_scripts.py).
     script = "INSERT INTO t (i) VALUES (7);\nSELECT i FROM t WHERE i = 7;\n"
     result = _ours(dqlite_cluster.addresses, database, stdin=script)
     assert result.returncode == 0, result.stderr
-    assert result.stdout == "7\n"
+    assert result.stdout == "dqlite> dqlite> 7\ndqlite> "
+
+
+def _read(*lines: str) -> list[Command]:
+    reader = ScriptReader()
+    return [c for line in lines for c in reader.feed(line)] + reader.finish()
+
+
+@pytest.mark.parametrize(
+    ("lines", "commands"),
+    [
+        (["SELECT 1; SELECT 2;"], [Statement("SELECT 1;"), Statement("SELECT 2;")]),
+        (["SELECT 'a;", "b'; SELECT", "2"], [Statement("SELECT 'a;\nb';"), Statement("SELECT\n2")]),
+        (
+            ['SELECT "x;y", `z;`, [w;] -- c;', "FROM t;"],
+            [Statement('SELECT "x;y", `z;`, [w;] -- c;\nFROM t;')],
+        ),
+        (["/* a; .leader", ".leader */ SELECT 1;"], [Statement("SELECT 1;")]),
+        ([" .leader ", "SELECT 1"], [DotCommand(".leader"), Statement("SELECT 1")]),
+        (
+            ["SELECT 1", ".cluster", ".5;"],
+            [Statement("SELECT 1"), DotCommand(".cluster"), Statement(".5;")],
+        ),
+        (["SELECT 1 +", ".5;"], [Statement("SELECT 1 +\n.5;")]),
+        (
+            [
+                "CREATE TRIGGER r AFTER INSERT ON t BEGIN",
+                "  INSERT INTO u VALUES (1);",
+                "END; SELECT 2;",
+            ],
+            [
+                Statement(
+                    "CREATE TRIGGER r AFTER INSERT ON t BEGIN\n  INSERT INTO u VALUES (1);\nEND;"
+                ),
+                Statement("SELECT 2;"),
+            ],
+        ),
+        (["-- only; a comment", ";;", ""], []),
+    ],
+)
+def test_script_reader(lines: list[str], commands: list[Command]) -> None:
+    assert _read(*lines) == commands
+
+
+def test_script_reader_runs_what_a_line_completes_at_once() -> None:
+    reader = ScriptReader()
+    assert reader.feed("SELECT 1; SELECT") == [Statement("SELECT 1;")]
+    assert reader.pending
+    assert reader.feed("2; -- done") == [Statement("SELECT\n2;")]
+    assert not reader.pending
+    assert reader.feed("SELECT '") == []
+    assert reader.pending and not reader.is_dot_command(".leader")
+    reader.finish()
+    assert reader.feed("CREATE TRIGGER r AFTER INSERT ON t BEGIN SELECT 1;") == []
+    assert not reader.is_dot_command(".leader")  # inside the trigger's body
 
 
 def test_sql_error_exits_1_with_message(dqlite_cluster: DqliteDemoCluster, database: str) -> None:

@@ -13,9 +13,11 @@ from __future__ import annotations
 import contextlib
 import errno
 import logging
+import math
 import os
 import secrets
 import socket
+import struct
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -48,6 +50,7 @@ from ..wire import (
     FailureResponse,
     Handshake,
     LeaderRequest,
+    MessageTooLarge,
     NodeInfo,
     NodeRole,
     ProtocolError,
@@ -58,11 +61,23 @@ from ..wire import (
     ServersResponse,
     TransferRequest,
     admin_proof,
+    encode_message,
 )
 from ..wire.framing import DEFAULT_MAX_MESSAGE_SIZE
 from .auth import AdminPolicy, Peer, listens_locally
 from .datadir import ClusterKeyRejected, DataDirectory
 from .gateway import Gateway, GatewayFailure, RowsChunk
+from .limits import (
+    DEFAULT_MAX_CONNECTIONS,
+    DEFAULT_REQUEST_MEMORY,
+    DEFAULT_REQUEST_TIMEOUT,
+    SMALL_BODY,
+    ConnectionTable,
+    Limits,
+    MemoryBudget,
+    Phase,
+    Slot,
+)
 from .membership import NotCaughtUp, caught_up, promote_to_voter
 from .replicated import Replicated
 from .tls import PLAINTEXT_REFUSED_CODE, NodeTLS, is_loopback, is_tls_mismatch
@@ -86,6 +101,13 @@ _ACCEPT_RETRY = frozenset(
     {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM, errno.ECONNABORTED, errno.EPROTO}
 )
 _ACCEPT_RETRY_DELAY = 0.1
+# Out of descriptors, after shutting a connection down: time for its thread to close it.
+_EVICTED_CLOSE_DELAY = 0.005
+# Warnings a flood of clients would repeat are logged at most this often (seconds).
+_LOG_EVERY = 60.0
+_SQLITE_ERROR = 1
+# A connection waiting for request memory looks this often whether it should stop waiting.
+_RESERVE_SLICE = 0.25
 
 
 def _nothing() -> None:
@@ -366,7 +388,14 @@ class NodeServer:
         join: addresses of existing members (used by replication).
         max_message_size: the largest request accepted.
         busy_timeout_ms: how long a writer waits for another writer's lock.
-        max_connections: client connections served at once; more are refused.
+        max_connections: client connections served at once; past it a newcomer
+            takes the slot of the connection idle (or receiving) the longest.
+        idle_timeout: seconds a client connection may stay idle between
+            requests (None: no limit).
+        request_timeout: seconds a request may take to arrive, and a response
+            may stall before the client takes it in.
+        request_memory: request body bytes the node buffers at once, over all
+            connections (see :mod:`dqlitepy.server.limits`).
         cluster_key: the key every member shares; with it the node replicates.
         voters: a joining node becomes a voter while the cluster has fewer...
         standbys: ... else a standby while it has fewer, else it stays a spare.
@@ -388,7 +417,10 @@ class NodeServer:
         join: Sequence[str] = (),
         max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
         busy_timeout_ms: int = 5000,
-        max_connections: int = 1024,
+        max_connections: int = DEFAULT_MAX_CONNECTIONS,
+        idle_timeout: float | None = None,
+        request_timeout: float = DEFAULT_REQUEST_TIMEOUT,
+        request_memory: int = DEFAULT_REQUEST_MEMORY,
         cluster_key: bytes | None = None,
         voters: int = 3,
         standbys: int = 3,
@@ -396,6 +428,13 @@ class NodeServer:
         tls: NodeTLS | None = None,
     ) -> None:
         parse_listen_address(address)
+        self.limits = Limits(
+            max_connections=max_connections,
+            max_message_size=max_message_size,
+            idle_timeout=idle_timeout,
+            request_timeout=request_timeout,
+            request_memory=request_memory,
+        )
         if voters < 1 or standbys < 0:
             raise ValueError("a cluster needs at least one voter, and standbys cannot be negative")
         if cluster_key is not None and len(cluster_key) < MIN_KEY_SIZE:
@@ -422,8 +461,9 @@ class NodeServer:
         except BaseException:
             self._directory.close()
             raise
-        self._max_message_size = max_message_size
-        self._max_connections = max_connections
+        self._table: ConnectionTable[socket.socket] = ConnectionTable(max_connections)
+        self._budget = MemoryBudget(request_memory)
+        self._limit_warned = -math.inf
         self.weight = 0
         self.failure_domain = 0
         self._listener: socket.socket | None = None
@@ -757,7 +797,7 @@ class NodeServer:
     def _accept_loop(self) -> None:
         listener = self._listener
         assert listener is not None
-        failing = False
+        failing_since = -math.inf
         while not self._closing.is_set():
             try:
                 sock, _ = listener.accept()
@@ -769,33 +809,90 @@ class NodeServer:
                     return
                 # Out of descriptors or memory, or a peer gone before its connection
                 # was taken: the listener is fine, and serves again once clients leave.
-                if not failing:
+                now = time.monotonic()
+                if now - failing_since > _LOG_EVERY:
                     log.warning("cannot accept connections: %s", exc)
-                failing = True
+                failing_since = now
+                if exc.errno in (errno.EMFILE, errno.ENFILE):
+                    # Free a descriptor the way a full table frees a slot.
+                    evicted = self._table.evict()
+                    if evicted is not None:
+                        self._shed(evicted)
+                        self._closing.wait(_EVICTED_CLOSE_DELAY)
+                        continue
                 self._closing.wait(_ACCEPT_RETRY_DELAY)
                 continue
-            failing = False
+            if sock.family != socket.AF_UNIX:
+                # Fails on some systems when the peer has already reset.
+                with contextlib.suppress(OSError):
+                    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             with self._lock:
-                if self._closing.is_set() or len(self._connections) >= self._max_connections:
-                    log.warning("refusing a connection: %d already open", len(self._connections))
+                if self._closing.is_set():
                     sock.close()
                     continue
-                if sock.family != socket.AF_UNIX:
-                    # Fails on some systems when the peer has already reset.
-                    with contextlib.suppress(OSError):
-                        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-                thread = threading.Thread(
-                    target=self._serve, args=(sock,), name="dqlitepy-conn", daemon=True
+                slot, evicted = self._table.admit(sock)
+                if slot is None:
+                    thread = None
+                else:
+                    thread = threading.Thread(
+                        target=self._serve, args=(sock, slot), name="dqlitepy-conn", daemon=True
+                    )
+                    self._connections[sock] = thread
+            if evicted is not None:
+                self._warn_limit("closing the connection idle longest to admit a new one")
+                self._shed(evicted)
+            if thread is None:
+                self._warn_limit("refusing a connection: every connection is serving a request")
+                _fail_and_close(
+                    sock,
+                    f"too many connections: all {self.limits.max_connections} are serving "
+                    "requests; try again later",
                 )
-                self._connections[sock] = thread
+                sock.close()
+                continue
             thread.start()
 
-    def _serve(self, sock: socket.socket) -> None:
-        conn = ServerConnection(self._max_message_size)
+    def _warn_limit(self, what: str) -> None:
+        now = time.monotonic()
+        if now - self._limit_warned > _LOG_EVERY:
+            self._limit_warned = now
+            log.warning(
+                "%d client connections, the limit (--max-connections): %s (logged once a minute)",
+                self.limits.max_connections,
+                what,
+            )
+
+    @staticmethod
+    def _shed(slot: Slot[socket.socket]) -> None:
+        """Make an evicted connection's thread stop (it closes the socket itself)."""
+        log.debug("closing a %s connection to admit a new one", slot.phase.value)
+        with contextlib.suppress(OSError):
+            slot.handle.shutdown(socket.SHUT_RDWR)
+
+    def _reserve(
+        self, budget: MemoryBudget, size: int, deadline: float, slot: Slot[socket.socket]
+    ) -> bool:
+        """Reserve request memory by ``deadline``, giving up early if the node closes or
+        the connection loses its slot (nothing else would wake the wait)."""
+        while True:
+            left = deadline - time.monotonic()
+            if budget.acquire(size, min(left, _RESERVE_SLICE)):
+                return True
+            if left <= _RESERVE_SLICE or slot.evicted or self._closing.is_set():
+                return False
+
+    def _serve(self, sock: socket.socket, slot: Slot[socket.socket]) -> None:
+        limits = self.limits
+        table = self._table
+        budget = self._budget
+        conn = ServerConnection(limits.max_message_size)
         gateway = Gateway(self, self._admin.session(Peer.of(sock)))
         gone = False
         handed_over = False
         read_ahead = 0
+        # Request memory reserved for the message being received or served.
+        reserved = 0
+        in_transaction = False
 
         def interrupt_requested() -> bool:
             # Runs on this thread while a statement runs: take in whatever the
@@ -826,12 +923,43 @@ class NodeServer:
             return conn.interrupt_pending()
 
         gateway.set_interrupt_check(interrupt_requested)
+        timeouts = _SocketTimeouts(sock)
         try:
+            # Kernel timeouts, not settimeout(): the socket stays blocking, so the
+            # MSG_DONTWAIT reads above never wait.  A response may stall this long.
+            timeouts.send(limits.request_timeout)
             while not self._closing.is_set():
                 event = conn.next_event()
                 if event is NEED_DATA:
                     read_ahead = 0  # what was read ahead has been served
-                    data = sock.recv(_RECV_SIZE)
+                    incoming = conn.incoming()
+                    if incoming is None:
+                        if not table.enter(slot, Phase.IDLE, in_transaction=in_transaction):
+                            return  # lost its slot to a newcomer
+                        timeout = limits.idle_timeout
+                    else:
+                        if not table.enter(slot, Phase.RECEIVING):
+                            return  # lost its slot: the request did not run
+                        deadline = slot.since + limits.request_timeout
+                        size = incoming.body_size
+                        if size is not None and size > SMALL_BODY and not reserved:
+                            if not self._reserve(budget, size, deadline, slot):
+                                if not (slot.evicted or self._closing.is_set()):
+                                    _fail_and_close(sock, _no_memory(size, budget), conn.legacy)
+                                return
+                            reserved = size
+                        timeout = deadline - time.monotonic()
+                    data = timeouts.recv(_RECV_SIZE, timeout)
+                    if data is None:  # timed out
+                        if incoming is None:
+                            log.debug("closing a connection idle for %s s", timeout)
+                            return
+                        message = (
+                            f"request not received within {limits.request_timeout:g} s "
+                            "(--request-timeout)"
+                        )
+                        _fail_and_close(sock, message, conn.legacy)
+                        return
                     if not data:
                         return
                     conn.receive_data(data)
@@ -841,9 +969,12 @@ class NodeServer:
                     return
                 elif isinstance(event, BadRequest):
                     sock.sendall(conn.send(FailureResponse(event.code, event.message)))
+                    budget.release(reserved)
+                    reserved = 0
                 elif isinstance(event, ConnectRequest):
                     if self.replicated is None:
                         return  # no Raft here: refuse by closing
+                    timeouts.clear()  # Raft's transport sets its own
                     self.replicated.replicator.adopt(
                         sock, event.node_id, event.address, conn.trailing_data()
                     )
@@ -851,6 +982,8 @@ class NodeServer:
                     return
                 else:
                     assert isinstance(event, Request)
+                    if not table.enter(slot, Phase.HANDLING):
+                        return  # lost its slot while the request arrived: it did not run
                     for item in gateway.handle(event):
                         if isinstance(item, RowsChunk):
                             sock.sendall(conn.send_encoded_rows(item.data, done=item.done))
@@ -858,13 +991,95 @@ class NodeServer:
                                 gateway.interrupt()
                         else:
                             sock.sendall(conn.send(item))
+                    budget.release(reserved)
+                    reserved = 0
+                    in_transaction = _in_transaction(gateway)
+        except MessageTooLarge as exc:
+            _fail_and_close(sock, f"{exc} (--max-message-size)", conn.legacy)
         except ProtocolError as exc:
             log.debug("closing a client connection: %s", exc)
+        except BlockingIOError:
+            log.debug(
+                "closing a client connection that took no response for %g s",
+                limits.request_timeout,
+            )
         except OSError as exc:
             log.debug("client connection failed: %s", exc)
         finally:
+            budget.release(reserved)
+            table.remove(slot)
             gateway.close()
             with self._lock:
                 self._connections.pop(sock, None)
             if not handed_over:
                 sock.close()
+
+
+def _in_transaction(gateway: Gateway) -> bool:
+    """True if the connection's session has a transaction open.
+
+    The gateway keeps its session to itself; this runs on the connection's own
+    thread, between requests, where reading it is safe.
+    """
+    session = getattr(gateway, "_session", None)
+    return session is not None and bool(session.in_transaction)
+
+
+def _no_memory(size: int, budget: MemoryBudget) -> str:
+    return (
+        f"request of {size} bytes refused: the node's request memory ({budget.capacity} bytes, "
+        "--request-memory) stayed in use by other requests; try again later"
+    )
+
+
+def _fail_and_close(sock: socket.socket, message: str, legacy: bool = False) -> None:
+    """Send a FAILURE with ``message`` if the socket takes it at once, then shut it down.
+
+    It answers whatever the client sent or is sending.  A client still sending its
+    request reads it only if it reads before the shutdown resets the connection:
+    the shutdown is what enforces the limit.  The caller closes the socket.
+    """
+    log.debug("closing a client connection: %s", message)
+    failure = encode_message(FailureResponse(_SQLITE_ERROR, message), legacy=legacy)
+    with contextlib.suppress(OSError):
+        sock.send(failure, socket.MSG_DONTWAIT)
+    with contextlib.suppress(OSError):
+        sock.shutdown(socket.SHUT_RDWR)
+
+
+class _SocketTimeouts:
+    """SO_RCVTIMEO / SO_SNDTIMEO on a blocking socket (0 = none), set only when changed."""
+
+    _TIMEVAL = struct.Struct("@ll")
+
+    def __init__(self, sock: socket.socket) -> None:
+        self._sock = sock
+        self._receive: float | None = None
+
+    def _set(self, option: int, seconds: float | None) -> None:
+        if seconds is None:
+            value = self._TIMEVAL.pack(0, 0)
+        else:
+            micros = max(1, math.ceil(seconds * 1e6))  # 0 would mean "no timeout"
+            value = self._TIMEVAL.pack(*divmod(micros, 1_000_000))
+        self._sock.setsockopt(socket.SOL_SOCKET, option, value)
+
+    def send(self, seconds: float | None) -> None:
+        self._set(socket.SO_SNDTIMEO, seconds)
+
+    def recv(self, size: int, seconds: float | None) -> bytes | None:
+        """``recv(size)`` waiting at most ``seconds`` (None: forever); None if it timed out."""
+        if seconds is not None and seconds <= 0:
+            return None
+        if seconds != self._receive:
+            self._set(socket.SO_RCVTIMEO, seconds)
+            self._receive = seconds
+        try:
+            return self._sock.recv(size)
+        except BlockingIOError:
+            return None
+
+    def clear(self) -> None:
+        self._set(socket.SO_RCVTIMEO, None)
+        self._set(socket.SO_SNDTIMEO, None)
+        self._receive = None

@@ -54,6 +54,7 @@ __all__ = [
     "ClientConnection",
     "ClientState",
     "Handshake",
+    "Incoming",
     "NeedData",
     "ServerConnection",
     "ServerState",
@@ -309,6 +310,17 @@ class BadRequest:
     message: str
 
 
+@dataclass(frozen=True, slots=True)
+class Incoming:
+    """What has arrived of a message not yet whole (see :meth:`ServerConnection.incoming`)."""
+
+    #: Bytes of it buffered so far, header included.
+    buffered: int
+    #: The body size its header announces; None until the whole header (or, for a
+    #: new connection, the protocol version) is in.
+    body_size: int | None
+
+
 ServerEvent = Handshake | Request | BadRequest | NeedData
 
 
@@ -433,6 +445,20 @@ class ServerConnection:
         else:
             self._set_state(ServerState.RESPONDING)
         return request
+
+    def incoming(self) -> Incoming | None:
+        """The partly received next message, or None when none of it has arrived.
+
+        A new connection counts as receiving its protocol version until that is
+        in, whether or not any of it arrived. A server uses this to bound how
+        long a message may take and how much memory it may reserve for it.
+        """
+        buffered = len(self._frames)
+        if self._state is ServerState.HANDSHAKE:
+            return Incoming(buffered, None)
+        if not buffered:
+            return None
+        return Incoming(buffered, self._frames.announced_size())
 
     def interrupt_pending(self) -> bool:
         """True if a whole INTERRUPT request is already buffered behind the current one.

@@ -7,6 +7,7 @@ allocate gigabytes by announcing a huge ``words`` value.
 
 from __future__ import annotations
 
+import mmap
 import struct
 from dataclasses import dataclass
 
@@ -24,6 +25,9 @@ __all__ = [
 #: Default limit on an incoming message body: 64 MiB.  SQLite allows values of up
 #: to ~1e9 bytes, but a server that accepts that from anyone is an open door.
 DEFAULT_MAX_MESSAGE_SIZE = 64 * 1024 * 1024
+
+#: Bodies of this size or more are collected in a buffer of their own (see FrameBuffer).
+LARGE_BODY = 1024 * 1024
 
 _HEADER = struct.Struct("<IBBH")
 _MAX_WORDS = 0xFFFF_FFFF
@@ -61,6 +65,14 @@ def encode_frame(type_: int, schema: int, body: bytes) -> bytes:
 class FrameBuffer:
     """Accumulates received bytes and cuts them into frames.
 
+    A large body (:data:`LARGE_BODY` bytes or more) is not grown by appending: once
+    its header is at the front, the body is collected in one buffer of exactly the
+    announced size, whose memory the system provides page by page as bytes arrive
+    and takes back whole when the frame is handed out.  Appending to a growing
+    buffer would copy it at every reallocation and leave fragments of it behind in
+    the allocator; a server receiving many large requests at once would hold far
+    more memory than the bytes it received.
+
     Args:
         max_body_size: bodies larger than this raise :class:`MessageTooLarge`
             as soon as their header arrives, before any of the body is buffered.
@@ -68,7 +80,14 @@ class FrameBuffer:
             (§1.3), so a server should treat them as a protocol violation.
     """
 
-    __slots__ = ("_allow_empty", "_buf", "_max_body_size")
+    __slots__ = (
+        "_allow_empty",
+        "_buf",
+        "_large",
+        "_large_filled",
+        "_large_header",
+        "_max_body_size",
+    )
 
     def __init__(
         self, max_body_size: int = DEFAULT_MAX_MESSAGE_SIZE, *, allow_empty: bool = False
@@ -76,16 +95,30 @@ class FrameBuffer:
         self._buf = bytearray()
         self._max_body_size = max_body_size
         self._allow_empty = allow_empty
+        # The large body being collected: its header, buffer and how much arrived.
+        self._large_header = b""
+        self._large: mmap.mmap | None = None
+        self._large_filled = 0
 
     def feed(self, data: bytes | bytearray | memoryview) -> None:
         """Append received bytes."""
+        large = self._large
+        if large is not None:
+            view = memoryview(data).cast("B")
+            take = min(len(view), len(large) - self._large_filled)
+            large[self._large_filled : self._large_filled + take] = view[:take]
+            self._large_filled += take
+            data = view[take:]
         self._buf += data
 
     def __len__(self) -> int:
-        return len(self._buf)
+        if self._large is None:
+            return len(self._buf)
+        return len(self._large_header) + self._large_filled + len(self._buf)
 
     def take(self, n: int) -> bytes | None:
         """Remove and return the first ``n`` raw bytes, or None if fewer are buffered."""
+        self._end_large()
         if len(self._buf) < n:
             return None
         data = bytes(self._buf[:n])
@@ -94,12 +127,27 @@ class FrameBuffer:
 
     def take_all(self) -> bytes:
         """Remove and return everything buffered (e.g. bytes after a CONNECT)."""
+        self._end_large()
         data = bytes(self._buf)
         self._buf.clear()
         return data
 
+    def announced_size(self) -> int | None:
+        """The body size the first buffered header announces, or None before a whole header.
+
+        Lets a server decide, before it reads the body, whether it can afford it.
+        """
+        if self._large is not None:
+            return len(self._large)
+        if len(self._buf) < HEADER_SIZE:
+            return None
+        words: int = _HEADER.unpack_from(self._buf, 0)[0]
+        return words * WORD_SIZE
+
     def buffered_types(self) -> list[int]:
         """The type codes of the whole frames buffered now, without consuming them."""
+        if self._large is not None:
+            return []  # the first frame is not whole yet
         types = []
         buf = self._buf
         pos = 0
@@ -119,6 +167,16 @@ class FrameBuffer:
             MessageTooLarge: the announced body exceeds the limit.
             RemoteProtocolError: the header announces an empty body.
         """
+        large = self._large
+        if large is not None:
+            if self._large_filled < len(large):
+                return None
+            _, type_, schema, extra = _HEADER.unpack(self._large_header)
+            body = large[:]
+            large.close()
+            self._large = None
+            self._large_header = b""
+            return Frame(type_, schema, body, extra)
         buf = self._buf
         if len(buf) < HEADER_SIZE:
             return None
@@ -132,7 +190,34 @@ class FrameBuffer:
             raise RemoteProtocolError(f"message of type {type_} has an empty body")
         end = HEADER_SIZE + size
         if len(buf) < end:
+            if size >= LARGE_BODY:
+                self._start_large(size)
             return None
-        body = bytes(buf[HEADER_SIZE:end])
+        # One copy of the body, not two (a slice of a bytearray is a copy already).
+        with memoryview(buf) as view:
+            body = bytes(view[HEADER_SIZE:end])
         del buf[:end]
         return Frame(type_, schema, body, extra)
+
+    def _start_large(self, size: int) -> None:
+        """Move the frame at the front, not whole yet, into a buffer of its own."""
+        buf = self._buf
+        # An anonymous mapping: zero pages cost nothing until written, and closing it
+        # returns all of it at once.  No file or I/O is involved.
+        large = mmap.mmap(-1, size)
+        filled = len(buf) - HEADER_SIZE
+        large[:filled] = buf[HEADER_SIZE:]
+        self._large_header = bytes(buf[:HEADER_SIZE])
+        self._large = large
+        self._large_filled = filled
+        buf.clear()
+
+    def _end_large(self) -> None:
+        """Put a large frame being collected back in front of the plain buffer."""
+        large = self._large
+        if large is None:
+            return
+        self._buf[:0] = self._large_header + large[: self._large_filled]
+        large.close()
+        self._large = None
+        self._large_header = b""

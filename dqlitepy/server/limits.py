@@ -1,0 +1,267 @@
+"""Bounds on what client connections may hold: slots, time and request memory.
+
+Theory of operation (``design.md`` §6, "every resource has a bound"):
+
+* **Slots.** A node serves at most ``max_connections`` client connections, each on
+  its own thread. A connection is in one of three phases: RECEIVING (a message, or the
+  protocol version of a new connection, is on its way), IDLE (between requests) or
+  HANDLING (a request is being served). When a new connection arrives and every slot
+  is taken, the connection that has held its slot longest without progress is closed
+  to make room: the one whose current phase began earliest among those not HANDLING,
+  those idle inside a transaction last (closing them rolls the transaction back).
+  Nothing a closed connection sent has run: a RECEIVING request is incomplete, an
+  IDLE connection has none. The new connection is refused only while every slot is
+  HANDLING, which the request timeout bounds. So idle or slow clients can never lock
+  others out: they lose their slots to newcomers, oldest first, while a connection
+  that just arrived keeps its slot until ``max_connections`` newer ones came after it.
+* **Time.** A message (and a new connection's protocol version) must arrive whole
+  within ``request_timeout`` of its first byte (of the connection, for the version),
+  and a response may stall at most as long. ``idle_timeout`` closes connections idle
+  between requests; it is off by default because go-dqlite (1.11 and today) keeps
+  pooled connections open indefinitely and sends no heartbeat (its heartbeat code is
+  commented out), and a pooled connection the server closed fails its next query.
+* **Memory.** A connection buffers at most one message of ``max_message_size`` bytes.
+  Across the node, bodies larger than :data:`SMALL_BODY` reserve their announced size
+  from a budget of ``request_memory`` bytes before they are read, and keep it until
+  their request is answered. A connection that cannot get its reservation before its
+  request timeout runs out is answered with a FAILURE and closed; while it waits it
+  reads nothing, so its bytes stay in the kernel's socket buffers and the sender is
+  slowed down by TCP. Small requests never wait, so a node whose budget is taken by
+  large uploads still serves ordinary clients.
+
+Nothing here touches a socket: :class:`ConnectionTable` and :class:`MemoryBudget` are
+driven by the listener in :mod:`dqlitepy.server.node`, which does the I/O. Their locks
+are leaves of the lock hierarchy: nothing else is taken or waited for while one is held
+(the listener takes the table's lock inside its own, never the other way round).
+"""
+
+from __future__ import annotations
+
+import enum
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Generic, TypeVar
+
+from ..wire.framing import DEFAULT_MAX_MESSAGE_SIZE
+
+__all__ = [
+    "DEFAULT_MAX_CONNECTIONS",
+    "DEFAULT_REQUEST_MEMORY",
+    "DEFAULT_REQUEST_TIMEOUT",
+    "SMALL_BODY",
+    "ConnectionTable",
+    "Limits",
+    "MemoryBudget",
+    "Phase",
+    "Slot",
+]
+
+#: Client connections served at once.
+DEFAULT_MAX_CONNECTIONS = 1024
+#: Seconds a message may take to arrive whole (and a response to be taken in).
+#: Generous: a 64 MiB request crosses a 10 Mbit/s link in under a minute.
+DEFAULT_REQUEST_TIMEOUT = 60.0
+#: Request bytes the whole node buffers at once: four messages of the largest size.
+DEFAULT_REQUEST_MEMORY = 4 * DEFAULT_MAX_MESSAGE_SIZE
+#: Bodies up to this size are read without a reservation (at most this much per
+#: connection, i.e. 64 MiB for 1,024 connections).
+SMALL_BODY = 64 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """The bounds one node applies to its client connections (see the module docs).
+
+    Args:
+        max_connections: client connections served at once.
+        max_message_size: the largest request body a connection may send.
+        idle_timeout: seconds a connection may stay idle between requests, or None
+            for no limit.
+        request_timeout: seconds a message may take to arrive whole after its first
+            byte, and a response may stall before the client takes it in.
+        request_memory: request body bytes the node buffers at once.
+    """
+
+    max_connections: int = DEFAULT_MAX_CONNECTIONS
+    max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE
+    idle_timeout: float | None = None
+    request_timeout: float = DEFAULT_REQUEST_TIMEOUT
+    request_memory: int = DEFAULT_REQUEST_MEMORY
+
+    def __post_init__(self) -> None:
+        if self.max_connections < 1:
+            raise ValueError(f"max_connections must be at least 1, not {self.max_connections!r}")
+        if self.max_message_size < 8:
+            raise ValueError(
+                f"max_message_size must be at least 8 bytes, not {self.max_message_size!r}"
+            )
+        if self.idle_timeout is not None and not self.idle_timeout > 0:
+            raise ValueError(f"idle_timeout must be positive or None, not {self.idle_timeout!r}")
+        if not self.request_timeout > 0:
+            raise ValueError(f"request_timeout must be positive, not {self.request_timeout!r}")
+        if self.request_memory < self.max_message_size:
+            raise ValueError(
+                f"request_memory ({self.request_memory!r} bytes) must hold at least one "
+                f"message of max_message_size ({self.max_message_size!r} bytes)"
+            )
+
+
+class MemoryBudget:
+    """A node-wide count of reserved request bytes, with bounded waits.
+
+    Args:
+        capacity: the bytes that may be reserved at once.
+    """
+
+    def __init__(self, capacity: int) -> None:
+        self._capacity = capacity
+        self._in_use = 0
+        self._changed = threading.Condition(threading.Lock())
+
+    @property
+    def capacity(self) -> int:
+        return self._capacity
+
+    @property
+    def in_use(self) -> int:
+        """Bytes reserved now."""
+        with self._changed:
+            return self._in_use
+
+    def acquire(self, size: int, timeout: float) -> bool:
+        """Reserve ``size`` bytes, waiting up to ``timeout`` seconds for them.
+
+        Returns:
+            True once reserved; False if they did not free up in time (nothing is
+            reserved then).
+
+        Raises:
+            ValueError: ``size`` exceeds the whole budget (it could never fit).
+        """
+        if size > self._capacity:
+            raise ValueError(f"{size} bytes exceed the request memory of {self._capacity} bytes")
+        with self._changed:
+            fits = self._changed.wait_for(
+                lambda: self._in_use + size <= self._capacity, max(0.0, timeout)
+            )
+            if fits:
+                self._in_use += size
+            return fits
+
+    def release(self, size: int) -> None:
+        """Return ``size`` bytes reserved by :meth:`acquire`."""
+        if size <= 0:
+            return
+        with self._changed:
+            self._in_use -= size
+            assert self._in_use >= 0, "released more request memory than was reserved"
+            self._changed.notify_all()
+
+
+class Phase(enum.Enum):
+    """What a client connection is doing (see the module docs)."""
+
+    #: A message, or a new connection's protocol version, is on its way.
+    RECEIVING = "receiving"
+    #: Between requests.
+    IDLE = "idle"
+    #: Serving a request: never closed to make room.
+    HANDLING = "handling"
+
+
+H = TypeVar("H")
+
+
+class Slot(Generic[H]):
+    """One admitted connection's entry in a :class:`ConnectionTable`.
+
+    ``handle`` is the caller's object for it (the socket); the table only stores it.
+    """
+
+    __slots__ = ("evicted", "handle", "in_transaction", "phase", "since")
+
+    def __init__(self, handle: H, now: float) -> None:
+        self.handle = handle
+        self.phase = Phase.RECEIVING
+        self.since = now
+        self.in_transaction = False
+        self.evicted = False
+
+
+class ConnectionTable(Generic[H]):
+    """The slots of a node's client connections and the choice of whom to close.
+
+    Thread-safe. The listener calls :meth:`admit` for every new connection and
+    closes the slot it may return; each connection's thread reports its phases
+    with :meth:`enter` and stops when told it was evicted, then calls
+    :meth:`remove`.
+
+    Args:
+        limit: the number of slots.
+        clock: monotonic seconds (a parameter so tests can drive it).
+    """
+
+    def __init__(self, limit: int, clock: Callable[[], float] = time.monotonic) -> None:
+        self._limit = limit
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._slots: dict[int, Slot[H]] = {}
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._slots)
+
+    def admit(self, handle: H) -> tuple[Slot[H] | None, Slot[H] | None]:
+        """Give ``handle`` a slot, taking one from another connection if all are in use.
+
+        Returns:
+            ``(slot, evicted)``: the new connection's slot, or None if every
+            connection is handling a request (refuse it); and the connection that
+            lost its slot, if one did: the caller must shut it down.
+        """
+        with self._lock:
+            evicted = None
+            if len(self._slots) >= self._limit:
+                evicted = self._evict_locked()
+                if evicted is None:
+                    return None, None
+            slot = Slot(handle, self._clock())
+            self._slots[id(slot)] = slot
+            return slot, evicted
+
+    def evict(self) -> Slot[H] | None:
+        """Take the slot of the connection :meth:`admit` would close first, if any."""
+        with self._lock:
+            return self._evict_locked()
+
+    def _evict_locked(self) -> Slot[H] | None:
+        candidates = [s for s in self._slots.values() if s.phase is not Phase.HANDLING]
+        if not candidates:
+            return None
+        victim = min(candidates, key=lambda s: (s.in_transaction, s.since))
+        victim.evicted = True
+        del self._slots[id(victim)]
+        return victim
+
+    def enter(self, slot: Slot[H], phase: Phase, *, in_transaction: bool = False) -> bool:
+        """Record that ``slot``'s connection moved to ``phase``.
+
+        Returns:
+            False if the connection lost its slot meanwhile: it must stop without
+            serving anything more.
+        """
+        with self._lock:
+            if slot.evicted:
+                return False
+            if slot.phase is not phase:
+                slot.phase = phase
+                slot.since = self._clock()
+            slot.in_transaction = in_transaction
+            return True
+
+    def remove(self, slot: Slot[H]) -> None:
+        """Free ``slot`` (its connection is closing); harmless if it was evicted."""
+        with self._lock:
+            self._slots.pop(id(slot), None)

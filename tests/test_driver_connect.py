@@ -278,3 +278,28 @@ def test_refusing_first_server_is_skipped_at_once(connect: Connect, servers: lis
     conn = connect(servers=[f"127.0.0.1:{_unused_port()}", *servers], leader_timeout=20)
     assert time.monotonic() - started < 1.0
     assert conn.execute("SELECT 1").fetchone() == (1,)
+
+
+def test_a_transaction_survives_descriptors_past_fd_setsize() -> None:
+    """The idle check before each request works on descriptors past 1024 (select() cannot)."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = min(hard, 4096) if hard != resource.RLIM_INFINITY else 4096
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, wanted), hard))
+    filler = [os.open(os.devnull, os.O_RDONLY) for _ in range(1100)]
+    try:
+        with DqlitepyServer() as node:
+            conn = dqlitepy.connect("fds", servers=[node.address])
+            try:
+                conn.execute("CREATE TABLE t (x)")
+                conn.execute("INSERT INTO t VALUES (1)")
+                conn.execute("INSERT INTO t VALUES (2)")  # inside the implicit transaction
+                conn.commit()
+                assert conn.execute("SELECT count(*) FROM t").fetchone() == (2,)
+            finally:
+                conn.close()
+    finally:
+        for fd in filler:
+            os.close(fd)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))

@@ -228,8 +228,10 @@ class Protocol:
             if self._tls and sock.pending():  # type: ignore[attr-defined]
                 data = b"?"  # decrypted bytes nobody asked for
             else:
-                readable, _, _ = select.select([sock], [], [], 0)
-                if not readable:
+                # poll(), not select(): select fails on descriptors past FD_SETSIZE (1024).
+                poller = select.poll()
+                poller.register(sock, select.POLLIN)
+                if not poller.poll(0):
                     return True
                 # Anything readable while idle is EOF, a reset or garbage: all fatal.
                 sock.setblocking(False)

@@ -366,3 +366,56 @@ def test_an_empty_standalone_directory_may_become_replicated(tmp_path: Path) -> 
         DataDirectory(tmp_path, address="127.0.0.1:1", cluster_key=None)
     # Refused without a trace: the lock was released.
     DataDirectory(tmp_path, address="127.0.0.1:1", cluster_key=CLUSTER_KEY.encode()).close()
+
+
+# -- a restart rebuilds the databases without deleting the last run's files first ---------------
+
+
+def test_the_engine_sets_files_aside_and_keeps_the_first_copy(tmp_path: Path) -> None:
+    from dqlitepy.engine import Engine
+
+    engine = Engine(tmp_path / "databases")
+    assert engine.set_aside() is None  # nothing to keep
+    (engine.data_dir / "db-app.sqlite").write_bytes(b"last run")
+    previous = engine.set_aside()
+    assert previous == tmp_path / "databases.previous"
+    assert (previous / "db-app.sqlite").read_bytes() == b"last run"
+    assert list(engine.data_dir.iterdir()) == []
+    # A start that died before its rebuild caught up: its partial files go, the copy stays.
+    (engine.data_dir / "db-app.sqlite").write_bytes(b"partial rebuild")
+    assert engine.set_aside() == previous
+    assert (previous / "db-app.sqlite").read_bytes() == b"last run"
+    assert list(engine.data_dir.iterdir()) == []
+    engine.discard_previous()
+    assert not previous.exists()
+
+
+def test_a_restart_deletes_nothing_before_the_log_can_rebuild_it(
+    keyed_node: DqlitepyServer, node_dir: Path
+) -> None:
+    keyed_node.stop()
+    journal = node_dir / "raft" / "journal"
+    kept = journal.with_name("journal.kept")
+    journal.rename(kept)
+    journal.mkdir()  # a journal that cannot be opened: the start fails
+    try:
+        address = f"127.0.0.1:{free_port()}"
+        process = subprocess.run(
+            [sys.executable, "-m", "dqlitepy", "server", "-a", address, "-d", str(node_dir)],
+            capture_output=True,
+            text=True,
+            env=_env(CLUSTER_KEY),
+            timeout=30,
+        )
+        assert process.returncode != 0
+        files = [p.name for p in (node_dir / "databases.previous").glob("db-app.sqlite*")]
+        assert "db-app.sqlite" in files, process.stderr
+    finally:
+        journal.rmdir()
+        kept.rename(journal)
+    keyed_node.start(timeout=30)
+    deadline = time.monotonic() + 20
+    while (node_dir / "databases.previous").exists():
+        assert time.monotonic() < deadline, "the last run's files were never discarded"
+        time.sleep(0.1)
+    assert _read_rows(keyed_node.address) == ROWS

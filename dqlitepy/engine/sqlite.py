@@ -621,6 +621,39 @@ class Engine:
         for path in self.data_dir.glob("db-*.sqlite*"):
             path.unlink(missing_ok=True)  # staged snapshot files too
 
+    @property
+    def previous_dir(self) -> Path:
+        """Where :meth:`set_aside` keeps the files a rebuild replaces."""
+        return self.data_dir.with_name(self.data_dir.name + ".previous")
+
+    def set_aside(self) -> Path | None:
+        """Move the database files aside so that they can be rebuilt; return where to.
+
+        Nothing is deleted: the files move (one rename) to :attr:`previous_dir`
+        and an empty directory takes their place.  If an earlier start left
+        files aside already, it never finished its rebuild: what it rebuilt is
+        deleted and the files set aside before stay.  Returns None when there
+        was nothing to set aside.
+        """
+        previous = self.previous_dir
+        if previous.exists():
+            self.remove_all()
+            return previous
+        if not any(self.data_dir.glob("db-*.sqlite*")):
+            return None
+        os.rename(self.data_dir, previous)
+        self.data_dir.mkdir()
+        fd = os.open(self.data_dir.parent, os.O_RDONLY)
+        try:
+            os.fsync(fd)  # the rename is durable before anything is rebuilt
+        finally:
+            os.close(fd)
+        return previous
+
+    def discard_previous(self) -> None:
+        """Delete the files :meth:`set_aside` kept (the rebuild is complete)."""
+        shutil.rmtree(self.previous_dir, ignore_errors=True)
+
     def restore_committed(self, name: str, salts: tuple[int, int] | None, frames: int) -> None:
         """Drop WAL frames past the last committed one and fold the rest into the file.
 

@@ -817,6 +817,11 @@ class HardenedSyncObj(SyncObj):  # type: ignore[misc]
         return None if self.raft_state != LEADER or noop is None else int(noop)
 
     @property
+    def commit_index(self) -> int:
+        """Index of the last entry known to be committed."""
+        return int(self._SyncObj__raftCommitIndex)
+
+    @property
     def last_applied(self) -> int:
         """Index of the last applied entry."""
         return int(self._SyncObj__raftLastApplied)

@@ -236,6 +236,11 @@ class Replicator:
         core = self._core
         return core is not None and core.barrier_done
 
+    def caught_up(self) -> bool:
+        """True once this node has applied every entry it knows to be committed."""
+        core = self._core
+        return core is not None and core.last_applied >= core.commit_index
+
     def barrier_index(self) -> int | None:
         """While this node leads: the index of its term's first entry (its barrier)."""
         core = self._core

@@ -70,9 +70,10 @@ a stale row (``docs/replication.md``, "Linearizable reads").  Raft's thread
 takes only leaf locks: :meth:`Replicated.apply`, :meth:`Replicated.restore` and
 the leadership callback record what happened and queue the rest for the applier.
 
-After a restart the database files are rebuilt from the Raft log (the log is
-kept whole until snapshots exist), so a crash can never leave a file ahead of or
-apart from the log.
+After a restart the database files are rebuilt from the Raft log (from the
+last snapshot and the entries after it), so a crash can never leave a file ahead
+of or apart from the log.  The files of the last run are set aside, not deleted,
+until the rebuild has caught up with every entry the node knew to be committed.
 
 Disk full and I/O errors
 ========================
@@ -145,6 +146,8 @@ _CHECKPOINT_FRAMES = 1000
 _SUBMIT_TIMEOUT = 10.0
 # How long a request waits for a new leader's barrier (applying the log's tail).
 _BARRIER_WAIT = 10.0
+# How often the applier checks whether the files of the last run can go.
+_PREVIOUS_CHECK = 0.5
 # How long the applier waits before trying a failed rebuild again.
 _REBUILD_RETRY = 0.5
 #: A transaction's pages per Raft entry: one entry must fit in one transport frame
@@ -347,8 +350,10 @@ class Replicated:
         # Member address -> dqlite node id, written by apply() on Raft's thread:
         # readers copy it (dict(self.members)) before iterating.
         self.members: dict[str, int] = {}
-        # The log is replayed from the start: begin from empty files.
-        engine.remove_all()
+        # The log is replayed from the start into empty files.  The files of the
+        # last run are set aside, not deleted, until the replay has caught up with
+        # every entry this node knew to be committed (_discard_previous).
+        self._previous = engine.set_aside()
         self.replicator = replicator_factory(self.apply, self._leadership)
 
     def start(self) -> None:
@@ -649,7 +654,13 @@ class Replicated:
 
     def _apply_loop(self) -> None:
         while True:
-            task = self._tasks.get()
+            try:
+                # While files of the last run are kept, look in now and then.
+                wait = None if self._previous is None else _PREVIOUS_CHECK
+                task = self._tasks.get(timeout=wait)
+            except queue.Empty:
+                self._discard_previous()
+                continue
             if task is None:
                 return
             try:
@@ -658,6 +669,18 @@ class Replicated:
                 with self._progress:
                     self._backlog -= 1
                     self._progress.notify_all()
+            self._discard_previous()
+
+    def _discard_previous(self) -> None:
+        """Delete the last run's files once the rebuild from the log has caught up."""
+        if self._previous is None or not self.replicator.caught_up():
+            return
+        with self._progress:
+            if self._backlog:
+                return  # pages of entries already applied by Raft are still queued
+        self.engine.discard_previous()
+        log.info("the databases are rebuilt from the log; %s deleted", self._previous)
+        self._previous = None
 
     def _run_task(self, task: _Task) -> None:
         # A failed rebuild is tried again in place: later tasks build on it.

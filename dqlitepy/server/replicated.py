@@ -374,7 +374,10 @@ class Replicated:
             return self._ready()
 
     def _ready(self) -> bool:
-        return self._barrier_applied and self._backlog == 0 and self.replicator.is_leader()
+        # _barrier_applied is set by this term's no-op entry itself, in apply():
+        # Raft counts it applied only after apply() returns, which would make
+        # the waiters woken there see "not yet" and sleep on.
+        return self._barrier_applied and self._backlog == 0 and self.replicator.is_elected()
 
     def _wait_ready_leader(self, timeout: float) -> None:
         """Let a just-elected leader finish its barrier rather than send clients away."""

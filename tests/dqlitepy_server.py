@@ -6,6 +6,7 @@ its own temporary data directory, stopped by PID at the end.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -187,9 +188,7 @@ class DqlitepyCluster:
             for i in range(size):
                 join = [self.nodes[0].address] if self.nodes else None
                 data_dir = data_dirs[i] if data_dirs is not None else self.root / f"node{i}"
-                node = DqlitepyServer(
-                    data_dir, cluster_key=CLUSTER_KEY, join=join, options=options
-                )
+                node = DqlitepyServer(data_dir, cluster_key=CLUSTER_KEY, join=join, options=options)
                 self.nodes.append(node)
                 node.start(timeout=60)
         except BaseException:
@@ -221,19 +220,48 @@ class DqlitepyCluster:
     def node(self, address: str) -> DqlitepyServer:
         return next(n for n in self.nodes if n.address == address)
 
-    def leader(self, timeout: float = 20.0) -> str:
+    def leader(self, timeout: float = 20.0, among: list[str] | None = None) -> str:
+        """The leader's address, as the nodes ``among`` (default: those running) name it."""
         deadline = time.monotonic() + timeout
         while True:
-            live = [n.address for n in self.nodes if n.process is not None]
+            asked = (
+                among
+                if among is not None
+                else [n.address for n in self.nodes if n.process is not None]
+            )
             try:
-                with dqlitepy.Client(live, timeout=2, ssl=self.ssl) as client:
+                with dqlitepy.Client(asked, timeout=2, ssl=self.ssl) as client:
                     leader = client.leader()
-                if leader is not None:
+                if leader is not None and (among is None or leader.address in among):
                     return leader.address
             except dqlitepy.Error:
                 pass
-            assert time.monotonic() < deadline, "no leader"
+            assert time.monotonic() < deadline, f"no leader among {asked}"
             time.sleep(0.1)
+
+    def make_leader(self, address: str, timeout: float = 60.0) -> None:
+        """Hand leadership to ``address`` by TRANSFER until the node itself says it leads.
+
+        TRANSFER is repeated while the target catches up (or cannot lead yet).
+        """
+        deadline = time.monotonic() + timeout
+        with dqlitepy.Client(self.addresses, timeout=5, ssl=self.ssl) as client:
+            target = next(n.id for n in client.cluster() if n.address == address)
+        while True:
+            with (
+                contextlib.suppress(dqlitepy.Error),
+                dqlitepy.Client([address], timeout=2, ssl=self.ssl) as one,
+            ):
+                named = one.leader()
+                if named is not None and named.address == address:
+                    return
+            assert time.monotonic() < deadline, f"{address} did not become leader"
+            with (
+                contextlib.suppress(dqlitepy.Error),
+                dqlitepy.Client(self.addresses, timeout=5, ssl=self.ssl) as client,
+            ):
+                client.transfer(target)
+            time.sleep(0.3)
 
     def wait_voters(self, count: int, timeout: float = 60.0) -> None:
         """Wait until ``count`` voters are configured and every node names the same leader."""

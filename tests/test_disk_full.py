@@ -139,21 +139,6 @@ def _check_outcomes(rows: set[int], writer: _Writer, before: list[int]) -> None:
     assert not writer.wrong, writer.wrong
 
 
-def _transfer_to(cluster: Cluster, address: str, timeout: float) -> None:
-    """Make ``address`` the leader (it refuses while its disk is full or it lags)."""
-    with dqlitepy.Client(cluster.addresses, timeout=5) as client:
-        node_id = next(n.id for n in client.cluster() if n.address == address)
-    deadline = time.monotonic() + timeout
-    while cluster.leader() != address:
-        assert time.monotonic() < deadline, f"{address} did not take the lead back"
-        with (
-            contextlib.suppress(dqlitepy.Error),
-            dqlitepy.Client(cluster.addresses, timeout=5) as client,
-        ):
-            client.transfer(node_id)
-        time.sleep(0.2)
-
-
 def test_a_leader_whose_disk_fills_steps_down_and_rejoins_when_space_is_freed(
     cluster: Cluster, disks: list[Path]
 ) -> None:
@@ -187,7 +172,7 @@ def test_a_leader_whose_disk_fills_steps_down_and_rejoins_when_space_is_freed(
     assert writer.full, f"the first failed write was not answered 'disk full': {writer.summary()}"
     assert writer.no_leader == 0, writer.summary()
     # It rejoined without a restart, caught up, and can lead again.
-    _transfer_to(cluster, full_node, timeout=60)
+    cluster.make_leader(full_node, timeout=60)
     rejoined = time.monotonic() - freed_at
     assert all(node.process is not None and node.process.poll() is None for node in cluster.nodes)
     _check_outcomes(_rows_on(full_node), writer, before)
@@ -221,7 +206,7 @@ def test_a_follower_whose_disk_fills_holds_nothing_up_and_catches_up(
         acked = len(writer.acknowledged)
         writer.wait_for(lambda: len(writer.acknowledged) >= acked + 20, 30, "writes stopped")
     assert not writer.full and not writer.unknown, writer.summary()
-    _transfer_to(cluster, follower, timeout=60)
+    cluster.make_leader(follower, timeout=60)
     _check_outcomes(_rows_on(follower), writer, before)
 
 

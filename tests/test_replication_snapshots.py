@@ -24,18 +24,6 @@ def cluster(monkeypatch: pytest.MonkeyPatch) -> Iterator[DqlitepyCluster]:
         yield c
 
 
-def _make_leader(cluster: DqlitepyCluster, address: str, timeout: float = 30) -> None:
-    with dqlitepy.Client(cluster.addresses) as client:
-        target = next(n.id for n in client.cluster() if n.address == address)
-        deadline = time.monotonic() + timeout
-        while cluster.leader() != address:
-            try:
-                client.transfer(target)
-            except dqlitepy.Error:
-                time.sleep(0.3)
-            assert time.monotonic() < deadline, f"{address} never became leader"
-
-
 def _contents(address: str) -> tuple[list[tuple[object, ...]], str]:
     conn = dqlitepy.connect("snap", servers=[address])
     try:
@@ -58,7 +46,7 @@ def test_a_node_behind_the_compacted_log_installs_a_snapshot(cluster: DqlitepyCl
     leader = cluster.leader()
     assert (cluster.node(leader).data_dir / "raft" / "snapshot").exists()
     cluster.node(victim).start(timeout=60)
-    _make_leader(cluster, victim)
+    cluster.make_leader(victim, timeout=30)
     rows, check = _contents(victim)
     assert check == "ok"
     assert rows == expected
@@ -118,7 +106,7 @@ def test_a_database_past_one_gib_travels_by_snapshot(cluster: DqlitepyCluster) -
     cluster.node(victim).start(timeout=120)
     deadline = time.monotonic() + 300
     while True:
-        _make_leader(cluster, victim, timeout=300)
+        cluster.make_leader(victim, timeout=300)
         try:
             conn = dqlitepy.connect("snap", servers=[victim], request_timeout=600)
         except dqlitepy.OperationalError:

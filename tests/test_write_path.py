@@ -10,7 +10,6 @@ which would have made the commit permanent locally).
 from __future__ import annotations
 
 import signal
-import time
 from collections.abc import Iterator
 
 import pytest
@@ -23,32 +22,6 @@ import dqlitepy
 def cluster() -> Iterator[DqlitepyCluster]:
     with DqlitepyCluster.formed() as c:
         yield c
-
-
-def _leader_among(addresses: list[str], timeout: float = 30.0) -> str:
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            with dqlitepy.Client(addresses, timeout=2) as client:
-                leader = client.leader()
-            if leader is not None and leader.address in addresses:
-                return leader.address
-        except dqlitepy.Error:
-            pass
-        assert time.monotonic() < deadline, f"no leader among {addresses}"
-        time.sleep(0.1)
-
-
-def _make_leader(cluster: DqlitepyCluster, address: str, timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while _leader_among(cluster.addresses) != address:
-        assert time.monotonic() < deadline, f"{address} did not become leader"
-        try:
-            with dqlitepy.Client(cluster.addresses, timeout=5) as client:
-                ids = {n.address: n.id for n in client.cluster()}
-                client.transfer(ids[address])
-        except dqlitepy.Error:
-            time.sleep(0.5)  # the target is still catching up
 
 
 def _signal(node: DqlitepyServer, sig: int) -> None:
@@ -95,7 +68,7 @@ def test_a_commit_raft_never_accepted_leaves_no_trace(cluster: DqlitepyCluster) 
         for node in followers:
             node.start(timeout=60)
         others = [n.address for n in followers]
-        _leader_among(others)
+        cluster.leader(30, among=others)
         conn = dqlitepy.connect("app", servers=others, isolation_level=None, timeout=10)
         try:
             conn.execute("INSERT INTO t VALUES ('after')")
@@ -104,11 +77,11 @@ def test_a_commit_raft_never_accepted_leaves_no_trace(cluster: DqlitepyCluster) 
     finally:
         _signal(old, signal.SIGCONT)
     # The old leader's uncommitted entry is replaced by the new leader's log.
-    _make_leader(cluster, old.address)
+    cluster.make_leader(old.address)
     assert _rows(old.address, "p") == [("committed",)]
     assert _rows(old.address, "t") == [("after",)]
     for node in followers:
-        _make_leader(cluster, node.address)
+        cluster.make_leader(node.address)
         assert _rows(node.address, "p") == [("committed",)]
         assert _rows(node.address, "t") == [("after",)]
 
@@ -133,7 +106,7 @@ def test_a_resumed_old_leader_serves_no_stale_read(cluster: DqlitepyCluster) -> 
             _signal(old, signal.SIGSTOP)
             try:
                 others = [n.address for n in cluster.nodes if n is not old]
-                _leader_among(others)
+                cluster.leader(30, among=others)
                 writer = dqlitepy.connect("app", servers=others, isolation_level=None, timeout=10)
                 try:
                     writer.execute("UPDATE r SET v = ? WHERE k = 1", (value,))

@@ -279,26 +279,10 @@ def _evidence(cluster: DqlitepyCluster) -> str:
     return "\n".join(lines)
 
 
-def _lead(cluster: DqlitepyCluster, address: str, timeout: float = 60.0) -> None:
-    """Make ``address`` the leader, through TRANSFER, and wait until it says so."""
-    deadline = time.monotonic() + timeout
-    with dqlitepy.Client(cluster.addresses, timeout=5) as client:
-        target = next(n.id for n in client.cluster() if n.address == address)
-        while True:
-            with dqlitepy.Client([address], timeout=2) as one, contextlib.suppress(dqlitepy.Error):
-                named = one.leader()
-                if named is not None and named.address == address:
-                    return
-            with contextlib.suppress(dqlitepy.Error):
-                client.transfer(target)
-            assert time.monotonic() < deadline, f"{address} did not take the lead"
-            time.sleep(0.3)
-
-
 def _rows_on(cluster: DqlitepyCluster, address: str) -> Counter[tuple[int, int]]:
     """The rows as ``address`` itself serves them (it leads before and after the read)."""
     for _ in range(5):
-        _lead(cluster, address)
+        cluster.make_leader(address)
         conn = dqlitepy.connect(DATABASE, servers=[address], leader_timeout=30)
         try:
             rows = Counter((int(w), int(s)) for w, s in conn.execute("SELECT writer, seq FROM t"))

@@ -26,8 +26,9 @@ from typing import Any
 
 import cbor2
 import pytest
-from pysyncobj import SyncObj, SyncObjConf, replicated
+from pysyncobj import SyncObj
 from pysyncobj.transport import TCPTransport
+from raft_counter import Counter, raft_conf
 
 from dqlitepy.replication import transport as transport_module
 from dqlitepy.replication.transport import (
@@ -65,48 +66,6 @@ def wait_until(predicate: Callable[[], bool], what: str, timeout: float = WAIT) 
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out waiting for {what}")
         time.sleep(0.01)
-
-
-def raft_conf(**overrides: Any) -> Any:
-    settings: dict[str, Any] = {
-        "appendEntriesUseBatch": False,
-        "raftMinTimeout": 0.35,
-        "raftMaxTimeout": 0.45,
-        "appendEntriesPeriod": 0.05,
-        "connectionTimeout": 1.5,
-        "connectionRetryTime": 0.3,
-        "appendEntriesBatchSizeBytes": 16 * 1024 * 1024,
-        "autoTickPeriod": 0.02,
-    }
-    settings.update(overrides)
-    return SyncObjConf(**settings)
-
-
-class Counter(SyncObj):
-    """A replicated counter, and a replicated blob digest for large commands."""
-
-    def __init__(self, address: str, others: list[str], transport: type, **conf: Any) -> None:
-        super().__init__(
-            RaftNode(address),
-            [RaftNode(other) for other in others],
-            raft_conf(**conf),
-            transportClass=transport,
-            nodeClass=RaftNode,
-        )
-        # Replicated state is defined after SyncObj.__init__ (``libraries.md``).
-        self.value = 0
-        self.blobs: list[str] = []
-
-    @replicated
-    def incr(self, n: int = 1) -> int:
-        self.value += n
-        return self.value
-
-    @replicated
-    def put_blob(self, blob: bytes) -> str:
-        digest = hashlib.sha256(blob).hexdigest()
-        self.blobs.append(digest)
-        return digest
 
 
 class Cluster:

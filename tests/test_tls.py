@@ -34,14 +34,13 @@ from typing import Any
 import pytest
 from dqlite_cluster import DQLITE_SHELL
 from dqlitepy_server import CLUSTER_KEY, DqlitepyCluster, DqlitepyServer
-from pysyncobj import SyncObj, SyncObjConf, replicated
+from raft_counter import Counter
 
 import dqlitepy
 from dqlitepy.client.tls import client_context, context_from_url
 from dqlitepy.replication import transport as transport_module
 from dqlitepy.replication.transport import (
     ConnectAcceptor,
-    RaftNode,
     SecureTransport,
     secure_transport_class,
 )
@@ -143,43 +142,6 @@ def _fails_fast(call: Callable[[], object], match: str, within: float = 5.0) -> 
 # ----------------------------------------------------------------------------- raft transport
 
 
-def _raft_conf(**overrides: Any) -> SyncObjConf:
-    settings: dict[str, Any] = {
-        "appendEntriesUseBatch": False,
-        "raftMinTimeout": 0.35,
-        "raftMaxTimeout": 0.45,
-        "appendEntriesPeriod": 0.05,
-        "connectionTimeout": 1.5,
-        "connectionRetryTime": 0.3,
-        "appendEntriesBatchSizeBytes": 16 * 1024 * 1024,
-        "autoTickPeriod": 0.02,
-    }
-    return SyncObjConf(**{**settings, **overrides})
-
-
-class _Counter(SyncObj):  # type: ignore[misc]
-    def __init__(self, address: str, others: list[str], transport: type, **conf: Any) -> None:
-        super().__init__(
-            RaftNode(address),
-            [RaftNode(o) for o in others],
-            _raft_conf(**conf),
-            transportClass=transport,
-            nodeClass=RaftNode,
-        )
-        self.value = 0
-        self.digests: list[str] = []
-
-    @replicated  # type: ignore[misc]
-    def incr(self) -> int:
-        self.value += 1
-        return self.value
-
-    @replicated  # type: ignore[misc]
-    def put(self, blob: bytes) -> str:
-        self.digests.append(hashlib.sha256(blob).hexdigest())
-        return self.digests[-1]
-
-
 class _RaftCluster:
     """PySyncObj nodes in this process, each behind a TLS ConnectAcceptor, all dialling TLS."""
 
@@ -188,7 +150,7 @@ class _RaftCluster:
         self.conf = conf
         self.acceptors = [ConnectAcceptor("127.0.0.1:0", ssl_context=t.server) for t in tls]
         self.addresses = [a.address for a in self.acceptors]
-        self.nodes: list[_Counter | None] = [None] * len(tls)
+        self.nodes: list[Counter | None] = [None] * len(tls)
         self.transports: list[SecureTransport | None] = [None] * len(tls)
         try:
             for i in range(len(tls)):
@@ -197,7 +159,7 @@ class _RaftCluster:
             self.close()
             raise
 
-    def start(self, i: int) -> _Counter:
+    def start(self, i: int) -> Counter:
         def created(transport: SecureTransport) -> None:
             self.transports[i] = transport
             self.acceptors[i].attach(transport)
@@ -206,7 +168,7 @@ class _RaftCluster:
             CLUSTER_KEY.encode(), node_id=i + 1, on_created=created, ssl_context=self.tls[i].client
         )
         others = [a for a in self.addresses if a != self.addresses[i]]
-        node = self.nodes[i] = _Counter(self.addresses[i], others, cls, **self.conf)
+        node = self.nodes[i] = Counter(self.addresses[i], others, cls, **self.conf)
         return node
 
     def stop(self, i: int) -> None:
@@ -216,10 +178,10 @@ class _RaftCluster:
         node.destroy_synchronous()
         self.nodes[i] = self.transports[i] = None
 
-    def live(self) -> list[_Counter]:
+    def live(self) -> list[Counter]:
         return [n for n in self.nodes if n is not None]
 
-    def leader(self) -> _Counter:
+    def leader(self) -> Counter:
         wait_until(lambda: sum(n._isLeader() for n in self.live()) == 1, "a leader")
         return next(n for n in self.live() if n._isLeader())
 
@@ -243,9 +205,9 @@ def test_raft_links_run_over_tls_and_carry_a_4_mib_entry(certs: Certs) -> None:
         for i in range(60):
             assert nodes[i % 3].incr(sync=True, timeout=WAIT) == i + 1
         blob = os.urandom(4 * 1024 * 1024)
-        digest = cluster.leader().put(blob, sync=True, timeout=WAIT)
+        digest = cluster.leader().put_blob(blob, sync=True, timeout=WAIT)
         assert digest == hashlib.sha256(blob).hexdigest()
-        wait_until(lambda: all(n.value == 60 and len(n.digests) == 1 for n in nodes), "all applied")
+        wait_until(lambda: all(n.value == 60 and len(n.blobs) == 1 for n in nodes), "all applied")
         transports = [t for t in cluster.transports if t is not None]
         links = [link for t in transports for link in t._open.values()]
         assert links and all(isinstance(link.sock, ssl.SSLSocket) for link in links)

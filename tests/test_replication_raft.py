@@ -7,13 +7,15 @@ stops reproducing it).
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import errno
 import math
 import pickle
 import socket
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -530,6 +532,119 @@ def test_a_leader_that_cannot_write_steps_down_and_rejoins_once_it_can() -> None
         _wait(lambda: leader.barrier_done, 10, "leadership did not move back")
         assert leader.submit_and_wait(b"again", timeout=5)[1] == FAIL_REASON.SUCCESS
         assert not any(b"not stored" in bytes(e[0]) for e in journal[full][:])
+    finally:
+        for n in nodes:
+            n.destroy_synchronous()
+
+
+def _transfer(node: HardenedSyncObj, target: PeerNode | None, timeout: float = 5) -> int:
+    """Run ``node.transfer`` on its tick thread; the FAIL_REASON it reports."""
+    reasons: list[int] = []
+    node.on_tick(lambda: node.transfer(target, reasons.append))
+    _wait(lambda: reasons, timeout, "the transfer never reported")
+    return reasons[0]
+
+
+def _stock_transfer(node: HardenedSyncObj) -> int:
+    """PySyncObj's own one-shot transferLeadership; its FAIL_REASON."""
+    reasons: list[int] = []
+    node.on_tick(lambda: node.transferLeadership(None, lambda _, reason: reasons.append(reason)))
+    _wait(lambda: reasons, 5, "transferLeadership never reported")
+    return reasons[0]
+
+
+def _not_leading(node: HardenedSyncObj) -> Callable[[], bool]:
+    return lambda: node.raft_state != LEADER
+
+
+def _more_than(counts: collections.Counter[int], n: int) -> Callable[[], bool]:
+    return lambda: counts[FAIL_REASON.SUCCESS] > n
+
+
+def test_a_transfer_under_a_stream_of_writes_succeeds_at_once() -> None:
+    """PySyncObj's transferLeadership needs the target's log complete at the instant it
+    is called, which a stream of writes almost never allows; the hardened transfer holds
+    new writes until the target caught up, so each attempt succeeds.  The held writes
+    are refused as NOT_LEADER (never appended), not lost with an unknown outcome."""
+    addresses = [f"127.0.0.1:{_port()}" for _ in range(3)]
+    nodes = [
+        HardenedSyncObj(a, [p for p in addresses if p != a], raft_config(), _apply)
+        for a in addresses
+    ]
+    stop = threading.Event()
+    reasons: collections.Counter[int] = collections.Counter()
+
+    def writer() -> None:
+        while not stop.is_set():
+            leaders = [n for n in nodes if n.barrier_done]
+            if not leaders:
+                time.sleep(0.001)
+                continue
+            reasons[leaders[0].submit_and_wait(b"w", timeout=5)[1]] += 1
+
+    writers = [threading.Thread(target=writer) for _ in range(4)]
+    try:
+        leader = _elected(nodes)
+        for thread in writers:
+            thread.start()
+        _wait(lambda: reasons[FAIL_REASON.SUCCESS] > 50, 10, "no writes committed")
+        stock_denied = 0
+        for _ in range(10):
+            reason = _stock_transfer(leader)
+            stock_denied += reason == FAIL_REASON.REQUEST_DENIED
+            if reason == FAIL_REASON.SUCCESS:  # the stock call got lucky: wait it out
+                _wait(_not_leading(leader), 5, "the stock transfer left it leading")
+                leader = _elected(nodes)
+        moves = []
+        for _ in range(10):
+            started = time.monotonic()
+            assert _transfer(leader, None) == FAIL_REASON.SUCCESS
+            assert leader.raft_state != LEADER
+            successor = _elected([n for n in nodes if n is not leader])
+            moves.append(time.monotonic() - started)
+            _wait(_more_than(reasons, reasons[FAIL_REASON.SUCCESS] + 20), 10, "writes stopped")
+            leader = successor
+        print(
+            f"stock transferLeadership denied {stock_denied}/10 under load; "
+            f"hardened transfers: 10/10, longest {max(moves):.2f} s; outcomes {dict(reasons)}"
+        )
+        assert set(reasons) <= {FAIL_REASON.SUCCESS, FAIL_REASON.NOT_LEADER}, reasons
+    finally:
+        stop.set()
+        for thread in writers:
+            thread.join(10)
+        for n in nodes:
+            n.destroy_synchronous()
+
+
+def test_a_transfer_to_a_target_that_cannot_take_over_gives_up_and_writes_resume() -> None:
+    addresses = [f"127.0.0.1:{_port()}" for _ in range(3)]
+    nodes = [
+        HardenedSyncObj(a, [p for p in addresses if p != a], raft_config(), _apply)
+        for a in addresses
+    ]
+    try:
+        leader = _elected(nodes)
+        assert _transfer(leader, PeerNode(leader.selfNode.id)) == FAIL_REASON.REQUEST_DENIED
+        stranger = PeerNode(f"127.0.0.1:{_port()}")
+        assert _transfer(leader, stranger) == FAIL_REASON.REQUEST_DENIED
+        follower = next(n for n in nodes if n is not leader)
+        assert _transfer(follower, None) == FAIL_REASON.NOT_LEADER
+        # A target that cannot take over in time: its Raft thread is stuck for 2.5 s.
+        target = next(n for n in nodes if n is not leader)
+        stuck = threading.Event()
+        target.on_tick(lambda: (stuck.set(), time.sleep(2.5)))
+        _wait(stuck.is_set, 5, "the target's Raft thread never ran the call")
+        reasons: list[int] = []
+        leader.on_tick(lambda: leader.transfer(PeerNode(target.selfNode.id), reasons.append))
+        time.sleep(0.2)
+        # Meanwhile writes wait rather than fail...
+        _, reason = leader.submit_and_wait(b"held", timeout=5)
+        assert reasons == [FAIL_REASON.REQUEST_DENIED]
+        # ...and go through once the transfer gave up, its leader unchanged.
+        assert reason == FAIL_REASON.SUCCESS, reason
+        assert leader.raft_state == LEADER
+        assert not target.barrier_done
     finally:
         for n in nodes:
             n.destroy_synchronous()

@@ -42,6 +42,13 @@ Fixes, each with a test in ``tests/test_replication_raft.py``:
   Figure 2 says, our answers carry the follower's term, a follower answers a
   stale AppendEntries with its newer term, and a leader that sees a newer term
   steps down (and ignores answers from its own earlier terms).
+- **Leadership transfer.**  PySyncObj's ``transferLeadership`` refuses
+  unless the target's log is complete at that instant, which under a steady
+  stream of writes it almost never is.  :meth:`transfer` does what Raft's
+  thesis (§3.10) says: the leader stops appending new commands (they wait in
+  the queue), lets the target catch up, sends it TimeoutNow, and gives up and
+  resumes appending if the target has not taken over within an election
+  timeout.
 - **Linearizable reads.**  PySyncObj has no read path.  :meth:`read_index`
   implements ReadIndex (Raft thesis §6.4), see "Linearizable reads" below.
 - **Storage failures.**  A journal write that raises inside PySyncObj's tick
@@ -170,6 +177,16 @@ FAILURES = {
     if not name.startswith("_") and isinstance(value, int)
 }
 FAILURES[STORAGE_FAILED] = "STORAGE_FAILED"
+
+
+@dataclass
+class _Transfer:
+    """A leadership transfer under way (leader's tick thread)."""
+
+    target: Any
+    deadline: float
+    callback: Callable[[int], None]
+    sent: bool = False  # TimeoutNow went out
 
 
 class PeerNode(TCPNode):  # type: ignore[misc]
@@ -357,11 +374,13 @@ class HardenedSyncObj(SyncObj):  # type: ignore[misc]
         self._next_probe = 0.0
         self._probe_requested = False
         self._storage_down = False  # a failure was handled and not yet recovered from
+        self._transfer: _Transfer | None = None  # the leadership transfer under way
         super().__init__(self_node, others, conf, nodeClass=PeerNode, **kwargs)
         self._tag_append_entries()
         self.addOnTickCallback(self._run_tick_calls)
         self.addOnTickCallback(self._serve_reads)
         self.addOnTickCallback(self._watch_storage)
+        self.addOnTickCallback(self._drive_transfer)
         self._admit_strangers()
         # After the snapshot (loaded on the first tick), the log's own changes.
         self.on_tick(self._replay_configuration)
@@ -437,10 +456,21 @@ class HardenedSyncObj(SyncObj):  # type: ignore[misc]
     def abandon_waiters(self) -> None:
         """Release every :meth:`submit_and_wait` caller with LEADER_CHANGED.
 
-        Called when this node stops leading: their commands' fate is decided by
-        the next leader, and the callers must not keep holding what they hold
-        (a database's writer slot) while it is decided.
+        Called on the tick thread when this node stops leading: their
+        commands' fate is decided by the next leader, and the callers must not
+        keep holding what they hold (a database's writer slot) while it is
+        decided.  Commands still queued (held by a leadership transfer, say)
+        were never appended anywhere: those are failed with NOT_LEADER first,
+        so their submitters can say so.
         """
+        commands = self._SyncObj__commandsQueue
+        while True:
+            try:
+                _, callback = commands.get_nowait()
+            except Exception:  # the queue's Empty
+                break
+            if callable(callback):
+                callback(None, FAIL_REASON.NOT_LEADER)
         with self._waiters_lock:
             waiters = list(self._waiters)
         for callback in waiters:
@@ -451,6 +481,8 @@ class HardenedSyncObj(SyncObj):  # type: ignore[misc]
         # us but by this loop): a node that does not lead fails its queued
         # commands instead of forwarding them, and a failed append fails its
         # command instead of escaping from the tick with the callback lost.
+        if self._transfer is not None and self.raft_state == LEADER:
+            return  # held until the transfer ends (a new entry would delay the target)
         commands = self._SyncObj__commandsQueue
         started = time.monotonic()
         while self.raft_state != LEADER or (
@@ -494,6 +526,69 @@ class HardenedSyncObj(SyncObj):  # type: ignore[misc]
             self._SyncObj__commandsWaitingCommit[index].append((term, callback))
         if not self.conf.appendEntriesUseBatch:
             self._SyncObj__sendAppendEntries()
+
+    # ---------------------------------------------------- leadership transfer
+
+    def transfer(self, target: Any | None, callback: Callable[[int], None]) -> None:
+        """Hand leadership to ``target`` (None: the most caught-up voter); tick thread.
+
+        ``callback(reason)`` runs on the tick thread once: SUCCESS when this
+        node stopped leading after sending TimeoutNow, NOT_LEADER when it did
+        not lead, REQUEST_DENIED when the target is not a connected voter, is
+        this node, or did not take over within an election timeout (appending
+        then resumes).  Commands queued meanwhile wait: they are appended if
+        the transfer fails and refused as NOT_LEADER if it succeeds.
+        """
+        if self.raft_state != LEADER:
+            callback(FAIL_REASON.NOT_LEADER)
+            return
+        if self._transfer is not None:
+            callback(FAIL_REASON.REQUEST_DENIED)  # one at a time, as in Raft
+            return
+        voters = self._SyncObj__otherNodes
+        connected = self._SyncObj__connectedNodes
+        match = self._SyncObj__raftMatchIndex
+        if target is None:
+            candidates = [n for n in voters if n in connected]
+            if not candidates:
+                callback(FAIL_REASON.REQUEST_DENIED)
+                return
+            target = max(candidates, key=lambda n: (match.get(n, 0), str(n.id)))
+        if target not in voters or target not in connected:
+            callback(FAIL_REASON.REQUEST_DENIED)
+            return
+        deadline = time.monotonic() + self.conf.raftMaxTimeout
+        self._transfer = _Transfer(target, deadline, callback)
+        self._drive_transfer()
+
+    def _drive_transfer(self) -> None:
+        """Each tick: send TimeoutNow once the target is caught up; end the transfer."""
+        transfer = self._transfer
+        if transfer is None:
+            return
+        if self.raft_state != LEADER:
+            self._transfer = None
+            transfer.callback(FAIL_REASON.SUCCESS if transfer.sent else FAIL_REASON.NOT_LEADER)
+            return
+        if time.monotonic() > transfer.deadline:
+            self._transfer = None
+            log.warning(
+                "%s: %s did not take over leadership in time; serving writes again",
+                self._self_address(),
+                transfer.target.id,
+            )
+            transfer.callback(FAIL_REASON.REQUEST_DENIED)
+            self._wake()  # the commands held meanwhile
+            return
+        if transfer.sent:
+            return
+        last = self._SyncObj__getCurrentLogIndex()
+        if self._SyncObj__raftMatchIndex.get(transfer.target, 0) != last:
+            return  # still catching up: the next acknowledgement brings it closer
+        self._SyncObj__transport.send(
+            transfer.target, {"type": "timeout_now", "term": self._SyncObj__raftCurrentTerm}
+        )
+        transfer.sent = True
 
     # ------------------------------------------------------- storage failures
 

@@ -95,21 +95,6 @@ class LeadershipUnconfirmed(ReplicationError):
     """
 
 
-def _transfer_call(
-    core: HardenedSyncObj, target: PeerNode | None, done: threading.Event, outcome: list[int]
-) -> Callable[[], None]:
-    """A transferLeadership call to run on Raft's thread, reporting into ``outcome``."""
-
-    def callback(result: Any, reason: int) -> None:
-        outcome[0] = reason
-        done.set()
-
-    def call() -> None:
-        core.transferLeadership(target, callback=callback)
-
-    return call
-
-
 class Replicator:
     """One node's Raft participation.
 
@@ -394,30 +379,37 @@ class Replicator:
     def transfer(self, address: str | None, timeout: float = 10.0) -> None:
         """Hand leadership to ``address`` (None: the most caught-up voter).
 
-        Returns once this node no longer leads, as dqlite's TRANSFER does.  A
-        target that is not fully caught up is refused by Raft; the request is
-        repeated until it has caught up or ``timeout`` runs out.
+        Returns once this node no longer leads, as dqlite's TRANSFER does.
+        Meanwhile new writes wait (see "Leadership transfer" in ``raft``); a
+        target that does not take over within an election timeout is asked
+        again until ``timeout`` runs out.
         """
-        core = self.core
         target = None if address is None else PeerNode(address)
         deadline = time.monotonic() + timeout
         while True:
-            if core.raft_state != LEADER:
+            reason = self._transfer_once(target, deadline)
+            if reason == FAIL_REASON.SUCCESS:
+                return
+            if reason == FAIL_REASON.NOT_LEADER:
                 raise NotLeader("not leader")
-            done = threading.Event()
-            outcome: list[int] = [FAIL_REASON.UNKNOWN_OUTCOME]
-            core.on_tick(_transfer_call(core, target, done, outcome))
-            if not done.wait(max(0.0, deadline - time.monotonic())):
-                raise ReplicationError("leadership transfer failed")
-            if outcome[0] == FAIL_REASON.SUCCESS:
-                break
-            if outcome[0] != FAIL_REASON.REQUEST_DENIED or time.monotonic() > deadline:
-                raise ReplicationError("leadership transfer failed")
-            time.sleep(0.05)  # the target is catching up
-        while core.raft_state == LEADER:
             if time.monotonic() > deadline:
-                raise ReplicationError("leadership transfer failed")
-            time.sleep(0.01)
+                raise ReplicationError("leadership transfer failed: the target did not take over")
+            time.sleep(0.05)  # e.g. a target far behind, or briefly disconnected
+
+    def _transfer_once(self, target: PeerNode | None, deadline: float) -> int:
+        """One transfer attempt on Raft's thread; its FAIL_REASON."""
+        core = self.core
+        done = threading.Event()
+        outcome: list[int] = [FAIL_REASON.UNKNOWN_OUTCOME]
+
+        def finished(reason: int) -> None:
+            outcome[0] = reason
+            done.set()
+
+        core.on_tick(lambda: core.transfer(target, finished))
+        if not done.wait(max(0.0, deadline - time.monotonic())):
+            raise ReplicationError("leadership transfer failed: no answer in time")
+        return outcome[0]
 
     # ------------------------------------------------------------- snapshots
 

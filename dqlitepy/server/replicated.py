@@ -621,7 +621,15 @@ class Replicated:
                     self._own.pop(origin, None)
                     self._fence(db)
                     raise _not_stored(exc) from exc
-                except (NotLeader, LeadershipLost, ReplicationError) as exc:
+                except NotLeader as exc:
+                    self._own.pop(origin, None)
+                    self._fence(db)
+                    if number == 0:
+                        # Appended nowhere (a leadership transfer held it, say): the
+                        # transaction is rolled back and the client may run it again.
+                        raise _not_leader() from exc
+                    raise GatewayFailure(_LEADERSHIP_LOST, "leadership lost") from exc
+                except (LeadershipLost, ReplicationError) as exc:
                     result = exc
                 if result != "applied":
                     self._own.pop(origin, None)

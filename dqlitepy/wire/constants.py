@@ -119,12 +119,30 @@ class NodeRole(IntEnum):
 
 
 class ErrorCode(IntEnum):
-    """Failure codes that are dqlite's own rather than SQLite's (§5.1)."""
+    """Codes a FAILURE response carries (§5.1): the one table client and server use.
 
-    EMPTY_STATEMENT = 0
+    dqlite's own codes, and the SQLite result codes this package's server
+    sends or its client interprets (the full SQLite list, for applications,
+    is ``dqlitepy.client.constants``).
+    """
+
+    EMPTY_STATEMENT = 0  # also a SQL text with no statement in it
+    SQLITE_ERROR = 1
+    SQLITE_BUSY = 5
+    SQLITE_NOMEM = 7
+    SQLITE_INTERRUPT = 9
+    SQLITE_IOERR = 10
+    SQLITE_NOTFOUND = 12
+    SQLITE_FULL = 13
+    SQLITE_PROTOCOL = 15
+    SQLITE_TOOBIG = 18
+    #: Refused: membership change without the cluster key, or a plain-text
+    #: client at a TLS node.
+    SQLITE_AUTH = 23
+    SQLITE_RANGE = 25
     DQLITE_NOTFOUND = 1002
     DQLITE_PARSE = 1005
-    NOT_LEADER = 10250
-    LEADERSHIP_LOST = 10506
+    NOT_LEADER = 10250  # SQLITE_IOERR_NOT_LEADER: refused before running, retry elsewhere
+    LEADERSHIP_LOST = 10506  # SQLITE_IOERR_LEADERSHIP_LOST: the outcome is unknown
     NOT_LEADER_LEGACY = 8202
     LEADERSHIP_LOST_LEGACY = 8458

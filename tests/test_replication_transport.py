@@ -28,13 +28,13 @@ import cbor2
 import pytest
 from pysyncobj import SyncObj
 from pysyncobj.transport import TCPTransport
+from raft_acceptor import ConnectAcceptor
 from raft_counter import Counter, raft_conf
 
 from dqlitepy.replication import transport as transport_module
 from dqlitepy.replication.transport import (
     APPEND_CHUNK_TARGET,
     MAX_HANDSHAKE_FRAME,
-    ConnectAcceptor,
     FrameKind,
     FrameMacError,
     LocalSessionError,

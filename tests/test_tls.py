@@ -34,13 +34,13 @@ from typing import Any
 import pytest
 from dqlite_cluster import DQLITE_SHELL
 from dqlitepy_server import CLUSTER_KEY, DqlitepyCluster, DqlitepyServer
+from raft_acceptor import ConnectAcceptor
 from raft_counter import Counter
 
 import dqlitepy
 from dqlitepy.client.tls import client_context, context_from_url
 from dqlitepy.replication import transport as transport_module
 from dqlitepy.replication.transport import (
-    ConnectAcceptor,
     SecureTransport,
     secure_transport_class,
 )

@@ -602,46 +602,61 @@ class SecureSession:
             raise
 
     def _next_event(self) -> SessionEvent | bytes:
+        # Each step consumes what its state expects; None means "moved on, look again".
         while True:
             state = self._state
+            event: SessionEvent | bytes | None
             if state is SessionState.HELLO:
-                if len(self._rbuf) - self._rpos < _HELLO_SIZE:
-                    return SessionEvent.NEED_DATA
-                hello = bytes(self._rbuf[self._rpos : self._rpos + _HELLO_SIZE])
-                self._consume(_HELLO_SIZE)
-                if hello[: len(_MAGIC)] != _MAGIC:
-                    raise RemoteSessionError("not a dqlitepy raft peer (bad hello)")
-                peer_nonce = hello[len(_MAGIC) :]
-                if peer_nonce == self._nonce:
-                    raise RemoteSessionError("our own hello came back (reflection)")
-                self._start_macs(peer_nonce)
-                if not self._dialer:
-                    # Answer only a well-formed HELLO, so garbage gets no reply at all.
-                    self._out.append(_MAGIC + self._nonce)
-                    self._out.extend(self._seal(FrameKind.AUTH, self._auth_body))
-                self._set_state(SessionState.AUTH)
+                event = self._receive_hello()
             elif state is SessionState.AUTH:
-                frame = self._take_frame(MAX_HANDSHAKE_FRAME)
-                if frame is None:
-                    return SessionEvent.NEED_DATA
-                kind, body = frame
-                if kind != FrameKind.AUTH or body != self._auth_body:
-                    raise RemoteSessionError("the peer's identity does not match its CONNECT")
-                if self._dialer:
-                    self._out.extend(self._seal(FrameKind.AUTH, self._auth_body))
-                self._set_state(SessionState.OPEN)
-                return SessionEvent.AUTHENTICATED
+                event = self._receive_auth()
             elif state is SessionState.OPEN:
-                frame = self._take_frame(self._max_frame_size)
-                if frame is None:
-                    return SessionEvent.NEED_DATA
-                kind, body = frame
-                if kind == FrameKind.RAFT:
-                    return body
-                if kind != FrameKind.PING:
-                    raise RemoteSessionError(f"unexpected frame kind {kind}")
+                event = self._receive_frame()
             else:
                 raise LocalSessionError("the session is broken")
+            if event is not None:
+                return event
+
+    def _receive_hello(self) -> SessionEvent | None:
+        if len(self._rbuf) - self._rpos < _HELLO_SIZE:
+            return SessionEvent.NEED_DATA
+        hello = bytes(self._rbuf[self._rpos : self._rpos + _HELLO_SIZE])
+        self._consume(_HELLO_SIZE)
+        if hello[: len(_MAGIC)] != _MAGIC:
+            raise RemoteSessionError("not a dqlitepy raft peer (bad hello)")
+        peer_nonce = hello[len(_MAGIC) :]
+        if peer_nonce == self._nonce:
+            raise RemoteSessionError("our own hello came back (reflection)")
+        self._start_macs(peer_nonce)
+        if not self._dialer:
+            # Answer only a well-formed HELLO, so garbage gets no reply at all.
+            self._out.append(_MAGIC + self._nonce)
+            self._out.extend(self._seal(FrameKind.AUTH, self._auth_body))
+        self._set_state(SessionState.AUTH)
+        return None
+
+    def _receive_auth(self) -> SessionEvent:
+        frame = self._take_frame(MAX_HANDSHAKE_FRAME)
+        if frame is None:
+            return SessionEvent.NEED_DATA
+        kind, body = frame
+        if kind != FrameKind.AUTH or body != self._auth_body:
+            raise RemoteSessionError("the peer's identity does not match its CONNECT")
+        if self._dialer:
+            self._out.extend(self._seal(FrameKind.AUTH, self._auth_body))
+        self._set_state(SessionState.OPEN)
+        return SessionEvent.AUTHENTICATED
+
+    def _receive_frame(self) -> SessionEvent | bytes | None:
+        frame = self._take_frame(self._max_frame_size)
+        if frame is None:
+            return SessionEvent.NEED_DATA
+        kind, body = frame
+        if kind == FrameKind.RAFT:
+            return body
+        if kind != FrameKind.PING:
+            raise RemoteSessionError(f"unexpected frame kind {kind}")
+        return None  # a PING only proves the link alive (its MAC verified)
 
     def seal(self, kind: FrameKind, body: bytes) -> list[bytes]:
         """Frame a body; returns the buffers to send in order (the body is not copied).

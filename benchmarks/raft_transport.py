@@ -31,13 +31,14 @@ from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "tests"))
 
 from pysyncobj import SyncObj, SyncObjConf, replicated  # noqa: E402
 from pysyncobj.syncobj import SyncObjException  # noqa: E402
 from pysyncobj.transport import TCPTransport  # noqa: E402
+from raft_acceptor import ConnectAcceptor  # noqa: E402
 
 from dqlitepy.replication.transport import (  # noqa: E402
-    ConnectAcceptor,
     RaftNode,
     SecureTransport,
     secure_transport_class,

@@ -20,6 +20,7 @@ from typing import Any
 
 import pytest
 from pysyncobj.config import FAIL_REASON
+from raft_acceptor import ConnectAcceptor
 
 from dqlitepy.replication.raft import (
     FOLLOWER,
@@ -31,7 +32,6 @@ from dqlitepy.replication.raft import (
 )
 from dqlitepy.replication.replicator import LeadershipUnconfirmed, NotLeader, Replicator
 from dqlitepy.replication.transport import (
-    ConnectAcceptor,
     RaftMessageError,
     decode_raft_message,
     encode_raft_message,

@@ -28,13 +28,12 @@ import cbor2
 import pytest
 from pysyncobj import SyncObj
 from pysyncobj.transport import TCPTransport
+from raft_acceptor import ConnectAcceptor
 from raft_counter import Counter, raft_conf
 
-from dqlitepy.replication import transport as transport_module
 from dqlitepy.replication.transport import (
     APPEND_CHUNK_TARGET,
     MAX_HANDSHAKE_FRAME,
-    ConnectAcceptor,
     FrameKind,
     FrameMacError,
     LocalSessionError,
@@ -45,7 +44,6 @@ from dqlitepy.replication.transport import (
     SecureTransport,
     SessionEvent,
     SessionState,
-    _split_append_entries,
     check_cluster_key,
     decode_raft_message,
     encode_raft_message,
@@ -53,6 +51,8 @@ from dqlitepy.replication.transport import (
     secure_transport_class,
     split_address,
 )
+from dqlitepy.replication.transport import adapter as adapter_module
+from dqlitepy.replication.transport.messages import split_append_entries
 from dqlitepy.wire import ConnectRequest, encode_message
 
 KEY = b"cluster key for the transport tests"
@@ -364,7 +364,7 @@ def test_snapshot_install_crosses_the_transport(monkeypatch: pytest.MonkeyPatch)
     # Log compaction after 20 entries: a restarted node is too far behind for the log and
     # receives the snapshot as 'serialized' chunks ([data, isFirst, isLast] lists on the wire).
     chunks: list[list[Any]] = []
-    decode = transport_module.decode_raft_message
+    decode = adapter_module.decode_raft_message
 
     def spy(body: bytes) -> dict[str, Any]:
         message = decode(body)
@@ -372,7 +372,7 @@ def test_snapshot_install_crosses_the_transport(monkeypatch: pytest.MonkeyPatch)
             chunks.append(message["serialized"])
         return message
 
-    monkeypatch.setattr(transport_module, "decode_raft_message", spy)
+    monkeypatch.setattr(adapter_module, "decode_raft_message", spy)
     c = Cluster(logCompactionMinEntries=20)
     try:
         c.leader()
@@ -836,7 +836,7 @@ def test_large_append_entries_are_split_into_consistent_messages() -> None:
         "prevLogIdx": 9,
         "prevLogTerm": 2,
     }
-    parts = _split_append_entries(message, APPEND_CHUNK_TARGET)
+    parts = split_append_entries(message, APPEND_CHUNK_TARGET)
     assert len(parts) > 1
     assert [e for p in parts for e in p["entries"]] == message["entries"]
     prev = (9, 2)
@@ -845,7 +845,7 @@ def test_large_append_entries_are_split_into_consistent_messages() -> None:
         assert sum(len(e[0]) for e in part["entries"]) <= APPEND_CHUNK_TARGET
         prev = (part["entries"][-1][1], part["entries"][-1][2])
     small = dict(message, entries=_entries(10, 10))
-    assert _split_append_entries(small, APPEND_CHUNK_TARGET) == [small]
+    assert split_append_entries(small, APPEND_CHUNK_TARGET) == [small]
 
 
 # ----------------------------------------------------------------------------- units: session

@@ -34,16 +34,16 @@ from typing import Any
 import pytest
 from dqlite_cluster import DQLITE_SHELL
 from dqlitepy_server import CLUSTER_KEY, DqlitepyCluster, DqlitepyServer
+from raft_acceptor import ConnectAcceptor
 from raft_counter import Counter
 
 import dqlitepy
 from dqlitepy.client.tls import client_context, context_from_url
-from dqlitepy.replication import transport as transport_module
 from dqlitepy.replication.transport import (
-    ConnectAcceptor,
     SecureTransport,
     secure_transport_class,
 )
+from dqlitepy.replication.transport import adapter as adapter_module
 from dqlitepy.server import NodeServer
 from dqlitepy.server.tls import NodeTLS, is_loopback
 
@@ -222,7 +222,7 @@ def test_a_snapshot_crosses_tls_links_to_a_restarted_node(
     # Snapshot chunks are "reliable" frames: past the high-water mark the sender waits for
     # the TLS socket to drain instead of dropping them.
     chunks: list[Any] = []
-    decode = transport_module.decode_raft_message
+    decode = adapter_module.decode_raft_message
 
     def spy(body: bytes) -> dict[str, Any]:
         message = decode(body)
@@ -230,7 +230,7 @@ def test_a_snapshot_crosses_tls_links_to_a_restarted_node(
             chunks.append(message["serialized"])
         return message
 
-    monkeypatch.setattr(transport_module, "decode_raft_message", spy)
+    monkeypatch.setattr(adapter_module, "decode_raft_message", spy)
     tls = NodeTLS.from_files(certs.crt("node"), certs.key("node"), certs.crt("ca"))
     cluster = _RaftCluster([tls] * 3, logCompactionMinEntries=20)
     try:

@@ -7,7 +7,7 @@ own parser, through ``apsw.ext.query_info``) and caches what it learned, so the
 gateway can implement PREPARE, EXEC_SQL's statement loop and QUERY_SQL's tail
 rule without parsing SQL itself.
 
-Every client stays inside its database (``design.md`` §4): an authorizer refuses
+Every client stays inside its database (``docs/server.md``, "Safety"): an authorizer refuses
 ATTACH of any file (which also covers ``VACUUM INTO``), ``load_extension`` and the
 pragmas that would change the journal, durability, locking or schema writing.
 """

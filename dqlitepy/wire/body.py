@@ -1,6 +1,6 @@
 """The base of every message class: a type code, a schema byte and a body codec.
 
-A message body is a whole number of 8-byte words (``protocol.md`` §1.3); each
+A message body is a whole number of 8-byte words (``docs/protocol.md`` §1.3); each
 subclass in :mod:`.requests` (§2) and :mod:`.responses` (§3) writes and reads its
 own layout through :class:`~.codec.Writer` and :class:`~.codec.Reader`.
 """

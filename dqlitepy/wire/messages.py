@@ -1,6 +1,6 @@
 """The catalogue of dqlite messages: every request and response class, by type code.
 
-Request and response codes are separate number spaces (``protocol.md`` §1.3):
+Request and response codes are separate number spaces (``docs/protocol.md`` §1.3):
 :data:`REQUESTS` and :data:`RESPONSES` map each code to its class.  The classes
 live in :mod:`.requests` (§2) and :mod:`.responses` (§3), on the base
 :class:`~.body.Message`; this module gathers them under one name, the one the

@@ -7,7 +7,9 @@ The package root is a drop-in for the standard library's ``sqlite3``::
 
 plus :class:`Node` (a node running inside this process) and :class:`Client`
 for cluster administration.  With no servers configured, ``connect("app.db")``
-uses an embedded node, so ``import dqlitepy as sqlite3`` just works.
+uses an embedded node, so ``import dqlitepy as sqlite3`` just works.  Importing the
+package loads the driver alone; the server is loaded when a node starts
+(see :mod:`dqlitepy.node`).
 """
 
 from __future__ import annotations

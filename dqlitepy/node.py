@@ -8,33 +8,39 @@ socket, keeping its data in ``DQLITEPY_DATA_DIR`` (default ``./.dqlitepy``), so
 ``import dqlitepy as sqlite3`` works with nothing to set up.  ``:memory:`` gives
 a private database on a second node whose directory is temporary; the database
 is deleted when its connection closes.
+
+The server (and with it APSW, PySyncObj and the Raft transport) is imported
+when a node is constructed, not with this module: ``import dqlitepy`` and
+connections to servers elsewhere never load it.  The startup errors
+(:class:`StartupRefused` and its subclasses) are the server's, resolved on first
+use through the module's ``__getattr__``.
 """
 
 from __future__ import annotations
 
 import atexit
 import os
-import shutil
+import secrets
 import ssl
-import tempfile
 import threading
-import uuid
 from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 from .client import dbapi as _dbapi
 from .client.admin import Client
 from .client.errors import OperationalError
-from .server import NodeServer
-from .server.datadir import (
-    ClusterIdentityError,
-    ClusterKeyRejected,
-    DataDirectoryInUse,
-    StartupRefused,
-)
 from .wire import NodeInfo
+
+if TYPE_CHECKING:
+    from .server import NodeServer
+    from .server.datadir import (
+        ClusterIdentityError,
+        ClusterKeyRejected,
+        DataDirectoryInUse,
+        StartupRefused,
+    )
 
 __all__ = [
     "ClusterIdentityError",
@@ -48,6 +54,25 @@ __all__ = [
 ]
 
 _DEFAULT_DATA_DIR = "./.dqlitepy"
+
+#: Names this module offers from the server, imported only when first asked for.
+_SERVER_NAMES = frozenset(
+    {"ClusterIdentityError", "ClusterKeyRejected", "DataDirectoryInUse", "StartupRefused"}
+)
+
+
+def __getattr__(name: str) -> object:
+    if name in _SERVER_NAMES:
+        from .server import datadir
+
+        value: object = getattr(datadir, name)
+        globals()[name] = value  # later lookups skip this function
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_SERVER_NAMES})
 
 
 class Node:
@@ -82,7 +107,10 @@ class Node:
         join: Sequence[str] = (),
         **options: Any,
     ) -> None:
-        self._server = NodeServer(address, data_dir, join=join, **options)
+        # Here, not at the top: only a process that runs a node pays for the server.
+        from .server import NodeServer
+
+        self._server: NodeServer = NodeServer(address, data_dir, join=join, **options)
         self._started = False
 
     @property
@@ -186,9 +214,11 @@ class _Embedded:
             self._registered = True
 
     def _address(self, kind: str) -> str:
-        return f"@dqlitepy-{kind}-{os.getpid()}-{uuid.uuid4().hex[:12]}"
+        return f"@dqlitepy-{kind}-{os.getpid()}-{secrets.token_hex(6)}"
 
     def default(self) -> Node:
+        from .server.datadir import StartupRefused
+
         with self._lock:
             if self._default is None:
                 data_dir = Path(os.environ.get("DQLITEPY_DATA_DIR") or _DEFAULT_DATA_DIR).resolve()
@@ -201,6 +231,8 @@ class _Embedded:
             return self._default
 
     def memory(self) -> Node:
+        import tempfile  # with shutil and its compressors: only for ":memory:"
+
         with self._lock:
             if self._memory is None:
                 self._register()
@@ -209,6 +241,8 @@ class _Embedded:
             return self._memory
 
     def close(self) -> None:
+        import shutil
+
         with self._lock:
             for node in (self._default, self._memory):
                 if node is not None:
@@ -244,7 +278,7 @@ class Connection(_dbapi.Connection):
     def _default_servers(self, name: str) -> tuple[list[str], str]:
         if name == ":memory:" or name == "":
             node = _embedded.memory()
-            private = f"memory-{uuid.uuid4().hex}"
+            private = f"memory-{secrets.token_hex(16)}"
             self._close_callbacks.append(lambda: _delete_database(node, private))
             return [node.address], private
         return [embedded_node().address], name

@@ -9,7 +9,8 @@ import uuid
 import pytest
 from dqlite_cluster import DqliteDemoCluster
 
-from dqlitepy.cli import Command, DotCommand, ScriptReader, Statement, format_value
+from dqlitepy.cli import format_value
+from dqlitepy.cli.script import Command, DotCommand, ScriptReader, Statement
 
 
 def _ours(

@@ -1,7 +1,7 @@
 """WAL frames: reading what a transaction committed, and applying pages elsewhere.
 
 The unit of replication is the set of pages one write transaction committed
-(``design.md`` §3.2).  On the leader, SQLite commits into its ``-wal`` file and
+(``docs/replication.md``, rule 2).  On the leader, SQLite commits into its ``-wal`` file and
 the WAL hook reports how many frames the WAL holds; :class:`WalTracker` reads
 the frames appended since its last position and splits them into transactions
 at the commit markers.  Logical frames travel — page number, page image,
@@ -11,7 +11,7 @@ restarts stay local to each node.
 On followers, :func:`apply_pages` writes page images straight into a database
 file that no connection has open.  That is not crash-atomic, which is fine
 because the Raft log is the truth: a node rebuilds its files from snapshot and
-log after a crash (``design.md`` §3.1).
+log after a crash (``docs/replication.md``, rule 1).
 
 WAL layout (https://www.sqlite.org/fileformat2.html#walformat): a 32-byte
 header (magic, version, page size, checkpoint sequence, salt-1, salt-2, two

@@ -1,13 +1,16 @@
-"""Extract the golden transcripts of ``protocol.md`` Appendix A into JSON.
+"""Extract annotated capture dumps (``docs/protocol.md`` Appendix A) into JSON.
 
 Run from anywhere::
 
-    python tests/data/extract_golden.py [path/to/protocol.md]
+    python tests/data/extract_golden.py path/to/annotated-captures.md
 
-By default it reads ``../shared/protocol.md`` relative to the repository root and
-writes ``tests/data/golden_transcripts.json`` next to this script.  The tests read
-only the JSON, so they do not need the spec at hand; re-run this script when the
-spec's appendix changes and review the diff.
+It reads the annotated hex dumps — a Markdown document with one ``### G<n>. title``
+section per transcript, in the layout the patterns below describe — and writes
+``tests/data/golden_transcripts.json`` next to this script.  That JSON is the
+record kept in this repository (``docs/protocol.md`` Appendix A lists what each
+transcript shows) and the only thing the tests read; this script is kept to show
+how it was made, and to redo it if the captures are ever extended: re-run it and
+review the diff.
 
 Output layout (one object per transcript, in document order)::
 
@@ -38,8 +41,6 @@ from pathlib import Path
 from typing import Any
 
 HERE = Path(__file__).resolve().parent
-REPO = HERE.parent.parent
-DEFAULT_SPEC = REPO.parent / "shared" / "protocol.md"
 OUTPUT = HERE / "golden_transcripts.json"
 
 _HEADING = re.compile(r"^### (G\d+[a-z]?)\. (.*)$")
@@ -168,7 +169,10 @@ def extract(spec: str) -> list[dict[str, Any]]:
 
 
 def main(argv: list[str]) -> int:
-    spec_path = Path(argv[1]) if len(argv) > 1 else DEFAULT_SPEC
+    if len(argv) != 2:
+        print(f"usage: {argv[0]} path/to/annotated-captures.md", file=sys.stderr)
+        return 2
+    spec_path = Path(argv[1])
     transcripts = extract(spec_path.read_text(encoding="utf-8"))
     data = {
         "source": "protocol.md, Appendix A (real captures against dqlite 1.11.1)",

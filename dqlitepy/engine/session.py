@@ -1,4 +1,4 @@
-"""SQLite through APSW: databases, sessions, statements, and the SQL safety rules.
+"""Sessions: one SQLite connection (through APSW) serving one client connection.
 
 A :class:`Session` is one APSW connection opened for one client connection, as
 dqlite opens one SQLite connection per client.  Statements run one at a time:
@@ -7,7 +7,7 @@ own parser, through ``apsw.ext.query_info``) and caches what it learned, so the
 gateway can implement PREPARE, EXEC_SQL's statement loop and QUERY_SQL's tail
 rule without parsing SQL itself.
 
-Every client stays inside its database (``design.md`` §4): an authorizer refuses
+Every client stays inside its database (``docs/server.md``, "Safety"): an authorizer refuses
 ATTACH of any file (which also covers ``VACUUM INTO``), ``load_extension`` and the
 pragmas that would change the journal, durability, locking or schema writing.
 """
@@ -15,35 +15,28 @@ pragmas that would change the journal, durability, locking or schema writing.
 from __future__ import annotations
 
 import contextlib
-import errno
 import json
-import os
 import re
-import shutil
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 import apsw
 import apsw.ext
 
-from .wal import Transaction, apply_pages, committed_prefix
+from .errors import SQLITE_ERROR, SQLITE_RANGE, SQLITE_ROW, EngineError, SessionClosed, translate
 
 __all__ = [
     "DECLTYPES_FUNCTION",
     "LIMIT_FUNCTION",
     "SQLITE_VERSION",
-    "Engine",
-    "EngineError",
     "ExecResult",
     "QueryResult",
     "Session",
-    "SessionClosed",
     "StatementInfo",
-    "database_filename",
     "is_blank",
 ]
 
@@ -54,15 +47,6 @@ DECLTYPES_FUNCTION = "dqlitepy_decltypes"
 #: The version of the SQLite library APSW carries.
 SQLITE_VERSION: str = apsw.sqlite_lib_version()
 
-_SQLITE_ERROR = 1
-_SQLITE_RANGE = 25
-_SQLITE_ROW = 100
-_SQLITE_INTERRUPT = 9
-_SQLITE_MISUSE = 21
-_SQLITE_IOERR = 10
-_SQLITE_FULL = 13
-#: OS errors meaning "no room" (SQLITE_FULL), as opposed to a failing device.
-_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
 # The wire layer keeps text that is not UTF-8 as surrogate escapes; dqlite would pass
 # such bytes to SQLite as they are, but APSW takes and gives only valid UTF-8.
 _NOT_UTF8 = "text value is not valid UTF-8"
@@ -92,8 +76,6 @@ _STATEMENT_CACHE_SIZE = 256
 # Longer texts are not cached: EXEC_SQL walks a script through ever shorter tails, and
 # keeping 256 of a big script's tails would hold hundreds of megabytes per session.
 _MAX_CACHED_SQL = 8192
-_SAFE_NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-")
-_MAX_FILENAME = 200
 
 
 _BLANK = re.compile(r"(?:\s|;|--[^\n]*(?:\n|$)|/\*(?:[^*]|\*(?!/))*(?:\*/|$))*\Z")
@@ -102,64 +84,6 @@ _BLANK = re.compile(r"(?:\s|;|--[^\n]*(?:\n|$)|/\*(?:[^*]|\*(?!/))*(?:\*/|$))*\Z
 def is_blank(sql: str) -> bool:
     """True if ``sql`` holds only white space, comments and semicolons."""
     return _BLANK.match(sql) is not None
-
-
-class EngineError(Exception):
-    """A SQLite failure: the extended result code and ``sqlite3_errmsg`` text.
-
-    Attributes:
-        code: SQLite's (extended) result code, or a dqlite code.
-        message: the message as SQLite words it.
-    """
-
-    def __init__(self, code: int, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
-
-
-class SessionClosed(EngineError):
-    """The session was closed (possibly by another thread) before this call."""
-
-    def __init__(self) -> None:
-        super().__init__(_SQLITE_MISUSE, "the session is closed")
-
-
-def _translate(exc: apsw.Error, db: apsw.Connection | None = None) -> EngineError:
-    """SQLite's error as an :class:`EngineError`; ``db``: the connection it came from.
-
-    SQLite reports a full disk as ``SQLITE_FULL`` only where it expected one (writing
-    pages); elsewhere the same ``ENOSPC`` (or ``EDQUOT``) is an ``SQLITE_IOERR_*`` code,
-    e.g. ``SQLITE_IOERR_SHMSIZE`` when the WAL index cannot grow.  The OS error of the
-    connection's last failed call tells them apart: a full disk is reported as one.
-    """
-    code = getattr(exc, "extendedresult", None) or getattr(exc, "result", None) or _SQLITE_ERROR
-    if db is not None and int(code) & 0xFF == _SQLITE_IOERR:
-        with contextlib.suppress(apsw.Error):
-            if db.system_errno in _FULL_ERRNOS:
-                return EngineError(_SQLITE_FULL, "database or disk is full")
-    return EngineError(int(code), str(exc))
-
-
-def database_filename(name: str) -> str:
-    """Return the file name a database name is stored under.
-
-    Names are opaque strings chosen by clients: every character outside
-    ``[A-Za-z0-9_-]`` is percent-encoded (so ``../x`` and ``/etc/x`` stay inside
-    the data directory) and over-long names are shortened with a hash.
-    """
-    encoded = "".join(
-        c
-        if c in _SAFE_NAME_CHARS
-        else "".join(f"%{b:02X}" for b in c.encode("utf-8", "surrogatepass"))
-        for c in name
-    )
-    if len(encoded) > _MAX_FILENAME:
-        import hashlib
-
-        digest = hashlib.sha256(name.encode("utf-8", "surrogatepass")).hexdigest()
-        encoded = encoded[:64] + "~" + digest
-    return f"db-{encoded}.sqlite"
 
 
 @dataclass(frozen=True, slots=True)
@@ -226,45 +150,16 @@ class QueryResult:
         try:
             return next(self._rows)
         except apsw.Error as exc:
-            raise _translate(exc, self._session._db) from exc
+            raise translate(exc, self._session._db) from exc
         except UnicodeDecodeError as exc:
             # Fail the query rather than the connection (CPython's sqlite3 raises
             # OperationalError too).
-            raise EngineError(_SQLITE_ERROR, _NOT_UTF8) from exc
+            raise EngineError(SQLITE_ERROR, _NOT_UTF8) from exc
 
     def close(self) -> None:
         """Stop the statement (resetting it) before all rows were read."""
         with self._session._lock, contextlib.suppress(apsw.Error):
             self._cursor.close(True)
-
-
-def _copy_exactly(source: BinaryIO, out: BinaryIO, size: int) -> int:
-    """Copy ``size`` bytes (fewer if ``source`` ends first); return how many were copied."""
-    copied = 0
-    while copied < size:
-        chunk = source.read(min(size - copied, 1 << 20))
-        if not chunk:
-            break
-        out.write(chunk)
-        copied += len(chunk)
-    return copied
-
-
-def _fold_wal(path: Path) -> None:
-    """Checkpoint the WAL beside ``path`` into it and remove the WAL and its index."""
-    try:
-        db = apsw.Connection(str(path), flags=apsw.SQLITE_OPEN_READWRITE)
-        try:
-            db.execute("PRAGMA journal_mode=WAL").fetchall()
-            db.wal_checkpoint(mode=apsw.SQLITE_CHECKPOINT_TRUNCATE)
-        except apsw.Error as exc:
-            raise _translate(exc, db) from exc
-        finally:
-            db.close(True)
-    except apsw.Error as exc:
-        raise _translate(exc) from exc
-    for suffix in ("-wal", "-shm"):
-        Path(str(path) + suffix).unlink(missing_ok=True)
 
 
 def _authorizer(
@@ -328,7 +223,7 @@ class Session:
             self._db.enable_load_extension(False)
         except apsw.Error as exc:
             db = getattr(self, "_db", None)
-            error = _translate(exc, db)
+            error = translate(exc, db)
             if db is not None:
                 with contextlib.suppress(apsw.Error):
                     db.close(True)
@@ -424,9 +319,9 @@ class Session:
         try:
             details = apsw.ext.query_info(self._db, sql)
         except apsw.Error as exc:
-            raise _translate(exc, self._db) from exc
+            raise translate(exc, self._db) from exc
         except UnicodeEncodeError as exc:
-            raise EngineError(_SQLITE_ERROR, _SQL_NOT_UTF8) from exc
+            raise EngineError(SQLITE_ERROR, _SQL_NOT_UTF8) from exc
         first = details.first_query or ""
         info = StatementInfo(
             sql=first,
@@ -445,7 +340,7 @@ class Session:
     def _bindings(self, info: StatementInfo, params: Sequence[Any]) -> Sequence[Any]:
         n = info.param_count
         if len(params) > n:
-            raise EngineError(_SQLITE_RANGE, "column index out of range")
+            raise EngineError(SQLITE_RANGE, "column index out of range")
         if len(params) < n:
             # dqlite leaves unbound parameters NULL rather than failing.
             return [*params, *([None] * (n - len(params)))]
@@ -468,16 +363,16 @@ class Session:
             rows = cursor.execute(info.sql, bindings)
             row_came = next(rows, None) is not None
         except apsw.Error as exc:
-            raise _translate(exc, self._db) from exc
+            raise translate(exc, self._db) from exc
         except UnicodeEncodeError as exc:
-            raise EngineError(_SQLITE_ERROR, _PARAM_NOT_UTF8) from exc
+            raise EngineError(SQLITE_ERROR, _PARAM_NOT_UTF8) from exc
         except UnicodeDecodeError:
             row_came = True  # a row whose text is not UTF-8 is a row all the same
         finally:
             with contextlib.suppress(apsw.Error):
                 cursor.close(True)
         if row_came:
-            raise EngineError(_SQLITE_ROW, "another row available")
+            raise EngineError(SQLITE_ROW, "another row available")
         return self._changes()
 
     def query(self, info: StatementInfo, params: Sequence[Any] = ()) -> QueryResult:
@@ -497,10 +392,10 @@ class Session:
                 description = apsw.ext.query_info(self._db, info.sql).description or ()
         except apsw.Error as exc:
             cursor.close(True)
-            raise _translate(exc, self._db) from exc
+            raise translate(exc, self._db) from exc
         except UnicodeEncodeError as exc:
             cursor.close(True)
-            raise EngineError(_SQLITE_ERROR, _PARAM_NOT_UTF8) from exc
+            raise EngineError(SQLITE_ERROR, _PARAM_NOT_UTF8) from exc
         columns = tuple(d[0] for d in description)
         decltypes = tuple(d[1] for d in description)
         return QueryResult(self, cursor, columns, decltypes, rows)
@@ -555,6 +450,23 @@ class Session:
                 if guard is not None:
                     guard.release()
 
+    @contextlib.contextmanager
+    def read_transaction(self) -> Iterator[None]:
+        """Hold a read transaction: it pins the WAL, so no checkpoint rewrites the files.
+
+        Raises:
+            EngineError: SQLite failed to begin or end it.
+        """
+        try:
+            with self._using():
+                self._db.execute("BEGIN").fetchall()
+                self._db.execute("SELECT count(*) FROM sqlite_master").fetchall()
+            yield
+            with self._using():
+                self._db.execute("COMMIT").fetchall()
+        except apsw.Error as exc:
+            raise translate(exc, self._db) from exc
+
     def close(self) -> None:
         """Roll back any open transaction and close the connection (any thread).
 
@@ -566,190 +478,3 @@ class Session:
             self._closed = True
             with contextlib.suppress(apsw.Error):
                 self._db.close(True)
-
-
-class Engine:
-    """The databases in one node's data directory.
-
-    Args:
-        data_dir: where database files live (created if missing).
-        busy_timeout_ms: how long a writer waits for another writer.
-        synchronous: SQLite's ``synchronous`` for every session; FULL makes a
-            single node durable on its own.
-        checkpoint_on_close: see :class:`Session` (False on a replicated node).
-    """
-
-    def __init__(
-        self,
-        data_dir: str | os.PathLike[str],
-        *,
-        busy_timeout_ms: int = 5000,
-        synchronous: str = "FULL",
-        checkpoint_on_close: bool = True,
-    ) -> None:
-        self.data_dir = Path(data_dir)
-        self.checkpoint_on_close = checkpoint_on_close
-        self.data_dir.mkdir(parents=True, exist_ok=True)
-        self.busy_timeout_ms = busy_timeout_ms
-        self.synchronous = synchronous
-
-    def path(self, name: str) -> Path:
-        """The file of database ``name``; always inside the data directory."""
-        return self.data_dir / database_filename(name)
-
-    def exists(self, name: str) -> bool:
-        """True if database ``name`` has been created."""
-        return self.path(name).exists()
-
-    def session(self, name: str) -> Session:
-        """Open a session on database ``name``, creating the database on first use."""
-        return Session(
-            self.path(name),
-            busy_timeout_ms=self.busy_timeout_ms,
-            synchronous=self.synchronous,
-            checkpoint_on_close=self.checkpoint_on_close,
-        )
-
-    def remove(self, name: str) -> None:
-        """Delete database ``name``'s files (replication rebuilds them from the log)."""
-        path = self.path(name)
-        for suffix in ("", "-wal", "-shm", "-journal"):
-            Path(str(path) + suffix).unlink(missing_ok=True)
-
-    def remove_all(self) -> None:
-        """Delete every database file of this node."""
-        for path in self.data_dir.glob("db-*.sqlite*"):
-            path.unlink(missing_ok=True)  # staged snapshot files too
-
-    @property
-    def previous_dir(self) -> Path:
-        """Where :meth:`set_aside` keeps the files a rebuild replaces."""
-        return self.data_dir.with_name(self.data_dir.name + ".previous")
-
-    def set_aside(self) -> Path | None:
-        """Move the database files aside so that they can be rebuilt; return where to.
-
-        Nothing is deleted: the files move (one rename) to :attr:`previous_dir`
-        and an empty directory takes their place.  If an earlier start left
-        files aside already, it never finished its rebuild: what it rebuilt is
-        deleted and the files set aside before stay.  Returns None when there
-        was nothing to set aside.
-        """
-        previous = self.previous_dir
-        if previous.exists():
-            self.remove_all()
-            return previous
-        if not any(self.data_dir.glob("db-*.sqlite*")):
-            return None
-        os.rename(self.data_dir, previous)
-        self.data_dir.mkdir()
-        fd = os.open(self.data_dir.parent, os.O_RDONLY)
-        try:
-            os.fsync(fd)  # the rename is durable before anything is rebuilt
-        finally:
-            os.close(fd)
-        return previous
-
-    def discard_previous(self) -> None:
-        """Delete the files :meth:`set_aside` kept (the rebuild is complete)."""
-        shutil.rmtree(self.previous_dir, ignore_errors=True)
-
-    def restore_committed(self, name: str, salts: tuple[int, int] | None, frames: int) -> None:
-        """Drop WAL frames past the last committed one and fold the rest into the file.
-
-        Every session on the database must be closed.  ``salts``/``frames``
-        identify the WAL generation and frame count of the last transaction
-        replication committed; a different generation holds only frames that
-        were never committed (a restart happens after a complete checkpoint).
-        Afterwards the database file alone holds the committed state, and the
-        WAL is empty, so pages can be written into the file directly.
-        """
-        path = self.path(name)
-        wal = Path(str(path) + "-wal")
-        if wal.exists():
-            os.truncate(wal, min(committed_prefix(wal, salts, frames), wal.stat().st_size))
-        Path(str(path) + "-shm").unlink(missing_ok=True)
-        if not path.exists() or not wal.exists() or wal.stat().st_size == 0:
-            wal.unlink(missing_ok=True)  # nothing to fold
-            return
-        _fold_wal(path)
-
-    def snapshot_image(
-        self, name: str, salts: tuple[int, int] | None, frames: int, workdir: Path
-    ) -> Path | None:
-        """Make a self-contained copy of database ``name`` as of its last committed frame.
-
-        The database file and the WAL's committed prefix are copied into
-        ``workdir`` and folded together there, so frames Raft has not committed
-        are left out and the live files are not touched.  Returns the image's
-        path, or None if the database has no file.  The caller keeps
-        checkpoints of this database from running meanwhile.
-        """
-        path = self.path(name)
-        if not path.exists():
-            return None
-        image = workdir / "image.db"
-        image_wal = Path(str(image) + "-wal")
-        for stale in (image, image_wal, Path(str(image) + "-shm")):
-            stale.unlink(missing_ok=True)
-        shutil.copyfile(path, image)
-        wal = Path(str(path) + "-wal")
-        keep = committed_prefix(wal, salts, frames)
-        if keep:
-            with wal.open("rb") as src, image_wal.open("wb") as dst:
-                _copy_exactly(src, dst, keep)
-        _fold_wal(image)
-        return image
-
-    def stage(self, name: str, source: BinaryIO, size: int, tag: int) -> Path:
-        """Copy ``size`` bytes of ``source`` into a new file beside database ``name``'s.
-
-        The file is not the database's until :meth:`install` swaps it in; ``tag``
-        keeps files staged one after the other apart.
-        """
-        staged = Path(f"{self.path(name)}.staged-{tag}")
-        with staged.open("wb") as out:
-            if _copy_exactly(source, out, size) < size:
-                staged.unlink(missing_ok=True)
-                raise EngineError(11, f"snapshot of {name!r} is truncated")
-        return staged
-
-    def install(self, name: str, staged: Path) -> None:
-        """Make a file from :meth:`stage` database ``name``'s (no session may be open)."""
-        path = self.path(name)
-        for suffix in ("-wal", "-shm"):
-            Path(str(path) + suffix).unlink(missing_ok=True)
-        os.replace(staged, path)
-
-    def apply(self, name: str, transaction: Transaction) -> None:
-        """Write a replicated transaction's pages into database ``name``'s file.
-
-        The database must have no open session and an empty WAL (see
-        :meth:`restore_committed`).
-        """
-        apply_pages(self.path(name), transaction)
-
-    def dump(self, name: str) -> list[tuple[str, bytes]]:
-        """Return the database file and its WAL, read inside one read transaction.
-
-        A database that does not exist gives two empty files, as dqlite 1.11 does.
-        """
-        path = self.path(name)
-        if not path.exists():
-            return [(name, b""), (name + "-wal", b"")]
-        session = self.session(name)
-        try:
-            db = session._db
-            # A read transaction pins the WAL: no checkpoint can rewrite the files
-            # while they are copied.
-            db.execute("BEGIN").fetchall()
-            db.execute("SELECT count(*) FROM sqlite_master").fetchall()
-            main = path.read_bytes()
-            wal_path = Path(str(path) + "-wal")
-            wal = wal_path.read_bytes() if wal_path.exists() else b""
-            db.execute("COMMIT").fetchall()
-        except apsw.Error as exc:
-            raise _translate(exc, session._db) from exc
-        finally:
-            session.close()
-        return [(name, main), (name + "-wal", wal)]

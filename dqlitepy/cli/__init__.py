@@ -1,0 +1,43 @@
+"""The ``dqlitepy`` command line: ``dqlitepy server`` and ``dqlitepy shell``.
+
+``dqlitepy shell`` (:mod:`.shell`) is modelled on the Go ``dqlite`` shell: its
+input is cut by :mod:`.script` and its output formatted by :mod:`.output`.
+``dqlitepy server`` (:mod:`.server`) runs a node.
+
+Exit codes: 0 ok, 1 SQL or cluster error of an argument (message on stderr), 2 usage
+error; ``dqlitepy server`` also exits 2 when the node refuses to start because of an
+operator's mistake (its data directory in use, a missing or wrong cluster key: see
+``docs/server.md``).
+
+Only public APIs are used here (``dqlitepy.connect``, ``dqlitepy.Client``, ``dqlitepy.Node``
+and its errors, the server's option types), and the driver's SQL scanner
+(:mod:`dqlitepy.client.sqltext`).
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable, Sequence
+
+import dqlitepy
+
+from . import server, shell
+from .output import format_value
+
+__all__ = ["format_value", "main"]
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="dqlitepy", description="dqlitepy command line")
+    parser.add_argument("--version", action="version", version=dqlitepy.__version__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    shell.add_parser(sub)
+    server.add_parser(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``dqlitepy`` command."""
+    args = _parser().parse_args(argv)
+    func: Callable[[argparse.Namespace], int] = args.func
+    return func(args)

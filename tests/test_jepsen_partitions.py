@@ -51,7 +51,7 @@ import dqlitepy
 #: Seconds of faults (the nemesis's run); the whole test takes about 10 s more.
 RUN_SECONDS = float(os.environ.get("DQLITEPY_JEPSEN_SECONDS") or 40)
 #: The longest acceptable window without any successful operation, in seconds: twice the
-#: election timeout's upper bound (1.2 s, replication/raft.py) plus 1 s.
+#: election timeout's upper bound (1.2 s, replication/raft/config.py) plus 1 s.
 MAX_WINDOW = float(os.environ.get("DQLITEPY_JEPSEN_MAX_WINDOW") or 3.4)
 #: The longest acceptable time from the final heal to the first successful operation.
 MAX_RECOVERY = 10.0

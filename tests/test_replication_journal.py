@@ -43,11 +43,11 @@ from dqlitepy.replication.journal import (
     JournalError,
     JournalState,
     JournalWriteError,
-    _encode_record,
-    _read_meta_file,
     durable_journal_for_syncobj,
     make_syncobj_journal_factory,
 )
+from dqlitepy.replication.journal.meta import read_meta_file
+from dqlitepy.replication.journal.records import encode_record
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -448,17 +448,17 @@ def test_commit_index_lowered_on_disk_before_the_log_is_cut(tmp_path: Path) -> N
         _fill(journal, 5)
         journal.setRaftCommitIndex(5)
         journal.onOneSecondTimer()
-        assert _read_meta_file(str(path) + ".meta")[1].commit == 5
+        assert read_meta_file(str(path) + ".meta")[1].commit == 5
         journal.deleteEntriesFrom(2)  # no timer, no close: the file must already say <= 2
-        assert _read_meta_file(str(path) + ".meta")[1].commit == 2
+        assert read_meta_file(str(path) + ".meta")[1].commit == 2
         assert journal.getRaftCommitIndex() == 2
         journal.clear()
         assert journal.getRaftCommitIndex() == 1
         # The file is replaced by the next add, which lowers the stored value first.
         _fill(journal, 5, first=10)  # the log grows back: the old commit index is not revived
-        assert _read_meta_file(str(path) + ".meta")[1].commit == 0
+        assert read_meta_file(str(path) + ".meta")[1].commit == 0
         journal.onOneSecondTimer()
-        assert _read_meta_file(str(path) + ".meta")[1].commit <= 1
+        assert read_meta_file(str(path) + ".meta")[1].commit <= 1
 
 
 def test_record_payload_is_exactly_cbor2_dumps() -> None:
@@ -468,13 +468,13 @@ def test_record_payload_is_exactly_cbor2_dumps() -> None:
     for size in sizes:
         command = os.urandom(size)
         for number in numbers:
-            header, *parts = _encode_record(command, number, number // 3)
+            header, *parts = encode_record(command, number, number // 3)
             payload = b"".join(parts)
             assert payload == cbor2.dumps([number, number // 3, command]), (size, number)
             crc = zlib.crc32(payload)
             assert header == len(payload).to_bytes(4, "little") + crc.to_bytes(4, "little")
     with pytest.raises(ValueError):
-        _encode_record(b"", 2**64, 0)
+        encode_record(b"", 2**64, 0)
 
 
 def test_stock_pysyncobj_journal_file_is_recognised(tmp_path: Path) -> None:

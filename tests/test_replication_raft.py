@@ -365,7 +365,7 @@ def test_a_standby_replicates_without_counting_toward_the_quorum() -> None:
             n.destroy_synchronous()
 
 
-# -- storage failures (see "Storage failures" in raft.py) ---------------------------------------
+# -- storage failures (see "Storage failures" in raft/storage.py) ------------------------------
 
 
 class _FlakyJournal(MemoryJournal):  # type: ignore[misc]

@@ -1,0 +1,95 @@
+"""The vocabulary of the Raft core: PySyncObj's codes, our failure reason, members, settings.
+
+**Latency floor (PySyncObj defect 6).**  :func:`raft_config` sets
+``appendEntriesUseBatch=False``: each command is sent as soon as it is queued.
+It also sets the batch size so large that PySyncObj never takes its chunked
+"transmission" path (defect 5, see :mod:`.entries`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from pysyncobj import SyncObjConf
+from pysyncobj.config import FAIL_REASON
+from pysyncobj.node import TCPNode
+
+__all__ = [
+    "CANDIDATE",
+    "FAILURES",
+    "FOLLOWER",
+    "LEADER",
+    "MEMBERSHIP",
+    "NO_OP",
+    "REGULAR",
+    "STORAGE_FAILED",
+    "VERSION",
+    "ApplyHandler",
+    "PeerNode",
+    "raft_config",
+]
+
+# PySyncObj's command type byte (syncobj._COMMAND_TYPE).
+REGULAR = 0
+NO_OP = 1
+MEMBERSHIP = 2
+VERSION = 3
+
+# PySyncObj's raft states (syncobj._RAFT_STATE).
+FOLLOWER = 0
+CANDIDATE = 1
+LEADER = 2
+
+#: A command's failure reason (ours, beside PySyncObj's FAIL_REASON): its entry
+#: could not be appended because this node's journal cannot write, and the
+#: journal proved it absent.  The callback's result is the JournalWriteError.
+STORAGE_FAILED = 100
+
+#: PySyncObj's failure reasons, by name.
+FAILURES = {
+    value: name
+    for name, value in vars(FAIL_REASON).items()
+    if not name.startswith("_") and isinstance(value, int)
+}
+FAILURES[STORAGE_FAILED] = "STORAGE_FAILED"
+
+#: What :class:`~.node.HardenedSyncObj` calls with ``(index, command)`` for each committed entry.
+ApplyHandler = Callable[[int, bytes], Any]
+
+
+class PeerNode(TCPNode):  # type: ignore[misc]
+    """A cluster member; its PySyncObj id is its dqlite address (one address per node)."""
+
+    # PySyncObj pickles members into its own membership entries: they name the
+    # class by the module it is imported from (and the whitelist of
+    # ``entries.safe_unpickle`` accepts that name), not by this file.
+    __module__ = "dqlitepy.replication.raft"
+
+
+def raft_config(**overrides: Any) -> Any:
+    """PySyncObj configuration tuned for dqlitepy (see the module docstring)."""
+    settings: dict[str, Any] = {
+        "autoTick": True,
+        "autoTickPeriod": 0.01,
+        "appendEntriesUseBatch": False,
+        # Heartbeats every 100 ms and elections after 0.8-1.2 s of silence: a
+        # loaded 2-core machine (server threads share the GIL with the tick
+        # thread) must not see spurious elections, and failover stays ~1 s.
+        "appendEntriesPeriod": 0.1,
+        "raftMinTimeout": 0.8,
+        "raftMaxTimeout": 1.2,
+        "connectionTimeout": 3.5,
+        "connectionRetryTime": 0.5,
+        "leaderFallbackTimeout": 2.0,
+        # One message may carry a large transaction: never take the chunked path.
+        "appendEntriesBatchSizeBytes": 1 << 30,
+        "dynamicMembershipChange": True,
+        "commandsWaitLeader": False,
+        # Snapshots are taken by dqlitepy, not by PySyncObj's pickle of the object.
+        "logCompactionMinEntries": 1 << 62,
+        "logCompactionMinTime": 1 << 40,
+        "useFork": False,
+    }
+    settings.update(overrides)
+    return SyncObjConf(**settings)

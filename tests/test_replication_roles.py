@@ -24,7 +24,7 @@ from dqlitepy_server import CLUSTER_KEY, DqlitepyCluster, DqlitepyServer
 import dqlitepy
 from dqlitepy import NodeRole
 from dqlitepy.replication.replicator import PeerHealth
-from dqlitepy.server.node import OFFLINE_AFTER, next_role_change
+from dqlitepy.server.membership import OFFLINE_AFTER, next_role_change
 
 
 @pytest.fixture

@@ -24,7 +24,7 @@ or changes the directory:
   records the key.
 
 A node joining a cluster with a fresh directory also proves, before it asks to
-be added, that the cluster holds the same key (``node.py``'s join, with
+be added, that the cluster holds the same key (``join.py``, with
 :func:`~dqlitepy.replication.transport.check_cluster_key`); only then is the
 key recorded here.
 """

@@ -34,6 +34,7 @@ from ..wire import (
     DescribeRequest,
     DumpRequest,
     EmptyResponse,
+    ErrorCode,
     ExecRequest,
     ExecSqlRequest,
     FailureResponse,
@@ -69,28 +70,55 @@ __all__ = ["Gateway", "NodeContext", "RowsChunk"]
 _DATE_TYPES = frozenset({"DATETIME", "DATE", "TIMESTAMP"})
 _U64_MASK = (1 << 64) - 1
 
-# Failure codes of protocol.md §5.1.
-_EMPTY_STATEMENT = 0
-_SQLITE_ERROR = 1
-_SQLITE_BUSY = 5
-_SQLITE_IOERR = 10
-_SQLITE_NOTFOUND = 12
-_SQLITE_FULL = 13
-_SQLITE_PROTOCOL = 15
-_SQLITE_RANGE = 25
-_DQLITE_PARSE = 1005
-_NOT_LEADER = 10250
 _MAX_BUSY_TIMEOUT_MS = 3_600_000
 _DEFAULT_BUSY_TIMEOUT = 5.0
 
 
 class GatewayFailure(Exception):
-    """A request failed; the code and message go back in a FAILURE response."""
+    """A request failed; the code and message go back in a FAILURE response.
+
+    Build the common ones with the constructors (:meth:`not_leader`, :meth:`busy`...);
+    others with a code of :class:`~dqlitepy.wire.ErrorCode` (protocol.md §5.1).
+    """
 
     def __init__(self, code: int, message: str) -> None:
         super().__init__(message)
         self.code = code
         self.message = message
+
+    @classmethod
+    def not_leader(cls) -> GatewayFailure:
+        """Refused before anything ran: this node does not lead (the client retries elsewhere)."""
+        return cls(ErrorCode.NOT_LEADER, "not leader")
+
+    @classmethod
+    def leadership_lost(cls) -> GatewayFailure:
+        """The request may or may not have taken effect: leadership changed meanwhile."""
+        return cls(ErrorCode.LEADERSHIP_LOST, "leadership lost")
+
+    @classmethod
+    def busy(cls, message: str) -> GatewayFailure:
+        """``SQLITE_BUSY``: nothing was done, try again later."""
+        return cls(ErrorCode.SQLITE_BUSY, message)
+
+    @classmethod
+    def error(cls, message: str) -> GatewayFailure:
+        """``SQLITE_ERROR``: the generic refusal (dqlite's answer to a bad membership change)."""
+        return cls(ErrorCode.SQLITE_ERROR, message)
+
+    @classmethod
+    def not_found(cls, message: str) -> GatewayFailure:
+        """``SQLITE_NOTFOUND``: no such database or statement on this connection."""
+        return cls(ErrorCode.SQLITE_NOTFOUND, message)
+
+    @classmethod
+    def parse(cls, message: str) -> GatewayFailure:
+        """``DQLITE_PARSE``: a request this node does not understand."""
+        return cls(ErrorCode.DQLITE_PARSE, message)
+
+    def response(self) -> FailureResponse:
+        """The FAILURE that carries this failure to the client."""
+        return FailureResponse(self.code, self.message)
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,7 +160,7 @@ class NodeContext(Protocol):
         """The database file and WAL of ``name``."""
 
     def require_leader(self) -> None:
-        """Raise ``GatewayFailure(10250, "not leader")`` unless this node leads."""
+        """Raise :meth:`GatewayFailure.not_leader` unless this node leads."""
 
     def statement(
         self, owner: object, database: str, session: Session, info: StatementInfo, timeout: float
@@ -242,6 +270,14 @@ class Gateway:
         if self._session is not None:
             self._session.interrupt()
 
+    @property
+    def in_transaction(self) -> bool:
+        """True if the connection's session has a transaction open.
+
+        Read it on the connection's own thread, between requests.
+        """
+        return self._session is not None and bool(self._session.in_transaction)
+
     def handle(self, request: Request) -> Iterator[Response | RowsChunk]:
         """Serve one request, yielding its response(s).
 
@@ -251,20 +287,20 @@ class Gateway:
             self, "handle_" + type(request).__name__.removesuffix("Request").lower(), None
         )
         if handler is None:
-            yield FailureResponse(_DQLITE_PARSE, "unrecognized request type")
+            yield GatewayFailure.parse("unrecognized request type").response()
             return
         try:
             yield from handler(request)
         except SessionClosed:
             # The node closed the session under it (leadership moved, or the
             # files were rebuilt after a failed commit): the client reconnects.
-            yield FailureResponse(_NOT_LEADER, "not leader")
+            yield GatewayFailure.not_leader().response()
         except GatewayFailure as exc:
-            yield FailureResponse(exc.code, exc.message)
+            yield exc.response()
         except NotAuthorized as exc:
             yield FailureResponse(NOT_AUTHORIZED, str(exc))
         except EngineError as exc:
-            if exc.code & 0xFF in (_SQLITE_IOERR, _SQLITE_FULL):
+            if exc.code & 0xFF in (ErrorCode.SQLITE_IOERR, ErrorCode.SQLITE_FULL):
                 # Opening, preparing or reading fails too when the disk is full (the
                 # WAL index cannot grow): the node must find out, not only the client.
                 self._node.storage_failed()
@@ -274,14 +310,14 @@ class Gateway:
 
     def _session_for(self, db_id: int) -> Session:
         if self._session is None or db_id != 0:
-            raise GatewayFailure(_SQLITE_NOTFOUND, "no database opened")
+            raise GatewayFailure.not_found("no database opened")
         return self._session
 
     def _statement(self, db_id: int, stmt_id: int) -> tuple[Session, StatementInfo]:
         session = self._session_for(db_id)
         info = self._statements.get(stmt_id)
         if info is None:
-            raise GatewayFailure(_SQLITE_NOTFOUND, "no statement with the given id")
+            raise GatewayFailure.not_found("no statement with the given id")
         return session, info
 
     def _exec(self, session: Session, info: StatementInfo, params: Sequence[Any]) -> ResultResponse:
@@ -302,7 +338,7 @@ class Gateway:
         if info.column_count == 0:
             # dqlite 1.11 refuses to QUERY a statement without result columns,
             # before running it; clients rely on that to fall back to EXEC.
-            raise GatewayFailure(_SQLITE_ERROR, "not an error")
+            raise GatewayFailure.error("not an error")
         with self._run(session, info) as begun:
             result = session.query(info, params)
             begun()
@@ -323,7 +359,7 @@ class Gateway:
 
     def _check_tail(self, info: StatementInfo) -> None:
         if not is_blank(info.tail):
-            raise GatewayFailure(_SQLITE_ERROR, "nonempty statement tail")
+            raise GatewayFailure.error("nonempty statement tail")
 
     # ------------------------------------------------------------- handlers
 
@@ -340,7 +376,7 @@ class Gateway:
 
     def handle_open(self, request: OpenRequest) -> Iterator[Response]:
         if self._session is not None:
-            raise GatewayFailure(_SQLITE_BUSY, "a database for this connection is already open")
+            raise GatewayFailure.busy("a database for this connection is already open")
         self._session = self._node.open_session(request.name)
         if self._interrupt_check is not None:
             self._session.set_interrupt_check(self._interrupt_check)
@@ -357,7 +393,7 @@ class Gateway:
         session = self._session_for(request.db_id)
         info = session.statement(request.sql)
         if info.empty:
-            raise GatewayFailure(_EMPTY_STATEMENT, "empty statement")
+            raise GatewayFailure(ErrorCode.EMPTY_STATEMENT, "empty statement")
         if not request.with_offset:
             self._check_tail(info)
         stmt_id = 0
@@ -404,7 +440,7 @@ class Gateway:
         session = self._session_for(request.db_id)
         info = session.statement(request.sql)
         if info.empty:
-            raise GatewayFailure(_EMPTY_STATEMENT, "empty statement")
+            raise GatewayFailure(ErrorCode.EMPTY_STATEMENT, "empty statement")
         self._check_tail(info)
         yield from self._rows(session, info, _bind_values(request.params))
 
@@ -418,12 +454,12 @@ class Gateway:
 
     def handle_cluster(self, request: ClusterRequest) -> Iterator[Response]:
         if request.format not in (0, 1):
-            raise GatewayFailure(_DQLITE_PARSE, "unrecognized cluster format")
+            raise GatewayFailure.parse("unrecognized cluster format")
         yield ServersResponse(tuple(self._node.cluster()), request.format)
 
     def handle_describe(self, request: DescribeRequest) -> Iterator[Response]:
         if request.format != 0:
-            raise GatewayFailure(_SQLITE_PROTOCOL, "bad format version")
+            raise GatewayFailure(ErrorCode.SQLITE_PROTOCOL, "bad format version")
         yield MetadataResponse(self._node.failure_domain, self._node.weight)
 
     def handle_weight(self, request: WeightRequest) -> Iterator[Response]:

@@ -30,7 +30,7 @@ Theory of operation (``design.md`` §6, "every resource has a bound"):
   large uploads still serves ordinary clients.
 
 Nothing here touches a socket: :class:`ConnectionTable` and :class:`MemoryBudget` are
-driven by the listener in :mod:`dqlitepy.server.node`, which does the I/O. Their locks
+driven by the listener in :mod:`dqlitepy.server.listener`, which does the I/O. Their locks
 are leaves of the lock hierarchy: nothing else is taken or waited for while one is held
 (the listener takes the table's lock inside its own, never the other way round).
 """

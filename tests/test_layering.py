@@ -327,9 +327,9 @@ def test_client_units_do_not_load_the_server(unit: str) -> None:
         ("dqlitepy.engine.session", "from ..replication import raft"),
         ("dqlitepy.engine.session", "from ..server import gateway"),
         ("dqlitepy.engine.session", "from pysyncobj import SyncObj"),
-        ("dqlitepy.replication.raft", "from ..engine import Engine"),
-        ("dqlitepy.replication.raft", "from ..client import dbapi"),
-        ("dqlitepy.replication.raft", "import apsw.ext"),
+        ("dqlitepy.replication.replicator", "from ..engine import Engine"),
+        ("dqlitepy.replication.replicator", "from ..client import dbapi"),
+        ("dqlitepy.replication.replicator", "import apsw.ext"),
         ("dqlitepy.server.node", "import apsw"),
         ("dqlitepy.server.node", "from pysyncobj.config import FAIL_REASON"),
         ("dqlitepy.server.node", "from ..node import Node"),
@@ -362,7 +362,7 @@ def test_checker_rejects(module: str, source: str) -> None:
         ("dqlitepy.wire.codec", "import struct\nfrom .constants import ValueType"),
         ("dqlitepy.client.dbapi", "from ..wire import NodeInfo\nfrom . import errors"),
         ("dqlitepy.engine.session", "import apsw.ext\nfrom ..wire import NodeInfo"),
-        ("dqlitepy.replication.raft", "from pysyncobj import SyncObj\nfrom ..wire import NodeRole"),
+        ("dqlitepy.replication.replicator", "from pysyncobj import SyncObj\nfrom ..wire import NodeRole"),
         (
             "dqlitepy.server.node",
             "from ..engine import Engine\nfrom ..replication import raft\n"

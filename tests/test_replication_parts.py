@@ -18,7 +18,7 @@ import pytest
 
 from dqlitepy.engine import Engine
 from dqlitepy.replication.replicator import Replicator
-from dqlitepy.server import replicated as replicated_module
+from dqlitepy.server import commands
 from dqlitepy.server.replicated import Replicated
 
 KEY = b"test-cluster-key-0123456789abcdef"
@@ -72,7 +72,7 @@ def node(tmp_path: Path) -> Iterator[Replicated]:
         return Replicator("127.0.0.1:1", tmp_path, [], node_id=1, cluster_key=KEY, apply=apply)
 
     state = Replicated(engine, replicator, node_id=1)
-    state._applier.start()  # Raft stays stopped: the test plays its thread
+    state.fsm.start()  # Raft stays stopped: the test plays its thread
     try:
         yield state
     finally:
@@ -95,12 +95,12 @@ def _rows(node: Replicated) -> int:
 def test_a_big_transaction_is_cut_into_parts_of_at_most_part_bytes(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(replicated_module, "PART_BYTES", 3 * PAGE)
+    monkeypatch.setattr(commands, "PART_BYTES", 3 * PAGE)
     pages = tuple((n, bytes(PAGE)) for n in range(1, 11))
-    parts = replicated_module._split_pages(pages)
+    parts = commands.split_pages(pages)
     assert [len(p) for p in parts] == [3, 3, 3, 1]
     assert [page for part in parts for page in part] == list(pages)
-    assert replicated_module._split_pages(((1, bytes(5 * PAGE)),)) == [[(1, bytes(5 * PAGE))]]
+    assert commands.split_pages(((1, bytes(5 * PAGE)),)) == [[(1, bytes(5 * PAGE))]]
 
 
 def test_parts_are_applied_together_when_the_last_one_commits(

@@ -1,0 +1,150 @@
+"""The commands a replicated node writes to the Raft log, and their cbor2 encoding.
+
+Every command is a cbor2 map with ``v`` (:data:`COMMAND_VERSION`) and ``t`` (its kind):
+
+- ``frames``: the pages of one commit to database ``db`` — ``ps`` (page size),
+  ``size`` (the database's size in pages after it), ``pages`` ([page number,
+  page image] pairs) — tagged with ``origin`` ([node id, sequence], unique per
+  commit) and ``base``, the index of the last FRAMES entry of ``db`` the leader
+  built it on (every node skips a command whose base is not its own last one:
+  it was built on a deposed leader's state).  A commit larger than
+  :data:`PART_BYTES` travels as several entries, ``part`` of ``parts``.
+- ``member``: a member's dqlite ``id`` and ``address``, or its removal
+  (``removed``; entries written before roles moved into Raft say ``role`` -1).
+
+The empty command is the no-op entry each new leader appends (its barrier).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import cbor2
+
+from ..engine.wal import Transaction
+
+__all__ = [
+    "COMMAND_VERSION",
+    "PART_BYTES",
+    "Frames",
+    "InvalidCommand",
+    "Member",
+    "Page",
+    "decode",
+    "encode_frames",
+    "encode_member",
+    "split_pages",
+]
+
+COMMAND_VERSION = 1
+#: A commit's pages per Raft entry: one entry must fit in one transport frame
+#: (64 MiB), and smaller entries keep heartbeats flowing between them.
+PART_BYTES = 16 * 1024 * 1024
+
+#: (page number, page image)
+Page = tuple[int, bytes]
+
+
+class InvalidCommand(ValueError):
+    """An entry no version of dqlitepy wrote (the message completes "entry N ...")."""
+
+
+@dataclass(frozen=True, slots=True)
+class Frames:
+    """A ``frames`` command: one commit's pages, or one part of them."""
+
+    db: str
+    base: int
+    origin: tuple[int, int]
+    page_size: int
+    db_size: int
+    pages: list[Page]
+    part: int = 0
+    parts: int = 1
+
+
+@dataclass(frozen=True, slots=True)
+class Member:
+    """A ``member`` command: a member's id, or its removal."""
+
+    address: str
+    node_id: int
+    removed: bool
+
+
+def decode(command: bytes) -> Frames | Member | None:
+    """Decode a non-empty command; None for a kind this version does not know.
+
+    Raises:
+        InvalidCommand: not a cbor2 map of a known version.
+    """
+    try:
+        decoded = cbor2.loads(command)
+    except Exception as exc:
+        raise InvalidCommand("is not a dqlitepy command") from exc
+    if not isinstance(decoded, dict) or decoded.get("v") != COMMAND_VERSION:
+        raise InvalidCommand("has an unknown command version")
+    kind = decoded.get("t")
+    if kind == "member":
+        # Entries written before roles moved into Raft mark a removal with role -1.
+        removed = bool(decoded.get("removed")) or int(decoded.get("role", 0)) < 0
+        return Member(str(decoded["address"]), 0 if removed else int(decoded["id"]), removed)
+    if kind == "frames":
+        return Frames(
+            db=str(decoded["db"]),
+            base=int(decoded["base"]),
+            origin=(int(decoded["origin"][0]), int(decoded["origin"][1])),
+            page_size=int(decoded["ps"]),
+            db_size=int(decoded["size"]),
+            pages=[(int(p), bytes(d)) for p, d in decoded["pages"]],
+            part=int(decoded.get("part", 0)),
+            parts=int(decoded.get("parts", 1)),
+        )
+    return None
+
+
+def split_pages(pages: tuple[Page, ...]) -> list[list[Page]]:
+    """Cut a commit's pages into runs of at most PART_BYTES (at least one page each)."""
+    parts: list[list[Page]] = [[]]
+    size = 0
+    for pgno, page in pages:
+        if parts[-1] and size + len(page) > PART_BYTES:
+            parts.append([])
+            size = 0
+        parts[-1].append((pgno, page))
+        size += len(page)
+    return parts
+
+
+def encode_frames(
+    db: str,
+    base: int,
+    origin: tuple[int, int],
+    transaction: Transaction,
+    pages: list[Page],
+    part: int = 0,
+    parts: int = 1,
+) -> bytes:
+    """A ``frames`` entry: ``pages``, part ``part`` of ``parts`` of ``transaction``."""
+    command: dict[str, Any] = {
+        "v": COMMAND_VERSION,
+        "t": "frames",
+        "db": db,
+        "base": base,
+        "origin": list(origin),
+        "ps": transaction.page_size,
+        "size": transaction.db_size,
+        "pages": [[pgno, page] for pgno, page in pages],
+    }
+    if parts > 1:
+        command.update(part=part, parts=parts)
+    return cbor2.dumps(command)
+
+
+def encode_member(node_id: int, address: str, *, removed: bool = False) -> bytes:
+    """A ``member`` command: record ``node_id`` at ``address``, or its removal."""
+    fields: dict[str, Any] = {"id": node_id, "address": address}
+    if removed:
+        fields["removed"] = True
+    return cbor2.dumps({"v": COMMAND_VERSION, "t": "member", **fields})

@@ -1,0 +1,343 @@
+"""The leader's side of the write path: sessions, executions, commits captured and submitted.
+
+A gateway opens its sessions here and runs each execution of a prepared
+statement inside :meth:`Leader.execution`: it waits until this node is a
+*caught-up* leader, admits the execution as a reader (behind the gate, after a
+ReadIndex round if it returns rows) or as the writer (the writer slot and the
+gate), and after a write execution hands every commit the WAL hook captured to
+Raft, one FRAMES command (or its parts) each, returning once Raft committed
+them.  A commit Raft did not accept fences the database
+(:meth:`StateMachine.fence`).  The rules, the words and the lock hierarchy are
+in :mod:`dqlitepy.server.replicated`'s docstring.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterator
+
+from ..engine import Engine, EngineError, Session, StatementInfo
+from ..engine.wal import Transaction, WalError
+from ..replication.replicator import (
+    LeadershipLost,
+    NotLeader,
+    ReplicationError,
+    StorageError,
+)
+from ..wire import ErrorCode
+from .commands import encode_frames, encode_member, split_pages
+from .database import Database, Databases, Locked, NotServing, Position
+from .fsm import StateMachine, is_storage_error
+from .gateway import GatewayFailure
+
+__all__ = ["Leader"]
+
+log = logging.getLogger("dqlitepy.server")
+
+_CHECKPOINT_FRAMES = 1000
+_SUBMIT_TIMEOUT = 10.0
+# How long a request waits for a new leader's barrier (applying the log's tail).
+_BARRIER_WAIT = 10.0
+
+
+def _begins_write(sql: str) -> bool:
+    words = sql.split(None, 2)
+    return (
+        len(words) >= 2
+        and words[0].upper() == "BEGIN"
+        and words[1].upper().rstrip(";") in ("IMMEDIATE", "EXCLUSIVE")
+    )
+
+
+def _not_leader() -> GatewayFailure:
+    return GatewayFailure(ErrorCode.NOT_LEADER, "not leader")
+
+
+def _leadership_lost() -> GatewayFailure:
+    return GatewayFailure(ErrorCode.LEADERSHIP_LOST, "leadership lost")
+
+
+def _not_stored(error: StorageError) -> GatewayFailure:
+    """The answer to a write the Raft log could not store (it did not happen)."""
+    if error.full:
+        return GatewayFailure(ErrorCode.SQLITE_FULL, "database or disk is full")
+    return GatewayFailure(ErrorCode.SQLITE_IOERR, "disk I/O error")
+
+
+@contextlib.contextmanager
+def _refusals() -> Iterator[None]:
+    """Answer a database's refusal the way the client understands it."""
+    try:
+        yield
+    except NotServing:
+        # Nothing ran: the client may ask another node for the leader.
+        raise _not_leader() from None
+    except Locked:
+        raise GatewayFailure(ErrorCode.SQLITE_BUSY, "database is locked") from None
+
+
+def _no_op() -> None:
+    """The ``begun`` callback of an execution that needs none."""
+
+
+class _Capture:
+    """The commits the WAL hook read during one write execution (the writer's thread only)."""
+
+    def __init__(self, db: Database) -> None:
+        self._db = db
+        self._commits: list[tuple[Transaction, Position]] = []
+        self._error: Exception | None = None
+
+    def start(self) -> None:
+        self._commits = []
+        self._error = None
+
+    def hook(self, frames: int) -> None:
+        """SQLite's WAL hook: read what the commit appended (writer's thread, session lock)."""
+        try:
+            transactions = self._db.tracker.read(frames)
+        except (WalError, OSError) as exc:
+            self._error = exc
+            return
+        position = self._db.position()
+        self._commits.extend((txn, position) for txn in transactions)
+
+    def take(self) -> tuple[list[tuple[Transaction, Position]], Exception | None]:
+        """The commits read since :meth:`start`, and the error that stopped reading."""
+        commits, error = self._commits, self._error
+        self.start()
+        return commits, error
+
+
+class Leader:
+    """The write path of one node's databases while it leads (it refuses otherwise).
+
+    Args:
+        engine: the node's databases.
+        databases: their shared state.
+        fsm: the node's state machine (its replicator submits the commands).
+        node_id: this node's id (tags the commands it originates).
+    """
+
+    def __init__(
+        self, engine: Engine, databases: Databases, fsm: StateMachine, node_id: int
+    ) -> None:
+        self._engine = engine
+        self._databases = databases
+        self._fsm = fsm
+        self._replicator = fsm.replicator
+        self._node_id = node_id
+        self._sequence = itertools.count(1)
+        # A leaf lock: the capture of each database, created on first use.
+        self._lock = threading.Lock()
+        self._captures: dict[str, _Capture] = {}
+
+    def _capture_of(self, db: Database) -> _Capture:
+        with self._lock:
+            capture = self._captures.get(db.name)
+            if capture is None:
+                capture = self._captures[db.name] = _Capture(db)
+            return capture
+
+    def _wait_caught_up(self, timeout: float) -> None:
+        if not self._fsm.wait_caught_up_leader(timeout):
+            raise _not_leader()
+
+    # --------------------------------------------------------- sessions
+
+    def open_session(self, name: str) -> Session:
+        """Open a session on database ``name`` once this node is a caught-up leader."""
+        self._wait_caught_up(_BARRIER_WAIT)
+        db = self._databases.get(name)
+        with _refusals():
+            db.start_opening(_BARRIER_WAIT)
+        try:
+            session = self._engine.session(name)
+            session.set_wal_hook(self._capture_of(db).hook)
+        except BaseException:
+            db.finish_opening(None)
+            raise
+        db.finish_opening(session)
+        return session
+
+    def close_session(self, name: str, session: Session) -> None:
+        """Close ``session`` (rolling back an open transaction first)."""
+        session.close()
+        self._databases.get(name).forget_session(session)
+
+    def dump(self, name: str) -> list[tuple[str, bytes]]:
+        """The database file and WAL of ``name``, copied while no rebuild runs."""
+        db = self._databases.get(name)
+        with db.file_lock:
+            return self._engine.dump(name)
+
+    # --------------------------------------------------------- executions
+
+    @contextlib.contextmanager
+    def execution(
+        self, owner: object, name: str, session: Session, info: StatementInfo, timeout: float
+    ) -> Iterator[Callable[[], None]]:
+        """Run one execution of ``owner``'s prepared statement under the write-path rules.
+
+        Yields ``begun``, which the caller calls once the statement's first
+        step ran (its read transaction, if any, has begun).  A write execution
+        returns once Raft committed what it committed.
+        """
+        self._wait_caught_up(min(timeout, _BARRIER_WAIT))
+        db = self._databases.get(name)
+        writes = (
+            not info.readonly
+            or session.in_write_transaction
+            or _begins_write(info.sql)
+            or db.is_writer(owner)
+        )
+        if writes:
+            with self._write(db, owner, session, timeout):
+                yield _no_op
+            return
+        if info.column_count:
+            # A statement that returns rows may return stale ones on a deposed
+            # leader; one that returns none (BEGIN, a read's COMMIT) cannot.
+            self._confirm_leadership(min(timeout, _BARRIER_WAIT))
+        with self._read(db, session, timeout) as begun:
+            yield begun
+
+    def _confirm_leadership(self, timeout: float) -> None:
+        """Raft's ReadIndex: serve a read only once a quorum confirmed this node leads.
+
+        Then wait until the applier has written everything up to the read index
+        (Raft has applied it; pages of other nodes' entries go through the applier).
+        """
+        deadline = time.monotonic() + timeout
+        try:
+            self._replicator.read_barrier(timeout)
+        except ReplicationError as exc:
+            # Nothing was read: the client may ask another node for the leader.
+            raise _not_leader() from exc
+        if not self._fsm.wait_idle(max(0.0, deadline - time.monotonic())):
+            raise _not_leader()
+
+    @contextlib.contextmanager
+    def _read(self, db: Database, session: Session, timeout: float) -> Iterator[Callable[[], None]]:
+        with _refusals():
+            db.admit_reader(session, timeout)
+        starting = True
+
+        def begun() -> None:
+            nonlocal starting
+            if starting:
+                starting = False
+                db.reader_began()
+
+        try:
+            yield begun
+        finally:
+            begun()
+
+    @contextlib.contextmanager
+    def _write(
+        self, db: Database, owner: object, session: Session, timeout: float
+    ) -> Iterator[None]:
+        with _refusals():
+            db.acquire_writer(owner, session, timeout)
+        capture = self._capture_of(db)
+        capture.start()
+        storage_failed = False
+        try:
+            yield
+        except EngineError as exc:
+            storage_failed = is_storage_error(exc)
+            raise
+        finally:
+            try:
+                if storage_failed:
+                    # SQLite's error goes back as it is: nothing was submitted.
+                    self._storage_trouble(db)
+                if not session.in_transaction:
+                    self._replicate(db, session, capture)
+            finally:
+                db.end_write(owner, session)
+
+    def _storage_trouble(self, db: Database) -> None:
+        """SQLite could not write ``db``: rebuild its files, have the log's storage probed."""
+        log.warning("database %r: a write failed for lack of room or an I/O error", db.name)
+        self._fsm.fence(db)
+        self._replicator.check_storage()
+
+    # --------------------------------------------------------- submitting commits
+
+    def _replicate(self, db: Database, session: Session, capture: _Capture) -> None:
+        """Hand what the execution committed to Raft; return once Raft committed it."""
+        commits, error = capture.take()
+        if error is not None:
+            log.error("reading the WAL of %r failed: %s", db.name, error)
+            self._fsm.fence(db)
+            raise GatewayFailure(ErrorCode.SQLITE_IOERR, f"disk I/O error: {error}")
+        if commits and session.closed:
+            # The files were rebuilt under this execution: its commit is gone and
+            # was never submitted.
+            raise _leadership_lost()
+        for txn, position in commits:
+            self._submit_commit(db, txn, position)
+        if commits and db.tracker.frames >= _CHECKPOINT_FRAMES:
+            session.checkpoint(db.file_lock)
+
+    def _submit_commit(self, db: Database, txn: Transaction, position: Position) -> None:
+        """Submit one commit's FRAMES command (or its parts, in order)."""
+        origin = (self._node_id, next(self._sequence))
+        parts = split_pages(txn.pages)
+        self._fsm.expect_own(origin, position)
+        for number, pages in enumerate(parts):
+            base = self._fsm.applied_index(db.name)
+            command = encode_frames(db.name, base, origin, txn, pages, number, len(parts))
+            self._submit_part(db, origin, command, first=number == 0)
+
+    def _submit_part(
+        self, db: Database, origin: tuple[int, int], command: bytes, *, first: bool
+    ) -> None:
+        try:
+            result = self._replicator.submit(command, _SUBMIT_TIMEOUT)
+        except StorageError as exc:
+            # Provably in no log (see "Disk full and I/O errors").
+            self._abandon(db, origin)
+            raise _not_stored(exc) from exc
+        except NotLeader as exc:
+            self._abandon(db, origin)
+            if first:
+                # Appended nowhere (a leadership transfer held it, say): the
+                # transaction is rolled back and the client may run it again.
+                raise _not_leader() from exc
+            raise _leadership_lost() from exc
+        except (LeadershipLost, ReplicationError) as exc:
+            result = exc
+        if result != "applied":
+            self._abandon(db, origin)
+            cause = result if isinstance(result, BaseException) else None
+            raise _leadership_lost() from cause
+
+    def _abandon(self, db: Database, origin: tuple[int, int]) -> None:
+        """Raft did not accept ``origin``: its commit must leave the files."""
+        self._fsm.forget_own(origin)
+        self._fsm.fence(db)
+
+    # --------------------------------------------------------- membership
+
+    def record_member(self, node_id: int, address: str) -> None:
+        """Replicate a member's id (its role is Raft's: ``replicator.roles()``)."""
+        self._submit_member(encode_member(node_id, address))
+
+    def forget_member(self, address: str) -> None:
+        """Replicate a member's removal."""
+        self._submit_member(encode_member(0, address, removed=True))
+
+    def _submit_member(self, command: bytes) -> None:
+        try:
+            self._replicator.submit(command, _SUBMIT_TIMEOUT)
+        except StorageError as exc:
+            raise _not_stored(exc) from exc
+        except ReplicationError as exc:
+            raise _leadership_lost() from exc

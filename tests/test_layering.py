@@ -362,7 +362,10 @@ def test_checker_rejects(module: str, source: str) -> None:
         ("dqlitepy.wire.codec", "import struct\nfrom .constants import ValueType"),
         ("dqlitepy.client.dbapi", "from ..wire import NodeInfo\nfrom . import errors"),
         ("dqlitepy.engine.session", "import apsw.ext\nfrom ..wire import NodeInfo"),
-        ("dqlitepy.replication.replicator", "from pysyncobj import SyncObj\nfrom ..wire import NodeRole"),
+        (
+            "dqlitepy.replication.replicator",
+            "from pysyncobj import SyncObj\nfrom ..wire import NodeRole",
+        ),
         (
             "dqlitepy.server.node",
             "from ..engine import Engine\nfrom ..replication import raft\n"

@@ -84,7 +84,7 @@ def _run(node: Replicated, sql: str, params: tuple[Any, ...] = ()) -> None:
     session = node.open_session("app")
     try:
         info = session.statement(sql)
-        with node.statement(object(), "app", session, info, 5.0):
+        with node.execution(object(), "app", session, info, 5.0):
             session.execute(info, params)
     finally:
         node.close_session("app", session)
@@ -132,7 +132,7 @@ def test_sqlite_full_is_answered_as_it_is_and_the_files_are_rebuilt(
         info = session.statement("INSERT INTO t VALUES (2, zeroblob(100000))")
         with (
             pytest.raises(EngineError) as failed,
-            state.statement(object(), "app", session, info, 5.0),
+            state.execution(object(), "app", session, info, 5.0),
         ):
             session.execute(info)
     finally:

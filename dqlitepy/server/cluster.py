@@ -62,7 +62,7 @@ class Cluster(Protocol):
     def close_session(self, name: str, session: Session) -> None:
         """Close a session opened by :meth:`open_session`."""
 
-    def statement(
+    def execution(
         self, owner: object, name: str, session: Session, info: StatementInfo, timeout: float
     ) -> AbstractContextManager[Callable[[], None]]:
         """Run one statement under the write path (see ``gateway.NodeContext``)."""
@@ -97,7 +97,7 @@ class _Local:
     def close_session(self, name: str, session: Session) -> None:
         session.close()
 
-    def statement(
+    def execution(
         self, owner: object, name: str, session: Session, info: StatementInfo, timeout: float
     ) -> AbstractContextManager[Callable[[], None]]:
         return contextlib.nullcontext(_nothing)
@@ -190,7 +190,7 @@ class Replicating:
 
         def restore(source: BinaryIO) -> None:
             assert replicated is not None
-            replicated.restore(source)
+            replicated.install_snapshot(source)
 
         def factory(
             apply: Callable[[int, bytes], Any], on_leadership: Callable[[bool], None]
@@ -227,7 +227,7 @@ class Replicating:
         return self._replicated.members.get(address, 0), address
 
     def is_leader(self) -> bool:
-        return self._replicated.is_ready_leader()
+        return self._replicated.is_caught_up_leader()
 
     def members(self) -> list[NodeInfo]:
         roles = self._raft.roles()
@@ -248,10 +248,10 @@ class Replicating:
     def close_session(self, name: str, session: Session) -> None:
         self._replicated.close_session(name, session)
 
-    def statement(
+    def execution(
         self, owner: object, name: str, session: Session, info: StatementInfo, timeout: float
     ) -> AbstractContextManager[Callable[[], None]]:
-        return self._replicated.statement(owner, name, session, info, timeout)
+        return self._replicated.execution(owner, name, session, info, timeout)
 
     def dump(self, name: str) -> list[tuple[str, bytes]]:
         return self._replicated.dump(name)

@@ -162,7 +162,7 @@ class NodeContext(Protocol):
     def require_leader(self) -> None:
         """Raise :meth:`GatewayFailure.not_leader` unless this node leads."""
 
-    def statement(
+    def execution(
         self, owner: object, database: str, session: Session, info: StatementInfo, timeout: float
     ) -> AbstractContextManager[Callable[[], None]]:
         """Run one statement of ``owner``'s session under the node's write path.
@@ -330,7 +330,7 @@ class Gateway:
         self, session: Session, info: StatementInfo
     ) -> AbstractContextManager[Callable[[], None]]:
         assert self._database is not None
-        return self._node.statement(self, self._database, session, info, self._busy_timeout)
+        return self._node.execution(self, self._database, session, info, self._busy_timeout)
 
     def _rows(
         self, session: Session, info: StatementInfo, params: Sequence[Any]

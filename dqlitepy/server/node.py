@@ -193,7 +193,7 @@ class NodeServer:
         """Close a session opened by :meth:`open_session`."""
         self._cluster.close_session(name, session)
 
-    def statement(
+    def execution(
         self, owner: object, name: str, session: Session, info: StatementInfo, timeout: float
     ) -> AbstractContextManager[Callable[[], None]]:
         """The write path: replicated commits go through Raft before the reply.
@@ -201,7 +201,7 @@ class NodeServer:
         A single node commits locally: SQLite (``synchronous=FULL``) made the
         commit durable before the statement returns, so there is nothing more.
         """
-        return self._cluster.statement(owner, name, session, info, timeout)
+        return self._cluster.execution(owner, name, session, info, timeout)
 
     def dump(self, name: str) -> list[tuple[str, bytes]]:
         """Return the files of database ``name``."""

@@ -114,9 +114,8 @@ Four strengths, from the weakest:
 2. **barrier applied by Raft** (:meth:`Replicator.is_leader`): and Raft has
    applied this term's first entry, so every entry of earlier terms.  The
    write path does not use it: the files may still lag behind what Raft applied.
-3. **caught up** (:meth:`Replicated.is_caught_up_leader`, once
-   ``is_ready_leader``): elected, this term's first entry applied by
-   :meth:`~.fsm.StateMachine.apply`, and the applier's backlog empty, so the
+3. **caught up** (:meth:`Replicated.is_caught_up_leader`): elected, this term's
+   first entry applied by :meth:`~.fsm.StateMachine.apply`, and the applier's backlog empty, so the
    files hold every entry committed before the term (it is set inside
    ``apply``, before Raft counts the entry applied, so it can hold a moment
    before 2 does).  Sessions open and executions start only then.  A write
@@ -267,20 +266,3 @@ class Replicated:
     def wait_idle(self, timeout: float) -> bool:
         """Wait until the applier has done every queued task."""
         return self.fsm.wait_idle(timeout)
-
-    # ------------------------------------------------------------- old names
-    # Kept while node.py still calls them; to be dropped once it does not.
-
-    def is_ready_leader(self) -> bool:
-        """Old name of :meth:`is_caught_up_leader`."""
-        return self.is_caught_up_leader()
-
-    def statement(
-        self, owner: object, name: str, session: Session, info: StatementInfo, timeout: float
-    ) -> AbstractContextManager[Callable[[], None]]:
-        """Old name of :meth:`execution`."""
-        return self.execution(owner, name, session, info, timeout)
-
-    def restore(self, source: BinaryIO) -> None:
-        """Old name of :meth:`install_snapshot`."""
-        self.install_snapshot(source)

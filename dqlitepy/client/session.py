@@ -184,7 +184,7 @@ class Session:
         """End the server session; with ``autocommit=False`` roll back first, as sqlite3 does."""
         if self.txn.autocommit is False and self.txn.active and self.linked:
             with contextlib.suppress(Error):
-                self.exec_text("ROLLBACK")
+                self._exec_text("ROLLBACK")
         self.txn.lose()
         self._link.drop()
 
@@ -251,7 +251,7 @@ class Session:
                 if _callback_tracebacks:
                     raise
 
-    def exec_text(
+    def _exec_text(
         self, sql: str, *, retry_unknown: bool = False, may_commit: bool = False
     ) -> ResultResponse:
         """Run a transaction-control statement, waiting out a locked database.
@@ -276,7 +276,7 @@ class Session:
         # level for implicit transactions, plain "BEGIN" with autocommit=False.
         # A BEGIN whose reply was lost is sent again: whatever it did ended
         # with its server session.
-        self.exec_text("BEGIN" if level is None else f"BEGIN {level}", retry_unknown=True)
+        self._exec_text("BEGIN" if level is None else f"BEGIN {level}", retry_unknown=True)
         self.txn.begun()
 
     def begin_implicitly(self, parsed: ParsedSQL) -> None:
@@ -287,7 +287,7 @@ class Session:
     def commit(self) -> None:
         """Commit the open transaction, if any."""
         if self.txn.active:
-            self.exec_text("COMMIT", may_commit=True)
+            self._exec_text("COMMIT", may_commit=True)
             self.txn.lose()
 
     def commit_before_script(self) -> None:
@@ -299,7 +299,7 @@ class Session:
         """Roll back the open transaction, if any."""
         if self.txn.active:
             try:
-                self.exec_text("ROLLBACK")
+                self._exec_text("ROLLBACK")
             finally:
                 self.txn.lose()
 

@@ -50,7 +50,14 @@ from .transaction import (
 )
 from .url import resolve_target
 
-__all__ = ["Connection", "Statement", "connect"]
+__all__ = [
+    "DEFAULT_ATTEMPT_TIMEOUT",
+    "DEFAULT_LEADER_TIMEOUT",
+    "DEFAULT_REQUEST_TIMEOUT",
+    "Connection",
+    "Statement",
+    "connect",
+]
 
 #: How long to keep looking for a leader before a call fails.
 DEFAULT_LEADER_TIMEOUT = 30.0

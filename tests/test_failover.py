@@ -19,7 +19,8 @@ from dqlite_cluster import DqliteDemoCluster
 from dqlitepy_server import DqlitepyCluster
 
 import dqlitepy
-from dqlitepy.client import dbapi, protocol
+from dqlitepy.client import failover, protocol
+from dqlitepy.client.discovery import find_leader
 
 pytestmark = [pytest.mark.dqlite, pytest.mark.slow]
 
@@ -94,7 +95,7 @@ class _DeposingDiscovery:
         self.deposed: list[str] = []
 
     def __call__(self, servers: list[str], **kwargs: Any) -> protocol.Protocol:
-        proto = protocol.find_leader(servers, **kwargs)
+        proto = find_leader(servers, **kwargs)
         if self.pending > 0:
             self.pending -= 1
             _move_leadership(self.addresses, proto.address)
@@ -117,7 +118,7 @@ def test_not_leader_refusals_are_retried_not_shown(
     any_cluster: list[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     discovery = _DeposingDiscovery(any_cluster)
-    monkeypatch.setattr(dbapi, "find_leader", discovery)
+    monkeypatch.setattr(failover, "find_leader", discovery)
 
     # connect(): the leader found is deposed before OPEN (dqlitepy refuses OPEN; C dqlite
     # opens, then refuses the first statement).  connect() succeeds all the same.

@@ -51,8 +51,15 @@ from ..wire import (
     WeightRequest,
     admin_proof,
 )
-from .errors import DatabaseError, InterfaceError, NotLeaderError, OperationalError
-from .protocol import ConnectionLostError, Protocol, find_leader
+from .discovery import find_leader
+from .errors import (
+    ConnectionLostError,
+    DatabaseError,
+    InterfaceError,
+    NotLeaderError,
+    OperationalError,
+)
+from .protocol import Protocol
 
 __all__ = ["Client", "NodeMetadata"]
 

@@ -17,6 +17,9 @@ from __future__ import annotations
 
 from typing import Final, Literal, TypeVar
 
+from ..wire import ErrorCode
+from . import constants as _c
+
 __all__ = [
     "DQLITE_NOTFOUND",
     "DQLITE_PARSE",
@@ -205,22 +208,26 @@ class _NoMemoryError(MemoryError):
 # Codes
 # ---------------------------------------------------------------------------
 
+# The dqlite codes under the names applications know them by: the numbers
+# themselves are :class:`dqlitepy.wire.ErrorCode`'s, the one table of codes a
+# FAILURE carries.
+
 #: dqlite: the node is not the leader (protocol.md §5.1): SQLITE_IOERR | (40 << 8).
-SQLITE_IOERR_NOT_LEADER = 10250
+SQLITE_IOERR_NOT_LEADER: Final = ErrorCode.NOT_LEADER
 #: dqlite: leadership was lost while replicating a write: SQLITE_IOERR | (41 << 8).
-SQLITE_IOERR_LEADERSHIP_LOST = 10506
+SQLITE_IOERR_LEADERSHIP_LOST: Final = ErrorCode.LEADERSHIP_LOST
 #: Older dqlite servers sent not-leader as SQLITE_IOERR | (32 << 8).  SQLite
 #: later gave that value to SQLITE_IOERR_DATA; go-dqlite still reads it as
 #: not-leader, and so do we.
-SQLITE_IOERR_NOT_LEADER_LEGACY = 8202
+SQLITE_IOERR_NOT_LEADER_LEGACY: Final = ErrorCode.NOT_LEADER_LEGACY
 #: Older dqlite servers' leadership lost, SQLITE_IOERR | (33 << 8); SQLite's
 #: SQLITE_IOERR_CORRUPTFS has the same value.
-SQLITE_IOERR_LEADERSHIP_LOST_LEGACY = 8458
+SQLITE_IOERR_LEADERSHIP_LOST_LEGACY: Final = ErrorCode.LEADERSHIP_LOST_LEGACY
 #: dqlite: the server could not parse our request (bad parameter types, unknown
 #: request type or schema).
-DQLITE_PARSE = 1005
+DQLITE_PARSE: Final = ErrorCode.DQLITE_PARSE
 #: dqlite: the object asked for does not exist (DUMP of an unknown database).
-DQLITE_NOTFOUND = 1002
+DQLITE_NOTFOUND: Final = ErrorCode.DQLITE_NOTFOUND
 
 #: The name of every SQLite primary and extended result code (as of SQLite
 #: 3.54) and of the dqlite-specific codes.  The legacy dqlite codes 8202 and
@@ -366,35 +373,33 @@ _DQLITE_CLASSES: dict[int, tuple[type[Error], str]] = {
     DQLITE_NOTFOUND: (OperationalError, "DQLITE_NOTFOUND"),
     # dqlite answers 0 "empty statement" for SQL with no statement in it; the
     # caller gave us nothing to run, which sqlite3 users know as a programming error.
-    0: (ProgrammingError, "SQLITE_OK"),
+    ErrorCode.EMPTY_STATEMENT: (ProgrammingError, "SQLITE_OK"),
 }
-
-_SQLITE_NOMEM = 7
 
 # The class for each primary result code, as CPython's sqlite3 chooses it.
 # Primary codes missing here (CORRUPT, NOLFS, AUTH, FORMAT, NOTADB, NOTICE,
 # WARNING, ROW, DONE and anything unknown) map to DatabaseError.
 _PRIMARY_CLASSES: dict[int, type[Error]] = {
-    2: InternalError,  # INTERNAL
-    12: InternalError,  # NOTFOUND
-    1: OperationalError,  # ERROR
-    3: OperationalError,  # PERM
-    4: OperationalError,  # ABORT
-    5: OperationalError,  # BUSY
-    6: OperationalError,  # LOCKED
-    8: OperationalError,  # READONLY
-    9: OperationalError,  # INTERRUPT
-    10: OperationalError,  # IOERR
-    13: OperationalError,  # FULL
-    14: OperationalError,  # CANTOPEN
-    15: OperationalError,  # PROTOCOL
-    16: OperationalError,  # EMPTY
-    17: OperationalError,  # SCHEMA
-    18: DataError,  # TOOBIG
-    19: IntegrityError,  # CONSTRAINT
-    20: IntegrityError,  # MISMATCH
-    21: InterfaceError,  # MISUSE
-    25: InterfaceError,  # RANGE
+    _c.SQLITE_INTERNAL: InternalError,
+    _c.SQLITE_NOTFOUND: InternalError,
+    _c.SQLITE_ERROR: OperationalError,
+    _c.SQLITE_PERM: OperationalError,
+    _c.SQLITE_ABORT: OperationalError,
+    _c.SQLITE_BUSY: OperationalError,
+    _c.SQLITE_LOCKED: OperationalError,
+    _c.SQLITE_READONLY: OperationalError,
+    _c.SQLITE_INTERRUPT: OperationalError,
+    _c.SQLITE_IOERR: OperationalError,
+    _c.SQLITE_FULL: OperationalError,
+    _c.SQLITE_CANTOPEN: OperationalError,
+    _c.SQLITE_PROTOCOL: OperationalError,
+    _c.SQLITE_EMPTY: OperationalError,
+    _c.SQLITE_SCHEMA: OperationalError,
+    _c.SQLITE_TOOBIG: DataError,
+    _c.SQLITE_CONSTRAINT: IntegrityError,
+    _c.SQLITE_MISMATCH: IntegrityError,
+    _c.SQLITE_MISUSE: InterfaceError,
+    _c.SQLITE_RANGE: InterfaceError,
 }
 
 _E = TypeVar("_E", bound=Error)
@@ -416,7 +421,7 @@ def make_error(
     """
     exc = cls(message)
     if code is not None:
-        exc.sqlite_errorcode = code
+        exc.sqlite_errorcode = int(code)
         exc.sqlite_errorname = name if name is not None else ERROR_NAMES.get(code)
     elif name is not None:
         exc.sqlite_errorname = name
@@ -446,9 +451,9 @@ def error_from_code(code: int, message: str) -> Error | MemoryError:
         cls, name = special
         return make_error(cls, message, code=code, name=name)
     primary = code & 0xFF
-    if primary == _SQLITE_NOMEM:
+    if primary == ErrorCode.SQLITE_NOMEM:
         nomem = _NoMemoryError(message)
-        nomem.sqlite_errorcode = code
+        nomem.sqlite_errorcode = int(code)
         nomem.sqlite_errorname = ERROR_NAMES.get(code)
         return nomem
     return make_error(_PRIMARY_CLASSES.get(primary, DatabaseError), message, code=code)

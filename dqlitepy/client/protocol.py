@@ -1,23 +1,17 @@
-"""Blocking I/O around the sans-I/O client connection, and leader discovery.
+"""Blocking I/O around the sans-I/O client connection: one socket to one node.
 
 :class:`Protocol` owns one socket to one node.  A socket error or a timeout
 between sending a request and reading its whole response leaves the conversation
 out of step, so the protocol is *poisoned*: it closes and every later call fails.
 :class:`ConnectionLostError` tells the caller whether the request had been sent,
 because only a request that provably did not reach the server may be retried
-(``style.md`` habit 5; go-dqlite documents the same ambiguous window).
-
-:func:`find_leader` follows go-dqlite's connector (``protocol.md`` §5.2): ask any
-node for the leader, dial the leader, check it names itself, register with
-CLIENT.  Each attempt has its own timeout so one dead node cannot eat the budget,
-and a search in which every node refuses the connection ends early
-(``refused_timeout``): nothing is listening, so no election is about to end.
+(``style.md`` habit 5; go-dqlite documents the same ambiguous window).  Which
+node to talk to is :mod:`dqlitepy.client.discovery`'s business.
 
 With an :class:`ssl.SSLContext` every socket is wrapped in TLS right after it
-connects (the handshake counts against the attempt's timeout).  A TLS failure
-that retrying cannot cure (a certificate the client or the server rejects, or a
-TLS node refusing a plain-text client with :data:`_TLS_REQUIRED_CODE`) ends
-leader discovery at once instead of retrying until the deadline.  OpenSSL
+connects (the handshake counts against the caller's timeout).
+:func:`is_tls_failure` tells the failures that retrying cannot cure (a
+certificate the client or the server rejects) from those it may.  OpenSSL
 objects must not be used by two threads at once, so on a TLS connection
 :meth:`Protocol.interrupt` leaves its request for the owner's thread, which
 waits for responses in short slices and sends it in between.
@@ -37,34 +31,29 @@ import socket
 import ssl
 import threading
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterator
 from typing import TypeVar
 
 from ..wire import (
     DEFAULT_MAX_MESSAGE_SIZE,
     NEED_DATA,
     PROTOCOL_VERSION,
-    PROTOCOL_VERSION_LEGACY,
     ClientConnection,
-    ClientRequest,
     ClientState,
     EmptyResponse,
+    ErrorCode,
     FailureResponse,
     InterruptRequest,
-    LeaderRequest,
     ProtocolError,
     Request,
     Response,
     RowsResponse,
-    ServerResponse,
     ValueTuple,
-    WelcomeResponse,
 )
+from .address import parse_address
 from .errors import (
     ConnectionLostError,
-    DatabaseError,
     DataError,
-    NoLeaderError,
     OperationalError,
     error_from_code,
     make_error,
@@ -74,8 +63,7 @@ __all__ = [
     "ConnectionLostError",
     "Protocol",
     "dial",
-    "find_leader",
-    "parse_address",
+    "is_tls_failure",
 ]
 
 log = logging.getLogger("dqlitepy.client")
@@ -83,33 +71,10 @@ log = logging.getLogger("dqlitepy.client")
 R = TypeVar("R", bound=Response)
 
 _RECV_SIZE = 256 * 1024
-_SQLITE_INTERRUPT = 9
-_SQLITE_TOOBIG = 18
 _MIB = 1 << 20
-# A TLS node answers a plain-text client's first request with this FAILURE (SQLITE_AUTH).
-_TLS_REQUIRED_CODE = 23
 # How long the owner of a TLS connection waits at a time for a response, so that an
 # interrupt from another thread goes out within that delay.
 _TLS_SLICE = 0.05
-
-
-def parse_address(address: str) -> tuple[int, str | tuple[str, int]]:
-    """Split a node address into a socket family and a socket address.
-
-    ``@name`` is an abstract Unix socket (as in go-dqlite); ``host:port`` and
-    ``[v6]:port`` are TCP.
-
-    Raises:
-        ValueError: the address has no usable port.
-    """
-    if address.startswith("@"):
-        return socket.AF_UNIX, "\0" + address[1:]
-    host, sep, port = address.rpartition(":")
-    if not sep or not port.isdigit() or not host:
-        raise ValueError(f"invalid node address {address!r}: expected host:port or @name")
-    if host.startswith("[") and host.endswith("]"):
-        return socket.AF_INET6, (host[1:-1], int(port))
-    return socket.AF_INET, (host, int(port))
 
 
 def dial(address: str, timeout: float, ssl_context: ssl.SSLContext | None = None) -> socket.socket:
@@ -142,7 +107,7 @@ def dial(address: str, timeout: float, ssl_context: ssl.SSLContext | None = None
         raise
 
 
-def _tls_failure(exc: BaseException) -> bool:
+def is_tls_failure(exc: BaseException) -> bool:
     """True if ``exc`` (or its cause) is a TLS failure that retrying cannot cure.
 
     A certificate one side rejects, an alert, a peer that does not speak TLS;
@@ -193,7 +158,7 @@ class Protocol:
         try:
             sock = dial(address, timeout, ssl_context)
         except (OSError, ValueError) as exc:
-            if _tls_failure(exc):
+            if is_tls_failure(exc):
                 text = f"TLS handshake failed with {address}: {exc}"
             elif ssl_context is not None and isinstance(exc, ssl.SSLEOFError):
                 # What a node without TLS does to a ClientHello (or a busy node to anyone).
@@ -349,7 +314,7 @@ class Protocol:
             DataError,
             f"{what}: the {request.TYPE.name} request would be {size} bytes, over the "
             f"message limit of {_bytes_text(limit)}",
-            code=_SQLITE_TOOBIG,
+            code=ErrorCode.SQLITE_TOOBIG,
         )
 
     def interrupt(self) -> bool:
@@ -411,7 +376,7 @@ class Protocol:
             response = self._receive(deadline)
             if isinstance(response, EmptyResponse):
                 # The EMPTY answering our INTERRUPT: the rest was discarded.
-                raise error_from_code(_SQLITE_INTERRUPT, "interrupted")
+                raise error_from_code(ErrorCode.SQLITE_INTERRUPT, "interrupted")
             batch = self._expect(response, RowsResponse)
             yield batch
             if batch.done:
@@ -460,171 +425,3 @@ def _remaining(deadline: float | None) -> float | None:
     if left <= 0:
         raise TimeoutError("timed out")
     return left
-
-
-def _ask_leader(
-    address: str, timeout: float, ssl_context: ssl.SSLContext | None = None
-) -> tuple[Protocol, ServerResponse]:
-    """Dial a node and ask it for the leader, falling back to the legacy handshake."""
-    try:
-        return _call_leader(Protocol.open(address, timeout, ssl_context=ssl_context), timeout)
-    except ConnectionLostError as exc:
-        if (
-            not exc.request_sent
-            or isinstance(exc.__cause__, TimeoutError | socket.timeout)
-            or _tls_failure(exc)
-        ):
-            raise
-    # go-dqlite retries with the legacy version when v1 got EOF or a reset.
-    proto = Protocol.open(address, timeout, PROTOCOL_VERSION_LEGACY, ssl_context)
-    return _call_leader(proto, timeout)
-
-
-def _call_leader(proto: Protocol, timeout: float) -> tuple[Protocol, ServerResponse]:
-    try:
-        return proto, proto.call(LeaderRequest(), ServerResponse, timeout)
-    except BaseException:
-        proto.close()
-        raise
-
-
-class _Refused(ConnectionLostError):
-    """The node asked first refused the connection (nothing listens there)."""
-
-
-def _refused(exc: ConnectionLostError) -> bool:
-    # A dial that failed at once (ECONNREFUSED, an unknown host, a missing
-    # socket) rather than timing out, which a frozen or far-away node does.
-    cause = exc.__cause__
-    return (
-        not exc.request_sent and isinstance(cause, OSError) and not isinstance(cause, TimeoutError)
-    )
-
-
-def _try_node(
-    address: str, attempt_timeout: float, ssl_context: ssl.SSLContext | None = None
-) -> Protocol | None:
-    """One attempt through one node: a Protocol to the leader, or None.
-
-    Raises:
-        _Refused: ``address`` refused the connection.
-    """
-    deadline = time.monotonic() + attempt_timeout
-    try:
-        proto, leader = _ask_leader(address, attempt_timeout, ssl_context)
-    except ConnectionLostError as exc:
-        if _refused(exc) and not _tls_failure(exc):
-            raise _Refused(str(exc), request_sent=False) from exc
-        raise
-    if leader.address != address:
-        proto.close()
-        if not leader.address:
-            return None
-        proto, leader = _ask_leader(
-            leader.address, max(0.05, deadline - time.monotonic()), ssl_context
-        )
-        if leader.address != proto.address:
-            # The node it named does not think it leads: an election is under way.
-            proto.close()
-            return None
-    try:
-        proto.call(ClientRequest(0), WelcomeResponse, max(0.05, deadline - time.monotonic()))
-    except BaseException:
-        proto.close()
-        raise
-    return proto
-
-
-#: The longest pause between two rounds of leader discovery.
-_MAX_DISCOVERY_DELAY = 0.25
-
-
-def find_leader(
-    servers: Sequence[str],
-    *,
-    attempt_timeout: float,
-    total_timeout: float,
-    preferred: Iterable[str] = (),
-    refused_timeout: float | None = None,
-    ssl_context: ssl.SSLContext | None = None,
-) -> Protocol:
-    """Return a connection to the current leader, registered with CLIENT.
-
-    Args:
-        servers: known node addresses.
-        attempt_timeout: the budget of one attempt through one node.
-        total_timeout: the overall budget; rounds are retried with exponential
-            backoff (100 ms, doubling, capped at 250 ms: an election takes about
-            a second, and a lower cap finds its winner sooner) until it runs out.
-        preferred: addresses tried first (e.g. the last known leader).
-        refused_timeout: give up sooner when every node has refused the
-            connection for this long (None: never sooner).  A node that accepts
-            it, even one that knows no leader yet, lets the search go on until
-            ``total_timeout``: an election ends, a cluster that is down does not.
-        ssl_context: connect with TLS.
-
-    Raises:
-        NoLeaderError: no leader could be found within ``total_timeout``, or
-            every node refused the connection for ``refused_timeout``.
-        OperationalError: TLS failed with every node in a way retrying cannot
-            cure (a rejected certificate, TLS on one side only); raised as soon
-            as every node has been tried.
-    """
-    order = list(dict.fromkeys([*preferred, *servers]))
-    if not order:
-        raise NoLeaderError("no dqlite servers to connect to")
-    started = time.monotonic()
-    deadline = started + total_timeout
-    # When a node last accepted a connection; the search began as if one had.
-    last_accepted = started
-    delay = 0.1
-    errors: dict[str, str] = {}
-    # Nodes whose TLS set-up does not match ours: asking them again changes nothing.
-    mismatched: set[str] = set()
-    while True:
-        for address in order:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                break
-            if address in mismatched:
-                continue
-            try:
-                proto = _try_node(address, min(attempt_timeout, left), ssl_context)
-            except _Refused as exc:
-                errors[address] = str(exc)
-                log.debug("leader discovery through %s failed: %s", address, exc)
-                continue
-            except (DatabaseError, ProtocolError, OSError) as exc:
-                last_accepted = time.monotonic()
-                errors[address] = str(exc)
-                log.debug("leader discovery through %s failed: %s", address, exc)
-                if _tls_failure(exc) or getattr(exc, "sqlite_errorcode", 0) == _TLS_REQUIRED_CODE:
-                    mismatched.add(address)
-                    if mismatched.issuperset(order):
-                        detail = "; ".join(f"{a}: {errors[a]}" for a in order)
-                        raise make_error(
-                            OperationalError, f"cannot connect to any dqlite server ({detail})"
-                        ) from exc
-                elif not isinstance(exc, OperationalError | ProtocolError | OSError):
-                    raise
-                continue
-            last_accepted = time.monotonic()
-            if proto is not None:
-                return proto
-            errors[address] = "no leader known"
-        now = time.monotonic()
-        left = deadline - now
-        detail = "; ".join(f"{a}: {e}" for a, e in errors.items())
-        if left <= 0:
-            raise NoLeaderError(f"no leader found within {total_timeout:g}s ({detail})")
-        pause = min(delay, left)
-        if refused_timeout is not None:
-            refused_left = last_accepted + refused_timeout - now
-            if refused_left <= 0:
-                raise NoLeaderError(
-                    f"no dqlite server accepted a connection within {refused_timeout:g}s; "
-                    f"every one refused it ({detail})"
-                )
-            pause = min(pause, refused_left)
-        time.sleep(pause)
-        delay = min(delay * 2, _MAX_DISCOVERY_DELAY)

@@ -150,55 +150,80 @@ class _Statement(NamedTuple):
     params: list[str]
 
 
+class _Words:
+    """What the words of one statement have shown so far (the state of :func:`_scan`).
+
+    Its first keyword; whether it begins ``[EXPLAIN [QUERY PLAN]] CREATE
+    [TEMP|TEMPORARY] TRIGGER`` (then ``;`` ends it only after ``; END``); and
+    whether ``RETURNING`` appears.
+    """
+
+    __slots__ = ("has_returning", "in_trigger", "keyword", "lead", "trigger_state")
+
+    def __init__(self) -> None:
+        self.keyword = ""
+        self.lead = _LEAD_START
+        self.in_trigger = False
+        self.trigger_state = _TRIGGER_BODY
+        self.has_returning = False
+
+    def word(self, token: str, first: bool) -> None:
+        """Take a word token (``first``: the statement's first token)."""
+        if self.lead != _LEAD_DONE:
+            upper = token.upper()
+            if first:
+                self.keyword = upper
+            if upper == "TRIGGER" and self.lead in (_LEAD_CREATE, _LEAD_CREATE_TEMP):
+                self.in_trigger = True
+            self.lead = _next_lead(self.lead, upper)
+        elif self.in_trigger:
+            is_end = len(token) == 3 and token.upper() == "END"
+            if is_end and self.trigger_state == _TRIGGER_SEMI:
+                self.trigger_state = _TRIGGER_SEMI_END
+            else:
+                self.trigger_state = _TRIGGER_BODY
+        elif len(token) == 9 and token.upper() == "RETURNING":
+            self.has_returning = True
+
+    def other(self) -> None:
+        """Take a token that is neither a word, a comment nor a ``;``."""
+        self.lead = _LEAD_DONE
+        self.trigger_state = _TRIGGER_BODY
+
+    def semicolon_ends(self) -> bool:
+        """Take a ``;``: True if it ends the statement (not inside a trigger's body)."""
+        if self.in_trigger and self.trigger_state != _TRIGGER_SEMI_END:
+            self.trigger_state = _TRIGGER_SEMI
+            return False
+        return True
+
+
 def _scan(sql: str, pos: int, want_params: bool) -> _Statement:
     """Scan one statement of ``sql`` from ``pos``, skipping leading empty statements."""
     start = -1
     last_end = pos
-    keyword = ""
-    lead = _LEAD_START
-    in_trigger = False
-    trigger_state = _TRIGGER_BODY
-    has_returning = False
+    words = _Words()
     params: list[str] = []
     for match in _TOKEN_RE.finditer(sql, pos):
         kind = match.lastgroup
         if kind == "comment":
             continue
         if kind == "semi":
-            if start < 0:
-                # SQLite's parser skips an empty statement and goes on.
-                continue
-            if in_trigger and trigger_state != _TRIGGER_SEMI_END:
-                trigger_state = _TRIGGER_SEMI
-                continue
-            end = match.end()
-            return _Statement(start, end, end, True, keyword, has_returning, params)
+            # SQLite's parser skips an empty statement and goes on.
+            if start >= 0 and words.semicolon_ends():
+                end = match.end()
+                return _Statement(start, end, end, True, words.keyword, words.has_returning, params)
+            continue
         if start < 0:
             start = match.start()
         last_end = match.end()
         if kind == "word":
-            token = match.group()
-            if lead != _LEAD_DONE:
-                upper = token.upper()
-                if start == match.start():
-                    keyword = upper
-                if upper == "TRIGGER" and lead in (_LEAD_CREATE, _LEAD_CREATE_TEMP):
-                    in_trigger = True
-                lead = _next_lead(lead, upper)
-            elif in_trigger:
-                is_end = len(token) == 3 and token.upper() == "END"
-                if is_end and trigger_state == _TRIGGER_SEMI:
-                    trigger_state = _TRIGGER_SEMI_END
-                else:
-                    trigger_state = _TRIGGER_BODY
-            elif len(token) == 9 and token.upper() == "RETURNING":
-                has_returning = True
+            words.word(match.group(), start == match.start())
             continue
-        lead = _LEAD_DONE
-        trigger_state = _TRIGGER_BODY
+        words.other()
         if kind == "param" and want_params:
             params.append(match.group())
-    return _Statement(start, last_end, len(sql), False, keyword, has_returning, params)
+    return _Statement(start, last_end, len(sql), False, words.keyword, words.has_returning, params)
 
 
 def _next_lead(lead: int, word: str) -> int:

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 from .errors import ProgrammingError
 
 if TYPE_CHECKING:
-    from .dbapi import Cursor
+    from .cursor import Cursor
 
 __all__ = [
     "PARSE_COLNAMES",

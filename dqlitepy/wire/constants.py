@@ -128,6 +128,7 @@ class ErrorCode(IntEnum):
 
     EMPTY_STATEMENT = 0  # also a SQL text with no statement in it
     SQLITE_ERROR = 1
+    SQLITE_ABORT = 4
     SQLITE_BUSY = 5
     SQLITE_NOMEM = 7
     SQLITE_INTERRUPT = 9
@@ -136,6 +137,7 @@ class ErrorCode(IntEnum):
     SQLITE_FULL = 13
     SQLITE_PROTOCOL = 15
     SQLITE_TOOBIG = 18
+    SQLITE_CONSTRAINT = 19
     #: Refused: membership change without the cluster key, or a plain-text
     #: client at a TLS node.
     SQLITE_AUTH = 23

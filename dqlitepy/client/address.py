@@ -1,20 +1,18 @@
-"""Node addresses: the one parser of ``host:port``, ``[v6]:port`` and ``@name``.
+"""Node addresses as sockets: :func:`parse_address` and :func:`address_host`.
 
-A dqlite node is reached, and listens, at one address (``protocol.md`` §1.1):
-TCP as ``host:port`` (an IPv6 host in brackets, ``[::1]:9001``), or an
-abstract Unix socket as ``@name``, as in go-dqlite.  The driver checks the
-addresses it is given with :func:`parse_address` before dialing them, and the
-server may use the same function for the address it listens on (port 0 there
-asks for any free port), so that both sides accept exactly the same spellings.
+The spelling of an address is parsed in one place, :mod:`dqlitepy.wire.address`;
+this module turns it into a socket family and address.  The driver checks the
+addresses it is given before dialing them, and the server uses the same
+function for the address it listens on (port 0 there asks for any free port).
 """
 
 from __future__ import annotations
 
 import socket
 
-__all__ = ["address_host", "parse_address"]
+from ..wire.address import parse_node_address
 
-_MAX_PORT = 65535
+__all__ = ["address_host", "parse_address"]
 
 
 def parse_address(address: str) -> tuple[int, str | tuple[str, int]]:
@@ -27,17 +25,11 @@ def parse_address(address: str) -> tuple[int, str | tuple[str, int]]:
     Raises:
         ValueError: the address has no name after ``@``, no host, or no usable port.
     """
-    if address.startswith("@"):
-        if len(address) < 2:
-            raise ValueError(f"invalid abstract socket address {address!r}")
-        return socket.AF_UNIX, "\0" + address[1:]
-    host, sep, port = address.rpartition(":")
-    # isascii(): str.isdigit() also accepts digits int() refuses, such as "²".
-    if not sep or not host or not (port.isascii() and port.isdigit()) or int(port) > _MAX_PORT:
-        raise ValueError(f"invalid node address {address!r}: expected host:port or @name")
-    if host.startswith("[") and host.endswith("]"):
-        return socket.AF_INET6, (host[1:-1], int(port))
-    return socket.AF_INET, (host, int(port))
+    parsed = parse_node_address(address)
+    if parsed.name is not None:
+        return socket.AF_UNIX, "\0" + parsed.name
+    assert parsed.host is not None
+    return (socket.AF_INET6 if parsed.ipv6 else socket.AF_INET), (parsed.host, parsed.port)
 
 
 def address_host(address: str) -> str | None:
@@ -48,5 +40,4 @@ def address_host(address: str) -> str | None:
     Raises:
         ValueError: ``address`` is not a node address (see :func:`parse_address`).
     """
-    _family, sockaddr = parse_address(address)
-    return sockaddr[0] if isinstance(sockaddr, tuple) else None
+    return parse_node_address(address).host

@@ -20,6 +20,7 @@ from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
 from pathlib import Path
 
+from ..client.address import parse_address
 from ..engine import Engine, Session, StatementInfo
 from ..replication.transport import MIN_KEY_SIZE
 from ..wire import NodeInfo, Request
@@ -44,18 +45,8 @@ __all__ = ["BOOTSTRAP_ID", "NodeServer", "parse_listen_address"]
 log = logging.getLogger("dqlitepy.server")
 
 
-def parse_listen_address(address: str) -> tuple[int, str | tuple[str, int]]:
-    """Split ``host:port`` / ``[v6]:port`` / ``@name`` into a family and socket address."""
-    if address.startswith("@"):
-        if len(address) < 2:
-            raise ValueError(f"invalid abstract socket address {address!r}")
-        return socket.AF_UNIX, "\0" + address[1:]
-    host, sep, port = address.rpartition(":")
-    if not sep or not port.isdigit() or int(port) > 65535 or not host:
-        raise ValueError(f"invalid node address {address!r}: expected host:port or @name")
-    if host.startswith("[") and host.endswith("]"):
-        return socket.AF_INET6, (host[1:-1], int(port))
-    return socket.AF_INET, (host, int(port))
+#: Split ``host:port`` / ``[v6]:port`` / ``@name`` into a socket family and address.
+parse_listen_address = parse_address
 
 
 class NodeServer:

@@ -63,6 +63,7 @@ from ..wire import (
     ProtocolError,
     ServerConnection,
 )
+from ..wire.address import parse_node_address
 
 __all__ = [
     "PLAINTEXT_REFUSED_CODE",
@@ -94,10 +95,11 @@ def is_loopback(address: str) -> bool:
     An abstract Unix socket (``@name``) and the loopback addresses count; a host
     name counts only if it is ``localhost``.
     """
-    if address.startswith("@"):
-        return True
-    host = address.rpartition(":")[0].strip("[]")
-    if host == "localhost":
+    try:
+        host = parse_node_address(address).host
+    except ValueError:
+        return False
+    if host is None or host == "localhost":  # None: an abstract socket
         return True
     try:
         return ipaddress.ip_address(host).is_loopback

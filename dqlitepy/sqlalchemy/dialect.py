@@ -40,6 +40,8 @@ from sqlalchemy.dialects.sqlite import DATE, DATETIME
 from sqlalchemy.dialects.sqlite.base import SQLiteCompiler, SQLiteDialect
 
 import dqlitepy
+from dqlitepy.client import errors
+from dqlitepy.client.address import parse_address
 from dqlitepy.client.tls import URL_OPTIONS as TLS_URL_OPTIONS
 from dqlitepy.client.tls import context_from_url
 
@@ -70,7 +72,14 @@ _QUERY_ARGUMENTS: dict[str, type] = {
 #: dqlite's codes for "this node does not lead (any more)": not leader (10250 and the
 #: legacy 8202) and leadership lost (10506, legacy 8458), protocol.md §5.1.  The
 #: classes carry them too; the codes also catch errors a wrapper re-raised.
-_LEADERSHIP_CODES = frozenset({10250, 8202, 10506, 8458})
+_LEADERSHIP_CODES = frozenset(
+    {
+        errors.SQLITE_IOERR_NOT_LEADER,
+        errors.SQLITE_IOERR_NOT_LEADER_LEGACY,
+        errors.SQLITE_IOERR_LEADERSHIP_LOST,
+        errors.SQLITE_IOERR_LEADERSHIP_LOST_LEGACY,
+    }
+)
 
 _VERSION_PART = re.compile(r"\d+")
 
@@ -156,13 +165,13 @@ def _split_servers(hosts: str, port: int | None) -> list[str]:
 
 
 def _check_server(address: str) -> None:
-    if address.startswith("@"):
-        return  # an abstract Unix socket
-    _host, colon, port = address.rpartition(":")
-    if not colon or not port.isdigit():
+    try:
+        parse_address(address)
+    except ValueError as error:
         raise exc.ArgumentError(
-            f"dqlite server {address!r} has no port: give every node as host:port"
-        )
+            f"dqlite server {address!r} has no port or is no node address: "
+            "give every node as host:port (or @name)"
+        ) from error
 
 
 class SQLiteDialect_dqlitepy(SQLiteDialect):

@@ -2,20 +2,17 @@
 
 PySyncObj names a node by an opaque id; here that id is the node's ordinary dqlite address
 ("host:port", ``"[v6]:port"`` too), the one its CONNECT requests carry (``protocol.md`` §2.2)
-and the one peers dial.  :func:`split_address` is the one parser of such addresses for the
-transport; :class:`RaftNode` is a PySyncObj node whose id was checked to be one.
+and the one peers dial.  :func:`split_address` checks such an address (with the one parser,
+:mod:`dqlitepy.wire.address`) for the transport; :class:`RaftNode` is a PySyncObj node whose id was checked to be one.
 """
 
 from __future__ import annotations
 
-from typing import Final
-
 from pysyncobj.node import Node
 
+from ...wire.address import parse_node_address
+
 __all__ = ["RaftNode", "split_address"]
-
-_MAX_ADDRESS: Final = 255
-
 
 def split_address(address: str, *, allow_port_zero: bool = False) -> tuple[str, int]:
     """Split ``"host:port"`` (``"[v6]:port"`` too) into host and port.
@@ -27,15 +24,14 @@ def split_address(address: str, *, allow_port_zero: bool = False) -> tuple[str, 
     Raises:
         ValueError: not a ``host:port`` string with a port in 1..65535.
     """
-    if not isinstance(address, str) or not 0 < len(address) <= _MAX_ADDRESS:
-        raise ValueError(f"address {address!r} is not a host:port string")
-    host, sep, port = address.rpartition(":")
-    if host.startswith("[") and host.endswith("]"):
-        host = host[1:-1]
+    try:
+        parsed = parse_node_address(address)
+    except ValueError:
+        parsed = None
     lowest = 0 if allow_port_zero else 1
-    if not sep or not host or not port.isdigit() or not lowest <= int(port) < 65536:
+    if parsed is None or parsed.host is None or parsed.port < lowest:
         raise ValueError(f"address {address!r} is not host:port")
-    return host, int(port)
+    return parsed.host, parsed.port
 
 
 class RaftNode(Node):  # type: ignore[misc]  # PySyncObj is untyped

@@ -3,7 +3,8 @@
 PySyncObj names a node by an opaque id; here that id is the node's ordinary dqlite address
 ("host:port", ``"[v6]:port"`` too), the one its CONNECT requests carry (``protocol.md`` §2.2)
 and the one peers dial.  :func:`split_address` checks such an address (with the one parser,
-:mod:`dqlitepy.wire.address`) for the transport; :class:`RaftNode` is a PySyncObj node whose id was checked to be one.
+:mod:`dqlitepy.wire.address`) for the transport; :class:`RaftNode` is a PySyncObj
+node whose id was checked to be one.
 """
 
 from __future__ import annotations

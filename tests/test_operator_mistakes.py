@@ -1,4 +1,6 @@
-"""Operator mistakes with real ``dqlitepy server`` processes (``design.md`` §6).
+"""Operator mistakes with real ``dqlitepy server`` processes.
+
+See ``docs/architecture.md``, "Operating safely".
 
 A data directory belongs to one process and one cluster: a second process on a
 live directory, a member restarted without its key or with another one, a

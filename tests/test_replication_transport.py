@@ -1,6 +1,6 @@
 """SecureTransport: PySyncObj over the dqlite address, authenticated, never pickled.
 
-``design.md`` §3 rule 8 and ``libraries.md`` defects 4 and 5.  Real sockets on 127.0.0.1,
+``docs/replication.md`` rule 8 and ``libraries.md`` defects 4 and 5.  Real sockets on 127.0.0.1,
 PySyncObj nodes in this process, each behind a :class:`ConnectAcceptor` that accepts the
 dqlite handshake + CONNECT and calls ``adopt`` as the node server will.  Every wait is bounded.
 

@@ -103,7 +103,7 @@ def _kind(exc: BaseException) -> str:
 
 
 def _did_not_run(exc: dqlitepy.Error) -> bool:
-    """The driver's promise (design.md §1, §6): these errors mean the write did not run."""
+    """These errors mean the write did not run (docs/architecture.md, "What users see")."""
     if isinstance(exc, dqlitepy.ConnectionLostError):
         return not exc.request_sent
     if isinstance(exc, (dqlitepy.NotLeaderError, dqlitepy.NoLeaderError)):

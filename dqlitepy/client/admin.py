@@ -1,4 +1,4 @@
-"""Cluster administration: one method per wire request (``design.md`` §1).
+"""Cluster administration: one method per wire request (``docs/architecture.md``, "What users see").
 
 Requests that only the leader serves (ADD, ASSIGN, REMOVE, TRANSFER) go to the
 leader, found as the driver finds it.  The others are answered by whichever node

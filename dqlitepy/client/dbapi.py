@@ -9,7 +9,7 @@ code) takes from the driver; the driver itself is split by concern:
   cursors run statements through;
 * :mod:`~dqlitepy.client.transaction` — the transaction state and its rules;
 * :mod:`~dqlitepy.client.failover` — keeping the session on the leader, and
-  what may be retried (``design.md`` §1);
+  what may be retried (``docs/architecture.md``, "What users see");
 * :mod:`~dqlitepy.client.discovery` — finding the leader;
 * :mod:`~dqlitepy.client.url` — ``dqlite://`` URLs and ``DQLITEPY_SERVERS``;
 * :mod:`~dqlitepy.client.convert` — parameters and rows across the wire.

@@ -1,6 +1,6 @@
 """Keeping a connection's server session on the cluster's leader, and the retry rules.
 
-Theory of operation (``design.md`` §1, "Leader discovery"; ``style.md`` habit 5):
+Theory of operation (``docs/architecture.md``, "What users see"; ``docs/driver.md``):
 
 * Before each request the :class:`Link` checks that its socket is still open.
   A leader that died while the connection was idle left an EOF behind: the

@@ -5,8 +5,8 @@ between sending a request and reading its whole response leaves the conversation
 out of step, so the protocol is *poisoned*: it closes and every later call fails.
 :class:`ConnectionLostError` tells the caller whether the request had been sent,
 because only a request that provably did not reach the server may be retried
-(``style.md`` habit 5; go-dqlite documents the same ambiguous window).  Which
-node to talk to is :mod:`dqlitepy.client.discovery`'s business.
+(``docs/architecture.md``, "What users see"; go-dqlite documents the same
+ambiguous window).  Which node to talk to is :mod:`dqlitepy.client.discovery`'s business.
 
 With an :class:`ssl.SSLContext` every socket is wrapped in TLS right after it
 connects (the handshake counts against the caller's timeout).
@@ -292,8 +292,8 @@ class Protocol:
         """Refuse a request whose body is over ``max_request_size``, before it is sent.
 
         A dqlitepy server drops the connection on a message over its limit as
-        soon as the header arrives (``design.md`` §4), which the caller would
-        see as a reset with an open transaction lost.  Refused here, nothing is
+        soon as the header arrives (``docs/architecture.md``, "Safety of the SQL
+        surface"), which the caller would see as a reset with an open transaction lost.  Refused here, nothing is
         sent and the connection goes on.  The body is encoded to be measured
         only when a cheap bound says it might be too big.
         """

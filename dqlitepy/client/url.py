@@ -1,7 +1,7 @@
 """Where a connection's servers come from: the arguments, a ``dqlite://`` URL, the environment.
 
 ``connect()`` takes, like ``sqlite3.connect``, a database name; with dqlite it
-may also be a URL that names the servers (``design.md`` §1)::
+may also be a URL that names the servers (``docs/architecture.md``, "What users see")::
 
     dqlite://10.0.0.1:9001,10.0.0.2:9001/app.db?tls_ca=ca.pem
 

@@ -1,8 +1,8 @@
 """Who may change the cluster: the one place where a node judges a client connection.
 
 ADD, ASSIGN, REMOVE and TRANSFER change who decides what is committed, so a node serves them
-only to a connection it trusts (``design.md`` §6).  Everything else in the protocol stays open
-to any client, as in dqlite.  A connection is trusted when:
+only to a connection it trusts (``docs/architecture.md``, "Operating safely").  Everything
+else in the protocol stays open to any client, as in dqlite.  A connection is trusted when:
 
 - it proved, on the connection itself, that it holds the cluster key (AUTH_CHALLENGE then
   AUTH_PROOF, ``dqlitepy/wire/auth.py``); or

@@ -1,4 +1,6 @@
-"""A node's data directory: one process at a time, one cluster for life (``design.md`` §6).
+"""A node's data directory: one process at a time, one cluster for life.
+
+See ``docs/architecture.md``, "Operating safely".
 
 Two operator mistakes cost clusters their data before this module existed: a
 second node started on a live member's directory deleted its databases before

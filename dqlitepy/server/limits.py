@@ -1,6 +1,6 @@
 """Bounds on what client connections may hold: slots, time and request memory.
 
-Theory of operation (``design.md`` §6, "every resource has a bound"):
+Theory of operation (``docs/architecture.md``, "Operating safely"):
 
 * **Slots.** A node serves at most ``max_connections`` client connections, each on
   its own thread. A connection is in one of three phases: RECEIVING (a message, or the

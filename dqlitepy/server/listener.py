@@ -5,7 +5,8 @@ Each connection gets a thread that drives a sans-I/O
 :class:`~dqlitepy.wire.ServerConnection` and a :class:`~dqlitepy.server.gateway.Gateway`.
 A peer that breaks the framing (unknown protocol version, a 0-word or oversized
 message) is disconnected; a request that is framed correctly but cannot be
-served is answered with a FAILURE and the connection goes on (``design.md`` §4).
+served is answered with a FAILURE and the connection goes on
+(``docs/architecture.md``, "Safety of the SQL surface").
 A connection that sends CONNECT is handed over to Raft.
 
 The bounds of :mod:`dqlitepy.server.limits` are enforced here, where the I/O

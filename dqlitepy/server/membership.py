@@ -1,4 +1,4 @@
-"""Who becomes a voter: Raft's learner-first rule (``design.md`` §6).
+"""Who becomes a voter: Raft's learner-first rule (``docs/architecture.md``, "Operating safely").
 
 A voter counts toward the quorum from the moment the entry naming it is appended (Raft thesis
 §4.1).  A voter that cannot be reached, or that lacks most of the log, counts without being

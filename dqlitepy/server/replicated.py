@@ -1,4 +1,4 @@
-"""The write path of a replicated node (``design.md`` §3, ``docs/replication.md``).
+"""The write path of a replicated node (``docs/replication.md``, "Rules").
 
 Theory of operation
 ===================

@@ -76,7 +76,7 @@ class Requirements(SuiteRequirements, AlembicRequirements):
 
     # ------------------------------------------------- closed: a network SQLite
     # Limits of SQLite behind a dqlite server, not of SQLite: a client stays inside
-    # its one replicated database (design.md §4), and SQL runs on the leader.
+    # its one replicated database (docs/architecture.md), and SQL runs on the leader.
 
     schemas = _Unsupported(_NO_SCHEMAS)
     schema_reflection = _Unsupported(_NO_SCHEMAS)

@@ -1,6 +1,6 @@
 """PySyncObj's Raft messages over the node's one dqlite address: authenticated, never pickled.
 
-Why this exists (``libraries.md`` defect 4, ``design.md`` §3 rule 8): PySyncObj's stock
+Why this exists (``libraries.md`` defect 4, ``docs/replication.md`` rule 8): PySyncObj's stock
 ``TCPTransport`` pickles every message, so one frame sent to its Raft port runs arbitrary
 code, and it needs a second port.  :class:`SecureTransport` replaces it.
 

@@ -1,9 +1,10 @@
 """Driver failover on a real cluster whose nodes are killed or frozen: a fresh cluster each.
 
-docs/architecture.md, "What users see": after a leader change the *next* call finds the
-new leader; only what provably did not run is retried; a write whose outcome is unknown
-raises OperationalError and is never re-sent; an open transaction does not survive the change.  Errors say truthfully what became
-of the request (``outcome``: unknown, rolled back or not run).
+docs/architecture.md, "What users see": after a leader change the *next* call finds the new
+leader; only what provably did not run is retried; a write whose outcome is unknown raises
+OperationalError and is never re-sent; an open transaction does not survive the change.
+Errors say truthfully what became of the request (``outcome``: unknown, rolled back or not
+run).
 """
 
 from __future__ import annotations

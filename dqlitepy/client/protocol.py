@@ -291,11 +291,11 @@ class Protocol:
     def _check_size(self, request: Request) -> None:
         """Refuse a request whose body is over ``max_request_size``, before it is sent.
 
-        A dqlitepy server drops the connection on a message over its limit as
-        soon as the header arrives (``docs/architecture.md``, "Safety of the SQL
-        surface"), which the caller would see as a reset with an open
-        transaction lost.  Refused here, nothing is sent and the connection goes on.  The body is encoded to be measured
-        only when a cheap bound says it might be too big.
+        A dqlitepy server drops the connection on a message over its limit as soon as
+        the header arrives (``docs/architecture.md``, "Safety of the SQL surface"),
+        which the caller would see as a reset with an open transaction lost.  Refused
+        here, nothing is sent and the connection goes on.  The body is encoded to be
+        measured only when a cheap bound says it might be too big.
         """
         limit = self.max_request_size
         if _size_bound(request) <= limit:

@@ -1,10 +1,10 @@
 """What the clients saw: operations with times and outcomes, and the figures of a run.
 
-Outcomes follow the driver's promise (docs/architecture.md, "What users see"): an error
-says an operation *provably did not run* (``fail``) only for a request the node refused
-before running it (not leader), for no leader found, for a connection lost before the request left, and for
-"database is locked".  Every other error leaves the outcome unknown (``info``): a request
-that may have run is never counted as not run.
+Outcomes follow the driver's promise (docs/architecture.md, "What users see"): an error says
+an operation *provably did not run* (``fail``) only for a request the node refused before
+running it (not leader), for no leader found, for a connection lost before the request left,
+and for "database is locked".  Every other error leaves the outcome unknown (``info``): a
+request that may have run is never counted as not run.
 """
 
 from __future__ import annotations

@@ -75,7 +75,7 @@ class LeadershipLost(ReplicationError):
 class StorageError(NotLeader):
     """This node's Raft log cannot be written: the command was not appended anywhere.
 
-    The node has stepped down (see ``raft.py``, "Storage failures").
+    The node has stepped down (see ``raft/storage.py``, "Storage failures").
 
     Attributes:
         full: the storage is full (no space left, quota exhausted), rather

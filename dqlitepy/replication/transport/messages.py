@@ -116,7 +116,7 @@ _INSTALL_SNAPSHOT: Final[_Shape] = {
 }
 _NEXT_NODE_IDX: Final[_Shape] = {"next_node_idx": _is_index, "reset": _is_bool, "success": _is_bool}
 
-# HardenedSyncObj's additions for linearizable reads (raft.py, "Linearizable reads"): a
+# HardenedSyncObj's additions for linearizable reads (raft/reads.py, "Linearizable reads"): a
 # leader tags every append_entries with its current read round; a follower's answer echoes
 # the tag (None when the request had none) and carries its term, as Raft's responses do.
 _READ_ROUND: Final[_Shape] = {"read_round": _is_index}

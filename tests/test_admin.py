@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import socket
 import sqlite3
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 from dqlite_cluster import DqliteDemoCluster
+from waiting import wait_until
 
 import dqlitepy
 from dqlitepy import NodeRole
@@ -46,13 +46,13 @@ def _roles(admin: dqlitepy.Client) -> dict[int, int]:
 
 
 def _wait_for_leader(admin: dqlitepy.Client, node_id: int, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        leader = admin.leader()
-        if leader is not None and leader.id == node_id:
-            return
-        assert time.monotonic() < deadline, f"leader is {leader}, expected id {node_id}"
-        time.sleep(0.05)
+    seen: list[dqlitepy.NodeInfo | None] = [None]
+
+    def leads() -> bool:
+        seen[0] = admin.leader()
+        return seen[0] is not None and seen[0].id == node_id
+
+    wait_until(leads, lambda: f"id {node_id} to lead (leader is {seen[0]})", timeout, 0.05)
 
 
 # -- read-only requests --------------------------------------------------------------------------
@@ -227,9 +227,11 @@ def test_transfer_leadership(
 
         # And back, with 0: let raft pick a voter.
         admin.transfer(0)
-        deadline = time.monotonic() + 10
-        while (leader := admin.leader()) is None or leader.id == target.id:
-            assert time.monotonic() < deadline
-            time.sleep(0.05)
+        wait_until(
+            lambda: (leader := admin.leader()) is not None and leader.id != target.id,
+            "leadership to move on",
+            10,
+            0.05,
+        )
     finally:
         conn.close()

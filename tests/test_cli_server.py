@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 from dqlitepy_server import DqlitepyServer, free_port
+from waiting import busy_threads, wait_until
 
 import dqlitepy
 from dqlitepy.wire import (
@@ -128,11 +129,17 @@ def test_defaults_in_an_empty_directory(tmp_path: Path) -> None:
             stderr=subprocess.STDOUT,
         )
     try:
-        deadline = time.monotonic() + 20
-        while not _accepts(address):
+
+        def accepting() -> bool:
             assert process.poll() is None, log_path.read_text()
-            assert time.monotonic() < deadline, log_path.read_text()
-            time.sleep(0.05)
+            return _accepts(address)
+
+        wait_until(
+            accepting,
+            lambda: f"the server to accept connections:\n{log_path.read_text()}",
+            timeout=20,
+            interval=0.05,
+        )
         _round_trip(address)
         with dqlitepy.Client([address]) as admin:
             leader = admin.leader()
@@ -211,7 +218,9 @@ def test_signal_stops_the_server_while_clients_are_connected(
                 )
             )
         )
-        time.sleep(0.5)
+        assert server.process is not None
+        pid = server.process.pid
+        wait_until(lambda: busy_threads(pid) >= 1, "the long statement to run")
         status, took = _stop(server, sig)
         assert status == 0, server.log()
         assert took < _STOP_WITHIN, server.log()

@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 from dqlitepy_server import DqlitepyCluster as Cluster
 from small_fs import fill, needs_root, small_filesystem, unfill
+from waiting import wait_until
 
 import dqlitepy
 
@@ -152,9 +153,12 @@ def test_a_leader_whose_disk_fills_steps_down_and_rejoins_when_space_is_freed(
         # The full leader's client is told "disk full", and the leader steps down.
         writer.wait_for(lambda: bool(writer.full or writer.unknown), 20, "no write failed")
         # (The client may hear "disk full" a tick before Raft's thread steps down.)
-        while cluster.leader(timeout=20) == full_node:
-            assert time.monotonic() < filled_at + 10, "the full leader did not step down"
-            time.sleep(0.05)
+        wait_until(
+            lambda: cluster.leader(timeout=20) != full_node,
+            "the full leader to step down",
+            max(0.0, filled_at + 10 - time.monotonic()),
+            0.05,
+        )
         stepped_down = time.monotonic() - filled_at
         # Writes go on through the driver, on another leader.
         acked = len(writer.acknowledged)
@@ -174,6 +178,8 @@ def test_a_leader_whose_disk_fills_steps_down_and_rejoins_when_space_is_freed(
     # It rejoined without a restart, caught up, and can lead again.
     cluster.make_leader(full_node, timeout=60)
     rejoined = time.monotonic() - freed_at
+    # The control for the window above: the probe it watched sees this node lead.
+    wait_until(lambda: cluster.leader() == full_node, "the probe to name it the leader")
     assert all(node.process is not None and node.process.poll() is None for node in cluster.nodes)
     _check_outcomes(_rows_on(full_node), writer, before)
     conn = dqlitepy.connect(_DATABASE, servers=[full_node], isolation_level=None)
@@ -207,6 +213,8 @@ def test_a_follower_whose_disk_fills_holds_nothing_up_and_catches_up(
         writer.wait_for(lambda: len(writer.acknowledged) >= acked + 20, 30, "writes stopped")
     assert not writer.full and not writer.unknown, writer.summary()
     cluster.make_leader(follower, timeout=60)
+    # The control for the window above: the probe it watched sees the leader change.
+    wait_until(lambda: cluster.leader() == follower, "the probe to name the new leader")
     _check_outcomes(_rows_on(follower), writer, before)
 
 
@@ -221,7 +229,14 @@ def test_when_every_disk_is_full_writes_fail_clearly_and_the_cluster_recovers(
         acked = len(writer.acknowledged)
         writer.wait_for(lambda: len(writer.full) + len(writer.unknown) >= 5, 60, "no failures")
         # Nothing is acknowledged without room on a majority of the disks.
+        failed = len(writer.full) + len(writer.unknown)
         time.sleep(3)
+        # The control: the writer kept trying in the window, and its outcomes were recorded.
+        writer.wait_for(
+            lambda: len(writer.full) + len(writer.unknown) >= failed + 2,
+            30,
+            "the writer stopped trying",
+        )
         stalled = len(writer.acknowledged)
         assert stalled <= acked + 1, writer.summary()
         freed_at = time.monotonic()

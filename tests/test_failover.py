@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 from dqlite_cluster import DqliteDemoCluster
 from dqlitepy_server import DqlitepyCluster
+from waiting import wait_until
 
 import dqlitepy
 from dqlitepy.client import failover, protocol
@@ -74,14 +75,13 @@ def _move_leadership(addresses: list[str], away_from: str, timeout: float = 20.0
             if m.address != away_from and m.role == dqlitepy.NodeRole.VOTER
         )
         admin.transfer(target.id)
-    deadline = time.monotonic() + timeout
-    while True:
+
+    def new_leader() -> str | None:
         with dqlitepy.Client([away_from], timeout=2) as old:
             leader = old.leader()
-        if leader is not None and leader.address != away_from:
-            return leader.address
-        assert time.monotonic() < deadline, f"{away_from} still leads"
-        time.sleep(0.05)
+        return leader.address if leader is not None and leader.address != away_from else None
+
+    return wait_until(new_leader, f"{away_from} to hand leadership over", timeout, 0.05)
 
 
 class _DeposingDiscovery:
@@ -365,6 +365,7 @@ def test_write_with_unknown_outcome_is_never_resent(
         time.sleep(0.2)
     # ... and the INSERT ran at most once: the stopped leader may still apply it.
     assert max(counts) <= 1, counts
+    # The control: the same probe (a count through this connection) sees a write at once.
     conn.execute("INSERT INTO t VALUES (2)")
     conn.commit()
     assert _count(conn, "SELECT count(*) FROM t WHERE x = 2") == 1

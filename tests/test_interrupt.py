@@ -11,6 +11,7 @@ from collections.abc import Iterator
 import pytest
 from dqlitepy_server import DqlitepyServer
 from raw_client import Raw
+from waiting import busy_threads, wait_until
 
 import dqlitepy
 from dqlitepy.wire import (
@@ -40,12 +41,19 @@ def node() -> Iterator[DqlitepyServer]:
         yield server
 
 
+def _wait_running(node: DqlitepyServer) -> None:
+    """Wait until a statement runs on ``node`` (one of its threads burns CPU)."""
+    assert node.process is not None
+    pid = node.process.pid
+    wait_until(lambda: busy_threads(pid) >= 1, "the query to run")
+
+
 def test_interrupt_stops_a_running_query(node: DqlitepyServer) -> None:
     raw = Raw(node.address)
     try:
         raw.open("interrupt_running")
         raw.sock.sendall(raw.conn.send(QuerySqlRequest(0, _LONG_QUERY)))
-        time.sleep(0.3)
+        _wait_running(node)
         start = time.monotonic()
         raw.sock.sendall(raw.conn.send(InterruptRequest(0)))
         # The client discards the query's FAILURE and gets the INTERRUPT's EMPTY.
@@ -123,7 +131,7 @@ def test_interrupt_raw_failure_code(node: DqlitepyServer) -> None:
     sock = _raw_session(node.address, "interrupt_raw")
     try:
         sock.sendall(encode_message(QuerySqlRequest(0, _LONG_QUERY)))
-        time.sleep(0.3)
+        _wait_running(node)
         sock.sendall(encode_message(InterruptRequest(0)))
         frames = _read_frames(sock, 8, timeout=5)
         assert [t for t, _ in frames] == [0, 8]
@@ -135,7 +143,14 @@ def test_interrupt_raw_failure_code(node: DqlitepyServer) -> None:
 def test_connection_interrupt_from_another_thread(node: DqlitepyServer) -> None:
     conn = dqlitepy.connect("interrupt_driver", servers=[node.address], check_same_thread=False)
     try:
-        timer = threading.Timer(0.3, conn.interrupt)
+
+        def interrupt_once_running() -> None:
+            try:
+                _wait_running(node)
+            finally:
+                conn.interrupt()  # even if the wait failed: the query would run for minutes
+
+        timer = threading.Thread(target=interrupt_once_running)
         start = time.monotonic()
         timer.start()
         with pytest.raises(dqlitepy.OperationalError, match="interrupted") as info:

@@ -23,6 +23,7 @@ import pytest
 from dqlite_cluster import DQLITE_SHELL
 from dqlitepy_server import CLUSTER_KEY, DqlitepyCluster, DqlitepyServer, free_port
 from raw_client import Raw
+from waiting import wait_until
 
 import dqlitepy
 from dqlitepy import NodeRole
@@ -227,10 +228,7 @@ def test_with_the_key_the_cluster_can_be_changed(
     target = next(a for a in guarded.addresses if a != leader)
     moved = _shell(guarded.addresses, f".transfer {target}", "--cluster-key-file", str(key_file))
     assert moved.returncode == 0, moved.stderr
-    deadline = time.monotonic() + 10
-    while guarded.leader() != target:
-        assert time.monotonic() < deadline, "leadership did not move"
-        time.sleep(0.1)
+    wait_until(lambda: guarded.leader() == target, "leadership to move", interval=0.1)
 
 
 # -- the default ------------------------------------------------------------------------------
@@ -248,13 +246,11 @@ def _non_loopback_ip() -> str | None:
 
 
 def _wait_leader(address: str) -> None:
-    deadline = time.monotonic() + 30
-    while True:
+    def leads() -> bool:
         with dqlitepy.Client([address], timeout=2) as client:
-            if client.leader() is not None:
-                return
-        assert time.monotonic() < deadline, f"{address} did not lead"
-        time.sleep(0.1)
+            return client.leader() is not None
+
+    wait_until(leads, f"{address} to lead", timeout=30, interval=0.1)
 
 
 def test_a_node_on_a_non_loopback_address_wants_the_key_by_default() -> None:
@@ -320,10 +316,7 @@ def test_an_embedding_applications_node_client_holds_the_key(tmp_path: Path) -> 
     key = CLUSTER_KEY.encode()
     options = {"cluster_key": key, "trust_loopback_admin": False}
     with dqlitepy.Node(_unused_address(), tmp_path / "node", **options) as node:
-        deadline = time.monotonic() + 30
-        while not node.is_leader:
-            assert time.monotonic() < deadline, "the node did not lead"
-            time.sleep(0.05)
+        wait_until(lambda: node.is_leader, "the node to lead", timeout=30, interval=0.05)
         spare = _unused_address()
         with dqlitepy.Client([node.address]) as stranger, pytest.raises(dqlitepy.DatabaseError):
             stranger.add(4244, spare)

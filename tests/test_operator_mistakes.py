@@ -21,6 +21,7 @@ from pathlib import Path
 
 import pytest
 from dqlitepy_server import CLUSTER_KEY, DqlitepyServer, free_port
+from waiting import wait_until
 
 import dqlitepy
 
@@ -235,17 +236,32 @@ def test_a_node_with_the_wrong_key_is_never_added_and_exits(
     with dqlitepy.connect("app", servers=[keyed_node.address], timeout=10) as conn:
         conn.execute("INSERT INTO t VALUES (100, 'after')")
     conn.close()
+    # The control: a joiner holding the right key is listed by the same probe within the
+    # same 10 s of its start.
+    started = time.monotonic()
+    with (
+        DqlitepyServer(tmp_path / "k", cluster_key=CLUSTER_KEY, join=[keyed_node.address]) as ok,
+        dqlitepy.Client([keyed_node.address], timeout=5) as client,
+    ):
+        wait_until(
+            lambda: ok.address in {n.address for n in client.cluster()},
+            "the control joiner to be listed",
+            timeout=max(0.0, started + 10 - time.monotonic()),
+            interval=0.05,
+        )
 
 
 def test_a_node_with_the_right_key_still_joins(keyed_node: DqlitepyServer, tmp_path: Path) -> None:
     with DqlitepyServer(
         tmp_path / "joiner", cluster_key=CLUSTER_KEY, join=[keyed_node.address]
     ) as joiner:
-        deadline = time.monotonic() + 30
         with dqlitepy.Client([keyed_node.address], timeout=5) as client:
-            while joiner.address not in {n.address for n in client.cluster()}:
-                assert time.monotonic() < deadline, "the joiner was not added"
-                time.sleep(0.1)
+            wait_until(
+                lambda: joiner.address in {n.address for n in client.cluster()},
+                "the joiner to be added",
+                timeout=30,
+                interval=0.1,
+            )
         assert _read_rows(joiner.address) == ROWS
 
 
@@ -416,8 +432,10 @@ def test_a_restart_deletes_nothing_before_the_log_can_rebuild_it(
         journal.rmdir()
         kept.rename(journal)
     keyed_node.start(timeout=30)
-    deadline = time.monotonic() + 20
-    while (node_dir / "databases.previous").exists():
-        assert time.monotonic() < deadline, "the last run's files were never discarded"
-        time.sleep(0.1)
+    wait_until(
+        lambda: not (node_dir / "databases.previous").exists(),
+        "the last run's files to be discarded",
+        timeout=20,
+        interval=0.1,
+    )
     assert _read_rows(keyed_node.address) == ROWS

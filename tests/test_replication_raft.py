@@ -24,6 +24,7 @@ import pytest
 from pysyncobj import SyncObj
 from pysyncobj.config import FAIL_REASON
 from pysyncobj.journal import MemoryJournal
+from waiting import wait_until
 
 from dqlitepy.replication.journal import JournalWriteError
 from dqlitepy.replication.raft import (
@@ -229,10 +230,7 @@ def test_a_follower_refuses_to_submit() -> None:
 
 def _elected(nodes: list[HardenedSyncObj], timeout: float = 10) -> HardenedSyncObj:
     """The node that leads once one has been elected and passed its barrier."""
-    deadline = time.monotonic() + timeout
-    while not any(n.barrier_done for n in nodes):
-        assert time.monotonic() < deadline, "no leader elected"
-        time.sleep(0.01)
+    wait_until(lambda: any(n.barrier_done for n in nodes), "a leader elected", timeout)
     return next(n for n in nodes if n.barrier_done)
 
 
@@ -261,11 +259,12 @@ def test_three_nodes_replicate_in_order() -> None:
             latencies.append(time.perf_counter() - start)
             assert reason == FAIL_REASON.SUCCESS, reason
             assert isinstance(result, int)
-        deadline = time.monotonic() + 5
         expected = [b"cmd-%d" % i for i in range(200)]
-        while any(applied[a] != expected for a in addresses):
-            assert time.monotonic() < deadline, {a: len(v) for a, v in applied.items()}
-            time.sleep(0.01)
+        wait_until(
+            lambda: all(applied[a] == expected for a in addresses),
+            lambda: "every node to apply all 200: " + str({a: len(v) for a, v in applied.items()}),
+            timeout=5,
+        )
         latencies.sort()
         print(
             f"commit latency p50 {latencies[100] * 1e3:.2f} ms, p99 {latencies[197] * 1e3:.2f} ms"
@@ -343,16 +342,14 @@ def test_a_standby_replicates_without_counting_toward_the_quorum() -> None:
         leader.change_role(
             standby_address, NodeRole.STANDBY, lambda result, reason: outcome.append(reason)
         )
-        deadline = time.monotonic() + 10
-        while not outcome:
-            assert time.monotonic() < deadline, "the role change did not commit"
-            time.sleep(0.01)
+        wait_until(lambda: outcome, "the role change to commit")
         assert outcome == [FAIL_REASON.SUCCESS]
         for i in range(20):
             assert leader.submit_and_wait(b"cmd-%d" % i, timeout=5)[1] == FAIL_REASON.SUCCESS
-        while applied != [b"cmd-%d" % i for i in range(20)]:
-            assert time.monotonic() < deadline, applied
-            time.sleep(0.01)
+        wait_until(
+            lambda: applied == [b"cmd-%d" % i for i in range(20)],
+            lambda: f"the standby to apply all 20: {applied}",
+        )
         assert standby.roles[standby_address] == NodeRole.STANDBY and not standby.voting
         # With two voters gone, the standby's acknowledgement makes no majority.
         for n in [n for n in nodes if n is not leader]:
@@ -487,13 +484,6 @@ def test_a_term_that_cannot_be_persisted_is_not_adopted() -> None:
         node._doDestroy()
 
 
-def _wait(condition: Any, timeout: float, message: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, message
-        time.sleep(0.01)
-
-
 def test_a_leader_that_cannot_write_steps_down_and_rejoins_once_it_can() -> None:
     addresses = [f"127.0.0.1:{_port()}" for _ in range(3)]
     with _flaky_journals() as journals:
@@ -512,7 +502,7 @@ def test_a_leader_that_cannot_write_steps_down_and_rejoins_once_it_can() -> None
         assert reason == STORAGE_FAILED and isinstance(result, JournalWriteError), reason
         assert result.full and result.stored is False
         others = [n for n in nodes if n is not leader]
-        _wait(lambda: any(n.barrier_done for n in others), 10, "no other node took over")
+        wait_until(lambda: any(n.barrier_done for n in others), "another node to take over")
         print(f"another node leads {time.monotonic() - stepped_down_at:.2f} s after the failure")
         successor = _elected(others)
         for i in range(20):
@@ -524,12 +514,12 @@ def test_a_leader_that_cannot_write_steps_down_and_rejoins_once_it_can() -> None
             time.sleep(0.05)
         assert leader.last_applied < successor.last_applied
         journal[full].broken = False
-        _wait(
-            lambda: leader.last_applied == successor.last_applied, 10, "the node did not catch up"
-        )
+        wait_until(lambda: leader.last_applied == successor.last_applied, "the node to catch up")
         # ...and it can lead again.
         successor.on_tick(lambda: successor.transferLeadership(PeerNode(full)))
-        _wait(lambda: leader.barrier_done, 10, "leadership did not move back")
+        wait_until(lambda: leader.barrier_done, "leadership to move back")
+        # The control for the window above: the probe it watched sees it lead.
+        assert leader.raft_state == LEADER
         assert leader.submit_and_wait(b"again", timeout=5)[1] == FAIL_REASON.SUCCESS
         assert not any(b"not stored" in bytes(e[0]) for e in journal[full][:])
     finally:
@@ -541,7 +531,7 @@ def _transfer(node: HardenedSyncObj, target: PeerNode | None, timeout: float = 5
     """Run ``node.transfer`` on its tick thread; the FAIL_REASON it reports."""
     reasons: list[int] = []
     node.on_tick(lambda: node.transfer(target, reasons.append))
-    _wait(lambda: reasons, timeout, "the transfer never reported")
+    wait_until(lambda: reasons, "the transfer to report", timeout)
     return reasons[0]
 
 
@@ -549,7 +539,7 @@ def _stock_transfer(node: HardenedSyncObj) -> int:
     """PySyncObj's own one-shot transferLeadership; its FAIL_REASON."""
     reasons: list[int] = []
     node.on_tick(lambda: node.transferLeadership(None, lambda _, reason: reasons.append(reason)))
-    _wait(lambda: reasons, 5, "transferLeadership never reported")
+    wait_until(lambda: reasons, "transferLeadership to report", 5)
     return reasons[0]
 
 
@@ -587,13 +577,13 @@ def test_a_transfer_under_a_stream_of_writes_succeeds_at_once() -> None:
         leader = _elected(nodes)
         for thread in writers:
             thread.start()
-        _wait(lambda: reasons[FAIL_REASON.SUCCESS] > 50, 10, "no writes committed")
+        wait_until(lambda: reasons[FAIL_REASON.SUCCESS] > 50, "writes to commit")
         stock_denied = 0
         for _ in range(10):
             reason = _stock_transfer(leader)
             stock_denied += reason == FAIL_REASON.REQUEST_DENIED
             if reason == FAIL_REASON.SUCCESS:  # the stock call got lucky: wait it out
-                _wait(_not_leading(leader), 5, "the stock transfer left it leading")
+                wait_until(_not_leading(leader), "the stock transfer to depose it", 5)
                 leader = _elected(nodes)
         moves = []
         for _ in range(10):
@@ -602,7 +592,7 @@ def test_a_transfer_under_a_stream_of_writes_succeeds_at_once() -> None:
             assert leader.raft_state != LEADER
             successor = _elected([n for n in nodes if n is not leader])
             moves.append(time.monotonic() - started)
-            _wait(_more_than(reasons, reasons[FAIL_REASON.SUCCESS] + 20), 10, "writes stopped")
+            wait_until(_more_than(reasons, reasons[FAIL_REASON.SUCCESS] + 20), "writes to go on")
             leader = successor
         print(
             f"stock transferLeadership denied {stock_denied}/10 under load; "
@@ -634,10 +624,10 @@ def test_a_transfer_to_a_target_that_cannot_take_over_gives_up_and_writes_resume
         target = next(n for n in nodes if n is not leader)
         stuck = threading.Event()
         target.on_tick(lambda: (stuck.set(), time.sleep(2.5)))
-        _wait(stuck.is_set, 5, "the target's Raft thread never ran the call")
+        wait_until(stuck.is_set, "the target's Raft thread to run the call", 5)
         reasons: list[int] = []
         leader.on_tick(lambda: leader.transfer(PeerNode(target.selfNode.id), reasons.append))
-        time.sleep(0.2)
+        wait_until(lambda: leader._transfer is not None, "the transfer to begin holding writes")
         # Meanwhile writes wait rather than fail...
         _, reason = leader.submit_and_wait(b"held", timeout=5)
         assert reasons == [FAIL_REASON.REQUEST_DENIED]

@@ -21,6 +21,7 @@ from typing import Any
 import pytest
 from pysyncobj.config import FAIL_REASON
 from raft_acceptor import ConnectAcceptor
+from waiting import wait_until
 
 from dqlitepy.replication.raft import (
     FOLLOWER,
@@ -50,14 +51,6 @@ def _port() -> int:
 
 def _apply(index: int, command: bytes) -> int:
     return index
-
-
-def wait_until(predicate: Callable[[], bool], what: str, timeout: float = WAIT) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.005)
 
 
 class Outcomes:
@@ -362,7 +355,7 @@ class Cluster:
     def leader(self, among: list[str] | None = None) -> HardenedSyncObj:
         """The node that leads (among ``among``) once it has passed its barrier."""
         candidates = [self.node(a) for a in among or self.addresses]
-        wait_until(lambda: any(n.barrier_done for n in candidates), "a leader")
+        wait_until(lambda: any(n.barrier_done for n in candidates), "a leader", WAIT)
         return next(n for n in candidates if n.barrier_done)
 
     def close(self) -> None:
@@ -392,6 +385,8 @@ def _address(node: HardenedSyncObj) -> str:
 def test_a_cut_off_leader_cannot_confirm_a_read(stubborn: Cluster) -> None:
     old = stubborn.leader()
     assert old.read_barrier(5)[0] == ReadResult.CONFIRMED
+    # The control for the timeout below: connected, the same probe confirms within it.
+    assert old.read_barrier(0.3)[0] == ReadResult.CONFIRMED
     stubborn.isolate(_address(old))
     start = time.monotonic()
     assert old.read_barrier(0.3) == (ReadResult.TIMEOUT, 0)
@@ -417,9 +412,10 @@ def test_a_deposed_leader_learns_its_fate_from_a_follower(stubborn: Cluster) -> 
     follower = next(a for a in others if a != _address(new))
     assert new.submit_and_wait(b"newer", timeout=5)[1] == FAIL_REASON.SUCCESS
     outcome: list[tuple[ReadResult, int]] = []
+    requests = old.read_stats[0]
     reader = threading.Thread(target=lambda: outcome.append(old.read_barrier(5)))
     reader.start()
-    time.sleep(0.05)
+    wait_until(lambda: old.read_stats[0] > requests, "the read to reach Raft's thread", WAIT)
     # The new leader still cannot reach it: only the follower's answer (its newer
     # term, to the old leader's AppendEntries) can tell it.
     stubborn.heal(_address(old), follower)
@@ -447,9 +443,11 @@ def test_a_paused_leader_that_resumes_after_a_new_write_elsewhere_reads_nothing(
     assert old.raft_state == LEADER and b"new" not in stubborn.applied[_address(old)]
     # A read arrives while it is stopped: a check of the role alone would serve "old".
     outcome: list[tuple[ReadResult, int]] = []
+    queued = old._tick_calls.qsize()
     reader = threading.Thread(target=lambda: outcome.append(old.read_barrier(5)))
     reader.start()
-    time.sleep(0.05)
+    # Raft's thread is stopped: the read waits in its queue of calls.
+    wait_until(lambda: old._tick_calls.qsize() > queued, "the read to be queued", WAIT)
     resume.set()
     reader.join()
     assert outcome[0][0] in (ReadResult.LEADERSHIP_LOST, ReadResult.NOT_LEADER), outcome
@@ -540,7 +538,7 @@ class Replicators:
         return [n for n in self.nodes if n is not None]
 
     def leader(self) -> Replicator:
-        wait_until(lambda: any(n.is_leader() for n in self.live()), "a leader")
+        wait_until(lambda: any(n.is_leader() for n in self.live()), "a leader", WAIT)
         return next(n for n in self.live() if n.is_leader())
 
     def stop(self, node: Replicator) -> None:
@@ -569,7 +567,7 @@ def test_read_barrier_costs_a_round_trip_and_concurrent_reads_share_rounds(
     replicators: Replicators,
 ) -> None:
     leader = replicators.leader()
-    wait_until(lambda: len(leader.peer_health()) == 2, "both followers connected")
+    wait_until(lambda: len(leader.peer_health()) == 2, "both followers connected", WAIT)
     for _ in range(20):  # warm up
         leader.read_barrier(5)
     latencies = []
@@ -625,6 +623,8 @@ def test_read_barrier_times_out_without_followers_then_raises_not_leader(
 ) -> None:
     leader = replicators.leader()
     leader.read_barrier(5)
+    # The control for the timeout below: with its followers, the same call confirms within it.
+    leader.read_barrier(0.5)
     for node in [n for n in replicators.live() if n is not leader]:
         replicators.stop(node)
     start = time.monotonic()
@@ -632,7 +632,7 @@ def test_read_barrier_times_out_without_followers_then_raises_not_leader(
         leader.read_barrier(0.5)
     assert 0.5 <= time.monotonic() - start < 1.5
     # Once PySyncObj's silence timeout (2 s) deposes it, it says so at once.
-    wait_until(lambda: not leader.is_elected(), "the leader to step down")
+    wait_until(lambda: not leader.is_elected(), "the leader to step down", WAIT)
     start = time.monotonic()
     with pytest.raises(NotLeader):
         leader.read_barrier(5)

@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 from dqlite_cluster import DqliteDemoCluster
 from dqlitepy_server import CLUSTER_KEY, DqlitepyCluster, DqlitepyServer
+from waiting import wait_until
 
 import dqlitepy
 from dqlitepy import NodeRole
@@ -57,10 +58,12 @@ def _roles(servers: list[str]) -> dict[str, NodeRole]:
 
 
 def _wait_role(servers: list[str], address: str, role: NodeRole, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while _roles(servers).get(address) != role:
-        assert time.monotonic() < deadline, f"{address} is not a {role.name}: {_roles(servers)}"
-        time.sleep(0.2)
+    wait_until(
+        lambda: _roles(servers).get(address) == role,
+        lambda: f"{address} to be a {role.name}: {_roles(servers)}",
+        timeout,
+        0.2,
+    )
 
 
 def _rows_on(address: str, database: str) -> int:
@@ -82,10 +85,13 @@ def _rows_on(address: str, database: str) -> int:
 
 
 def _wait_rows(address: str, database: str, count: int, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while (held := _rows_on(address, database)) != count:
-        assert time.monotonic() < deadline, f"{address} holds {held} rows, not {count}"
-        time.sleep(0.2)
+    held = [0]
+
+    def holds() -> bool:
+        held[0] = _rows_on(address, database)
+        return held[0] == count
+
+    wait_until(holds, lambda: f"{address} to hold {count} rows, not {held[0]}", timeout, 0.2)
 
 
 def _insert(servers: list[str], database: str, count: int) -> int:
@@ -114,8 +120,10 @@ def test_joining_nodes_become_standbys_then_spares(cluster: DqlitepyCluster) -> 
     assert shown[spare.address] == "spare"
 
     total = _insert(everyone, "roles", 50)
+    # The control: a sibling that must change in the same window, the standby, has every
+    # row before the spare is looked at (and the same probe sees rows once it is a standby).
     _wait_rows(standby.address, "roles", total)
-    time.sleep(0.5)
+    time.sleep(0.5)  # more of the window
     assert _rows_on(spare.address, "roles") == 0
 
     # Only voters lead.
@@ -131,8 +139,8 @@ def test_joining_nodes_become_standbys_then_spares(cluster: DqlitepyCluster) -> 
     _wait_rows(spare.address, "roles", total)
     frozen = _rows_on(standby.address, "roles")
     total = _insert(everyone, "roles", 20)
-    _wait_rows(spare.address, "roles", total)
-    time.sleep(0.5)
+    _wait_rows(spare.address, "roles", total)  # the control, as above
+    time.sleep(0.5)  # more of the window
     assert _rows_on(standby.address, "roles") == frozen
 
 
@@ -164,6 +172,17 @@ def test_standbys_do_not_vote_until_promoted(cluster: DqlitepyCluster) -> None:
     # One voter back: a leader again, which replaces the voter still down
     # with the standby (promoting first), as go-dqlite's app does.
     cluster.node(down[0]).start(timeout=60)
+    # The control for the 4 s above: once a quorum has a leader again, the same probe
+    # writes within them.
+    cluster.leader(timeout=60, among=[survivor, down[0]])
+    conn = dqlitepy.connect(
+        "votes", servers=[survivor, standby.address], leader_timeout=4, isolation_level=None
+    )
+    try:
+        conn.execute("INSERT INTO t (v) VALUES ('quorum again')")
+    finally:
+        conn.close()
+    total += 1
     live = [survivor, down[0], standby.address]
     _wait_role(live, standby.address, NodeRole.VOTER, timeout=OFFLINE_AFTER + 30)
     _wait_role(live, down[1], NodeRole.SPARE, timeout=30)

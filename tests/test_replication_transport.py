@@ -20,7 +20,7 @@ import socket
 import struct
 import time
 import zlib
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +30,7 @@ from pysyncobj import SyncObj
 from pysyncobj.transport import TCPTransport
 from raft_acceptor import ConnectAcceptor
 from raft_counter import Counter, raft_conf
+from waiting import wait_until
 
 from dqlitepy.replication.transport import (
     APPEND_CHUNK_TARGET,
@@ -58,14 +59,6 @@ from dqlitepy.wire import ConnectRequest, encode_message
 KEY = b"cluster key for the transport tests"
 WRONG_KEY = b"not the cluster key, same length!!!"
 WAIT = 10.0  # upper bound of every wait; typical waits are well under a second
-
-
-def wait_until(predicate: Callable[[], bool], what: str, timeout: float = WAIT) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.01)
 
 
 class Cluster:
@@ -549,11 +542,13 @@ def test_keyed_peer_talks_raft_and_counts_as_connected_only_after_auth(
     try:
         peer.hello()
         peer.peer_nonce = peer.recv_exact(40)[8:]
-        time.sleep(0.1)
-        assert not node.isNodeConnected(RaftNode(fake)), "connected before authenticating"
+        # A sibling that must change first: the node took the hello in and sent its proof.
         kind, body = peer.read_frame()
         assert kind == FrameKind.AUTH
+        time.sleep(0.1)  # a window for a premature "connected" to show
+        assert not node.isNodeConnected(RaftNode(fake)), "connected before authenticating"
         peer.send(peer.frame(FrameKind.AUTH, body))
+        # The control: once authenticated, the same probe sees the connection.
         _talks_raft(node, transport, peer, fake)
     finally:
         peer.close()

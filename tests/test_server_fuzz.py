@@ -31,6 +31,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 from dqlitepy_server import DqlitepyServer
 from raw_client import Raw
+from waiting import busy_threads, wait_until
 
 import dqlitepy
 from dqlitepy.wire import (
@@ -198,6 +199,26 @@ def _closed_by_server(sock: socket.socket, timeout: float = 5.0) -> bool:
     except TimeoutError:
         return False
     return True
+
+
+def _server_end(node: DqlitepyServer, sock: socket.socket) -> tuple[int, int]:
+    """(unsent, unread): bytes queued at the server's end of ``sock``'s connection.
+
+    Read from the kernel's table (``/proc/net/tcp``: tx_queue, rx_queue), as the test
+    cannot ask the server what it took in.
+    """
+    server_port = int(node.address.rpartition(":")[2])
+    client_port = sock.getsockname()[1]
+    with open("/proc/net/tcp") as table:
+        next(table)  # the header
+        for line in table:
+            fields = line.split()
+            local, remote, state, queues = fields[1], fields[2], fields[3], fields[4]
+            ports = (int(local.rpartition(":")[2], 16), int(remote.rpartition(":")[2], 16))
+            if state == "01" and ports == (server_port, client_port):  # 01: established
+                unsent, unread = queues.split(":")
+                return int(unsent, 16), int(unread, 16)
+    raise AssertionError(f"no established connection from port {client_port} to the server")
 
 
 def _abort(sock: socket.socket) -> None:
@@ -513,13 +534,19 @@ def test_body_up_to_the_limit_is_not_allocated_ahead(
     # A header announcing 64 MiB is legal; the server buffers what arrives, not what is
     # announced: ten such half-sent messages must not cost 640 MiB.
     socks = []
+    sent = _VERSION.size + _HEADER.size + 64 * 1024
     try:
         for _ in range(10):
             sock = _connect(node.address)
             socks.append(sock)
             sock.sendall(_VERSION.pack(PROTOCOL_VERSION) + _HEADER.pack(_MAX_WORDS, 9, 0, 0))
             sock.sendall(bytes(64 * 1024))
-        time.sleep(0.5)
+        # The control: memory is measured once the server has read from every connection,
+        # so it has seen every header (and an allocation of what they announce would show).
+        wait_until(
+            lambda: all(_server_end(node, sock)[1] < sent for sock in socks),
+            "the server to read every header",
+        )
         assert _rss_kib(baseline.pid) - baseline.rss < _RSS_SLACK_KIB
         _works(node.address)
     finally:
@@ -694,7 +721,13 @@ def test_client_that_stops_reading_holds_only_its_own_thread(
         raw.call(OpenRequest(big_table))
         raw.sock.sendall(raw.conn.send(QuerySqlRequest(0, "SELECT id, s FROM big")))
         raw.sock.recv(65536)
-        time.sleep(0.5)  # the server is blocked sending to us now
+        unsent = [-1]
+
+        def blocked() -> bool:  # the server's send buffer is full and stays full
+            before, unsent[0] = unsent[0], _server_end(node, raw.sock)[0]
+            return unsent[0] > 0 and unsent[0] == before
+
+        wait_until(blocked, "the server to be blocked sending to us", interval=0.1)
         _works(node.address)
     finally:
         raw.close()
@@ -714,6 +747,8 @@ def test_requests_streamed_during_a_long_statement(
             " SELECT count(*) FROM c"
         )
         sock.sendall(encode_message(QuerySqlRequest(0, long_query)))
+        # The stream must meet the statement running (when the server reads ahead).
+        wait_until(lambda: busy_threads(baseline.pid) >= 1, "the statement to run")
         junk = encode_message(ExecSqlRequest(0, "--" + "x" * (1 << 20)))
         sent = 0
         deadline = time.monotonic() + 3
@@ -722,6 +757,8 @@ def test_requests_streamed_during_a_long_statement(
                 sock.sendall(junk)
                 sent += len(junk)
         assert _rss_kib(baseline.pid) - baseline.rss < _RSS_SLACK_KIB, f"{sent} bytes sent"
+        # The control: the statement still ran, so the whole stream met it.
+        assert busy_threads(baseline.pid) >= 1, "the statement ended before the stream did"
     finally:
         _abort(sock)  # the statement notices the hang-up and stops
     baseline.check("streaming during a statement")
@@ -767,10 +804,11 @@ def test_out_of_file_descriptors_then_serving_again() -> None:
         socks = [_connect(server.address) for _ in range(100)]  # within the listen backlog
         try:
             assert _rise(lambda: _fds(pid), 63) >= 63
-            deadline = time.monotonic() + 10
-            while "Too many open files" not in server.log():
-                assert time.monotonic() < deadline, server.log()
-                time.sleep(0.05)
+            wait_until(
+                lambda: "Too many open files" in server.log(),
+                lambda: f"accept() to fail with EMFILE:\n{server.log()}",
+                interval=0.05,
+            )
             # Reachable while the silent connections are still open (opening a database
             # would need more descriptors than the process has left).
             raw = Raw(server.address)

@@ -22,6 +22,7 @@ from collections.abc import Iterator
 import pytest
 from dqlitepy_server import DqlitepyServer
 from raw_client import Raw
+from waiting import busy_threads, wait_until
 
 import dqlitepy
 from dqlitepy.server.limits import ConnectionTable, Limits, MemoryBudget, Phase
@@ -222,6 +223,28 @@ _LONG_QUERY = (
 )
 
 
+def _hung_up(sock: socket.socket) -> bool:
+    """Whether the server has closed ``sock`` by now (reads what it sent; never waits)."""
+    timeout = sock.gettimeout()
+    sock.setblocking(False)
+    try:
+        while sock.recv(65536):
+            pass
+        return True
+    except BlockingIOError:
+        return False
+    except ConnectionResetError:
+        return True
+    finally:
+        sock.settimeout(timeout)
+
+
+def _wait_running(server: DqlitepyServer, statements: int) -> None:
+    """Wait until ``statements`` statements run on ``server`` (as many threads burn CPU)."""
+    pid = _pid(server)
+    wait_until(lambda: busy_threads(pid) >= statements, f"{statements} statements to run")
+
+
 def _abort(sock: socket.socket) -> None:
     """Close with a reset, as a killed client would."""
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
@@ -285,14 +308,18 @@ def test_2000_idle_sockets_do_not_lock_a_client_out() -> None:
 def test_pooled_idle_connections_are_kept_by_default() -> None:
     # go-dqlite keeps pooled connections idle indefinitely and sends no heartbeat: with
     # no --idle-timeout, an idle connection outlives the request timeout.
-    with DqlitepyServer(options=["--request-timeout", "1"]) as server:
+    with DqlitepyServer(options=["--request-timeout", "1"]) as server, _sockets() as opened:
         raw = Raw(server.address)
-        try:
-            assert isinstance(raw.call(LeaderRequest()), ServerResponse)
-            time.sleep(2.5)
-            assert isinstance(raw.call(LeaderRequest()), ServerResponse)
-        finally:
-            raw.close()
+        opened.append(raw.sock)
+        # The control: a connection silent since it connected is cut by the request timeout
+        # within the same window, and the same probe sees that.
+        silent = _connect(server.address)
+        opened.append(silent)
+        assert isinstance(raw.call(LeaderRequest()), ServerResponse)
+        time.sleep(2.5)
+        assert _hung_up(silent), "the control: the request timeout did not cut a silent socket"
+        assert not _hung_up(raw.sock)
+        assert isinstance(raw.call(LeaderRequest()), ServerResponse)
 
 
 def test_idle_timeout_closes_idle_connections() -> None:
@@ -317,12 +344,17 @@ def test_in_transaction_connection_outlives_idle_ones_at_the_limit() -> None:
         assert isinstance(tx.call(ExecSqlRequest(0, "CREATE TABLE t (x)")), ResultResponse)
         assert isinstance(tx.call(ExecSqlRequest(0, "BEGIN")), ResultResponse)
         assert isinstance(tx.call(ExecSqlRequest(0, "INSERT INTO t VALUES (1)")), ResultResponse)
-        # Five newcomers, each taking the slot of the oldest connection not in a transaction.
+        # Five newcomers, each taking the slot of the oldest connection not in a transaction
+        # (each is answered before the next comes: the server took it in).
+        newcomers = []
         for _ in range(5):
-            sock = _connect(server.address)
-            opened.append(sock)
-            sock.sendall(_VERSION.pack(PROTOCOL_VERSION) + encode_message(LeaderRequest()))
-            time.sleep(0.05)
+            newcomer = Raw(server.address)
+            opened.append(newcomer.sock)
+            newcomers.append(newcomer.sock)
+            assert isinstance(newcomer.call(LeaderRequest()), ServerResponse)
+        # The control: the three oldest newcomers lost their slots meanwhile.
+        for sock in newcomers[:3]:
+            _read_until_closed(sock, timeout=5)
         assert isinstance(tx.call(ExecSqlRequest(0, "COMMIT")), ResultResponse)
         assert tx.rows(QuerySqlRequest(0, "SELECT x FROM t")) == [(1,)]
 
@@ -334,7 +366,7 @@ def test_connection_refused_with_a_failure_while_all_are_serving() -> None:
             opened.append(raw.sock)
             assert isinstance(raw.call(OpenRequest("busy")), DbResponse)
             raw.sock.sendall(raw.conn.send(QuerySqlRequest(0, _LONG_QUERY)))
-        time.sleep(0.3)  # both are running their statement now
+        _wait_running(server, 2)
         refused = _connect(server.address)
         opened.append(refused)
         data, _ = _read_until_closed(refused, timeout=5)
@@ -344,18 +376,17 @@ def test_connection_refused_with_a_failure_while_all_are_serving() -> None:
         )
         for sock in opened[:2]:  # the statements notice the hang-ups and stop
             _abort(sock)
-        deadline = time.monotonic() + 10
-        while True:  # (raw: the driver leaks its socket when LEADER gets a FAILURE)
+
+        def served() -> bool:  # (raw: the driver leaks its socket when LEADER gets a FAILURE)
             raw = Raw(server.address)
             try:
-                if isinstance(raw.call(LeaderRequest()), ServerResponse):
-                    break
+                return isinstance(raw.call(LeaderRequest()), ServerResponse)
             except OSError:
-                pass  # still refused and closed: the statements have not stopped yet
+                return False  # still refused and closed: the statements have not stopped yet
             finally:
                 raw.close()
-            assert time.monotonic() < deadline
-            time.sleep(0.1)
+
+        wait_until(served, "a newcomer to be served again", interval=0.1)
         assert _query(server.address) < 2
 
 
@@ -499,7 +530,7 @@ def test_request_waiting_for_memory_gets_a_failure() -> None:
         assert isinstance(hog.call(OpenRequest("hog")), DbResponse)
         padding = "-- " + "x" * (600 * 1024) + "\n"
         hog.sock.sendall(hog.conn.send(ExecSqlRequest(0, padding + _LONG_QUERY)))
-        time.sleep(0.3)
+        _wait_running(server, 1)
         waiter = _connect(server.address)
         opened.append(waiter)
         started = time.monotonic()

@@ -36,6 +36,7 @@ from dqlite_cluster import DQLITE_SHELL
 from dqlitepy_server import CLUSTER_KEY, DqlitepyCluster, DqlitepyServer
 from raft_acceptor import ConnectAcceptor
 from raft_counter import Counter
+from waiting import wait_until
 
 import dqlitepy
 from dqlitepy.client.tls import client_context, context_from_url
@@ -53,14 +54,6 @@ _LONG_QUERY = (
     "WITH RECURSIVE c(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM c WHERE i < 10000000000) "
     "SELECT count(*) FROM c"
 )
-
-
-def wait_until(predicate: Callable[[], bool], what: str, timeout: float = WAIT) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.02)
 
 
 # ----------------------------------------------------------------------------- certificates
@@ -182,7 +175,7 @@ class _RaftCluster:
         return [n for n in self.nodes if n is not None]
 
     def leader(self) -> Counter:
-        wait_until(lambda: sum(n._isLeader() for n in self.live()) == 1, "a leader")
+        wait_until(lambda: sum(n._isLeader() for n in self.live()) == 1, "a leader", WAIT)
         return next(n for n in self.live() if n._isLeader())
 
     def close(self) -> None:
@@ -207,7 +200,9 @@ def test_raft_links_run_over_tls_and_carry_a_4_mib_entry(certs: Certs) -> None:
         blob = os.urandom(4 * 1024 * 1024)
         digest = cluster.leader().put_blob(blob, sync=True, timeout=WAIT)
         assert digest == hashlib.sha256(blob).hexdigest()
-        wait_until(lambda: all(n.value == 60 and len(n.blobs) == 1 for n in nodes), "all applied")
+        wait_until(
+            lambda: all(n.value == 60 and len(n.blobs) == 1 for n in nodes), "all applied", WAIT
+        )
         transports = [t for t in cluster.transports if t is not None]
         links = [link for t in transports for link in t._open.values()]
         assert links and all(isinstance(link.sock, ssl.SSLSocket) for link in links)
@@ -241,7 +236,7 @@ def test_a_snapshot_crosses_tls_links_to_a_restarted_node(
         for _ in range(30):
             cluster.leader().incr(sync=True, timeout=WAIT)
         restarted = cluster.start(victim)
-        wait_until(lambda: restarted.value == 90, "the restarted node installed the snapshot")
+        wait_until(lambda: restarted.value == 90, "the restarted node installed the snapshot", WAIT)
         assert chunks and chunks[0][1] is True and chunks[-1][2] is True
     finally:
         cluster.close()
@@ -253,8 +248,21 @@ def test_raft_peer_with_a_certificate_from_another_ca_is_refused(certs: Certs) -
     # Same cluster key: only TLS stands between them.
     cluster = _RaftCluster([tls, rogue])
     try:
-        transports = [t for t in cluster.transports if t is not None]
-        wait_until(lambda: any(t.rejected_connections for t in transports), "a refused handshake")
+        # The control, started with them: two nodes whose certificates match, watched by
+        # the same probes, have open links and a leader before the window below begins.
+        control = _RaftCluster([tls, tls])
+        try:
+            transports = [t for t in cluster.transports if t is not None]
+            wait_until(
+                lambda: any(t.rejected_connections for t in transports),
+                "a refused handshake",
+                WAIT,
+            )
+            control.leader()
+            linked = [t for t in control.transports if t is not None]
+            wait_until(lambda: all(t._open for t in linked), "the control's links", WAIT)
+        finally:
+            control.close()
         time.sleep(1.0)
         assert all(not t._open for t in transports)
         assert not any(n._isLeader() for n in cluster.live())  # two voters, never connected
@@ -564,5 +572,6 @@ def test_go_shell_cannot_use_a_separate_client_certificate(certs: Certs) -> None
             _go_shell(node.address, "go", "SELECT 1", *client_tls, timeout=3)
         # The node's own certificate (same file on both sides) works.
         node_tls = ["-c", certs.crt("node"), "-k", certs.key("node")]
-        done = _go_shell(node.address, "go", "SELECT 1", *node_tls)
+        # (Within the same 3 s: the control for the timeout above.)
+        done = _go_shell(node.address, "go", "SELECT 1", *node_tls, timeout=3)
         assert (done.returncode, done.stdout) == (0, "1\n"), done.stderr

@@ -19,7 +19,7 @@ how:
 Third-party packages that appear in the table (``apsw``, ``pysyncobj``,
 ``sqlalchemy``, ``alembic``) may be imported only by the units that list them:
 APSW stays in the engine, PySyncObj in replication.  Other third-party and
-standard-library modules are free here (``tests/test_wire_purity.py`` keeps the
+standard-library modules are free here (``tests/wire/test_wire_purity.py`` keeps the
 wire layer free of I/O).  Imports by name (``importlib.import_module("x")``,
 ``__import__("x")`` with a literal) count as imports.
 """

@@ -7,8 +7,8 @@ that mangled name overrides it, which is how the fixes hook in.  The version
 is pinned (``pysyncobj==0.3.17``) because of that coupling.
 
 Each fix is a mixin of :class:`HardenedSyncObj` in its own module, whose
-docstring explains it; each has a test in ``tests/test_replication_raft.py``
-(reads: ``tests/test_replication_readindex.py``):
+docstring explains it; each has a test in ``tests/replication/test_replication_raft.py``
+(reads: ``tests/replication/test_replication_readindex.py``):
 
 ========================  ===============================================================
 :mod:`.entries`           **Pickle** (defect 4): cbor2 commands, whitelisted unpickling

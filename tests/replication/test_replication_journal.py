@@ -49,7 +49,7 @@ from dqlitepy.replication.journal import (
 from dqlitepy.replication.journal.meta import read_meta_file
 from dqlitepy.replication.journal.records import encode_record
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 def _fill(journal: Any, count: int, *, first: int = 1, term: int = 1, size: int = 20) -> None:

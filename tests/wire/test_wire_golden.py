@@ -82,7 +82,7 @@ from dqlitepy.wire import (
 from dqlitepy.wire.codec import Reader, Value
 from dqlitepy.wire.rows import RowsBatchEncoder
 
-DATA = Path(__file__).parent / "data" / "golden_transcripts.json"
+DATA = Path(__file__).parent.parent / "data" / "golden_transcripts.json"
 TRANSCRIPTS: dict[str, dict[str, Any]] = {
     t["id"]: t for t in json.loads(DATA.read_text(encoding="utf-8"))["transcripts"]
 }

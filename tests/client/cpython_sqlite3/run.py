@@ -16,8 +16,8 @@ create files such as ``TESTFN`` there):
 
 Usage::
 
-    python tests/cpython_sqlite3/run.py                   # both backends, a table of counts
-    python tests/cpython_sqlite3/run.py --backend dqlitepy -v --json result.json
+    python tests/client/cpython_sqlite3/run.py                   # both backends, a table of counts
+    python tests/client/cpython_sqlite3/run.py --backend dqlitepy -v --json result.json
 
 Where the interpreter lacks its test suite (Debian's python3 ships ``test.support``
 but not ``test_sqlite3``), point ``--tests-dir`` or ``DQLITEPY_CPYTHON_TESTS`` at a

@@ -17,7 +17,7 @@ fault at a time, every few seconds, then heals everything.  Meanwhile:
 Every run prints a report (operations, outcomes, errors, anomalies, unavailability windows,
 recovery after the final heal) and asserts the targets of the "never stuck, never stale"
 issue.  The default run is short (``DQLITEPY_JEPSEN_SECONDS=40`` s of faults); the long one is
-``DQLITEPY_JEPSEN_SECONDS=200 pytest tests/test_jepsen_partitions.py -s``.
+``DQLITEPY_JEPSEN_SECONDS=200 pytest tests/jepsen/test_jepsen_partitions.py -s``.
 ``DQLITEPY_FAULT_SEED`` replays a nemesis schedule, ``DQLITEPY_JEPSEN_LOG_DIR`` keeps the
 nodes' logs, ``DQLITEPY_JEPSEN_MAX_WINDOW`` changes the unavailability target.  Without root
 or ``ip`` the test fails, unless ``DQLITEPY_NO_NETNS=1`` says to skip it.

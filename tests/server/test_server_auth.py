@@ -2,7 +2,7 @@
 
 ``dqlitepy/server/auth.py`` judges each client connection (loopback trust, the proof of the
 key); ``dqlitepy/server/membership.py`` promotes a node to voter only once it has caught up.
-The multi-process behaviour is in ``tests/test_membership_auth.py``.
+The multi-process behaviour is in ``tests/server/test_membership_auth.py``.
 """
 
 from __future__ import annotations

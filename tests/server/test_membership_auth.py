@@ -41,7 +41,7 @@ from dqlitepy.wire import (
 KEY = CLUSTER_KEY.encode()
 SQLITE_AUTH = 23
 SQLITE_BUSY = 5
-_REPO = Path(__file__).resolve().parent.parent
+_REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(autouse=True)

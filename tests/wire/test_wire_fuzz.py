@@ -15,7 +15,7 @@ Coverage-guided fuzzing with atheris (not a dependency of this project)::
     python - <<'EOF'
     import sys
     import atheris
-    sys.path.insert(0, "tests")
+    sys.path[:0] = ["tests", "tests/wire"]
     with atheris.instrument_imports():
         from test_wire_fuzz import fuzz_server
     atheris.Setup(sys.argv, fuzz_server)

@@ -34,7 +34,7 @@ from dqlite_cluster import DQLITE_SHELL, DqliteDemoCluster
 
 pytestmark = pytest.mark.dqlite
 
-_REPO = Path(__file__).resolve().parent.parent
+_REPO = Path(__file__).resolve().parents[2]
 
 
 @dataclass(frozen=True, slots=True)

@@ -25,7 +25,7 @@ from dqlitepy.wire import (
     encode_message,
 )
 
-_REPO = Path(__file__).resolve().parent.parent
+_REPO = Path(__file__).resolve().parents[2]
 _DEFAULT_ADDRESS = "127.0.0.1:9001"
 #: How long a signalled server may take to exit ("a couple of seconds").
 _STOP_WITHIN = 3.0

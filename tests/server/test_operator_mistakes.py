@@ -25,7 +25,7 @@ from waiting import wait_until
 
 import dqlitepy
 
-_REPO = Path(__file__).resolve().parent.parent
+_REPO = Path(__file__).resolve().parents[2]
 OTHER_KEY = "another-cluster-key-fedcba9876543210"
 ROWS = [(i, f"row {i}") for i in range(1, 51)]
 

@@ -1,6 +1,6 @@
 """Driver: sqlite3 behaviour that CPython's test_sqlite3 checks, on both backends.
 
-``tests/test_cpython_sqlite3.py`` runs CPython's own suite, but only against the embedded
+``tests/client/test_cpython_sqlite3.py`` runs CPython's own suite, but only against the embedded
 dqlitepy node.  These tests cover the same driver paths against the real C dqlite too, where
 the server cannot help (no declared types, no ``sqlite3_limit()``), and compare with the
 standard library's ``sqlite3`` wherever the outcome must be the same.

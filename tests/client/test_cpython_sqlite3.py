@@ -1,8 +1,9 @@
 """CPython's own ``test_sqlite3``, run with dqlitepy in place of ``sqlite3`` (embedded node).
 
-The work is done by ``tests/client/cpython_sqlite3/run.py`` in subprocesses; this test fails if
-any test that dqlitepy runs fails or errors, and prints the counts next to the standard
-library's.  The exclusions, each with its reason, are in ``tests/client/cpython_sqlite3/exclusions.py``.
+The work is done by ``tests/client/cpython_sqlite3/run.py`` in subprocesses; this test fails
+if any test that dqlitepy runs fails or errors, and prints the counts next to the standard
+library's.  The exclusions, each with its reason, are in
+``tests/client/cpython_sqlite3/exclusions.py``.
 
 The test modules come with the interpreter (``test.test_sqlite3``).  Debian's python3 does
 not ship them: then set ``DQLITEPY_CPYTHON_TESTS`` to a directory holding CPython's

@@ -7,10 +7,10 @@ import random
 import time
 
 import pytest
-from jepsen.history import Window, outcome_of, recovery_time, unavailability
-from jepsen.linearizability import Op, check_register, check_registers, stale_reads
 
 import dqlitepy
+from jepsen.history import Window, outcome_of, recovery_time, unavailability
+from jepsen.linearizability import Op, check_register, check_registers, stale_reads
 
 INF = math.inf
 

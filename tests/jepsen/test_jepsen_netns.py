@@ -15,6 +15,7 @@ import time
 from collections.abc import Iterator
 
 import pytest
+
 from jepsen import netns
 from jepsen.netns import NETNS_SKIP_ENV, Network, netns_problem
 

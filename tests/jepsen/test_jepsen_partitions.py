@@ -40,13 +40,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+
+import dqlitepy
 from jepsen.cluster import NetnsCluster
 from jepsen.history import Recorder, Status, Window, outcome_of, recovery_time, unavailability
 from jepsen.linearizability import CheckResult, Op, check_registers, stale_reads
 from jepsen.nemesis import Fault, Nemesis
 from jepsen.netns import NETNS_SKIP_ENV, Network, NetworkError, netns_problem
-
-import dqlitepy
 
 #: Seconds of faults (the nemesis's run); the whole test takes about 10 s more.
 RUN_SECONDS = float(os.environ.get("DQLITEPY_JEPSEN_SECONDS") or 40)

@@ -58,6 +58,7 @@ from typing import Any, Final
 from ..wire import (
     NEED_DATA,
     ConnectRequest,
+    ErrorCode,
     FailureResponse,
     Handshake,
     ProtocolError,
@@ -75,7 +76,7 @@ __all__ = [
 log = logging.getLogger("dqlitepy.server")
 
 #: The FAILURE code a plain-text client gets from a TLS node (SQLITE_AUTH).
-PLAINTEXT_REFUSED_CODE: Final = 23
+PLAINTEXT_REFUSED_CODE: Final = ErrorCode.SQLITE_AUTH
 _PLAINTEXT_REFUSED_MESSAGE: Final = (
     "this dqlite node requires TLS: connect with TLS (dqlitepy: ssl=... or ?tls=1 in the URL; "
     "the dqlite shell: --cert and --key)"

@@ -1,0 +1,57 @@
+"""``python -m benchmarks --quick`` runs end to end and prints a table of both systems.
+
+A smoke test only: the smallest configuration (one workload, one client, one node, one
+round, about a second each), under a timeout. No figure is checked: speed targets are
+measured by the suite, never asserted by a unit test.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.mark.dqlite
+@pytest.mark.skipif(
+    os.environ.get("DQLITEPY_NO_DQLITE") == "1", reason="DQLITEPY_NO_DQLITE=1: no dqlite-demo"
+)
+def test_quick_run_prints_both_systems_and_a_ratio() -> None:
+    # Without dqlite-demo the suite exits with status 2 and says what to install: a failure.
+    env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    run = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "benchmarks",
+            "--quick",
+            "--workloads",
+            "kvwrite",
+            "--clients",
+            "1",
+            "--seconds",
+            "1",
+            "--rounds",
+            "1",
+            "--nodes",
+            "1",
+        ],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    lines = run.stdout.splitlines()
+    assert any("ratio" in line and "ops/s" in line for line in lines), run.stdout
+    rows = [line.split() for line in lines]
+    assert ["kvwrite", "1", "dqlite"] in [r[:3] for r in rows], run.stdout
+    ours = [r for r in rows if r[:1] == ["dqlitepy"]]
+    assert ours and "ratio:" in ours[0], run.stdout

@@ -180,12 +180,16 @@ def markdown(results: Results) -> str:
             f"| ops/s ÷ {REFERENCE} | p99 ÷ {REFERENCE} | CPU/op ÷ {REFERENCE} | errors |"
         )
         out.append("|---|--:|---|--:|--:|--:|--:|--:|--:|--:|---|")
+        previous = None
         for workload, clients, system, f, ratios in _lines(results, nodes):
+            same = (workload, clients) == previous
+            previous = (workload, clients)
             cells = [_num(r) for r in ratios] if ratios else ["", "", ""]
             if ratios:
                 cells[0] = f"**{cells[0]}**"
             out.append(
-                f"| {WORKLOADS[workload].title} | {clients} | {system} "
+                f"| {'' if same else WORKLOADS[workload].title} | {'' if same else clients} "
+                f"| {system} "
                 f"| {_num(f.ops_per_second)} | {_num(f.p50_ms)} | {_num(f.p99_ms)} "
                 f"| {_num(f.cpu_ms_per_op)} | {' | '.join(cells)} | {_errors(f) or ''} |"
             )
@@ -219,10 +223,15 @@ def to_json(results: Results, meta: dict[str, object]) -> str:
 
 
 _PLOTTED = ("kvwrite", "kvreadwrite", "read")
-_STYLE = {"dqlite": "tab:blue", "dqlitepy": "tab:orange", "dqlitepy-standalone": "tab:green"}
+_STYLE = {
+    "dqlite": "tab:blue",
+    "dqlitepy": "tab:orange",
+    "dqlitepy-standalone": "tab:green",
+    "dqlite, Go client": "tab:gray",
+}
 
 
-def plot(results: Results, directory: Path) -> list[Path] | str:
+def plot(results: Results, directory: Path, fmt: str = "svg") -> list[Path] | str:
     """Throughput and p99 against clients, both systems; the files, or why none were made."""
     try:
         import matplotlib
@@ -252,8 +261,8 @@ def plot(results: Results, directory: Path) -> list[Path] | str:
             ax.set_ylabel(ylabel)
         axes[0][0].legend(fontsize=8)
         fig.tight_layout()
-        path = directory / f"{name}.svg"
-        fig.savefig(path, format="svg", metadata={"Date": None})
+        path = directory / f"{name}.{fmt}"
+        fig.savefig(path, format=fmt, metadata={"Date": None} if fmt == "svg" else None)
         plt.close(fig)
         made.append(path)
     return made
@@ -277,8 +286,17 @@ def _plot_one(
                     marker="o",
                     color=_STYLE[system],
                     linestyle="-" if nodes > 1 else "--",
+                    markerfacecolor="none" if nodes == 1 else _STYLE[system],
                     label=f"{system}, {nodes} node{'s' if nodes > 1 else ''}",
                 )
+    from matplotlib.ticker import FuncFormatter, NullFormatter
+
+    clients = sorted({c for _, w, c in results.rows() if w == workload})
     ax.set_xscale("log", base=2)  # type: ignore[attr-defined]
+    ax.set_xticks(clients, [str(c) for c in clients])  # type: ignore[attr-defined]
+    ax.xaxis.set_minor_formatter(NullFormatter())  # type: ignore[attr-defined]
     ax.set_yscale("log")  # type: ignore[attr-defined]
+    plain = FuncFormatter(lambda y, _: f"{y:g}")
+    ax.yaxis.set_major_formatter(plain)  # type: ignore[attr-defined]
+    ax.yaxis.set_minor_formatter(NullFormatter())  # type: ignore[attr-defined]
     ax.grid(True, which="both", alpha=0.3)  # type: ignore[attr-defined]

@@ -26,8 +26,8 @@ import sys
 import time
 from types import FrameType
 
-from . import report
-from .measure import measure
+from . import go_client, report
+from .measure import Sample, measure
 from .report import Results
 from .systems import REPO, SYSTEMS, missing_programs
 from .workloads import WORKLOADS
@@ -113,6 +113,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="which systems, in the order of each round (default dqlite,dqlitepy)",
     )
     parser.add_argument(
+        "--go-client",
+        action="store_true",
+        help="on 1 node, also run go-dqlite's dqlite-benchmark (C dqlite with its Go client "
+        "in one process) for kvwrite and kvreadwrite, as a baseline",
+    )
+    parser.add_argument(
         "--write-docs",
         action="store_true",
         help="write the results into docs/performance.md and docs/performance/",
@@ -151,32 +157,53 @@ def run(args: argparse.Namespace, results: Results) -> None:
     for nodes in args.nodes:
         for round_ in range(args.rounds):
             for system in args.systems:
-                started = time.monotonic()
-                with SYSTEMS[system](nodes) as cluster:
-                    print(
-                        f"# {nodes} node(s), round {round_ + 1}/{args.rounds}, {system}: "
-                        f"up in {time.monotonic() - started:.1f}s",
-                        file=sys.stderr,
-                        flush=True,
-                    )
-                    for workload, clients in pairs:
-                        sample = measure(
-                            cluster,
-                            workload,
-                            clients,
-                            args.seconds,
-                            database=f"bench_{workload}_{clients}",
-                            max_processes=args.processes,
-                            seed=round_,
-                        )
-                        results.add(nodes, workload, clients, system, sample)
-                        print(
-                            f"#   {workload:<12} {clients:>3} clients: "
-                            f"{sample.ops_per_second:9.1f} ops/s, "
-                            f"{sum(sample.errors.values())} errors",
-                            file=sys.stderr,
-                            flush=True,
-                        )
+                _run_system(args, results, system, nodes, round_, pairs)
+            if args.go_client and nodes == 1:
+                for workload, clients in pairs:
+                    if workload in go_client.WORKLOADS:
+                        sample = go_client.run(workload, clients, args.seconds)
+                        results.add(nodes, workload, clients, go_client.SYSTEM, sample)
+                        _progress(workload, clients, go_client.SYSTEM, sample)
+
+
+def _progress(workload: str, clients: int, system: str, sample: Sample) -> None:
+    print(
+        f"#   {system:<10} {workload:<12} {clients:>3} clients: "
+        f"{sample.ops_per_second:9.1f} ops/s, {sum(sample.errors.values())} errors",
+        file=sys.stderr,
+        flush=True,
+    )
+
+
+def _run_system(
+    args: argparse.Namespace,
+    results: Results,
+    system: str,
+    nodes: int,
+    round_: int,
+    pairs: list[tuple[str, int]],
+) -> None:
+    """One cluster of ``system``: every (workload, clients) pair on it."""
+    started = time.monotonic()
+    with SYSTEMS[system](nodes) as cluster:
+        print(
+            f"# {nodes} node(s), round {round_ + 1}/{args.rounds}, {system}: "
+            f"up in {time.monotonic() - started:.1f}s",
+            file=sys.stderr,
+            flush=True,
+        )
+        for workload, clients in pairs:
+            sample = measure(
+                cluster,
+                workload,
+                clients,
+                args.seconds,
+                database=f"bench_{workload}_{clients}",
+                max_processes=args.processes,
+                seed=round_,
+            )
+            results.add(nodes, workload, clients, system, sample)
+            _progress(workload, clients, system, sample)
 
 
 def _machine(load_before: float, elapsed: float) -> dict[str, object]:
@@ -199,6 +226,7 @@ def _settings(args: argparse.Namespace) -> dict[str, object]:
         "clients": args.clients,
         "processes": args.processes,
         "quick": args.quick,
+        "go_client": args.go_client,
     }
 
 
@@ -240,6 +268,9 @@ def main(argv: list[str] | None = None) -> int:
     missing = missing_programs()
     if missing and "dqlite" in args.systems:
         print(f"missing: {', '.join(missing)}", file=sys.stderr)
+        return 2
+    if args.go_client and not go_client.available():
+        print(f"missing: {go_client.DQLITE_BENCHMARK} (apt-get install go-dqlite)", file=sys.stderr)
         return 2
     signal.signal(signal.SIGTERM, _raise_interrupt)
     results = Results()

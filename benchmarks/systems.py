@@ -27,9 +27,9 @@ if _TESTS not in sys.path:
     sys.path.insert(0, _TESTS)
 
 from dqlite_cluster import DQLITE_DEMO, DqliteDemoCluster  # noqa: E402
-from dqlitepy_server import DqlitepyCluster, DqlitepyServer  # noqa: E402
+from dqlitepy_server import DqlitepyCluster, DqlitepyServer, free_port  # noqa: E402
 
-__all__ = ["SYSTEMS", "Cluster", "cpu_seconds", "missing_programs"]
+__all__ = ["SYSTEMS", "Cluster", "cpu_seconds", "free_port", "missing_programs"]
 
 _CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 

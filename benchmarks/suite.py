@@ -71,7 +71,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--quick",
         action="store_true",
-        help=f"a smoke run: {QUICK_SECONDS:g} s per measurement, 1 round, "
+        help=f"a smoke run: {QUICK_SECONDS:g} s per measurement, 1 round, 1 node, "
         f"clients {','.join(map(str, QUICK_CLIENTS))} at most",
     )
     parser.add_argument(
@@ -100,7 +100,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=None,
         help="alternated rounds, each system once per round (default 3, quick 1)",
     )
-    parser.add_argument("--nodes", type=_ints, default=[1, 3], help="cluster sizes (default 1,3)")
+    parser.add_argument(
+        "--nodes", type=_ints, default=None, help="cluster sizes (default 1,3; quick 1)"
+    )
     parser.add_argument(
         "--processes",
         type=int,
@@ -128,6 +130,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.seconds = QUICK_SECONDS if args.quick else 5.0
     if args.rounds is None:
         args.rounds = 1 if args.quick else 3
+    if args.nodes is None:
+        args.nodes = [1] if args.quick else [1, 3]
     args.systems = [s.strip() for s in args.systems.split(",") if s.strip()]
     if not args.systems or any(s not in SYSTEMS for s in args.systems):
         parser.error(f"--systems: choose among {', '.join(SYSTEMS)}")
@@ -147,8 +151,13 @@ def plan(args: argparse.Namespace) -> list[tuple[str, int]]:
     return pairs
 
 
+_interrupted: list[int] = []  # the signals received
+
+
 def _raise_interrupt(signum: int, frame: FrameType | None) -> None:
-    raise KeyboardInterrupt(f"signal {signum}")
+    _interrupted.append(signum)
+    if len(_interrupted) == 1:  # later ones must not break off the clean-up
+        raise KeyboardInterrupt(f"signal {signum}")
 
 
 def run(args: argparse.Namespace, results: Results) -> None:
@@ -272,14 +281,20 @@ def main(argv: list[str] | None = None) -> int:
     if args.go_client and not go_client.available():
         print(f"missing: {go_client.DQLITE_BENCHMARK} (apt-get install go-dqlite)", file=sys.stderr)
         return 2
+    # Ctrl-C and SIGTERM unwind through every context manager, which stop the processes.
+    # A terminal's Ctrl-C also reaches the servers, which may stop first: whatever error
+    # that causes here counts as the interruption.
     signal.signal(signal.SIGTERM, _raise_interrupt)
+    signal.signal(signal.SIGINT, _raise_interrupt)
     results = Results()
     load_before = os.getloadavg()[0]
     started = time.monotonic()
     interrupted = False
     try:
         run(args, results)
-    except KeyboardInterrupt:
+    except BaseException:
+        if not _interrupted:
+            raise
         interrupted = True
         print("\ninterrupted: every process stopped; results so far:", file=sys.stderr)
     meta: dict[str, object] = {

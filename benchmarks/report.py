@@ -291,9 +291,9 @@ def _plot_one(
                 )
     from matplotlib.ticker import FuncFormatter, NullFormatter
 
-    clients = sorted({c for _, w, c in results.rows() if w == workload})
+    ticks = sorted({c for _, w, c in results.rows() if w == workload})
     ax.set_xscale("log", base=2)  # type: ignore[attr-defined]
-    ax.set_xticks(clients, [str(c) for c in clients])  # type: ignore[attr-defined]
+    ax.set_xticks(ticks, [str(c) for c in ticks])  # type: ignore[attr-defined]
     ax.xaxis.set_minor_formatter(NullFormatter())  # type: ignore[attr-defined]
     ax.set_yscale("log")  # type: ignore[attr-defined]
     plain = FuncFormatter(lambda y, _: f"{y:g}")

@@ -29,7 +29,7 @@ from types import FrameType
 from . import go_client, report
 from .measure import Sample, measure
 from .report import Results
-from .systems import REPO, SYSTEMS, missing_programs
+from .systems import REPO, SINGLE_NODE, SYSTEMS, missing_programs
 from .workloads import WORKLOADS
 
 __all__ = ["main"]
@@ -142,7 +142,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def plan(args: argparse.Namespace) -> list[tuple[str, int]]:
     """(workload, clients) pairs, in the order they run on each cluster."""
-    pairs = []
+    pairs: list[tuple[str, int]] = []
     for name in args.workloads:
         counts = args.clients or list(WORKLOADS[name].clients)
         if args.quick and not args.clients:
@@ -166,6 +166,8 @@ def run(args: argparse.Namespace, results: Results) -> None:
     for nodes in args.nodes:
         for round_ in range(args.rounds):
             for system in args.systems:
+                if nodes > 1 and system in SINGLE_NODE:
+                    continue
                 _run_system(args, results, system, nodes, round_, pairs)
             if args.go_client and nodes == 1:
                 for workload, clients in pairs:

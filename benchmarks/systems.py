@@ -29,7 +29,7 @@ if _TESTS not in sys.path:
 from dqlite_cluster import DQLITE_DEMO, DqliteDemoCluster  # noqa: E402
 from dqlitepy_server import DqlitepyCluster, DqlitepyServer, free_port  # noqa: E402
 
-__all__ = ["SYSTEMS", "Cluster", "cpu_seconds", "free_port", "missing_programs"]
+__all__ = ["SINGLE_NODE", "SYSTEMS", "Cluster", "cpu_seconds", "free_port", "missing_programs"]
 
 _CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
@@ -85,6 +85,9 @@ def dqlitepy_standalone(nodes: int) -> Iterator[Cluster]:
         assert server.process is not None
         yield Cluster("dqlitepy-standalone", [server.address], [server.process.pid])
 
+
+# Systems that exist only as one node: the suite skips them for larger clusters.
+SINGLE_NODE = frozenset({"dqlitepy-standalone"})
 
 SYSTEMS: dict[str, Callable[[int], AbstractContextManager[Cluster]]] = {
     "dqlite": dqlite_cluster,

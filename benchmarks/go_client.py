@@ -74,7 +74,7 @@ def run(workload: str, clients: int, seconds: float) -> Sample:
                     process.wait(10)
         if status != 0:
             raise RuntimeError(f"dqlite-benchmark exited with {status}: {log.read_text()[-500:]}")
-        sample = Sample(elapsed=float(duration), server_cpu=float("nan"))
+        sample = Sample(elapsed=float(duration), server_cpu=float("nan"), client_cpu=float("nan"))
         for path in (directory / address / "results").iterdir():
             _parse(path, sample)
         sample.ops = len(sample.latencies)

@@ -53,6 +53,7 @@ class Sample:
     latencies: list[float] = field(default_factory=list)
     errors: Counter[str] = field(default_factory=Counter)
     server_cpu: float = 0.0
+    client_cpu: float = 0.0
 
     @property
     def ops_per_second(self) -> float:
@@ -68,6 +69,10 @@ class Sample:
     @property
     def cpu_per_op(self) -> float:
         return self.server_cpu / self.ops if self.ops else float("nan")
+
+    @property
+    def client_cpu_per_op(self) -> float:
+        return self.client_cpu / self.ops if self.ops else float("nan")
 
 
 def error_kind(exc: BaseException) -> str:
@@ -151,6 +156,7 @@ def _worker(
         if not pipe.poll(_READY_TIMEOUT + _GRACE):
             return
         pipe.recv()
+        cpu = time.process_time()  # this process, every thread
         start[0] = time.monotonic()
         go.set()
         for thread in threads:
@@ -160,7 +166,7 @@ def _worker(
         for s in states:
             errors.update(s.errors)
         end = max((s.end for s in states), default=start[0])
-        pipe.send((start[0], end, latencies, dict(errors)))
+        pipe.send((start[0], end, latencies, dict(errors), time.process_time() - cpu))
     finally:
         for conn in connections:
             with contextlib.suppress(Exception):
@@ -237,7 +243,8 @@ def measure(
             pipe.send("go")
         starts: list[float] = []
         ends: list[float] = []
-        for start, end, latencies, errors in _await_all(pipes, seconds + _GRACE):
+        for start, end, latencies, errors, cpu in _await_all(pipes, seconds + _GRACE):
+            sample.client_cpu += cpu
             starts.append(start)
             ends.append(end)
             sample.latencies.extend(latencies)
@@ -258,7 +265,7 @@ def measure(
 def _await_all(pipes: list[Pipe], timeout: float) -> list[Any]:
     """One message from each pipe within ``timeout``; late or dead workers are left out.
 
-    A worker sends "ready", then ``(start, end, latencies, errors by kind)``.
+    A worker sends "ready", then ``(start, end, latencies, errors by kind, CPU seconds)``.
     """
     deadline = time.monotonic() + timeout
     pending = list(pipes)

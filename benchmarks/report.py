@@ -37,6 +37,7 @@ class Figures:
     p50_ms: float
     p99_ms: float
     cpu_ms_per_op: float
+    client_cpu_ms_per_op: float
     errors: Counter[str]
     rounds: int
 
@@ -73,6 +74,7 @@ class Results:
             p50_ms=_median(s.percentile(0.5) * 1e3 for s in samples),
             p99_ms=_median(s.percentile(0.99) * 1e3 for s in samples),
             cpu_ms_per_op=_median(s.cpu_per_op * 1e3 for s in samples),
+            client_cpu_ms_per_op=_median(s.client_cpu_per_op * 1e3 for s in samples),
             errors=errors,
             rounds=len(samples),
         )
@@ -138,7 +140,11 @@ def _nodes(results: Results) -> list[int]:
 
 
 def text_table(results: Results) -> str:
-    """The table printed at the end of a run: one block per cluster size."""
+    """The table printed at the end of a run: one block per cluster size.
+
+    "CPU ms/op" is the servers' CPU per successful operation, "client" the client worker
+    processes'.
+    """
     width = max((len(s) for s in _systems(results)), default=8)
     out: list[str] = []
     for nodes in _nodes(results):
@@ -148,7 +154,8 @@ def text_table(results: Results) -> str:
         )
         out.append(
             f"{'workload':<12} {'clients':>7}  {'system':<{width}} {'ops/s':>8} {'p50 ms':>7} "
-            f"{'p99 ms':>7} {'CPU ms/op':>9}   ratio: {'ops/s':>5} {'p99':>5} {'CPU/op':>6}"
+            f"{'p99 ms':>7} {'CPU ms/op':>9} {'client':>6}   ratio: {'ops/s':>5} {'p99':>5} "
+            f"{'CPU/op':>6}"
         )
         errors: list[str] = []
         previous = None
@@ -157,7 +164,7 @@ def text_table(results: Results) -> str:
             previous = (workload, clients)
             line = (
                 f"{label}  {system:<{width}} {_num(f.ops_per_second, 8)} {_num(f.p50_ms, 7)} "
-                f"{_num(f.p99_ms, 7)} {_num(f.cpu_ms_per_op, 9)}"
+                f"{_num(f.p99_ms, 7)} {_num(f.cpu_ms_per_op, 9)} {_num(f.client_cpu_ms_per_op, 6)}"
             )
             if ratios:
                 line += f"   ratio: {_num(ratios[0], 5)} {_num(ratios[1], 5)} {_num(ratios[2], 6)}"
@@ -177,9 +184,10 @@ def markdown(results: Results) -> str:
         out.append(f"#### {nodes} node{'s' if nodes > 1 else ''}\n")
         out.append(
             "| workload | clients | system | ops/s | p50 ms | p99 ms | server CPU ms/op "
+            "| client CPU ms/op "
             f"| ops/s ÷ {REFERENCE} | p99 ÷ {REFERENCE} | CPU/op ÷ {REFERENCE} | errors |"
         )
-        out.append("|---|--:|---|--:|--:|--:|--:|--:|--:|--:|---|")
+        out.append("|---|--:|---|--:|--:|--:|--:|--:|--:|--:|--:|---|")
         previous = None
         for workload, clients, system, f, ratios in _lines(results, nodes):
             same = (workload, clients) == previous
@@ -191,7 +199,8 @@ def markdown(results: Results) -> str:
                 f"| {'' if same else WORKLOADS[workload].title} | {'' if same else clients} "
                 f"| {system} "
                 f"| {_num(f.ops_per_second)} | {_num(f.p50_ms)} | {_num(f.p99_ms)} "
-                f"| {_num(f.cpu_ms_per_op)} | {' | '.join(cells)} | {_errors(f) or ''} |"
+                f"| {_num(f.cpu_ms_per_op)} | {_num(f.client_cpu_ms_per_op)} "
+                f"| {' | '.join(cells)} | {_errors(f) or ''} |"
             )
         out.append("")
     return "\n".join(out)
@@ -215,6 +224,7 @@ def to_json(results: Results, meta: dict[str, object]) -> str:
                     "p50_ms": f.p50_ms,
                     "p99_ms": f.p99_ms,
                     "cpu_ms_per_op": f.cpu_ms_per_op,
+                    "client_cpu_ms_per_op": f.client_cpu_ms_per_op,
                     "errors": dict(f.errors),
                     "rounds": f.rounds,
                 }

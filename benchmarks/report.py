@@ -19,6 +19,7 @@ from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from .measure import Sample
 from .workloads import WORKLOADS
@@ -52,6 +53,28 @@ class Results:
 
     def __init__(self) -> None:
         self.samples: dict[Key, list[Sample]] = defaultdict(list)
+        self.loaded: dict[Key, Figures] = {}  # figures read back from results.json
+
+    @classmethod
+    def from_json(cls, text: str) -> tuple[Results, dict[str, Any]]:
+        """The figures and settings :func:`to_json` wrote."""
+        data = json.loads(text)
+        results = cls()
+        for row in data["rows"]:
+            key = (row["nodes"], row["workload"], row["clients"], row["system"])
+            results.loaded[key] = Figures(
+                ops_per_second=row["ops_per_second"],
+                p50_ms=row["p50_ms"],
+                p99_ms=row["p99_ms"],
+                cpu_ms_per_op=row["cpu_ms_per_op"],
+                client_cpu_ms_per_op=row["client_cpu_ms_per_op"],
+                errors=Counter(row["errors"]),
+                rounds=row["rounds"],
+            )
+        return results, data["meta"]
+
+    def measured(self) -> set[Key]:
+        return set(self.samples) | set(self.loaded)
 
     def add(self, nodes: int, workload: str, clients: int, system: str, sample: Sample) -> None:
         self.samples[(nodes, workload, clients, system)].append(sample)
@@ -59,10 +82,13 @@ class Results:
     def rows(self) -> list[tuple[int, str, int]]:
         """(nodes, workload, clients) of every row, in the order of WORKLOADS."""
         order = list(WORKLOADS)
-        keys = {(n, w, c) for n, w, c, _ in self.samples}
+        keys = {(n, w, c) for n, w, c, _ in self.measured()}
         return sorted(keys, key=lambda k: (k[0], order.index(k[1]), k[2]))
 
     def figures(self, nodes: int, workload: str, clients: int, system: str) -> Figures | None:
+        loaded = self.loaded.get((nodes, workload, clients, system))
+        if loaded is not None:
+            return loaded
         samples = self.samples.get((nodes, workload, clients, system))
         if not samples:
             return None
@@ -105,7 +131,7 @@ def _errors(figures: Figures | None) -> str:
 
 
 def _systems(results: Results) -> list[str]:
-    present = {k[3] for k in results.samples}
+    present = {k[3] for k in results.measured()}
     return [REFERENCE, *sorted(present - {REFERENCE})] if REFERENCE in present else sorted(present)
 
 
@@ -251,7 +277,7 @@ def plot(results: Results, directory: Path, fmt: str = "svg") -> list[Path] | st
     import matplotlib.pyplot as plt
 
     matplotlib.rcParams["svg.hashsalt"] = "dqlitepy-benchmarks"  # stable ids: small diffs
-    workloads = [w for w in _PLOTTED if any(k[1] == w for k in results.samples)]
+    workloads = [w for w in _PLOTTED if any(k[1] == w for k in results.measured())]
     if not workloads:
         return "no workload with a client sweep was run: plots skipped"
     directory.mkdir(parents=True, exist_ok=True)
@@ -281,7 +307,7 @@ def plot(results: Results, directory: Path, fmt: str = "svg") -> list[Path] | st
 def _plot_one(
     ax: object, results: Results, workload: str, value: Callable[[Figures], float]
 ) -> None:
-    for nodes in sorted({k[0] for k in results.samples}):
+    for nodes in sorted({k[0] for k in results.measured()}):
         for system in _systems(results):
             points = []
             for n, w, clients in results.rows():

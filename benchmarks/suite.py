@@ -25,6 +25,7 @@ import signal
 import sys
 import time
 from types import FrameType
+from typing import Any
 
 from . import go_client, report
 from .measure import Sample, measure
@@ -119,6 +120,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         action="store_true",
         help="on 1 node, also run go-dqlite's dqlite-benchmark (C dqlite with its Go client "
         "in one process) for kvwrite and kvreadwrite, as a baseline",
+    )
+    parser.add_argument(
+        "--replot",
+        action="store_true",
+        help="measure nothing: rewrite docs/performance.md and the plots from "
+        "docs/performance/results.json (e.g. once matplotlib is installed)",
     )
     parser.add_argument(
         "--write-docs",
@@ -217,7 +224,7 @@ def _run_system(
             _progress(workload, clients, system, sample)
 
 
-def _machine(load_before: float, elapsed: float) -> dict[str, object]:
+def _machine(load_before: float, elapsed: float) -> dict[str, Any]:
     return {
         "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "cpus": os.cpu_count(),
@@ -241,22 +248,21 @@ def _settings(args: argparse.Namespace) -> dict[str, object]:
     }
 
 
-def write_docs(results: Results, meta: dict[str, object], command: str) -> None:
+def write_docs(results: Results, meta: dict[str, Any]) -> None:
     """Replace the generated part of docs/performance.md; write the plots and the JSON."""
     FIGURES.mkdir(parents=True, exist_ok=True)
     (FIGURES / "results.json").write_text(report.to_json(results, meta))
     plots = report.plot(results, FIGURES)
     machine = meta["machine"]
-    assert isinstance(machine, dict)
     body = [
         START_MARK,
         "",
-        f"Measured {machine['date']} with `{command}` "
+        f"Measured {machine['date']} with `{meta.get('command', 'python -m benchmarks')}` "
         f"({machine['cpus']} CPUs, Python {machine['python']}, load average "
         f"{machine['load_average_before']} before and {machine['load_average_after']} after, "
         f"{machine['elapsed_seconds']} s in all). Medians over "
-        f"{meta['settings']['rounds']} alternated round(s) "  # type: ignore[index]
-        f"of {meta['settings']['seconds']:g} s per measurement.",  # type: ignore[index]
+        f"{meta['settings']['rounds']} alternated round(s) "
+        f"of {meta['settings']['seconds']:g} s per measurement.",
         "",
         report.markdown(results),
     ]
@@ -274,8 +280,21 @@ def write_docs(results: Results, meta: dict[str, object], command: str) -> None:
     print(f"wrote {DOC.relative_to(REPO)} and {FIGURES.relative_to(REPO)}/", file=sys.stderr)
 
 
+def _replot() -> int:
+    path = FIGURES / "results.json"
+    if not path.exists():
+        print(f"{path.relative_to(REPO)} does not exist: run with --write-docs", file=sys.stderr)
+        return 2
+    results, meta = Results.from_json(path.read_text())
+    print(report.text_table(results))
+    write_docs(results, meta)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.replot:
+        return _replot()
     missing = missing_programs()
     if missing and "dqlite" in args.systems:
         print(f"missing: {', '.join(missing)}", file=sys.stderr)
@@ -299,12 +318,9 @@ def main(argv: list[str] | None = None) -> int:
             raise
         interrupted = True
         print("\ninterrupted: every process stopped; results so far:", file=sys.stderr)
-    meta: dict[str, object] = {
-        "machine": _machine(load_before, time.monotonic() - started),
-        "settings": _settings(args),
-    }
-    machine = meta["machine"]
-    assert isinstance(machine, dict)
+    machine = _machine(load_before, time.monotonic() - started)
+    command = "python -m benchmarks " + " ".join(argv if argv is not None else sys.argv[1:])
+    meta = {"machine": machine, "settings": _settings(args), "command": command.strip()}
     print(report.text_table(results))
     print(
         f"\nmedians over {args.rounds} round(s) of {args.seconds:g} s; load average "
@@ -312,6 +328,5 @@ def main(argv: list[str] | None = None) -> int:
         f"{machine['cpus']} CPUs"
     )
     if args.write_docs and not interrupted:
-        command = "python -m benchmarks " + " ".join(argv if argv is not None else sys.argv[1:])
-        write_docs(results, meta, command.strip())
+        write_docs(results, meta)
     return 130 if interrupted else 0

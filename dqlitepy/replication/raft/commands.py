@@ -146,3 +146,9 @@ class CommandsMixin(RaftBase):
             self._SyncObj__commandsWaitingCommit[index].append((term, callback))
         if not self.conf.appendEntriesUseBatch:
             self._SyncObj__sendAppendEntries()
+        if not self._SyncObj__otherNodes:
+            # A single voter commits the entry by itself, but PySyncObj counts it
+            # only at the start of a tick: without a wake-up the entry would wait
+            # out the tick's poll (about 16 ms per commit).  Peers' answers wake a
+            # larger cluster.
+            self._wake()

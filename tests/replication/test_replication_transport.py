@@ -22,6 +22,7 @@ import time
 import zlib
 from collections.abc import Iterator
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import cbor2
@@ -841,6 +842,35 @@ def test_large_append_entries_are_split_into_consistent_messages() -> None:
         prev = (part["entries"][-1][1], part["entries"][-1][2])
     small = dict(message, entries=_entries(10, 10))
     assert split_append_entries(small, APPEND_CHUNK_TARGET) == [small]
+
+
+def test_an_append_entries_is_encoded_once_for_followers_that_get_the_same() -> None:
+    transport: Any = SimpleNamespace(_last_encoded=None)  # _encode uses nothing else
+    message = {
+        "type": "append_entries",
+        "term": 5,
+        "commit_index": 4,
+        "entries": _entries(100),
+        "prevLogIdx": 9,
+        "prevLogTerm": 2,
+        "read_round": 3,
+    }
+    first = SecureTransport._encode(transport, message)
+    assert [decode_raft_message(body) for body in first] == [
+        {**message, "entries": [list(e) for e in message["entries"]]}
+    ]
+    # PySyncObj builds a fresh message for the next follower: same content, same bodies.
+    assert SecureTransport._encode(transport, {**message, "entries": list(message["entries"])}) is (
+        first
+    )
+    # What PySyncObj does with a message after sending it does not reach the cache.
+    message["entries"].append((b"\x00" + bytes(7), 11, 3))
+    behind = SecureTransport._encode(transport, message)
+    assert behind is not first
+    assert len(decode_raft_message(behind[0])["entries"]) == 2
+    other = SecureTransport._encode(transport, {**message, "prevLogIdx": 8})
+    assert other is not behind
+    assert decode_raft_message(other[0])["prevLogIdx"] == 8
 
 
 # ----------------------------------------------------------------------------- units: session

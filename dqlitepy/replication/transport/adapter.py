@@ -153,6 +153,8 @@ class SecureTransport(Transport):  # type: ignore[misc]  # PySyncObj is untyped
         self._dialing: dict[str, Link] = {}  # address -> our dial not yet authenticated
         self._links: set[Link] = set()
         self._last_dial: dict[str, float] = {}
+        # The last AppendEntries encoded (tick thread), for its other followers.
+        self._last_encoded: tuple[dict[str, Any], list[bytes]] | None = None
 
         # The only state shared with other threads: sockets handed over by ``adopt``.
         self._adopt_lock = threading.Lock()
@@ -196,8 +198,7 @@ class SecureTransport(Transport):  # type: ignore[misc]  # PySyncObj is untyped
         if link is None:
             return False
         try:
-            parts = split_append_entries(check_raft_message(message), APPEND_CHUNK_TARGET)
-            bodies = [cbor2.dumps(part) for part in parts]
+            bodies = self._encode(message)
         except RaftMessageError as exc:
             log.error("not sending a message to %s: %s", address, exc)
             return False
@@ -214,6 +215,26 @@ class SecureTransport(Transport):  # type: ignore[misc]  # PySyncObj is untyped
             if not link.send_frame(FrameKind.RAFT, body, reliable="serialized" in message):
                 return False
         return True
+
+    def _encode(self, message: Any) -> list[bytes]:
+        """Check and encode a message: the frame bodies to send, in order.
+
+        PySyncObj sends every follower its own AppendEntries, alike while they keep
+        up (same entries, indexes and read round): the last one's bodies are reused,
+        so a commit's entry is checked, split and encoded once, not once per
+        follower.  The cache lives until the next tick.
+        """
+        cached = self._last_encoded
+        if cached is not None and cached[0] == message:
+            return cached[1]
+        parts = split_append_entries(check_raft_message(message), APPEND_CHUNK_TARGET)
+        bodies = [cbor2.dumps(part) for part in parts]
+        if message.get("type") == "append_entries":
+            # A copy: what PySyncObj does with its message afterwards cannot change it.
+            entries = message.get("entries")
+            kept = {**message, "entries": list(entries)} if entries is not None else dict(message)
+            self._last_encoded = (kept, bodies)
+        return bodies
 
     def destroy(self) -> None:
         """Close every connection and stop; sockets adopted later are closed at once."""
@@ -315,6 +336,7 @@ class SecureTransport(Transport):  # type: ignore[misc]  # PySyncObj is untyped
     # -- dialling and timers (tick thread)
 
     def _on_tick(self) -> None:
+        self._last_encoded = None
         now = time.monotonic()
         for address in list(self._nodes):
             self._maybe_dial(address, now)

@@ -12,7 +12,9 @@ Modes (``--mode``), all one row per commit:
 - ``default``: ``sqlite3``'s default transaction control: the driver sends
   ``BEGIN``, the ``INSERT``, then ``commit()`` sends ``COMMIT`` (three round trips);
 - ``returning``: autocommit ``INSERT ... RETURNING k`` (the driver then asks for
-  ``last_insert_rowid()``).
+  ``last_insert_rowid()``);
+- ``blob``: autocommit ``INSERT`` of a 256 KiB ``randomblob`` made by the server
+  (a commit of ~65 pages: what copying and encoding pages costs).
 
 ``--profile DIR`` runs py-spy (``--format raw --threads --nonblocking``) on the
 leader, one follower and this (client) process during the first run's
@@ -27,9 +29,11 @@ from __future__ import annotations
 import argparse
 import os
 import re
+import shutil
 import statistics
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections import Counter
@@ -52,8 +56,13 @@ def _connect(servers: list[str], mode: str) -> dqlitepy.Connection:
     return dqlitepy.connect("lean", servers=servers, isolation_level=None, timeout=10)
 
 
+BLOB_BYTES = 256 * 1024
+
+
 def _commit_one(conn: dqlitepy.Connection, mode: str) -> None:
-    if mode == "returning":
+    if mode == "blob":
+        conn.execute("INSERT INTO kv (v) VALUES (randomblob(?))", (BLOB_BYTES,))
+    elif mode == "returning":
         conn.execute("INSERT INTO kv (v) VALUES (?) RETURNING k", ("value",)).fetchall()
     else:
         conn.execute("INSERT INTO kv (v) VALUES (?)", ("value",))
@@ -99,7 +108,7 @@ def workload(servers: list[str], writers: int, seconds: float, mode: str) -> dic
     }
 
 
-def _py_spy(pid: int, out: Path, seconds: float) -> subprocess.Popen[bytes]:
+def _py_spy(pid: int, out: Path, seconds: float, idle: bool) -> subprocess.Popen[bytes]:
     return subprocess.Popen(
         [
             str(Path(sys.executable).with_name("py-spy")),
@@ -112,6 +121,7 @@ def _py_spy(pid: int, out: Path, seconds: float) -> subprocess.Popen[bytes]:
             "raw",
             "--threads",
             "--nonblocking",
+            *(["--idle"] if idle else []),
             "-o",
             str(out),
         ],
@@ -162,8 +172,28 @@ def summarize(path: Path, top: int = 25) -> str:
     return "\n".join(lines)
 
 
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU time of process ``pid`` so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def one_run(args: argparse.Namespace, profile: Path | None) -> dict[str, float]:
-    with DqlitepyCluster.formed() as cluster:
+    data_dirs = None
+    if args.data_root is not None:
+        root = Path(tempfile.mkdtemp(prefix="lean-", dir=args.data_root))
+        data_dirs = [root / f"node{i}" for i in range(3)]
+    try:
+        return _measure(args, profile, data_dirs)
+    finally:
+        if data_dirs is not None:
+            shutil.rmtree(data_dirs[0].parent, ignore_errors=True)
+
+
+def _measure(
+    args: argparse.Namespace, profile: Path | None, data_dirs: list[Path] | None
+) -> dict[str, float]:
+    with DqlitepyCluster.formed(data_dirs=data_dirs) as cluster:
         servers = cluster.addresses
         spies: list[tuple[subprocess.Popen[bytes], Path]] = []
         if profile is not None:
@@ -172,16 +202,27 @@ def one_run(args: argparse.Namespace, profile: Path | None) -> dict[str, float]:
             leader = cluster.leader()
             follower = next(a for a in servers if a != leader)
             profile.mkdir(parents=True, exist_ok=True)
-            tag = f"{args.mode}-{args.writers}w"
-            for role, pid in (
-                ("leader", cluster.node(leader).process.pid),  # type: ignore[union-attr]
-                ("follower", cluster.node(follower).process.pid),  # type: ignore[union-attr]
-                ("client", os.getpid()),
-            ):
+            tag = f"{args.mode}-{args.writers}w{'-idle' if args.idle else ''}"
+            pids = {
+                "leader": cluster.node(leader).process.pid,  # type: ignore[union-attr]
+                "follower": cluster.node(follower).process.pid,  # type: ignore[union-attr]
+                "client": os.getpid(),
+            }
+            for role in args.spy.split(","):
+                pid = pids[role]
                 out = profile / f"{tag}-{role}.txt"
-                spies.append((_py_spy(pid, out, args.seconds), out))
+                spies.append((_py_spy(pid, out, args.seconds, args.idle), out))
+        leader_pid = cluster.node(cluster.leader()).process.pid  # type: ignore[union-attr]
+        before = _cpu_seconds(leader_pid), os.times()
         try:
-            return workload(servers, args.writers, args.seconds, args.mode)
+            result = workload(servers, args.writers, args.seconds, args.mode)
+            after = _cpu_seconds(leader_pid), os.times()
+            commits = result["commits/s"] * args.seconds
+            if commits:
+                client = (after[1].user + after[1].system) - (before[1].user + before[1].system)
+                result["leader cpu ms/commit"] = (after[0] - before[0]) * 1e3 / commits
+                result["client cpu ms/commit"] = client * 1e3 / commits
+            return result
         finally:
             for spy, out in spies:
                 spy.wait(args.seconds + 30)
@@ -195,10 +236,13 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=5.0)
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument(
-        "--mode", choices=("autocommit", "default", "returning"), default="autocommit"
+        "--mode", choices=("autocommit", "default", "returning", "blob"), default="autocommit"
     )
     parser.add_argument("--profile", type=Path, help="directory for py-spy profiles (first run)")
     parser.add_argument("--top", type=int, default=25)
+    parser.add_argument("--spy", default="leader,follower,client", help="whom to profile")
+    parser.add_argument("--data-root", type=Path, help="where the nodes' data go (/dev/shm...)")
+    parser.add_argument("--idle", action="store_true", help="profile waiting threads too")
     parser.add_argument("--summarize", type=Path, nargs="*", help="summarise raw profiles only")
     args = parser.parse_args()
     if args.summarize:

@@ -33,6 +33,7 @@ from .raft import (
     PeerHealth,
     PeerNode,
     ReadResult,
+    Submission,
     raft_config,
 )
 from .transport import SecureTransport, secure_transport_class
@@ -43,6 +44,7 @@ __all__ = [
     "LeadershipUnconfirmed",
     "NotLeader",
     "PeerHealth",
+    "PendingCommand",
     "ReplicationError",
     "Replicator",
     "StorageError",
@@ -93,6 +95,34 @@ class LeadershipUnconfirmed(ReplicationError):
     Nothing was read.  The node may be cut off from its followers (or they
     are slow); a new leader may already exist elsewhere.
     """
+
+
+class PendingCommand:
+    """A command submitted by :meth:`Replicator.submit_async`, its outcome still to come."""
+
+    def __init__(self, submission: Submission) -> None:
+        self._submission = submission
+
+    def result(self, timeout: float) -> Any:
+        """Wait up to ``timeout`` for the outcome; what applying the command returned.
+
+        Several threads may wait; each learns the same outcome.
+
+        Raises:
+            StorageError: this node could not store the command; it was not
+                appended anywhere (and this node stepped down).
+            NotLeader: this node does not lead; nothing was appended.
+            LeadershipLost: the outcome is unknown (or none came in time).
+        """
+        result, reason = self._submission.wait(timeout)
+        if reason == FAIL_REASON.SUCCESS:
+            return result
+        if reason == STORAGE_FAILED and isinstance(result, JournalWriteError):
+            raise StorageError(f"the Raft log cannot be written: {result.cause}", full=result.full)
+        name = FAILURES.get(reason, str(reason))
+        if reason in _NOT_APPENDED:
+            raise NotLeader(f"not leader ({name})")
+        raise LeadershipLost(f"leadership lost ({name})")
 
 
 class Replicator:
@@ -290,15 +320,15 @@ class Replicator:
             NotLeader: this node does not lead; nothing was appended.
             LeadershipLost: the outcome is unknown.
         """
-        result, reason = self.core.submit_and_wait(command, timeout)
-        if reason == FAIL_REASON.SUCCESS:
-            return result
-        if reason == STORAGE_FAILED and isinstance(result, JournalWriteError):
-            raise StorageError(f"the Raft log cannot be written: {result.cause}", full=result.full)
-        name = FAILURES.get(reason, str(reason))
-        if reason in _NOT_APPENDED:
-            raise NotLeader(f"not leader ({name})")
-        raise LeadershipLost(f"leadership lost ({name})")
+        return self.submit_async(command).result(timeout)
+
+    def submit_async(self, command: bytes) -> PendingCommand:
+        """Queue ``command`` for this leader's log and return at once.
+
+        Commands submitted one after the other enter the log in that order
+        (or not at all): a later one can build on an earlier one still in flight.
+        """
+        return PendingCommand(self.core.submit_tracked(command))
 
     def read_barrier(self, timeout: float) -> int:
         """Wait until a read served by this node now would be linearizable.

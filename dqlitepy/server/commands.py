@@ -5,10 +5,13 @@ Every command is a cbor2 map with ``v`` (:data:`COMMAND_VERSION`) and ``t`` (its
 - ``frames``: the pages of one commit to database ``db`` — ``ps`` (page size),
   ``size`` (the database's size in pages after it), ``pages`` ([page number,
   page image] pairs) — tagged with ``origin`` ([node id, sequence], unique per
-  commit) and ``base``, the index of the last FRAMES entry of ``db`` the leader
-  built it on (every node skips a command whose base is not its own last one:
-  it was built on a deposed leader's state).  A commit larger than
-  :data:`PART_BYTES` travels as several entries, ``part`` of ``parts``.
+  commit) and what the leader built it on: ``after``, the origin of the
+  commit before it, while that one was still in flight (a pipelined commit,
+  version 2), else ``base``, the index of the last FRAMES entry of ``db``.
+  Every node skips a command that does not build on its own last FRAMES entry
+  of ``db``: it was built on a deposed leader's state or on a failed commit.
+  A commit larger than :data:`PART_BYTES` travels as several entries, ``part``
+  of ``parts``.
 - ``member``: a member's dqlite ``id`` and ``address``, or its removal
   (``removed``; entries written before roles moved into Raft say ``role`` -1).
 
@@ -38,6 +41,9 @@ __all__ = [
 ]
 
 COMMAND_VERSION = 1
+#: A pipelined ``frames`` command (``after``): nodes older than that skip it
+#: loudly, as an unknown version, instead of judging it by ``base`` alone.
+CHAINED_VERSION = 2
 #: A commit's pages per Raft entry: one entry must fit in one transport frame
 #: (64 MiB), and smaller entries keep heartbeats flowing between them.
 PART_BYTES = 16 * 1024 * 1024
@@ -62,6 +68,8 @@ class Frames:
     pages: list[Page]
     part: int = 0
     parts: int = 1
+    #: The origin of the commit this one was built on (None: built on ``base``).
+    after: tuple[int, int] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,7 +91,7 @@ def decode(command: bytes) -> Frames | Member | None:
         decoded = cbor2.loads(command)
     except Exception as exc:
         raise InvalidCommand("is not a dqlitepy command") from exc
-    if not isinstance(decoded, dict) or decoded.get("v") != COMMAND_VERSION:
+    if not isinstance(decoded, dict) or decoded.get("v") not in (COMMAND_VERSION, CHAINED_VERSION):
         raise InvalidCommand("has an unknown command version")
     kind = decoded.get("t")
     if kind == "member":
@@ -91,6 +99,7 @@ def decode(command: bytes) -> Frames | Member | None:
         removed = bool(decoded.get("removed")) or int(decoded.get("role", 0)) < 0
         return Member(str(decoded["address"]), 0 if removed else int(decoded["id"]), removed)
     if kind == "frames":
+        after = decoded.get("after")
         return Frames(
             db=str(decoded["db"]),
             base=int(decoded["base"]),
@@ -100,6 +109,7 @@ def decode(command: bytes) -> Frames | Member | None:
             pages=[(int(p), bytes(d)) for p, d in decoded["pages"]],
             part=int(decoded.get("part", 0)),
             parts=int(decoded.get("parts", 1)),
+            after=None if after is None else (int(after[0]), int(after[1])),
         )
     return None
 
@@ -120,6 +130,7 @@ def split_pages(pages: tuple[Page, ...]) -> list[list[Page]]:
 def encode_frames(
     db: str,
     base: int,
+    after: tuple[int, int] | None,
     origin: tuple[int, int],
     transaction: Transaction,
     pages: list[Page],
@@ -128,7 +139,7 @@ def encode_frames(
 ) -> bytes:
     """A ``frames`` entry: ``pages``, part ``part`` of ``parts`` of ``transaction``."""
     command: dict[str, Any] = {
-        "v": COMMAND_VERSION,
+        "v": COMMAND_VERSION if after is None else CHAINED_VERSION,
         "t": "frames",
         "db": db,
         "base": base,
@@ -139,6 +150,8 @@ def encode_frames(
     }
     if parts > 1:
         command.update(part=part, parts=parts)
+    if after is not None:
+        command["after"] = list(after)
     return cbor2.dumps(command)
 
 

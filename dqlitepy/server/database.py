@@ -21,12 +21,23 @@ from pathlib import Path
 from ..engine import Engine, Session
 from ..engine.wal import WalTracker
 
-__all__ = ["Committed", "Database", "Databases", "Locked", "NotServing", "Phase", "Position"]
+__all__ = [
+    "Committed",
+    "Database",
+    "Databases",
+    "Locked",
+    "NotServing",
+    "Origin",
+    "Phase",
+    "Position",
+]
 
 #: (WAL salts, WAL frames) after the last commit Raft accepted.
 Committed = tuple[tuple[int, int] | None, int]
 #: (epoch, WAL salts, WAL frames) after a commit: where the committed state ends.
 Position = tuple[int, tuple[int, int] | None, int]
+#: (node id, sequence): names one commit's FRAMES command(s), unique in the log.
+Origin = tuple[int, int]
 
 
 class Phase(enum.Enum):
@@ -80,6 +91,11 @@ class Database:
         self._gate_holder: object | None = None
         #: Readers admitted past the gate whose read transaction has not begun yet.
         self._starting_readers = 0
+        #: Readers waiting at the gate: no new writer statement starts meanwhile.
+        self._waiting_readers = 0
+        #: Commits of this epoch submitted to Raft whose outcome no writer has
+        #: settled yet: their frames are in the WAL, so no read transaction begins.
+        self._in_flight: set[Origin] = set()
         # -- file_lock (level 3) ------------------------------------------------------
         #: Held while the database file is rewritten or copied.
         self.file_lock = threading.Lock()
@@ -89,6 +105,8 @@ class Database:
         #: WAL that no longer exists.
         self._epoch = 0
         self._committed: Committed = (None, 0)
+        #: The last commit submitted in this epoch: the next one builds on it.
+        self._tail: Origin | None = None
 
     def __repr__(self) -> str:
         return f"Database({self.name!r}, {self._phase.value})"
@@ -144,7 +162,11 @@ class Database:
     # ------------------------------------------------------------ readers
 
     def admit_reader(self, session: Session, timeout: float) -> None:
-        """Wait until no writer's statement runs, then let a read transaction begin.
+        """Wait until no writer's statement runs and no commit is in flight; admit a reader.
+
+        The WAL then ends with a commit Raft committed: the read transaction
+        sees nothing else.  Writers' statements wait while readers do, so a
+        stream of pipelined commits cannot starve readers.
 
         The caller calls :meth:`reader_began` once it has (or will not).
 
@@ -153,9 +175,16 @@ class Database:
             Locked: the gate stayed closed for ``timeout``.
         """
         with self._mutex:
-            admitted = self._changed.wait_for(
-                lambda: self._phase is not Phase.SERVING or self._gate_holder is None, timeout
-            )
+            self._waiting_readers += 1
+            try:
+                admitted = self._changed.wait_for(
+                    lambda: self._phase is not Phase.SERVING
+                    or (self._gate_holder is None and not self._in_flight),
+                    timeout,
+                )
+            finally:
+                self._waiting_readers -= 1
+                self._changed.notify_all()
             if self._phase is not Phase.SERVING or session not in self._sessions:
                 raise NotServing
             if not admitted:
@@ -190,10 +219,16 @@ class Database:
                 raise Locked
             self._writer = owner
             self._writer_session = session
+            # Readers waiting at the gate go first (they wait for the commits in
+            # flight to settle, which needs nothing this writer holds).
+            quiet = self._changed.wait_for(
+                lambda: self._phase is not Phase.SERVING or self._waiting_readers == 0,
+                max(0.0, deadline - time.monotonic()),
+            )
             self._gate_holder = owner
             # Readers admitted before the gate closed begin their read transaction
             # first (a step of their statement): after this commit they would see it.
-            quiet = self._changed.wait_for(
+            quiet = quiet and self._changed.wait_for(
                 lambda: self._phase is not Phase.SERVING or self._starting_readers == 0,
                 max(0.0, deadline - time.monotonic()),
             )
@@ -223,14 +258,28 @@ class Database:
             if self._phase is not Phase.SERVING:
                 return None  # fenced or being rebuilt already: that rebuild covers it
             self._set_phase(Phase.FENCED)
+            # Commits submitted before now may be lost: none may be built on
+            # (link), or counted as in the WAL (commit_own) any more.
+            self._new_epoch()
             return list(self._sessions)
+
+    def _new_epoch(self) -> None:
+        """Positions and the chain of earlier commits stop counting (``_mutex`` held)."""
+        with self._position_lock:
+            self._epoch += 1
+            self._tail = None
 
     def may_hold_uncommitted(self) -> bool:
         """Whether a deposed leader must rebuild the files (sessions, WAL frames, a fence)."""
         with self._mutex:
+            with self._position_lock:
+                chained = self._tail is not None
+            # A chain of this leader's commits must not outlive its leadership:
+            # the next leader's commits do not build on it.
             return (
                 bool(self._sessions)
                 or bool(self.tracker.frames)
+                or chained
                 or (self._phase is not Phase.SERVING)
             )
 
@@ -252,19 +301,68 @@ class Database:
             self._sessions.clear()
             self._writer = self._writer_session = None
             self._gate_holder = None
+            # The rebuild cuts their frames from the WAL: readers need not wait for them.
+            self._in_flight.clear()
             self._changed.notify_all()
         for session in sessions:
             session.interrupt()
             session.close()  # waits for the SQLite call in progress, if any
         # Positions of earlier epochs no longer point into the WAL (commit_own checks).
+        with self._mutex:
+            self._new_epoch()
         with self._position_lock:
-            self._epoch += 1
             committed, self._committed = self._committed, (None, 0)
         with self.file_lock:
             yield committed
             self.tracker = WalTracker(self.tracker.path)
         with self._mutex:
             self._set_phase(Phase.SERVING)
+
+    # ------------------------------------------------------------ commits in flight
+
+    def link(self, origin: Origin, position: Position) -> Origin | None:
+        """The writer submits commit ``origin`` (ending at ``position``): what it builds on.
+
+        Returns the commit submitted before it in this epoch, whose frames
+        precede it in the WAL (None: it builds on the last commit Raft
+        applied).  Called with the writer slot held, in WAL order, right
+        before the submission; ``origin`` counts as in flight until
+        :meth:`settled`.
+
+        Raises:
+            NotServing: the epoch changed since the commit was captured (a
+                fence or rebuild): its frames may sit on a lost commit.
+        """
+        with self._mutex:
+            with self._position_lock:
+                if position[0] != self._epoch:
+                    raise NotServing
+                previous, self._tail = self._tail, origin
+            self._in_flight.add(origin)
+        return previous
+
+    def settled(self, origin: Origin) -> None:
+        """The writer of ``origin`` learned its outcome (and fenced on a failure)."""
+        with self._mutex:
+            self._in_flight.discard(origin)
+            self._changed.notify_all()
+
+    def await_settled(self, timeout: float) -> bool:
+        """Wait until the commits in flight now have settled; False if one failed.
+
+        A failed commit fences the database (a new epoch) before it settles;
+        False too if that did not happen within ``timeout``.
+        """
+        with self._mutex:
+            pending = set(self._in_flight)
+            if not pending:
+                return self._phase is Phase.SERVING
+            with self._position_lock:
+                epoch = self._epoch
+            settled = self._changed.wait_for(lambda: not pending & self._in_flight, timeout)
+            with self._position_lock:
+                unchanged = self._epoch == epoch
+            return settled and unchanged and self._phase is Phase.SERVING
 
     # ------------------------------------------------------------ positions
 

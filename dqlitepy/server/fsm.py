@@ -33,7 +33,7 @@ from ..engine.wal import Transaction
 from ..replication.replicator import Replicator
 from ..wire import ErrorCode
 from .commands import Frames, InvalidCommand, Member, Page, decode
-from .database import Database, Databases, Position
+from .database import Database, Databases, Origin, Position
 
 __all__ = ["ReplicatorFactory", "StateMachine", "is_storage_error"]
 
@@ -101,8 +101,23 @@ class _Applied:
 
     #: Index of the last FRAMES entry of this database applied.
     index: int = 0
+    #: The origin of that entry (None: from before origins were kept).
+    origin: Origin | None = None
     #: A transaction whose parts are arriving.
     parts: _Parts | None = None
+
+
+def _builds_on(applied: _Applied, frames: Frames) -> bool:
+    """Whether ``frames`` was built on the state ``applied`` describes (the same on every node).
+
+    A command chained on an earlier one (``after``) needs that one to be the
+    last applied; else its ``base`` must be the last applied index.  Either
+    way a command built on a deposed leader's, or a failed command's, state
+    is skipped.
+    """
+    if frames.after is not None:
+        return applied.origin == frames.after
+    return applied.index == frames.base
 
 
 class StateMachine:
@@ -127,7 +142,7 @@ class StateMachine:
         self.members: dict[str, int] = {}
         # Commands this node submitted, by origin, with the WAL position after them:
         # their pages are in the WAL already (if its epoch did not change).
-        self._own: dict[tuple[int, int], Position] = {}
+        self._own: dict[Origin, Position] = {}
         self._stage_sequence = itertools.count(1)
         # -- the applier -------------------------------------------------------------
         self._tasks: queue.SimpleQueue[_Task | None] = queue.SimpleQueue()
@@ -196,11 +211,11 @@ class StateMachine:
         applied = self._applied.get(name)
         return 0 if applied is None else applied.index
 
-    def expect_own(self, origin: tuple[int, int], position: Position) -> None:
+    def expect_own(self, origin: Origin, position: Position) -> None:
         """This node submits ``origin``, whose pages end at ``position`` in its WAL."""
         self._own[origin] = position
 
-    def forget_own(self, origin: tuple[int, int]) -> None:
+    def forget_own(self, origin: Origin) -> None:
         """The submission of ``origin`` failed."""
         self._own.pop(origin, None)
 
@@ -250,7 +265,7 @@ class StateMachine:
         applied = self._applied.setdefault(db.name, _Applied())
         if applied.parts is not None and applied.parts.origin != frames.origin:
             applied.parts = None  # an abandoned transaction's parts
-        if frames.base != applied.index:
+        if not _builds_on(applied, frames):
             return "stale"
         pages = frames.pages
         if frames.parts > 1:
@@ -259,6 +274,7 @@ class StateMachine:
                 return gathered
             pages = gathered
         applied.index = index
+        applied.origin = frames.origin
         position = self._own.pop(frames.origin, None)
         if position is not None and db.commit_own(position):
             return "applied"  # ours, and the WAL still holds its pages up to `position`
@@ -406,7 +422,11 @@ class StateMachine:
         state = cbor2.dumps(
             {
                 "members": dict(self.members),
-                "databases": [[db.name, self.applied_index(db.name)] for db in databases],
+                "databases": [
+                    [db.name, applied.index, applied.origin and list(applied.origin)]
+                    for db in databases
+                    for applied in [self._applied.get(db.name, _Applied())]
+                ],
             }
         )
         positions = {db.name: db.committed() for db in databases}
@@ -440,10 +460,14 @@ class StateMachine:
         """
         state = cbor2.load(source)
         files: dict[str, Path | None] = {}
-        for name, applied in state["databases"]:
+        for name, index, *rest in state["databases"]:
             (size,) = struct.unpack("<Q", source.read(8))
             db = self._databases.get(str(name))
-            self._applied[db.name] = _Applied(int(applied))
+            # Snapshots written before commits were chained hold no origin.
+            origin = rest[0] if rest else None
+            self._applied[db.name] = _Applied(
+                int(index), None if origin is None else (int(origin[0]), int(origin[1]))
+            )
             files[db.name] = (
                 self.engine.stage(db.name, source, size, next(self._stage_sequence))
                 if size

@@ -5,9 +5,11 @@ statement inside :meth:`Leader.execution`: it waits until this node is a
 *caught-up* leader, admits the execution as a reader (behind the gate, after a
 ReadIndex round if it returns rows) or as the writer (the writer slot and the
 gate), and after a write execution hands every commit the WAL hook captured to
-Raft, one FRAMES command (or its parts) each, returning once Raft committed
-them.  A commit Raft did not accept fences the database
-(:meth:`StateMachine.fence`).  The rules, the words and the lock hierarchy are
+Raft, one FRAMES command (or its parts) each, chained on the commit before it;
+it then passes the writer slot on (group commit: the next writer runs while
+these commits are in flight) and returns once Raft committed them.  A commit
+Raft did not accept fences the database (:meth:`StateMachine.fence`), and every
+commit built on it is skipped.  The rules, the words and the lock hierarchy are
 in :mod:`dqlitepy.server.replicated`'s docstring.
 """
 
@@ -19,18 +21,20 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 
 from ..engine import Engine, EngineError, Session, StatementInfo
 from ..engine.wal import Transaction, WalError
 from ..replication.replicator import (
     LeadershipLost,
     NotLeader,
+    PendingCommand,
     ReplicationError,
     StorageError,
 )
 from ..wire import ErrorCode
 from .commands import encode_frames, encode_member, split_pages
-from .database import Database, Databases, Locked, NotServing, Position
+from .database import Database, Databases, Locked, NotServing, Origin, Position
 from .fsm import StateMachine, is_storage_error
 from .gateway import GatewayFailure
 
@@ -39,6 +43,8 @@ __all__ = ["Leader"]
 log = logging.getLogger("dqlitepy.server")
 
 _CHECKPOINT_FRAMES = 1000
+# How long a writer waits for the commits in flight to settle before a checkpoint.
+_CHECKPOINT_WAIT = 1.0
 _SUBMIT_TIMEOUT = 10.0
 # How long a request waits for a new leader's barrier (applying the log's tail).
 _BARRIER_WAIT = 10.0
@@ -113,6 +119,15 @@ class _Capture:
         return commits, error
 
 
+@dataclass(frozen=True)
+class _Submitted:
+    """One commit handed to Raft: its origin and each part's pending outcome."""
+
+    origin: Origin
+    #: A part's outcome to come, or why it could not even be queued.
+    parts: list[PendingCommand | ReplicationError]
+
+
 class Leader:
     """The write path of one node's databases while it leads (it refuses otherwise).
 
@@ -131,7 +146,9 @@ class Leader:
         self._fsm = fsm
         self._replicator = fsm.replicator
         self._node_id = node_id
-        self._sequence = itertools.count(1)
+        # Origins stay unique across restarts: the sequence starts at the clock
+        # (in ns), which no node's commit count overtakes.
+        self._sequence = itertools.count(time.time_ns())
         # A leaf lock: the capture of each database, created on first use.
         self._lock = threading.Lock()
         self._captures: dict[str, _Capture] = {}
@@ -247,8 +264,12 @@ class Leader:
         capture = self._capture_of(db)
         capture.start()
         storage_failed = False
+        ran = False
+        submitted: list[_Submitted] = []
         try:
+            self._checkpoint_if_due(db, session, timeout)
             yield
+            ran = True
         except EngineError as exc:
             storage_failed = is_storage_error(exc)
             raise
@@ -258,9 +279,13 @@ class Leader:
                     # SQLite's error goes back as it is: nothing was submitted.
                     self._storage_trouble(db)
                 if not session.in_transaction:
-                    self._replicate(db, session, capture)
+                    submitted = self._submit_captured(db, session, capture)
             finally:
+                # The next writer runs while these commits are in flight: group commit.
                 db.end_write(owner, session)
+            self._settle(db, submitted)
+            if ran and not submitted and not session.in_transaction:
+                self._await_predecessors(db)
 
     def _storage_trouble(self, db: Database) -> None:
         """SQLite could not write ``db``: rebuild its files, have the log's storage probed."""
@@ -268,10 +293,36 @@ class Leader:
         self._fsm.fence(db)
         self._replicator.check_storage()
 
+    def _checkpoint_if_due(self, db: Database, session: Session, timeout: float) -> None:
+        """Fold a long WAL into the file, once every commit in it is committed.
+
+        Runs with the writer slot and the gate held, so no commit joins the
+        WAL meanwhile; it waits for those in flight (a checkpoint must never
+        copy a frame Raft may still drop).  If they do not settle in time the
+        next writer tries again.
+        """
+        if db.tracker.frames < _CHECKPOINT_FRAMES:
+            return
+        if db.await_settled(min(timeout, _CHECKPOINT_WAIT)):
+            session.checkpoint(db.file_lock)
+
+    def _await_predecessors(self, db: Database) -> None:
+        """A write-path execution that committed nothing still answers only after the commits
+        it may have read are committed (it ran on top of the commits in flight)."""
+        if not db.await_settled(_SUBMIT_TIMEOUT):
+            raise _leadership_lost()
+
     # --------------------------------------------------------- submitting commits
 
-    def _replicate(self, db: Database, session: Session, capture: _Capture) -> None:
-        """Hand what the execution committed to Raft; return once Raft committed it."""
+    def _submit_captured(
+        self, db: Database, session: Session, capture: _Capture
+    ) -> list[_Submitted]:
+        """Hand what the execution committed to Raft, in WAL order; wait for nothing.
+
+        Raises:
+            GatewayFailure: the WAL could not be read, or the files were rebuilt
+                under the execution (nothing was submitted; its commits are gone).
+        """
         commits, error = capture.take()
         if error is not None:
             log.error("reading the WAL of %r failed: %s", db.name, error)
@@ -281,45 +332,100 @@ class Leader:
             # The files were rebuilt under this execution: its commit is gone and
             # was never submitted.
             raise _leadership_lost()
+        submitted: list[_Submitted] = []
         for txn, position in commits:
-            self._submit_commit(db, txn, position)
-        if commits and db.tracker.frames >= _CHECKPOINT_FRAMES:
-            session.checkpoint(db.file_lock)
+            origin = (self._node_id, next(self._sequence))
+            try:
+                after = db.link(origin, position)
+            except NotServing:
+                # Fenced since the commit: it may sit on a lost one.  Those
+                # already submitted are settled by the caller, and fail.
+                if not submitted:
+                    raise _leadership_lost() from None
+                break
+            submitted.append(self._submit_commit(db, origin, after, txn, position))
+        return submitted
 
-    def _submit_commit(self, db: Database, txn: Transaction, position: Position) -> None:
-        """Submit one commit's FRAMES command (or its parts, in order)."""
-        origin = (self._node_id, next(self._sequence))
+    def _submit_commit(
+        self,
+        db: Database,
+        origin: Origin,
+        after: Origin | None,
+        txn: Transaction,
+        position: Position,
+    ) -> _Submitted:
+        """Queue one commit's FRAMES command (or its parts, in order) for the Raft log."""
         parts = split_pages(txn.pages)
+        # Built on the commit before it, or (the first of its epoch) on the last
+        # FRAMES entry applied, which the caught-up leader's files hold.
+        base = self._fsm.applied_index(db.name) if after is None else 0
         self._fsm.expect_own(origin, position)
+        pending: list[PendingCommand | ReplicationError] = []
         for number, pages in enumerate(parts):
-            base = self._fsm.applied_index(db.name)
-            command = encode_frames(db.name, base, origin, txn, pages, number, len(parts))
-            self._submit_part(db, origin, command, first=number == 0)
+            command = encode_frames(db.name, base, after, origin, txn, pages, number, len(parts))
+            try:
+                pending.append(self._replicator.submit_async(command))
+            except ReplicationError as exc:  # replication stopped
+                pending.append(exc)
+                break
+        return _Submitted(origin, pending)
 
-    def _submit_part(
-        self, db: Database, origin: tuple[int, int], command: bytes, *, first: bool
-    ) -> None:
-        try:
-            result = self._replicator.submit(command, _SUBMIT_TIMEOUT)
-        except StorageError as exc:
-            # Provably in no log (see "Disk full and I/O errors").
-            self._abandon(db, origin)
-            raise _not_stored(exc) from exc
-        except NotLeader as exc:
-            self._abandon(db, origin)
-            if first:
-                # Appended nowhere (a leadership transfer held it, say): the
-                # transaction is rolled back and the client may run it again.
-                raise _not_leader() from exc
-            raise _leadership_lost() from exc
-        except (LeadershipLost, ReplicationError) as exc:
-            result = exc
-        if result != "applied":
-            self._abandon(db, origin)
-            cause = result if isinstance(result, BaseException) else None
-            raise _leadership_lost() from cause
+    def _settle(self, db: Database, submitted: list[_Submitted]) -> None:
+        """Wait for the outcome of every commit submitted; raise what the client must hear.
 
-    def _abandon(self, db: Database, origin: tuple[int, int]) -> None:
+        A commit Raft did not accept fences the database (its frames, and every
+        commit built on them, leave the files).  The answer is ``not leader``
+        (the client may run the execution again) only if provably nothing of
+        it entered any log; else what the log said, or ``leadership lost``.
+        """
+        deadline = time.monotonic() + _SUBMIT_TIMEOUT
+        failures: list[ReplicationError | None] = []
+        for commit in submitted:
+            failure: ReplicationError | None = LeadershipLost("no outcome")
+            try:
+                failure = self._outcome(commit, deadline)
+            finally:
+                if failure is not None:
+                    # Fenced before it counts as settled: a writer waiting for
+                    # it (await_settled) then sees the new epoch.
+                    self._abandon(db, commit.origin)
+                db.settled(commit.origin)
+            failures.append(failure)
+        errors = [failure for failure in failures if failure is not None]
+        if not errors:
+            return
+        if len(errors) == len(failures) and all(isinstance(e, StorageError) for e in errors):
+            first = errors[0]
+            assert isinstance(first, StorageError)
+            raise _not_stored(first) from first
+        if len(errors) == len(failures) and all(type(e) is NotLeader for e in errors):
+            raise _not_leader() from errors[0]
+        raise _leadership_lost() from errors[0]
+
+    def _outcome(self, commit: _Submitted, deadline: float) -> ReplicationError | None:
+        """None once every part of ``commit`` was applied; else why not.
+
+        A commit whose first part was not appended counts as not appended (its
+        later parts were queued behind it); once a part may be in a log, a later
+        failure makes the outcome unknown.
+        """
+        for number, pending in enumerate(commit.parts):
+            try:
+                if isinstance(pending, ReplicationError):
+                    raise pending
+                result = pending.result(max(0.0, deadline - time.monotonic()))
+            except NotLeader as exc:
+                if number == 0:
+                    return exc
+                return LeadershipLost(f"a later part was not stored: {exc}")
+            except ReplicationError as exc:
+                return exc
+            if result != "applied":
+                # Skipped by every node: built on a commit that failed.
+                return LeadershipLost(f"the commit was {result}")
+        return None
+
+    def _abandon(self, db: Database, origin: Origin) -> None:
         """Raft did not accept ``origin``: its commit must leave the files."""
         self._fsm.forget_own(origin)
         self._fsm.fence(db)

@@ -7,17 +7,23 @@ Per database the leader keeps (:class:`~.database.Database`):
 
 - a **writer**: the one gateway whose write transaction is open (SQLite's rule);
   others queue for it, up to their lock timeout, instead of meeting SQLite's lock;
-- a **gate**, held by the writer while one of its statements runs and its
-  commit is being replicated: no read transaction *begins* meanwhile, so nobody
-  reads pages Raft has not committed (readers that began before keep their
-  snapshot, which holds none of them);
+- a **gate**, held by the writer while one of its statements runs: no read
+  transaction *begins* meanwhile, nor while any commit is **in flight**
+  (submitted to Raft, not yet settled), so nobody reads pages Raft has not
+  committed (readers that began before keep their snapshot, which holds none
+  of them); waiting readers go before the next writer's statement;
 - the WAL position of the last transaction Raft committed, to cut the WAL back
   to if a commit fails, tagged with an **epoch** that every rebuild of the files
   increments.
 
 A commit's pages are read from the WAL inside SQLite's WAL hook (on the
 writer's thread, under its session's lock, so atomically with the commit) and
-become one FRAMES command, submitted to Raft (a transaction larger than
+become one FRAMES command, submitted to Raft with the writer slot still held
+(log order is WAL order), after which the slot passes to the next writer while
+this commit is in flight: **group commit**.  A command names what it was built
+on — the commit submitted before it in this *epoch* (``after``), or the last
+FRAMES entry applied — and a failure fences the database, which starts a new
+epoch, so no later commit builds on a lost one (a transaction larger than
 :data:`~.commands.PART_BYTES` becomes several, its parts, gathered by every node
 and applied at once when the last one is committed).  Every node applies
 committed commands in log order (:meth:`~.fsm.StateMachine.apply`, on Raft's
@@ -62,7 +68,8 @@ A thread holding a lock takes only locks further down this list, never one above
    barrier; a condition), Raft's waiter set.
 
 No lock is held while waiting for another thread: a writer waiting for Raft
-holds the writer slot and the gate, which are states, not locks.
+holds nothing (its commit is in flight, a state); one waiting for readers holds
+the writer slot, a state, not a lock.
 
 Reads are linearizable: a statement that returns rows runs only after
 :meth:`Replicator.read_barrier` (Raft's ReadIndex) confirmed, after the request

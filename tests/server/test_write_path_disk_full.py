@@ -60,8 +60,26 @@ class _Raft:
         self.index += 1
         return self._apply(self.index, command)
 
+    def submit_async(self, command: bytes) -> _Done:
+        try:
+            return _Done(self.submit(command, 0.0), None)
+        except Exception as exc:
+            return _Done(None, exc)
+
     def check_storage(self) -> None:
         self.probes += 1
+
+
+class _Done:
+    """A submission whose outcome is known at once (as a PendingCommand's)."""
+
+    def __init__(self, result: Any, failure: Exception | None) -> None:
+        self._result, self._failure = result, failure
+
+    def result(self, timeout: float) -> Any:
+        if self._failure is not None:
+            raise self._failure
+        return self._result
 
 
 @pytest.fixture
@@ -179,7 +197,7 @@ def test_the_replicator_says_whether_the_log_stored_the_entry(
     )
     failure = JournalWriteError("no room", OSError(errno.ENOSPC, "full"), stored=stored)
     replicator._core = SimpleNamespace(  # type: ignore[assignment]
-        submit_and_wait=lambda command, timeout: (failure, reason)
+        submit_tracked=lambda command: SimpleNamespace(wait=lambda timeout: (failure, reason))
     )
     with pytest.raises(raised) as failed:
         replicator.submit(b"x", 1.0)

@@ -27,6 +27,7 @@ docstring explains it; each has a test in ``tests/replication/test_replication_r
 
 from __future__ import annotations
 
+from .commands import Submission
 from .config import (
     CANDIDATE,
     FAILURES,
@@ -53,6 +54,7 @@ __all__ = [
     "PeerNode",
     "ReadCallback",
     "ReadResult",
+    "Submission",
     "raft_config",
     "role_change",
     "safe_unpickle",

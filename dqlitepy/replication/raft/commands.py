@@ -25,7 +25,39 @@ from ..journal import JournalWriteError
 from .base import RaftBase
 from .config import LEADER, REGULAR, STORAGE_FAILED
 
-__all__ = ["CommandsMixin"]
+__all__ = ["CommandsMixin", "Submission"]
+
+
+class Submission:
+    """One submitted command's outcome, once known; any number of threads may wait for it.
+
+    Args:
+        forget: called with :meth:`finish` once the outcome is known (or the
+            wait for it was given up), to drop it from the submitter set.
+    """
+
+    def __init__(self, forget: Callable[[Callable[[Any, int], None]], None]) -> None:
+        self._forget = forget
+        self._done = threading.Event()
+        self._outcome: tuple[Any, int] = (None, FAIL_REASON.UNKNOWN_OUTCOME)
+
+    def finish(self, result: Any, reason: int) -> None:
+        """The command's callback (tick thread): the first outcome counts.
+
+        :meth:`CommandsMixin.abandon_waiters` may follow the real outcome (a
+        failed append steps the leader down) before the waiters wake up.
+        """
+        if not self._done.is_set():
+            self._outcome = (result, reason)
+            self._done.set()
+            self._forget(self.finish)
+
+    def wait(self, timeout: float) -> tuple[Any, int]:
+        """``(result, reason)``; ``(None, UNKNOWN_OUTCOME)`` if none came within ``timeout``."""
+        if not self._done.wait(timeout):
+            self._forget(self.finish)
+            return None, FAIL_REASON.UNKNOWN_OUTCOME
+        return self._outcome
 
 
 class CommandsMixin(RaftBase):
@@ -50,31 +82,28 @@ class CommandsMixin(RaftBase):
             return
         self._applyCommand(command, callback, REGULAR)
 
+    def submit_tracked(self, command: bytes) -> Submission:
+        """Submit without waiting; the :class:`Submission` learns the outcome.
+
+        Until it has one, :meth:`abandon_waiters` may release it with
+        LEADER_CHANGED, so that no submitter waits on a deposed leader.
+        """
+        submission = Submission(self._forget_waiter)
+        with self._waiters_lock:
+            self._waiters.add(submission.finish)
+        self.submit(command, submission.finish)
+        return submission
+
     def submit_and_wait(self, command: bytes, timeout: float) -> tuple[Any, int]:
         """Submit and block until the command is applied or fails; ``(result, reason)``."""
-        done = threading.Event()
-        outcome: list[Any] = [None, FAIL_REASON.UNKNOWN_OUTCOME]
+        return self.submit_tracked(command).wait(timeout)
 
-        def callback(result: Any, reason: int) -> None:
-            # The first outcome counts: abandon_waiters() may follow the real
-            # one (a failed append steps the leader down) before we wake up.
-            if not done.is_set():
-                outcome[0], outcome[1] = result, reason
-                done.set()
-
+    def _forget_waiter(self, callback: Callable[[Any, int], None]) -> None:
         with self._waiters_lock:
-            self._waiters.add(callback)
-        try:
-            self.submit(command, callback)
-            if not done.wait(timeout):
-                return None, FAIL_REASON.UNKNOWN_OUTCOME
-            return outcome[0], outcome[1]
-        finally:
-            with self._waiters_lock:
-                self._waiters.discard(callback)
+            self._waiters.discard(callback)
 
     def abandon_waiters(self) -> None:
-        """Release every :meth:`submit_and_wait` caller with LEADER_CHANGED.
+        """Release every submitter still waiting (:meth:`submit_tracked`) with LEADER_CHANGED.
 
         Called on the tick thread when this node stops leading: their
         commands' fate is decided by the next leader, and the callers must not

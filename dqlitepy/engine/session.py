@@ -102,6 +102,10 @@ class StatementInfo:
     empty: bool
     #: True when the statement cannot write.
     readonly: bool
+    #: False when the statement opens no transaction on the database (``SELECT
+    #: last_insert_rowid()``, ``SELECT 1``): its result depends on the session
+    #: alone, so it needs neither a read snapshot nor a leadership check.
+    reads_database: bool = True
 
     @property
     def tail_offset(self) -> int:
@@ -323,19 +327,30 @@ class Session:
         except UnicodeEncodeError as exc:
             raise EngineError(SQLITE_ERROR, _SQL_NOT_UTF8) from exc
         first = details.first_query or ""
+        columns = len(details.description or ())
+        readonly = bool(details.is_readonly)
         info = StatementInfo(
             sql=first,
             tail=details.query_remaining or "",
             param_count=details.bindings_count,
-            column_count=len(details.description or ()),
+            column_count=columns,
             empty=not details.has_vdbe,
-            readonly=bool(details.is_readonly),
+            readonly=readonly,
+            reads_database=not (readonly and columns) or self._opens_transaction(first),
         )
         if len(sql) <= _MAX_CACHED_SQL:
             self._statements[sql] = info
             if len(self._statements) > _STATEMENT_CACHE_SIZE:
                 self._statements.popitem(last=False)
         return info
+
+    def _opens_transaction(self, sql: str) -> bool:
+        """Whether ``sql``'s program begins a transaction (an ``OP_Transaction``): reads pages."""
+        try:
+            details = apsw.ext.query_info(self._db, sql, explain=True)
+        except apsw.Error:
+            return True  # the first compile succeeded: assume the worst
+        return any(step.opcode == "Transaction" for step in details.explain or ())
 
     def _bindings(self, info: StatementInfo, params: Sequence[Any]) -> Sequence[Any]:
         n = info.param_count

@@ -216,6 +216,11 @@ class Leader:
             with self._write(db, owner, session, timeout):
                 yield _no_op
             return
+        if not info.reads_database:
+            # SELECT last_insert_rowid(), SELECT 1: no page is read, so nothing
+            # can be stale or uncommitted (a driver asks this after RETURNING).
+            yield _no_op
+            return
         if info.column_count:
             # A statement that returns rows may return stale ones on a deposed
             # leader; one that returns none (BEGIN, a read's COMMIT) cannot.

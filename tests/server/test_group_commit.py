@@ -264,6 +264,20 @@ def test_no_read_begins_while_a_commit_is_in_flight(table: tuple[Replicated, _He
     assert _ids(state) == [1, 2, 3]
 
 
+def test_a_query_that_reads_no_page_does_not_wait_for_commits_in_flight(
+    table: tuple[Replicated, _HeldRaft],
+) -> None:
+    state, raft = table
+    [writer] = _start_writers(state, raft, range(1, 2))
+    # What a driver asks after INSERT ... RETURNING: the session's own state.
+    assert _run(state, "SELECT last_insert_rowid()", timeout=0.5) == [(0,)]
+    # The same probe on a statement that reads the table does wait.
+    with pytest.raises(GatewayFailure, match="database is locked"):
+        _run(state, "SELECT count(*) FROM t", timeout=0.5)
+    raft.commit(1)
+    assert writer.outcome() == "ok"
+
+
 def test_a_reader_that_waits_too_long_for_a_commit_hears_database_is_locked(
     table: tuple[Replicated, _HeldRaft],
 ) -> None:

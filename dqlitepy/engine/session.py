@@ -102,9 +102,9 @@ class StatementInfo:
     empty: bool
     #: True when the statement cannot write.
     readonly: bool
-    #: False when the statement opens no transaction on the database (``SELECT
-    #: last_insert_rowid()``, ``SELECT 1``): its result depends on the session
-    #: alone, so it needs neither a read snapshot nor a leadership check.
+    #: False when the statement opens no transaction on the database (``BEGIN``,
+    #: ``SELECT last_insert_rowid()``, ``SELECT 1``): it reads no page, so it
+    #: needs neither a read snapshot nor a leadership check.
     reads_database: bool = True
 
     @property
@@ -336,7 +336,7 @@ class Session:
             column_count=columns,
             empty=not details.has_vdbe,
             readonly=readonly,
-            reads_database=not (readonly and columns) or self._opens_transaction(first),
+            reads_database=not readonly or self._opens_transaction(first),
         )
         if len(sql) <= _MAX_CACHED_SQL:
             self._statements[sql] = info

@@ -217,8 +217,9 @@ class Leader:
                 yield _no_op
             return
         if not info.reads_database:
-            # SELECT last_insert_rowid(), SELECT 1: no page is read, so nothing
-            # can be stale or uncommitted (a driver asks this after RETURNING).
+            # BEGIN, SELECT last_insert_rowid(): no page is read, so nothing can
+            # be stale or uncommitted.  A deferred BEGIN thus does not wait for
+            # the commits in flight, which keeps sqlite3's default mode pipelined.
             yield _no_op
             return
         if info.column_count:

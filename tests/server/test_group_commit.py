@@ -271,6 +271,8 @@ def test_a_query_that_reads_no_page_does_not_wait_for_commits_in_flight(
     [writer] = _start_writers(state, raft, range(1, 2))
     # What a driver asks after INSERT ... RETURNING: the session's own state.
     assert _run(state, "SELECT last_insert_rowid()", timeout=0.5) == [(0,)]
+    # sqlite3's default mode begins each transaction so; the write waits its turn.
+    assert _run(state, "BEGIN", timeout=0.5) == []
     # The same probe on a statement that reads the table does wait.
     with pytest.raises(GatewayFailure, match="database is locked"):
         _run(state, "SELECT count(*) FROM t", timeout=0.5)

@@ -37,6 +37,7 @@ from dqlitepy.replication.raft import (
     raft_config,
     role_change,
 )
+from dqlitepy.replication.raft import commands as commands_module
 from dqlitepy.replication.raft.config import MEMBERSHIP
 from dqlitepy.wire import NodeRole
 
@@ -153,6 +154,30 @@ def test_queued_commands_are_appended_with_one_sync_and_one_send(
         for _ in range(5):
             node.doTick(0.01)
         assert outcomes.reasons == dict.fromkeys(commands, FAIL_REASON.SUCCESS)
+
+
+def test_a_batch_is_appended_once_it_is_large(
+    tmp_path: Path, syncs: Callable[[Path], int], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    journal = tmp_path / "journal"
+    with _single_voter(journal) as node:
+        outcomes = _Outcomes()
+        commands = [b"c%04d" % i for i in range(commands_module.MAX_BATCH_ENTRIES + 6)]
+        for command in commands:
+            node.submit(command, outcomes.callback(command))
+        sends = _count_calls(node, "_SyncObj__sendAppendEntries")
+        first, before = _last_index(node) + 1, syncs(journal)
+        node._checkCommandsToApply()
+        assert [c[1:] for c in _entries(node, first)] == commands
+        assert syncs(journal) - before == 2 and sends[0] == 2  # by count
+        # By size: 60 bytes a command (with its type byte), a batch closes at 100.
+        monkeypatch.setattr(commands_module, "MAX_BATCH_BYTES", 100)
+        for i in range(5):
+            node.submit(b"%059d" % i, outcomes.callback(b"%059d" % i))
+        first, before = _last_index(node) + 1, syncs(journal)
+        node._checkCommandsToApply()
+        assert len(_entries(node, first)) == 5
+        assert syncs(journal) - before == 3 and sends[0] == 5
 
 
 def test_a_membership_change_in_a_batch_is_appended_on_its_own_in_its_place(

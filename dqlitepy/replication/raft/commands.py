@@ -13,12 +13,13 @@ leadership transfer is under way (:mod:`.transfer`) queued commands wait.
 
 **Group commit.**  PySyncObj appends queued commands one by one, each with
 its own journal sync and AppendEntries.  Here the regular commands drained
-from the queue in one go (concurrent submitters) are appended together: one
-``add_many`` (one fdatasync, all or nothing), then one AppendEntries carrying
-them all, which the followers store with one sync too (:mod:`.messages`).  A
-membership change is still appended on its own, after the commands queued
-before it, because it takes effect when appended.  If the append fails, every
-command of the batch is failed and the node steps down once.
+from the queue in one go (concurrent submitters) are appended together (up to
+1024 of them or 16 MiB): one ``add_many`` (one fdatasync, all or nothing),
+then one AppendEntries carrying them all, which the followers store with one
+sync too (:mod:`.messages`).  A membership change is still appended on its
+own, after the commands queued before it, because it takes effect when
+appended.  If the append fails, every command of the batch is failed and the
+node steps down once.
 """
 
 from __future__ import annotations
@@ -35,6 +36,12 @@ from .base import RaftBase
 from .config import LEADER, REGULAR, STORAGE_FAILED
 
 __all__ = ["CommandsMixin"]
+
+# A batch is appended once the queue is drained, or once it is this large: the
+# first command of a batch must not wait behind a queue that keeps filling, and
+# one write need not hold more than about one large transaction part.
+MAX_BATCH_ENTRIES = 1024
+MAX_BATCH_BYTES = 16 * 1024 * 1024
 
 
 class CommandsMixin(RaftBase):
@@ -117,6 +124,7 @@ class CommandsMixin(RaftBase):
         commands = self._SyncObj__commandsQueue
         started = time.monotonic()
         batch: list[tuple[bytes, Any]] = []
+        size = 0
         while self.raft_state != LEADER or (
             time.monotonic() - started < self.conf.appendEntriesPeriod
         ):
@@ -135,11 +143,15 @@ class CommandsMixin(RaftBase):
             )
             if request is None:
                 batch.append((command, callback))
+                size += len(command)
+                if len(batch) >= MAX_BATCH_ENTRIES or size >= MAX_BATCH_BYTES:
+                    self._append_batch(batch)
+                    batch, size = [], 0
                 continue
             # A configuration takes effect when appended: after the entries
             # queued before it, which therefore go first.
             self._append_batch(batch)
-            batch = []
+            batch, size = [], 0
             if self.raft_state != LEADER:  # that append failed: this node stepped down
                 if callable(callback):
                     callback(None, FAIL_REASON.NOT_LEADER)

@@ -2,12 +2,15 @@
 
 Guarantees (with ``sync=True``, the default):
 
-* ``add`` returns after its record was written and ``fdatasync``-ed (one sync per entry);
+* ``add`` returns after its record was written and ``fdatasync``-ed; ``add_many`` writes the
+  records of several entries and syncs them once (one sync per call, not per entry: the
+  commands a leader appends in one tick, or the entries of one AppendEntries, share it), and
+  is all or nothing;
 * ``deleteEntriesFrom`` (truncation after a Raft conflict) is durable on return;
-* ``clear`` (before a snapshot's entries are added) takes effect with the next ``add``, which
-  replaces the file atomically by one holding only that entry (or at ``close``): if that
-  ``add`` fails, the old log is still there, on disk and in memory, instead of an empty log
-  PySyncObj cannot work with (every tick reads ``journal[-1]``);
+* ``clear`` (before a snapshot's entries are added) takes effect with the next ``add`` (or
+  ``add_many``), which replaces the file atomically by one holding only its entries (or at
+  ``close``): if that call fails, the old log is still there, on disk and in memory, instead
+  of an empty log PySyncObj cannot work with (every tick reads ``journal[-1]``);
 * ``deleteEntriesTo`` (compaction after a snapshot) is atomic: the kept records are copied to a
   new file that is synced and renamed over the journal, then the directory is synced;
 * ``setCurrentTerm`` (term and vote) is durable on return;
@@ -40,7 +43,7 @@ import logging
 import operator
 import os
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import SupportsIndex, overload
 
 from pysyncobj.journal import Journal
@@ -48,7 +51,15 @@ from pysyncobj.journal import Journal
 from .errors import JournalCorruptError, JournalError, JournalWriteError
 from .fileio import fdatasync, fsync_dir, pwrite_all, read_all
 from .meta import SLOT_SIZE, Meta, encode_slot, read_meta_file
-from .records import FILE_HEADER, HEADER_SIZE, Entry, check_header, encode_record, scan_records
+from .records import (
+    FILE_HEADER,
+    HEADER_SIZE,
+    Entry,
+    check_header,
+    checked_entry,
+    encode_record,
+    scan_records,
+)
 from .states import DEFAULT_PROBE_BYTES, JournalState, JournalStates
 
 __all__ = ["DurableJournal"]
@@ -245,24 +256,37 @@ class DurableJournal(JournalStates, Journal):  # type: ignore[misc]  # pysyncobj
     # -- PySyncObj's Journal interface --
 
     def add(self, command: bytes, idx: int, term: int) -> None:
-        """Append one entry; durable on return.
+        """Append one entry; durable on return (:meth:`add_many` of one entry).
 
         Raises:
             JournalWriteError: the entry could not be stored (``stored`` says whether it is
                 provably absent from the file); the in-memory log does not hold it.
         """
-        if not isinstance(command, bytes | bytearray | memoryview):
-            raise TypeError(f"journal command must be bytes, not {type(command).__name__}")
-        command = bytes(command)
-        idx, term = operator.index(idx), operator.index(term)
-        if idx < 0 or term < 0:
-            raise ValueError(f"negative raft index or term: {idx}, {term}")
-        parts = encode_record(command, idx, term)
-        size = sum(len(part) for part in parts)
+        self.add_many(((command, idx, term),))
+
+    def add_many(self, entries: Iterable[tuple[bytes, int, int]]) -> None:
+        """Append ``(command, idx, term)`` entries in order; all durable on return, one sync.
+
+        All or nothing: the records are written together and synced once, and the entries
+        become visible (in memory) only then.  Not part of PySyncObj's interface: the Raft
+        core calls it when the journal has it (:mod:`dqlitepy.replication.raft`).
+
+        Raises:
+            JournalWriteError: the entries could not be stored; the in-memory log holds none
+                of them.  ``stored`` is False when none of them is in the file (what was
+                written has been cut off again, durably), None when some may be there.
+            TypeError, ValueError: an entry is malformed; nothing was written.
+        """
+        batch = [checked_entry(entry) for entry in entries]
+        if not batch:
+            return
+        records = [encode_record(*entry) for entry in batch]
+        sizes = [sum(len(part) for part in record) for record in records]
+        parts = [part for record in records for part in record]
         with self._lock:
             self._check_writable()
             if self._cleared is not None:
-                self._add_replacing(parts, (command, idx, term))
+                self._add_replacing(parts, batch, sizes)
                 return
             try:
                 pwrite_all(self._fd, parts, self._end)
@@ -271,12 +295,21 @@ class DurableJournal(JournalStates, Journal):  # type: ignore[misc]  # pysyncobj
                 stored = self._cut_tail()
                 self._fail(exc)
                 raise JournalWriteError(
-                    f"{self._path}: could not append entry {idx}: {exc}", exc, stored=stored
+                    f"{self._path}: could not append {_describe(batch)}: {exc}",
+                    exc,
+                    stored=stored,
                 ) from exc
             # Visible to PySyncObj only once durable: it may acknowledge what it can read.
-            self._offsets.append(self._end)
-            self._entries.append((command, idx, term))
-            self._end += size
+            self._extend(batch, sizes, self._end)
+
+    def _extend(self, batch: list[Entry], sizes: list[int], start: int) -> None:
+        """Add written records to the in-memory log, the first at file offset ``start``."""
+        offset = start
+        for size in sizes:
+            self._offsets.append(offset)
+            offset += size
+        self._entries.extend(batch)
+        self._end = offset
 
     def _cut_tail(self) -> bool | None:
         """Cut what a failed append wrote (``_lock`` held): False once that is durable.
@@ -291,8 +324,8 @@ class DurableJournal(JournalStates, Journal):  # type: ignore[misc]  # pysyncobj
             return None
         return False
 
-    def _add_replacing(self, parts: list[bytes], entry: Entry) -> None:
-        """The first add() after clear(): replace the file by one holding only ``entry``."""
+    def _add_replacing(self, parts: list[bytes], batch: list[Entry], sizes: list[int]) -> None:
+        """The first add() after clear(): replace the file by one holding only ``batch``."""
         assert self._cleared is not None
         entries, offsets, end, saved_commit = self._cleared
         tmp = self._path + ".tmp"
@@ -317,8 +350,8 @@ class DurableJournal(JournalStates, Journal):  # type: ignore[misc]  # pysyncobj
             old_fd, self._fd = self._fd, new_fd
             os.close(old_fd)
             self._cleared = None
-            self._entries, self._offsets = [entry], [HEADER_SIZE]
-            self._end = HEADER_SIZE + sum(len(part) for part in parts)
+            self._entries, self._offsets = [], []
+            self._extend(batch, sizes, HEADER_SIZE)
             self._dirsync()
         except OSError as exc:
             if not replaced:
@@ -328,13 +361,13 @@ class DurableJournal(JournalStates, Journal):  # type: ignore[misc]  # pysyncobj
                 self._commit = saved_commit
             self._fail(exc)
             raise JournalWriteError(
-                f"{self._path}: could not replace the log by entry {entry[1]}: {exc}",
+                f"{self._path}: could not replace the log by {_describe(batch)}: {exc}",
                 exc,
                 stored=False if not replaced else None,
             ) from exc
 
     def clear(self) -> None:
-        """Drop every entry; on disk with the next :meth:`add` (atomically) or at close."""
+        """Drop every entry; on disk with the next :meth:`add_many` (atomically) or at close."""
         with self._lock:
             self._check_writable()
             if self._cleared is None:
@@ -554,3 +587,9 @@ class DurableJournal(JournalStates, Journal):  # type: ignore[misc]  # pysyncobj
     def __repr__(self) -> str:
         state = self._state.value
         return f"<DurableJournal {self._path!r} {state}, {len(self._entries)} entries>"
+
+
+def _describe(batch: list[Entry]) -> str:
+    if len(batch) == 1:
+        return f"entry {batch[0][1]}"
+    return f"entries {batch[0][1]}..{batch[-1][1]}"

@@ -1,7 +1,8 @@
 """The few system calls the journal's durability rests on, each done completely.
 
-``fdatasync`` uses ``F_FULLFSYNC`` where it exists (macOS), ``pwrite_all`` finishes a
-short write, ``read_all`` reads a whole file through a descriptor.
+``fdatasync`` uses ``F_FULLFSYNC`` where it exists (macOS), ``pwrite_all`` writes any
+number of buffers and finishes a short write, ``read_all`` reads a whole file through a
+descriptor.
 """
 
 from __future__ import annotations
@@ -10,6 +11,19 @@ import fcntl
 import os
 
 __all__ = ["fdatasync", "fsync_dir", "pwrite_all", "read_all"]
+
+
+def _iov_max() -> int:
+    try:
+        limit = os.sysconf("SC_IOV_MAX")
+    except (AttributeError, ValueError, OSError):
+        limit = -1
+    # POSIX guarantees at least 16 (_XOPEN_IOV_MAX): assume that when nothing is reported.
+    return limit if limit >= 16 else 16
+
+
+#: How many buffers one pwritev takes (1024 on Linux).
+_IOV_MAX = _iov_max()
 
 
 def fdatasync(fd: int) -> None:
@@ -33,9 +47,18 @@ def fsync_dir(directory: str) -> None:
 
 
 def pwrite_all(fd: int, parts: list[bytes], offset: int) -> None:
-    # pwritev writes a record's header and a multi-MiB command without concatenating them; a
-    # short write (possible for large buffers, e.g. when a fatal signal arrives) is finished
-    # with pwrite.
+    # pwritev writes a record's header and a multi-MiB command without concatenating them,
+    # and a batch of records in one call; it refuses more than IOV_MAX buffers (EINVAL, which
+    # would look like a failing disk), so a large batch goes in groups.
+    for start in range(0, len(parts), _IOV_MAX):
+        group = parts[start : start + _IOV_MAX]
+        _pwritev_all(fd, group, offset)
+        offset += sum(len(p) for p in group)
+
+
+def _pwritev_all(fd: int, parts: list[bytes], offset: int) -> None:
+    # A short write (possible for large buffers, e.g. when a fatal signal arrives) is
+    # finished with pwrite.
     total = sum(len(p) for p in parts)
     written = os.pwritev(fd, parts, offset)
     if written == total:

@@ -12,6 +12,7 @@ off) from damage anywhere else (:class:`~.errors.JournalCorruptError`: nothing i
 
 from __future__ import annotations
 
+import operator
 import struct
 import zlib
 from dataclasses import dataclass
@@ -27,6 +28,7 @@ __all__ = [
     "Entry",
     "Scan",
     "check_header",
+    "checked_entry",
     "encode_record",
     "scan_records",
 ]
@@ -74,6 +76,21 @@ def _cbor_head(major: int, value: int) -> bytes:
         if value < 1 << (8 * size):
             return bytes((major << 5 | extra,)) + value.to_bytes(size, "big")
     raise ValueError(f"{value} does not fit in 64 bits")
+
+
+def checked_entry(entry: tuple[bytes, int, int]) -> Entry:
+    """``entry`` as the journal keeps it, or TypeError / ValueError.
+
+    The command becomes ``bytes`` (a view or bytearray is copied: the entry must not change
+    under the journal), the index and term non-negative ints.
+    """
+    command, idx, term = entry
+    if not isinstance(command, bytes | bytearray | memoryview):
+        raise TypeError(f"journal command must be bytes, not {type(command).__name__}")
+    idx, term = operator.index(idx), operator.index(term)
+    if idx < 0 or term < 0:
+        raise ValueError(f"negative raft index or term: {idx}, {term}")
+    return bytes(command), idx, term
 
 
 def encode_record(command: bytes, idx: int, term: int) -> list[bytes]:

@@ -13,13 +13,14 @@ CLOSED    :meth:`~.durable.DurableJournal.close` ran; nothing more is taken
 ========  ===================================================================================
 
 A failed write raises :class:`~.errors.JournalWriteError` (never a bare ``OSError``) and
-leaves the journal as it was before the call: an append's partial record is cut off again at
-once (``ftruncate`` back to the last intact record and a sync, which needs no free space), and
-the error says whether that worked (``stored=False``: the entry is provably not in the log, on
-disk or in memory) or not (``stored=None``: it may come back after a restart, like an entry a
-crash interrupted). A failed metadata write leaves the previous term and vote in memory; the
-slot it was writing may or may not hold the new state, which is harmless because no message
-reflecting that state was sent, and the next metadata write overwrites the same slot.
+leaves the journal as it was before the call: what an append wrote (one entry's record, or a
+whole batch of ``add_many``) is cut off again at once (``ftruncate`` back to the last intact
+record and a sync, which needs no free space), and the error says whether that worked
+(``stored=False``: the entries are provably not in the log, on disk or in memory) or not
+(``stored=None``: they may come back after a restart, like an entry a crash interrupted).
+A failed metadata write leaves the previous term and vote in memory; the slot it was writing
+may or may not hold the new state, which is harmless because no message reflecting that
+state was sent, and the next metadata write overwrites the same slot.
 
 Only Raft's thread calls :meth:`~.durable.DurableJournal.probe` (the Raft core does, about
 once a second while FAILED): it cuts any partial record, rewrites the metadata, then writes,

@@ -10,6 +10,16 @@ A command whose entry cannot be appended because the journal cannot write is
 failed at once (``STORAGE_FAILED`` or UNKNOWN_OUTCOME, see :mod:`.storage`)
 instead of escaping from PySyncObj's tick with its callback lost.  While a
 leadership transfer is under way (:mod:`.transfer`) queued commands wait.
+
+**Group commit.**  PySyncObj appends queued commands one by one, each with
+its own journal sync and AppendEntries.  Here the regular commands drained
+from the queue in one go (concurrent submitters) are appended together (up to
+1024 of them or 16 MiB): one ``add_many`` (one fdatasync, all or nothing),
+then one AppendEntries carrying them all, which the followers store with one
+sync too (:mod:`.messages`).  A membership change is still appended on its
+own, after the commands queued before it, because it takes effect when
+appended.  If the append fails, every command of the batch is failed and the
+node steps down once.
 """
 
 from __future__ import annotations
@@ -58,6 +68,12 @@ class Submission:
             self._forget(self.finish)
             return None, FAIL_REASON.UNKNOWN_OUTCOME
         return self._outcome
+
+# A batch is appended once the queue is drained, or once it is this large: the
+# first command of a batch must not wait behind a queue that keeps filling, and
+# one write need not hold more than about one large transaction part.
+MAX_BATCH_ENTRIES = 1024
+MAX_BATCH_BYTES = 16 * 1024 * 1024
 
 
 class CommandsMixin(RaftBase):
@@ -128,56 +144,108 @@ class CommandsMixin(RaftBase):
     def _checkCommandsToApply(self) -> None:
         # PySyncObj's loop, on the tick thread (the state cannot change under
         # us but by this loop): a node that does not lead fails its queued
-        # commands instead of forwarding them, and a failed append fails its
-        # command instead of escaping from the tick with the callback lost.
+        # commands instead of forwarding them, a failed append fails its
+        # commands instead of escaping from the tick with the callbacks lost,
+        # and the regular commands drained in one go are appended together
+        # (see "Group commit" in the module docstring).
         if self._transfer is not None and self.raft_state == LEADER:
             return  # held until the transfer ends (a new entry would delay the target)
         commands = self._SyncObj__commandsQueue
         started = time.monotonic()
+        batch: list[tuple[bytes, Any]] = []
+        size = 0
         while self.raft_state != LEADER or (
             time.monotonic() - started < self.conf.appendEntriesPeriod
         ):
             try:
                 command, callback = commands.get_nowait()
             except Exception:  # the queue's Empty
-                return
+                break
             if self.raft_state != LEADER:
                 if callable(callback):
                     callback(None, FAIL_REASON.NOT_LEADER)
                 continue
-            self._append_command(command, callback)
+            request = (
+                self._SyncObj__parseChangeClusterRequest(command)
+                if self.conf.dynamicMembershipChange
+                else None
+            )
+            if request is None:
+                batch.append((command, callback))
+                size += len(command)
+                if len(batch) >= MAX_BATCH_ENTRIES or size >= MAX_BATCH_BYTES:
+                    self._append_batch(batch)
+                    batch, size = [], 0
+                continue
+            # A configuration takes effect when appended: after the entries
+            # queued before it, which therefore go first.
+            self._append_batch(batch)
+            batch, size = [], 0
+            if self.raft_state != LEADER:  # that append failed: this node stepped down
+                if callable(callback):
+                    callback(None, FAIL_REASON.NOT_LEADER)
+                continue
+            self._append_membership(command, request, callback)
+        self._append_batch(batch)
 
-    def _append_command(self, command: bytes, callback: Any) -> None:
-        """Append a queued command to this leader's log and send it (tick thread)."""
+    def _append_batch(self, batch: list[tuple[bytes, Any]]) -> None:
+        """Append queued regular commands as consecutive entries: one sync, one send."""
+        if not batch:
+            return
+        first = self._SyncObj__getCurrentLogIndex() + 1
+        term = self._SyncObj__raftCurrentTerm
+        try:
+            self._log_append([(command, first + i, term) for i, (command, _) in enumerate(batch)])
+        except JournalWriteError as exc:
+            # A DurableJournal stores all or none; a journal without add_many may
+            # have taken a prefix, whose commands then wait for their commit
+            # like any other (they are in the log and may be replicated).
+            appended = min(max(self._SyncObj__getCurrentLogIndex() + 1 - first, 0), len(batch))
+            self._wait_for_commit(batch[:appended], first, term)
+            # Not in the log (memory or disk) and never sent: nobody has them.
+            reason = STORAGE_FAILED if exc.stored is False else FAIL_REASON.UNKNOWN_OUTCOME
+            for _, callback in batch[appended:]:
+                if callable(callback):
+                    callback(exc, reason)
+            self._storage_failed(exc)
+            return
+        self._wait_for_commit(batch, first, term)
+        self._appended()
+
+    def _append_membership(self, command: bytes, request: Any, callback: Any) -> None:
+        """Append a configuration change on its own (tick thread), as PySyncObj does."""
         index = self._SyncObj__getCurrentLogIndex() + 1
         term = self._SyncObj__raftCurrentTerm
-        request = (
-            self._SyncObj__parseChangeClusterRequest(command)
-            if self.conf.dynamicMembershipChange
-            else None
-        )
-        if request is not None and not self._SyncObj__changeCluster(request):
+        if not self._SyncObj__changeCluster(request):
             if callable(callback):
                 callback(None, FAIL_REASON.REQUEST_DENIED)
             return
         try:
             self._SyncObj__raftLog.add(command, index, term)
         except JournalWriteError as exc:
-            if request is not None:
-                self._SyncObj__doChangeCluster(request, reverse=True)
+            self._SyncObj__doChangeCluster(request, reverse=True)
             if callable(callback):
-                # Not in the log (memory or disk) and never sent: nobody has it.
                 reason = STORAGE_FAILED if exc.stored is False else FAIL_REASON.UNKNOWN_OUTCOME
                 callback(exc, reason)
             self._storage_failed(exc)
             return
-        if callable(callback):
-            self._SyncObj__commandsWaitingCommit[index].append((term, callback))
+        self._wait_for_commit([(command, callback)], index, term)
+        self._appended()
+
+    def _wait_for_commit(self, batch: list[tuple[bytes, Any]], first: int, term: int) -> None:
+        """Register the callbacks of ``batch``, appended from index ``first`` on."""
+        waiting = self._SyncObj__commandsWaitingCommit
+        for offset, (_, callback) in enumerate(batch):
+            if callable(callback):
+                waiting[first + offset].append((term, callback))
+
+    def _appended(self) -> None:
+        """New entries are in the leader's log: send them, once per append."""
         if not self.conf.appendEntriesUseBatch:
             self._SyncObj__sendAppendEntries()
         if not self._SyncObj__otherNodes:
-            # A single voter commits the entry by itself, but PySyncObj counts it
-            # only at the start of a tick: without a wake-up the entry would wait
+            # A single voter commits the entries by itself, but PySyncObj counts
+            # them only at the start of a tick: without a wake-up they would wait
             # out the tick's poll (about 16 ms per commit).  Peers' answers wake a
             # larger cluster.
             self._wake()

@@ -7,6 +7,9 @@
   Our handler skips entries already present with the same term, truncates only
   on a conflict, acknowledges only the entries the message proved, and
   advances the commit index only that far.
+- **One sync per message.**  A follower stores the new entries of one
+  AppendEntries together (one journal ``add_many``, one fdatasync, all or
+  none), then puts the configurations among them in force, in log order.
 - **Leader nextIndex rewind (defect 2).**  A late success acknowledgement
   could move ``nextIndex`` back below ``matchIndex + 1``; we clamp it.
 - **Terms in answers.**  PySyncObj's followers answer AppendEntries without
@@ -200,27 +203,41 @@ class MessagesMixin(RaftBase):
         return start
 
     def _store_entries(self, node: Any, entries: list[Any]) -> bool:
-        """Append ``entries`` to our log (configurations take effect); False if one failed."""
-        membership = self.conf.dynamicMembershipChange
-        for command, index, entry_term in entries:
-            try:
-                self._SyncObj__raftLog.add(bytes(command), index, entry_term)
-            except JournalWriteError as exc:
-                self._storage_failed(exc)
-                # Everything up to our log's end matches the leader's (checked
-                # before); from there on the leader must send again.
-                self._SyncObj__sendNextNodeIdx(
-                    node,
-                    nextNodeIdx=self._SyncObj__getCurrentLogIndex() + 1,
-                    success=False,
-                    reset=True,
-                )
-                return False
-            if membership:
-                request = self._SyncObj__parseChangeClusterRequest(bytes(command))
-                if request is not None:
-                    self._SyncObj__doChangeCluster(request)
+        """Append ``entries`` to our log (configurations take effect); False if that failed.
+
+        One journal sync for the whole message (``add_many``, all or none).
+        """
+        if not entries:
+            return True
+        batch = [(bytes(command), index, entry_term) for command, index, entry_term in entries]
+        try:
+            self._log_append(batch)
+        except JournalWriteError as exc:
+            # Configurations of entries that are in our log anyway (a journal
+            # without add_many may have taken a prefix) are in force, as Raft says.
+            last = self._SyncObj__getCurrentLogIndex()
+            self._change_configuration([entry for entry in batch if entry[1] <= last])
+            self._storage_failed(exc)
+            # Everything up to our log's end matches the leader's (checked
+            # before); from there on the leader must send again.
+            self._SyncObj__sendNextNodeIdx(
+                node,
+                nextNodeIdx=self._SyncObj__getCurrentLogIndex() + 1,
+                success=False,
+                reset=True,
+            )
+            return False
+        self._change_configuration(batch)
         return True
+
+    def _change_configuration(self, batch: list[tuple[bytes, int, int]]) -> None:
+        """Put the configurations among newly stored entries in force, in log order."""
+        if not self.conf.dynamicMembershipChange:
+            return
+        for command, _, _ in batch:
+            request = self._SyncObj__parseChangeClusterRequest(command)
+            if request is not None:
+                self._SyncObj__doChangeCluster(request)
 
     def _truncate_from(self, index: int) -> None:
         """Delete a conflicting suffix, undoing the membership changes it held."""

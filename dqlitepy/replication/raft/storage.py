@@ -137,6 +137,26 @@ class StorageMixin(RaftBase):
         )
         self.postpone_election()  # a normal timeout again
 
+    def _log_append(self, entries: list[tuple[bytes, int, int]]) -> None:
+        """Append consecutive ``(command, index, term)`` entries to the log (tick thread).
+
+        With one sync when the journal can (:meth:`DurableJournal.add_many`: all
+        or none); PySyncObj's MemoryJournal (a node without a journal file) only
+        has ``add``, so there they go one by one.
+
+        Raises:
+            JournalWriteError: as the journal raises it; a journal taking the
+                entries one by one may hold a prefix of them (callers compare the
+                log's last index with what they appended).
+        """
+        journal = self._SyncObj__raftLog
+        add_many = getattr(journal, "add_many", None)
+        if add_many is not None:
+            add_many(entries)
+            return
+        for command, index, term in entries:
+            journal.add(command, index, term)
+
     def _onTick(self, timeToWait: float = 0.0) -> None:  # PySyncObj's name
         try:
             SyncObj._onTick(self, timeToWait)

@@ -229,13 +229,13 @@ class Engine:
             Path(str(path) + suffix).unlink(missing_ok=True)
         os.replace(staged, path)
 
-    def apply(self, name: str, transaction: Transaction) -> None:
-        """Write a replicated transaction's pages into database ``name``'s file.
+    def apply(self, name: str, *transactions: Transaction) -> None:
+        """Write replicated transactions' pages, in order, into database ``name``'s file.
 
         The database must have no open session and an empty WAL (see
         :meth:`restore_committed`).
         """
-        apply_pages(self.path(name), transaction)
+        apply_pages(self.path(name), *transactions)
 
     def dump(self, name: str) -> list[tuple[str, bytes]]:
         """Return the database file and its WAL, read inside one read transaction.

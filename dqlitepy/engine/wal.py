@@ -138,19 +138,23 @@ def committed_prefix(wal: Path, salts: tuple[int, int] | None, frames: int) -> i
     return int(_WAL_HEADER_SIZE + frames * (_FRAME_HEADER_SIZE + page_size))
 
 
-def apply_pages(path: Path, transaction: Transaction) -> None:
-    """Write a transaction's pages into a database file nobody has open.
+def apply_pages(path: Path, *transactions: Transaction) -> None:
+    """Write transactions' pages, in order, into a database file nobody has open.
 
-    The file is created if needed and truncated to the size after commit
-    (a VACUUM can shrink it).  Not synced: the Raft log is what is durable.
+    The file is created if needed and truncated to the size after the last
+    commit (a VACUUM can shrink it).  Not synced: the Raft log is what is durable.
     """
+    if not transactions:
+        return
     flags = os.O_RDWR | os.O_CREAT
     fd = os.open(path, flags, 0o644)
     try:
-        size = transaction.page_size
-        for pgno, page in transaction.pages:
-            if pgno <= transaction.db_size:
-                os.pwrite(fd, page, (pgno - 1) * size)
-        os.ftruncate(fd, transaction.db_size * size)
+        for transaction in transactions:
+            size = transaction.page_size
+            for pgno, page in transaction.pages:
+                if pgno <= transaction.db_size:
+                    os.pwrite(fd, page, (pgno - 1) * size)
+            # Each commit's own size: a later commit may grow the file again.
+            os.ftruncate(fd, transaction.db_size * size)
     finally:
         os.close(fd)

@@ -58,10 +58,10 @@ def is_storage_error(exc: BaseException) -> bool:
 
 @dataclass(frozen=True)
 class _Pages:
-    """Applier task: write a committed transaction's pages."""
+    """Applier task: write committed transactions' pages, in order."""
 
     name: str
-    transaction: Transaction
+    transactions: tuple[Transaction, ...]
 
 
 @dataclass(frozen=True)
@@ -84,6 +84,10 @@ class _Install:
 
 
 _Task = _Pages | _Rebuild | _Deposed | _Install
+#: Taken from the queue by a batch: the applier stops after the batch.
+_STOP = _Deposed()
+#: At most this many commits are written by one rebuild of the applier.
+_PAGES_BATCH = 256
 
 
 @dataclass
@@ -279,7 +283,7 @@ class StateMachine:
         if position is not None and db.commit_own(position):
             return "applied"  # ours, and the WAL still holds its pages up to `position`
         txn = Transaction(tuple(pages), frames.db_size, frames.page_size)
-        self._enqueue(_Pages(db.name, txn))
+        self._enqueue(_Pages(db.name, (txn,)))
         return "applied"
 
     def _gather(self, index: int, applied: _Applied, frames: Frames) -> list[Page] | str:
@@ -318,23 +322,56 @@ class StateMachine:
         self._tasks.put(task)
 
     def _apply_loop(self) -> None:
+        held: _Task | None = None  # taken from the queue, not part of the last batch
         while True:
-            try:
-                # While files of the last run are kept, look in now and then.
-                wait = None if self._previous is None else _PREVIOUS_CHECK
-                task = self._tasks.get(timeout=wait)
-            except queue.Empty:
-                self._discard_previous()
-                continue
-            if task is None:
-                return
+            if held is not None:
+                task, held = held, None
+            else:
+                try:
+                    # While files of the last run are kept, look in now and then.
+                    wait = None if self._previous is None else _PREVIOUS_CHECK
+                    next_task = self._tasks.get(timeout=wait)
+                except queue.Empty:
+                    self._discard_previous()
+                    continue
+                if next_task is None:
+                    return
+                task = next_task
+            done = 1
+            if isinstance(task, _Pages):
+                task, held, done = self._gather_pages(task)
             try:
                 self._run_task(task)
             finally:
                 with self._progress:
-                    self._backlog -= 1
+                    self._backlog -= done
                     self._progress.notify_all()
+            if held is _STOP:
+                return
             self._discard_previous()
+
+    def _gather_pages(self, first: _Pages) -> tuple[_Pages, _Task | None, int]:
+        """``first`` and the page tasks of its database queued right behind it, as one.
+
+        Under a stream of commits the applier then rebuilds (cuts the WAL back,
+        opens the file) once per batch instead of once per commit.  Returns
+        the batch, the next task taken but not in it, and how many tasks the
+        batch holds.
+        """
+        transactions = list(first.transactions)
+        count = 1
+        while len(transactions) < _PAGES_BATCH:
+            try:
+                task = self._tasks.get_nowait()
+            except queue.Empty:
+                break
+            if task is None:
+                return _Pages(first.name, tuple(transactions)), _STOP, count
+            if not isinstance(task, _Pages) or task.name != first.name:
+                return _Pages(first.name, tuple(transactions)), task, count
+            transactions.extend(task.transactions)
+            count += 1
+        return _Pages(first.name, tuple(transactions)), None, count
 
     def _discard_previous(self) -> None:
         """Delete the last run's files once the rebuild from the log has caught up."""
@@ -370,7 +407,7 @@ class StateMachine:
 
     def _do_task(self, task: _Task) -> None:
         if isinstance(task, _Pages):
-            self._roll_back(self._databases.get(task.name), then=task.transaction)
+            self._roll_back(self._databases.get(task.name), then=task.transactions)
         elif isinstance(task, _Rebuild):
             self._roll_back(self._databases.get(task.name))
         elif isinstance(task, _Deposed):
@@ -380,12 +417,11 @@ class StateMachine:
         else:
             self._swap_in(task.files)
 
-    def _roll_back(self, db: Database, *, then: Transaction | None = None) -> None:
+    def _roll_back(self, db: Database, *, then: tuple[Transaction, ...] = ()) -> None:
         """Cut ``db``'s WAL back to the committed state, then write ``then``'s pages."""
         with db.restoring() as (salts, frames):
             self.engine.restore_committed(db.name, salts, frames)
-            if then is not None:
-                self.engine.apply(db.name, then)
+            self.engine.apply(db.name, *then)
 
     def _swap_in(self, files: dict[str, Path | None]) -> None:
         """Replace every database by its file staged from a snapshot (None: delete it)."""

@@ -373,3 +373,47 @@ def _execute(node: Replicated, owner: object, session: Any, sql: str) -> None:
     info = session.statement(sql)
     with node.execution(owner, "app", session, info, 5.0):
         session.execute(info, ())
+
+
+def test_a_follower_writes_a_stream_of_commits_in_batches(
+    table: tuple[Replicated, _HeldRaft], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    leader, raft = table
+    writers = _start_writers(leader, raft, range(1, 51))
+    raft.commit(50)
+    assert [w.outcome() for w in writers] == ["ok"] * 50
+    follower_rafts: list[_HeldRaft] = []
+
+    def factory(apply: Any, leadership: Any) -> Any:
+        follower_rafts.append(_HeldRaft(apply, leadership))
+        return follower_rafts[-1]
+
+    follower = Replicated(Engine(tmp_path / "follower"), factory, node_id=2)
+    rebuilds: list[str] = []
+    restore = follower.engine.restore_committed
+
+    def counted(name: str, *args: Any) -> None:
+        rebuilds.append(name)
+        restore(name, *args)
+
+    monkeypatch.setattr(follower.engine, "restore_committed", counted)
+    follower.start()
+    try:
+        db = follower.databases.get("app")
+        # The applier stalls on the file while the whole log is applied.
+        with db.file_lock:
+            for index, command in enumerate(raft.log, start=2):
+                follower.fsm.apply(index, command)
+            wait_until(lambda: len(rebuilds) == 0 and not follower.wait_idle(0), "a backlog")
+        assert follower.wait_idle(10)
+        # 51 commits (the CREATE TABLE and 50 rows), written by far fewer rebuilds.
+        assert 1 <= len(rebuilds) <= 3, rebuilds
+        conn = sqlite3.connect(follower.engine.path("app"))
+        try:
+            rows = [row[0] for row in conn.execute("SELECT id FROM t ORDER BY id")]
+        finally:
+            conn.close()
+        assert rows == list(range(1, 51))
+        assert _ids(leader) == rows
+    finally:
+        follower.close()

@@ -344,10 +344,12 @@ class Leader:
             try:
                 after = db.link(origin, position)
             except NotServing:
-                # Fenced since the commit: it may sit on a lost one.  Those
-                # already submitted are settled by the caller, and fail.
+                # Fenced since the commit: it may sit on a lost one.  It is not
+                # submitted, and counts as failed when the caller settles those
+                # submitted before it (the execution did not entirely happen).
                 if not submitted:
                     raise _leadership_lost() from None
+                submitted.append(_Submitted(origin, [LeadershipLost("fenced before submission")]))
                 break
             submitted.append(self._submit_commit(db, origin, after, txn, position))
         return submitted

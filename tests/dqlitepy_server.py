@@ -263,6 +263,25 @@ class DqlitepyCluster:
                 client.transfer(target)
             time.sleep(0.3)
 
+    def read_on(self, address: str, database: str, sql: str) -> list[tuple[object, ...]]:
+        """The rows of ``sql`` as node ``address`` itself serves them.
+
+        A client follows redirects to whoever leads, so the node is made leader
+        first, and the read counts only if it still led after it.
+        """
+        for _ in range(5):
+            self.make_leader(address)
+            conn = dqlitepy.connect(database, servers=[address], leader_timeout=30, ssl=self.ssl)
+            try:
+                rows = [tuple(row) for row in conn.execute(sql)]
+            finally:
+                conn.close()
+            with dqlitepy.Client([address], timeout=2, ssl=self.ssl) as one:
+                named = one.leader()
+            if named is not None and named.address == address:
+                return rows
+        raise AssertionError(f"{address} kept losing the lead: its rows were not read")
+
     def wait_voters(self, count: int, timeout: float = 60.0) -> None:
         """Wait until ``count`` voters are configured and every node names the same leader."""
         deadline = time.monotonic() + timeout

@@ -280,21 +280,9 @@ def _evidence(cluster: DqlitepyCluster) -> str:
 
 
 def _rows_on(cluster: DqlitepyCluster, address: str) -> Counter[tuple[int, int]]:
-    """The rows as ``address`` itself serves them (it leads before and after the read)."""
-    for _ in range(5):
-        cluster.make_leader(address)
-        conn = dqlitepy.connect(DATABASE, servers=[address], leader_timeout=30)
-        try:
-            rows = Counter((int(w), int(s)) for w, s in conn.execute("SELECT writer, seq FROM t"))
-        finally:
-            conn.close()
-        # servers=[address] still follows a redirect to another leader: the
-        # read counts only if leadership never left ``address``.
-        with dqlitepy.Client([address], timeout=2) as one:
-            named = one.leader()
-        if named is not None and named.address == address:
-            return rows
-    raise AssertionError(f"{address} kept losing the lead: its rows were not read")
+    """The rows as ``address`` itself serves them."""
+    rows = cluster.read_on(address, DATABASE, "SELECT writer, seq FROM t")
+    return Counter((int(w), int(s)) for w, s in rows)
 
 
 def _gaps(acked_at: list[float], start: float, end: float) -> tuple[float, float]:

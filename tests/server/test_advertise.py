@@ -16,6 +16,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import cbor2
 import pytest
 from dqlite_cluster import DQLITE_SHELL
 from dqlitepy_server import CLUSTER_KEY, DqlitepyCluster, DqlitepyServer, free_port
@@ -24,6 +25,7 @@ import dqlitepy
 from dqlitepy.server import NodeServer
 from dqlitepy.server.advertise import AddressRefused
 from dqlitepy.server.datadir import StartupRefused
+from dqlitepy.server.identity import InitialConfiguration
 from dqlitepy.wire import NodeRole
 
 
@@ -205,3 +207,16 @@ def test_the_embedding_api_takes_advertise(tmp_path: Path) -> None:
         assert node.listen_address == f"0.0.0.0:{port}"
         with dqlitepy.Client([f"127.0.0.3:{port}"], timeout=5) as client:
             assert [n.address for n in client.cluster()] == [f"127.0.0.2:{port}"]
+
+
+def test_the_first_configuration_records_the_address_and_older_files_have_none(
+    tmp_path: Path,
+) -> None:
+    InitialConfiguration(("127.0.0.3:1",), voting=False, address="127.0.0.2:1").save(tmp_path)
+    loaded = InitialConfiguration.load(tmp_path)
+    assert loaded == InitialConfiguration(("127.0.0.3:1",), False, "127.0.0.2:1")
+    # A file written before the address was recorded: nothing to compare a restart with.
+    path = tmp_path / "raft" / "initial-voters.cbor"
+    path.write_bytes(cbor2.dumps({"version": 1, "voters": ["127.0.0.3:1"], "voting": True}))
+    loaded = InitialConfiguration.load(tmp_path)
+    assert loaded is not None and loaded.address is None and loaded.voting

@@ -90,13 +90,17 @@ class Node:
             ``busy_timeout_ms``, ``max_connections``, ``cluster_key``,
             ``voters``, ``standbys``, ``tls``: a
             :class:`~dqlitepy.server.tls.NodeTLS` to serve clients and Raft
-            over TLS).
+            over TLS; ``advertise``: the ``host:port`` others dial when it is
+            not ``address``, such as a node binding ``0.0.0.0``).
 
     Raises:
         DataDirectoryInUse: another node holds ``data_dir``.
         ClusterIdentityError: ``data_dir`` belongs to a replicated cluster and
             the cluster key is missing or another one, or it holds a standalone
             node's databases and a cluster key was given.
+        ValueError: an address is invalid; a :class:`StartupRefused` too when
+            ``advertise`` cannot be dialled or a replicated node listens on
+            ``0.0.0.0`` without it.
     """
 
     def __init__(
@@ -120,8 +124,13 @@ class Node:
 
     @property
     def address(self) -> str:
-        """The address clients dial (the real port once started)."""
+        """The address clients dial: the advertised one, else where it listens (real port)."""
         return self._server.address
+
+    @property
+    def listen_address(self) -> str:
+        """The address the node listens on (the real port once started)."""
+        return self._server.listen_address
 
     @property
     def data_dir(self) -> Path:

@@ -50,12 +50,15 @@ class DqlitepyServer:
 
     Args:
         data_dir: its data directory (a temporary one, removed at close, if None).
-        address: where it listens (a free loopback port if None).
+        address: where it is dialled (a free loopback port if None): where it listens,
+            or, with ``listen``, the address it advertises.
         cluster_key: the cluster key (replication) or None (a single node).
         join: addresses to join through.
         options: more ``dqlitepy server`` options.
         prefix: a command the server runs under, such as ``["ip", "netns", "exec", NS]``;
             it must exec the server (not fork it), so that signals reach the server.
+        listen: where it listens (``-a``), when not ``address``: it then runs with
+            ``--advertise ADDRESS``.
     """
 
     def __init__(
@@ -67,7 +70,9 @@ class DqlitepyServer:
         join: list[str] | None = None,
         options: list[str] | None = None,
         prefix: list[str] | None = None,
+        listen: str | None = None,
     ) -> None:
+        self.listen = listen
         self.cluster_key = cluster_key
         self.join = list(join or [])
         self.options = list(options or [])
@@ -86,6 +91,9 @@ class DqlitepyServer:
         if self.cluster_key is not None:
             env["DQLITEPY_CLUSTER_KEY"] = self.cluster_key
         join = ["-j", ",".join(self.join)] if self.join else []
+        where = ["-a", self.address] if self.listen is None else ["-a", self.listen]
+        if self.listen is not None:
+            where += ["--advertise", self.address]
         with self.log_path.open("ab") as log:
             self.process = subprocess.Popen(
                 [
@@ -94,8 +102,7 @@ class DqlitepyServer:
                     "-m",
                     "dqlitepy",
                     "server",
-                    "-a",
-                    self.address,
+                    *where,
                     "-d",
                     str(self.data_dir),
                     *join,
@@ -169,6 +176,9 @@ class DqlitepyCluster:
         data_dirs: each node's data directory (the caller's to remove), instead of
             directories under a temporary root; a node's log is written beside its
             directory (``<dir>.log``), so the directory may be a mount point.
+        addresses: each node's address (free loopback ports if None).
+        listen: each node's listening address, when not its address (which it then
+            advertises).
     """
 
     def __init__(
@@ -178,6 +188,8 @@ class DqlitepyCluster:
         options: list[str] | None = None,
         ssl: SSLContext | None = None,
         data_dirs: Sequence[Path] | None = None,
+        addresses: Sequence[str] | None = None,
+        listen: Sequence[str] | None = None,
     ) -> None:
         if data_dirs is not None and len(data_dirs) != size:
             raise ValueError(f"{len(data_dirs)} data directories for {size} nodes")
@@ -188,7 +200,14 @@ class DqlitepyCluster:
             for i in range(size):
                 join = [self.nodes[0].address] if self.nodes else None
                 data_dir = data_dirs[i] if data_dirs is not None else self.root / f"node{i}"
-                node = DqlitepyServer(data_dir, cluster_key=CLUSTER_KEY, join=join, options=options)
+                node = DqlitepyServer(
+                    data_dir,
+                    None if addresses is None else addresses[i],
+                    cluster_key=CLUSTER_KEY,
+                    join=join,
+                    options=options,
+                    listen=None if listen is None else listen[i],
+                )
                 self.nodes.append(node)
                 node.start(timeout=60)
         except BaseException:
@@ -204,9 +223,18 @@ class DqlitepyCluster:
         options: list[str] | None = None,
         ssl: SSLContext | None = None,
         data_dirs: Sequence[Path] | None = None,
+        addresses: Sequence[str] | None = None,
+        listen: Sequence[str] | None = None,
     ) -> Iterator[DqlitepyCluster]:
         """A cluster whose ``size`` voters agree on a leader, closed on exit."""
-        cluster = cls(size, options=options, ssl=ssl, data_dirs=data_dirs)
+        cluster = cls(
+            size,
+            options=options,
+            ssl=ssl,
+            data_dirs=data_dirs,
+            addresses=addresses,
+            listen=listen,
+        )
         try:
             cluster.wait_voters(size)
             yield cluster

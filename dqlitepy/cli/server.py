@@ -97,6 +97,7 @@ def run(args: argparse.Namespace) -> int:
             standbys=args.standbys,
             trust_loopback_admin=args.trust_loopback_admin,
             tls=tls,
+            advertise=args.advertise or os.environ.get("DQLITEPY_ADVERTISE") or None,
             max_connections=limits.max_connections,
             max_message_size=limits.max_message_size,
             idle_timeout=limits.idle_timeout,
@@ -110,7 +111,10 @@ def run(args: argparse.Namespace) -> int:
     except (OSError, ValueError, RuntimeError) as exc:
         print(f"Error: cannot start node on {args.address}: {exc}", file=sys.stderr)
         return 1
-    print(f"dqlitepy node {node.id:x} serving on {node.address}", file=sys.stderr, flush=True)
+    where = node.listen_address
+    if node.address != where:
+        where += f", advertised as {node.address}"
+    print(f"dqlitepy node {node.id:x} serving on {where}", file=sys.stderr, flush=True)
     try:
         stop.wait()
     finally:
@@ -160,6 +164,13 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         "--address",
         default="127.0.0.1:9001",
         help="address to serve on: host:port or @abstract (default %(default)s)",
+    )
+    server.add_argument(
+        "--advertise",
+        metavar="HOST:PORT",
+        help="the address other nodes and clients dial, when it is not --address (a node "
+        "binding 0.0.0.0, or behind NAT): the node's name in the cluster and in LEADER "
+        "answers; needed for a replicated node on 0.0.0.0 or [::] (or DQLITEPY_ADVERTISE)",
     )
     server.add_argument(
         "-d", "--data-dir", default="./dqlitepy-data", help="data directory (default %(default)s)"

@@ -5,8 +5,10 @@ Both are written once, on the node's first start, and read on every later one:
 - ``node-identity.cbor``: the node's id.  The first node of a cluster takes
   :data:`BOOTSTRAP_ID`, as go-dqlite's app does; a joining node a random odd
   63-bit id.
-- ``raft/initial-voters.cbor``: the voters Raft started with and whether this
-  node was one of them.  A restart must start Raft from the same configuration
+- ``raft/initial-voters.cbor``: the voters Raft started with, whether this
+  node was one of them, and the address it started under (its Raft identity,
+  which a restart must keep: ``node.py``; files written before it was recorded
+  have none, and are not checked).  A restart must start Raft from the same configuration
   (the log's own configuration entries then take over): the first node of a
   cluster starts alone, as a voter; a joining node with the voters the cluster
   had when it joined, as none (its role comes from the log).
@@ -72,10 +74,11 @@ def load_node_id(data_dir: Path, *, bootstrap: bool) -> int:
 
 @dataclass(frozen=True, slots=True)
 class InitialConfiguration:
-    """The voters Raft starts with, and whether this node is one of them."""
+    """The voters Raft starts with, whether this node is one of them, and its own address."""
 
     voters: tuple[str, ...]
     voting: bool
+    address: str | None = None  # None: recorded by a version that did not record it
 
     @classmethod
     def load(cls, data_dir: Path) -> InitialConfiguration | None:
@@ -85,7 +88,12 @@ class InitialConfiguration:
             return None
         with path.open("rb") as f:
             record = cbor2.load(f)
-        return cls(tuple(str(a) for a in record["voters"]), bool(record.get("voting", True)))
+        address = record.get("address")
+        return cls(
+            tuple(str(a) for a in record["voters"]),
+            bool(record.get("voting", True)),
+            address if isinstance(address, str) else None,
+        )
 
     def save(self, data_dir: Path) -> None:
         """Record this configuration for every later start."""
@@ -93,5 +101,11 @@ class InitialConfiguration:
         path.parent.mkdir(parents=True, exist_ok=True)
         _write(
             path,
-            {"version": _CONFIGURATION_VERSION, "voters": list(self.voters), "voting": self.voting},
+            {
+                "version": _CONFIGURATION_VERSION,
+                "voters": list(self.voters),
+                "voting": self.voting,
+                # An optional field, so the version stays: older readers ignore it.
+                "address": self.address,
+            },
         )

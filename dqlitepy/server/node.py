@@ -24,10 +24,12 @@ from ..client.address import parse_address
 from ..engine import Engine, Session, StatementInfo
 from ..replication.transport import MIN_KEY_SIZE
 from ..wire import NodeInfo, Request
+from ..wire.address import parse_node_address
 from ..wire.framing import DEFAULT_MAX_MESSAGE_SIZE
+from .advertise import check_addresses, is_wildcard
 from .auth import AdminPolicy, Peer, listens_locally
 from .cluster import Cluster, Replicating, Standalone, Starting
-from .datadir import DataDirectory
+from .datadir import ClusterIdentityError, DataDirectory
 from .gateway import Gateway, GatewayFailure
 from .identity import BOOTSTRAP_ID, InitialConfiguration, load_node_id
 from .join import Joiner
@@ -78,6 +80,14 @@ class NodeServer:
             socket (``server/auth.py``).
         tls: serve clients and Raft over TLS, and dial other nodes with it
             (:class:`~dqlitepy.server.tls.NodeTLS`).
+        advertise: the ``host:port`` the other nodes and clients dial, when it
+            is not ``address`` (a wildcard bind, NAT): the node's name in the
+            cluster, in LEADER answers and in its Raft identity
+            (``server/advertise.py``).  None: ``address`` itself.
+
+    Raises:
+        AddressRefused: ``advertise`` cannot be dialled, or a replicated node
+            listens on a wildcard address without one.
     """
 
     def __init__(
@@ -97,8 +107,10 @@ class NodeServer:
         standbys: int = 3,
         trust_loopback_admin: bool | None = None,
         tls: NodeTLS | None = None,
+        advertise: str | None = None,
     ) -> None:
         parse_listen_address(address)
+        check_addresses(address, advertise, replicated=cluster_key is not None or bool(join))
         self.limits = Limits(
             max_connections=max_connections,
             max_message_size=max_message_size,
@@ -113,7 +125,11 @@ class NodeServer:
         self._join_roles = (voters, standbys)
         self.tls = tls
         self._requested_address = address
-        self._address = address
+        self._advertise = advertise
+        # Where the node listens, and the name everyone else knows it by (the same
+        # unless advertised); both get their real port once bound (start()).
+        self._listen_address = address
+        self._address = advertise or address
         self.data_dir = Path(data_dir)
         self.data_dir.mkdir(parents=True, exist_ok=True)
         # Locked and checked before anything reads or changes the directory (datadir.py).
@@ -159,8 +175,19 @@ class NodeServer:
 
     @property
     def address(self) -> str:
-        """The address clients dial (with the real port once started)."""
+        """The address clients and peers dial: the advertised one, else the listening one."""
         return self._address
+
+    @property
+    def listen_address(self) -> str:
+        """The address the node listens on (with the real port once started)."""
+        return self._listen_address
+
+    def _describe(self) -> str:
+        """Where the node serves, for logs and the data directory's lock."""
+        if self._address == self._listen_address:
+            return self._address
+        return f"{self._listen_address}, advertised as {self._address}"
 
     # ------------------------------------------------------------- NodeContext
 
@@ -235,8 +262,15 @@ class NodeServer:
         sock = bind(family, sockaddr)
         if family != socket.AF_UNIX:
             host = self._requested_address.rpartition(":")[0]
-            self._address = f"{host}:{sock.getsockname()[1]}"
-        self._cluster = self._local_cluster()  # at the bound address
+            self._listen_address = f"{host}:{sock.getsockname()[1]}"
+            if self._advertise is None:
+                self._address = self._listen_address
+        try:
+            self._check_raft_identity()
+        except BaseException:
+            sock.close()
+            raise
+        self._cluster = self._local_cluster()  # at the bound (or advertised) address
         trust_loopback = self._trust_loopback_admin
         if trust_loopback is None:
             trust_loopback = listens_locally(sock)
@@ -247,17 +281,27 @@ class NodeServer:
         )
         if self.tls is not None:
             sock = self.tls.wrap_listener(sock)
-        elif not is_loopback(self._address):
+        elif not is_loopback(self._listen_address):  # who can reach it: the bind decides
             log.warning(
                 "node %s serves clients and Raft in plain text on a non-loopback address: "
                 "anyone on the network can read the data (the cluster key only authenticates "
                 "Raft traffic); use --tls-cert/--tls-key",
+                self._describe(),
+            )
+        if self._advertise is None and is_wildcard(parse_node_address(self._listen_address)):
+            # A replicated node was refused this (advertise.py); a standalone one keeps
+            # working for clients that dial it, but LEADER names an address they cannot.
+            log.warning(
+                "node %s answers LEADER with a wildcard address, which clients on other "
+                "machines cannot dial (Go clients follow it); give --advertise HOST:PORT",
                 self._address,
             )
-        self._listener = Listener(sock, self.limits, self, self._closing, name=self._address)
-        self._directory.record_address(self._address)
+        self._listener = Listener(
+            sock, self.limits, self, self._closing, name=self._listen_address
+        )
+        self._directory.record_address(self._describe())
         self._listener.start()
-        log.info("node %x serving on %s (data in %s)", self._id, self._address, self.data_dir)
+        log.info("node %x serving on %s (data in %s)", self._id, self._describe(), self.data_dir)
         if self.cluster_key is not None:
             self._start_replication(self.cluster_key)
 
@@ -275,7 +319,9 @@ class NodeServer:
             # with the cluster's voters, as none (its role comes from the log).
             found = joiner.voters_of(self.join) if self.join else []
             voters = [a for a in found if a != self._address]
-            configuration = InitialConfiguration(tuple(voters), voting=not self.join)
+            configuration = InitialConfiguration(
+                tuple(voters), voting=not self.join, address=self._address
+            )
             configuration.save(self.data_dir)
         cluster = Replicating.launch(
             self.engine,
@@ -293,6 +339,29 @@ class NodeServer:
             self._background("rejoin", joiner.rejoin, cluster.peers, self._closing)
         self._background("register", cluster.register_self, self._closing)
         self._background("roles", cluster.keep_voters, self._join_roles[0], self._closing)
+
+    def _check_raft_identity(self) -> None:
+        """Refuse to restart a member under another address than its cluster knows.
+
+        The address (advertised, else listened on) is the member's identity in
+        the Raft configuration: peers dial it and the Raft handshake
+        authenticates it.  A member restarted under another one is a stranger
+        its cluster keeps waiting for the old one in its place.  The listening
+        address alone may change (say, to bind every interface) as long as the
+        advertised one stays.
+        """
+        if self.cluster_key is None:
+            return
+        configuration = InitialConfiguration.load(self.data_dir)
+        recorded = None if configuration is None else configuration.address
+        if recorded is not None and recorded != self._address:
+            raise ClusterIdentityError(
+                f"data directory {str(self.data_dir.absolute())!r} belongs to the member its "
+                f"cluster knows as {recorded}, not {self._address}: a member's address is its "
+                f"identity in the Raft configuration and cannot change; start it with -a "
+                f"{recorded} or --advertise {recorded}, or remove the member from the cluster "
+                "and join with a new data directory"
+            )
 
     @staticmethod
     def _background(name: str, target: Callable[..., None], *args: object) -> None:

@@ -417,7 +417,8 @@ def test_a_restart_deletes_nothing_before_the_log_can_rebuild_it(
     journal.rename(kept)
     journal.mkdir()  # a journal that cannot be opened: the start fails
     try:
-        address = f"127.0.0.1:{free_port()}"
+        # Its own address: under another one the member is refused before Raft starts.
+        address = keyed_node.address
         process = subprocess.run(
             [sys.executable, "-m", "dqlitepy", "server", "-a", address, "-d", str(node_dir)],
             capture_output=True,

@@ -143,6 +143,8 @@ class Replicator:
             gains or loses the leader role.
         ssl_context: dial peers with TLS using this (client) context; peers'
             connections handed over by :meth:`adopt` are then TLS sockets too.
+        read_lease: let :meth:`read_barrier` serve reads under the leader's
+            lease (no message); False confirms every read with a ReadIndex round.
     """
 
     def __init__(
@@ -160,8 +162,10 @@ class Replicator:
         restore: Callable[[BinaryIO], None] | None = None,
         snapshot_entries: int = DEFAULT_SNAPSHOT_ENTRIES,
         ssl_context: ssl.SSLContext | None = None,
+        read_lease: bool = True,
     ) -> None:
         self.address = address
+        self._read_lease = read_lease
         self._ssl_context = ssl_context
         self._raft_dir = Path(data_dir) / "raft"
         self._voters = [v for v in voters if v != address]
@@ -221,6 +225,7 @@ class Replicator:
                 self._apply,
                 voting=self._voting,
                 snapshot_roles=lambda: self._snapshot_roles,
+                read_lease=self._read_lease,
                 transportClass=transport_class,
             )
 

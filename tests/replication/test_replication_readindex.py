@@ -80,6 +80,10 @@ class Played:
 
 @pytest.fixture
 def leader() -> Iterator[Played]:
+    yield from played_leader()
+
+
+def played_leader() -> Iterator[Played]:
     """A leader of term 2 among 3 voters whose thread the test plays.
 
     Its log holds 1..5 from term 1 and its no-op at 6; everything is committed

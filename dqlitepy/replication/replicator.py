@@ -338,8 +338,11 @@ class Replicator:
     def read_barrier(self, timeout: float) -> int:
         """Wait until a read served by this node now would be linearizable.
 
-        Call it after a read request arrived and before running it: Raft's
-        ReadIndex (thesis §6.4).  It records the commit index (at least this
+        Call it after a read request arrived and before running it.  While
+        this leader holds a lease (thesis §6.4.1, ``raft/lease.py``) it
+        returns at once with the commit index, once that is applied, and
+        sends nothing; otherwise it runs Raft's ReadIndex (thesis §6.4): it
+        records the commit index (at least this
         leader's no-op entry, so a new leader's barrier is included), confirms
         with a majority of the voters, through an AppendEntries round started
         after the call, that this node still leads in its term, and waits

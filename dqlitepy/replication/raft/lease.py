@@ -203,7 +203,7 @@ class LeaseMixin(RaftBase):
         """Each tick: drop a lease that ended, or take one up once the no-op commits."""
         if not self._read_lease:
             return
-        if self.raft_state != LEADER:
+        if self.raft_state != LEADER or not self._voting:
             self._lease = None
             return
         self._lease_reset_if_stale()
@@ -225,6 +225,8 @@ class LeaseMixin(RaftBase):
         if lease is None or now >= lease.until:
             return None
         if self._SyncObj__raftCurrentTerm != lease.term or self.raft_state != LEADER:
+            return None
+        if not self._voting:  # the majority counted this node's own vote
             return None
         if self._SyncObj__otherNodes != lease.voters:
             return None

@@ -146,7 +146,11 @@ class ReadsMixin(RaftBase):
 
     @property
     def read_stats(self) -> tuple[int, int]:
-        """``(requests, rounds)`` so far: how well concurrent reads share rounds."""
+        """``(requests, rounds)`` so far: how well concurrent reads share rounds.
+
+        Requests are those taken up on Raft's thread; reads the caller's
+        thread answered under the lease are counted by ``lease_reads`` only.
+        """
         return self._read_requests, self._read_rounds
 
     def _read_arrived(self, callback: ReadCallback) -> None:

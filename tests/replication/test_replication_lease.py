@@ -25,7 +25,14 @@ from test_replication_readindex import (
 )
 from waiting import wait_until
 
-from dqlitepy.replication.raft import LEADER, HardenedSyncObj, PeerNode, ReadResult, raft_config
+from dqlitepy.replication.raft import (
+    FOLLOWER,
+    LEADER,
+    HardenedSyncObj,
+    PeerNode,
+    ReadResult,
+    raft_config,
+)
 from dqlitepy.replication.raft.lease import DRIFT_MARGIN
 from dqlitepy.replication.transport import (
     RaftMessageError,
@@ -242,6 +249,31 @@ def test_a_new_leader_holds_no_lease_before_its_noop_commits(played: Played) -> 
         node._SyncObj__onMessageReceived(follower, {**answer, **extra})
     node._tend_lease()
     assert not node.lease_valid
+
+
+def test_a_leader_that_stops_voting_or_leading_loses_its_lease(played: Played) -> None:
+    """The majority behind a lease counted the leader's own vote."""
+    node = played.node
+    for follower in (played.a, played.b):
+        answer = {
+            "type": "next_node_idx",
+            "next_node_idx": 7,
+            "reset": False,
+            "success": True,
+            "term": 2,
+            "read_round": 0,
+            "sent_at": time.monotonic(),
+        }
+        node._SyncObj__onMessageReceived(follower, answer)
+    assert node.lease_valid
+    node._voting = False
+    assert not node.lease_valid
+    node._voting = True
+    assert node.lease_valid
+    node._SyncObj__setState(FOLLOWER)
+    assert not node.lease_valid
+    node._tend_lease()
+    assert node._lease is None
 
 
 def test_a_cut_off_leader_serves_no_lease_read_once_another_could_be_elected() -> None:

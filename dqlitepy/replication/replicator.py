@@ -143,6 +143,8 @@ class Replicator:
             gains or loses the leader role.
         ssl_context: dial peers with TLS using this (client) context; peers'
             connections handed over by :meth:`adopt` are then TLS sockets too.
+        read_lease: let :meth:`read_barrier` serve reads under the leader's
+            lease (no message); False confirms every read with a ReadIndex round.
     """
 
     def __init__(
@@ -160,8 +162,10 @@ class Replicator:
         restore: Callable[[BinaryIO], None] | None = None,
         snapshot_entries: int = DEFAULT_SNAPSHOT_ENTRIES,
         ssl_context: ssl.SSLContext | None = None,
+        read_lease: bool = True,
     ) -> None:
         self.address = address
+        self._read_lease = read_lease
         self._ssl_context = ssl_context
         self._raft_dir = Path(data_dir) / "raft"
         self._voters = [v for v in voters if v != address]
@@ -221,6 +225,7 @@ class Replicator:
                 self._apply,
                 voting=self._voting,
                 snapshot_roles=lambda: self._snapshot_roles,
+                read_lease=self._read_lease,
                 transportClass=transport_class,
             )
 
@@ -333,8 +338,11 @@ class Replicator:
     def read_barrier(self, timeout: float) -> int:
         """Wait until a read served by this node now would be linearizable.
 
-        Call it after a read request arrived and before running it: Raft's
-        ReadIndex (thesis §6.4).  It records the commit index (at least this
+        Call it after a read request arrived and before running it.  While
+        this leader holds a lease (thesis §6.4.1, ``raft/lease.py``) it
+        returns at once with the commit index, once that is applied, and
+        sends nothing; otherwise it runs Raft's ReadIndex (thesis §6.4): it
+        records the commit index (at least this
         leader's no-op entry, so a new leader's barrier is included), confirms
         with a majority of the voters, through an AppendEntries round started
         after the call, that this node still leads in its term, and waits

@@ -210,6 +210,8 @@ class Replicating:
                     os.environ.get("DQLITEPY_SNAPSHOT_ENTRIES") or DEFAULT_SNAPSHOT_ENTRIES
                 ),
                 ssl_context=None if tls is None else tls.client,
+                # "0": confirm every read with a ReadIndex round, trusting no clock.
+                read_lease=os.environ.get("DQLITEPY_READ_LEASE", "1") != "0",
             )
 
         replicated = Replicated(engine, factory, node_id)

@@ -2,8 +2,9 @@
 
 A gateway opens its sessions here and runs each execution of a prepared
 statement inside :meth:`Leader.execution`: it waits until this node is a
-*caught-up* leader, admits the execution as a reader (behind the gate, after a
-ReadIndex round if it returns rows) or as the writer (the writer slot and the
+*caught-up* leader, admits the execution as a reader (behind the gate, after
+confirming leadership — under the leader lease, or by a ReadIndex round — if
+it returns rows) or as the writer (the writer slot and the
 gate), and after a write execution hands every commit the WAL hook captured to
 Raft, one FRAMES command (or its parts) each, chained on the commit before it;
 it then passes the writer slot on (group commit: the next writer runs while
@@ -230,7 +231,11 @@ class Leader:
             yield begun
 
     def _confirm_leadership(self, timeout: float) -> None:
-        """Raft's ReadIndex: serve a read only once a quorum confirmed this node leads.
+        """Serve a read only once this node's leadership is confirmed: lease or ReadIndex.
+
+        Under the leader lease no other leader can exist yet (no message
+        needed); otherwise a quorum confirms it with a ReadIndex round
+        (``docs/replication.md``, "Linearizable reads").
 
         Then wait until the applier has written everything up to the read index
         (Raft has applied it; pages of other nodes' entries go through the applier).

@@ -72,10 +72,11 @@ holds nothing (its commit is in flight, a state); one waiting for readers holds
 the writer slot, a state, not a lock.
 
 Reads are linearizable: a statement that returns rows runs only after
-:meth:`Replicator.read_barrier` (Raft's ReadIndex) confirmed, after the request
-arrived, that this node still leads, and the applier has caught up with the
-read index.  A deposed leader that does not know it yet therefore never serves
-a stale row (``docs/replication.md``, "Linearizable reads").  Raft's thread
+:meth:`Replicator.read_barrier` (the leader lease, or Raft's ReadIndex)
+confirmed, after the request arrived, that this node still leads, and the
+applier has caught up with the read index.  A deposed leader that does not
+know it yet therefore never serves a stale row (``docs/replication.md``,
+"Linearizable reads").  Raft's thread
 takes only leaf locks: :meth:`~.fsm.StateMachine.apply`,
 :meth:`~.fsm.StateMachine.install_snapshot` and the leadership callback record
 what happened and queue the rest for the applier.
@@ -128,9 +129,10 @@ Four strengths, from the weakest:
    before 2 does).  Sessions open and executions start only then.  A write
    needs no more: Raft refuses a deposed leader's entry, and the fence cuts
    its commit back out.
-4. **confirmed** (:meth:`~.leader.Leader._confirm_leadership`, Raft's
-   ReadIndex): caught up, a quorum confirmed after the request arrived that
-   this node still leads, and the applier has written up to the read index.
+4. **confirmed** (:meth:`~.leader.Leader._confirm_leadership`, the leader
+   lease or Raft's ReadIndex): caught up, leadership confirmed after the
+   request arrived (no other leader can exist before the lease ends, or a
+   quorum answered a round), and the applier has written up to the read index.
    Only then does an execution return rows.
 
 Words

@@ -424,6 +424,11 @@ def _vote_request(term: int) -> dict[str, Any]:
     return {"type": "request_vote", "term": term, "last_log_index": 99, "last_log_term": 99}
 
 
+def _leader_long_silent(node: HardenedSyncObj) -> None:
+    """As if the leader was last heard long ago: votes are considered (see raft/lease.py)."""
+    node._leader_heard = -math.inf
+
+
 def test_a_node_that_cannot_write_acknowledges_nothing_and_grants_no_vote() -> None:
     me, leader, candidate = (f"127.0.0.1:{_port()}" for _ in range(3))
     with _flaky_journals() as journals:
@@ -461,6 +466,7 @@ def test_a_node_that_cannot_write_acknowledges_nothing_and_grants_no_vote() -> N
         assert node._SyncObj__raftElectionDeadline < time.monotonic() + 5
         node._SyncObj__onMessageReceived(PeerNode(leader), _append(2, [(3, 1), (4, 1)]))
         assert sent[-1][1]["success"] and sent[-1][1]["next_node_idx"] == 5
+        _leader_long_silent(node)
         node._SyncObj__onMessageReceived(PeerNode(candidate), _vote_request(5))
         assert sent[-1] == (candidate, {"type": "response_vote", "term": 5})
     finally:
@@ -476,6 +482,7 @@ def test_a_term_that_cannot_be_persisted_is_not_adopted() -> None:
         node._SyncObj__transport.send = lambda peer, message: sent.append(message)
         node._SyncObj__setCurrentTerm(1, None)
         journals[0].broken = True  # discovered by the vote's own term write
+        _leader_long_silent(node)
         node._SyncObj__onMessageReceived(PeerNode(candidate), _vote_request(2))
         assert sent == []
         assert node._SyncObj__raftCurrentTerm == 1  # PySyncObj alone would say 2

@@ -80,6 +80,10 @@ class Played:
 
 @pytest.fixture
 def leader() -> Iterator[Played]:
+    yield from played_leader()
+
+
+def played_leader() -> Iterator[Played]:
     """A leader of term 2 among 3 voters whose thread the test plays.
 
     Its log holds 1..5 from term 1 and its no-op at 6; everything is committed
@@ -306,7 +310,8 @@ def test_the_secure_transport_carries_rounds_and_terms() -> None:
 class Cluster:
     """HardenedSyncObj voters on PySyncObj's TCP transport, with a network to cut."""
 
-    def __init__(self, size: int, **conf: Any) -> None:
+    def __init__(self, size: int, *, read_lease: bool = True, **conf: Any) -> None:
+        self.read_lease = read_lease
         self.addresses = [f"127.0.0.1:{_port()}" for _ in range(size)]
         self.applied: dict[str, list[bytes]] = {a: [] for a in self.addresses}
         self.blocked: set[tuple[str, str]] = set()  # (from, to) links that drop everything
@@ -326,7 +331,13 @@ class Cluster:
                 self.on_leading(address)
 
         others = [p for p in self.addresses if p != address]
-        node = HardenedSyncObj(address, others, raft_config(onStateChanged=changed, **conf), apply)
+        node = HardenedSyncObj(
+            address,
+            others,
+            raft_config(onStateChanged=changed, **conf),
+            apply,
+            read_lease=self.read_lease,
+        )
         transport = node._SyncObj__transport
         send = transport.send
 
@@ -363,15 +374,27 @@ class Cluster:
             node.destroy_synchronous()
 
 
-@pytest.fixture
-def stubborn() -> Iterator[Cluster]:
+@pytest.fixture(params=[False, True], ids=["readindex", "lease"])
+def stubborn(request: pytest.FixtureRequest) -> Iterator[Cluster]:
     """Three voters whose leaders never step down for silence alone.
 
     PySyncObj's leaderFallbackTimeout (2 s) would eventually depose a cut-off
-    leader by itself; disabling it leaves ReadIndex as the only protection, as
-    it is during the window before that timeout.
+    leader by itself; disabling it leaves ReadIndex (and the lease) as the
+    only protection, as it is during the window before that timeout.  Each
+    test runs with reads confirmed by ReadIndex rounds only, then with the
+    leader lease (``tests/replication/test_replication_lease.py``).
     """
-    c = Cluster(3, leaderFallbackTimeout=60.0)
+    c = Cluster(3, read_lease=request.param, leaderFallbackTimeout=60.0)
+    try:
+        yield c
+    finally:
+        c.close()
+
+
+@pytest.fixture
+def stubborn_readindex() -> Iterator[Cluster]:
+    """:func:`stubborn` with ReadIndex rounds only: a cut-off leader keeps its lease a while."""
+    c = Cluster(3, read_lease=False, leaderFallbackTimeout=60.0)
     try:
         yield c
     finally:
@@ -382,7 +405,8 @@ def _address(node: HardenedSyncObj) -> str:
     return str(node.selfNode.id)
 
 
-def test_a_cut_off_leader_cannot_confirm_a_read(stubborn: Cluster) -> None:
+def test_a_cut_off_leader_cannot_confirm_a_read(stubborn_readindex: Cluster) -> None:
+    stubborn = stubborn_readindex
     old = stubborn.leader()
     assert old.read_barrier(5)[0] == ReadResult.CONFIRMED
     # The control for the timeout below: connected, the same probe confirms within it.
@@ -517,7 +541,7 @@ def test_a_new_leader_serves_a_read_only_after_applying_what_was_committed_befor
 class Replicators:
     """Replicator nodes (secure transport, fsync'd journal) behind ConnectAcceptors."""
 
-    def __init__(self, base: Path, size: int) -> None:
+    def __init__(self, base: Path, size: int, *, read_lease: bool = True) -> None:
         self.acceptors = [ConnectAcceptor("127.0.0.1:0") for _ in range(size)]
         addresses = [a.address for a in self.acceptors]
         self.nodes: list[Replicator | None] = []
@@ -529,6 +553,7 @@ class Replicators:
                 node_id=i + 1,
                 cluster_key=KEY,
                 apply=_apply,
+                read_lease=read_lease,
             )
             node.start()
             acceptor.attach(node._transport)
@@ -556,7 +581,8 @@ class Replicators:
 
 @pytest.fixture
 def replicators(tmp_path: Path) -> Iterator[Replicators]:
-    r = Replicators(tmp_path, 3)
+    """Three Replicators that confirm every read with a ReadIndex round (no lease)."""
+    r = Replicators(tmp_path, 3, read_lease=False)
     try:
         yield r
     finally:

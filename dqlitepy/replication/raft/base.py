@@ -2,7 +2,7 @@
 
 :class:`HardenedSyncObj` is PySyncObj's ``SyncObj`` plus one mixin per fix
 (:mod:`.entries`, :mod:`.messages`, :mod:`.roles`, :mod:`.commands`,
-:mod:`.transfer`, :mod:`.storage`, :mod:`.reads`).  Each mixin is written
+:mod:`.transfer`, :mod:`.storage`, :mod:`.reads`, :mod:`.lease`).  Each mixin is written
 against :class:`RaftBase`, which only *declares* what they share: PySyncObj's
 private state and methods (name-mangled there: ``SyncObj.__x`` is
 ``_SyncObj__x``), and the attributes and methods one mixin defines and another
@@ -103,3 +103,10 @@ class RaftBase:
         def _admit_strangers(self) -> None: ...  # roles
         def _read_answer(self, node: Any, message: dict[str, Any]) -> None: ...  # reads
         def _fail_reads(self, result: ReadResult) -> None: ...  # reads
+        def _heard_leader(self) -> None: ...  # lease
+        def _ignores_vote(self, message: dict[str, Any]) -> bool: ...  # lease
+        def _timeout_now(self, node: Any, message: dict[str, Any]) -> None: ...  # lease
+        def _tag_outgoing(self, message: dict[str, Any]) -> None: ...  # lease
+        def _lease_answer(self, node: Any, message: dict[str, Any]) -> None: ...  # lease
+        def _lease_read_index(self) -> int | None: ...  # lease
+        def _count_lease_read(self) -> None: ...  # lease

@@ -20,7 +20,9 @@
   steps down (and ignores answers from its own earlier terms).
 
 Answers also echo the ``read_round`` of the AppendEntries they answer, for
-:mod:`.reads`.  Every message passes first through
+:mod:`.reads`, and its ``sent_at`` (when it has one), for the leader's lease
+(:mod:`.lease`); a follower that accepted a leader recently ignores
+RequestVote (see :mod:`.lease`).  Every message passes first through
 ``__onMessageReceived`` here, which keeps a node whose journal cannot write
 from voting (see :mod:`.storage`) and drops forwarded commands (see
 :mod:`.commands`).
@@ -49,9 +51,12 @@ class MessagesMixin(RaftBase):
 
     #: The read_round of the AppendEntries being answered (follower side).
     _answering_round: int | None
+    #: Its sent_at (the leader's clock when it sent it), if it had one.
+    _answering_sent: float | None
 
     def _init_messages(self) -> None:
         self._answering_round = None
+        self._answering_sent = None
         self._acknowledged = {}
 
     def _SyncObj__onMessageReceived(self, node: Any, message: Any) -> None:
@@ -70,11 +75,18 @@ class MessagesMixin(RaftBase):
     def _on_message(self, node: Any, message: dict[str, Any], kind: Any) -> None:
         if kind == "append_entries":
             self._answering_round = message.get("read_round")
+            self._answering_sent = message.get("sent_at")
             try:
                 self._on_append_entries(node, message)
             finally:
-                self._answering_round = None
+                self._answering_round = self._answering_sent = None
             return
+        if kind == "request_vote" and self._ignores_vote(message):
+            # The leader was heard less than an election timeout ago: this
+            # candidate is disruptive, and a lease relies on our silence.
+            return
+        if kind == "timeout_now":
+            self._timeout_now(node, message)
         if kind == "apply_command":
             # Nobody forwards commands in a dqlitepy cluster (see submit()).
             return
@@ -89,6 +101,8 @@ class MessagesMixin(RaftBase):
             # instead of believing it leads until its silence timeout.
             self._SyncObj__sendNextNodeIdx(node, success=False, reset=False)
             return
+        # Before answering: the leader's lease counts from its sending time.
+        self._heard_leader()
         if "prevLogIdx" not in message:  # a snapshot chunk
             SyncObj._SyncObj__onMessageReceived(self, node, message)
             return
@@ -127,6 +141,7 @@ class MessagesMixin(RaftBase):
         self._SyncObj__lastResponseTime[node] = time.monotonic()
         if term is not None:
             self._read_answer(node, message)
+            self._lease_answer(node, message)
 
     def _deposed(self, term: int) -> None:
         """A follower answered with a newer term: another leader may exist; step down."""
@@ -266,17 +281,17 @@ class MessagesMixin(RaftBase):
         success: bool = False,
     ) -> None:
         # PySyncObj's answer to AppendEntries, plus our term (Raft's responses
-        # carry it) and the read round of the message answered.
+        # carry it), the read round of the message answered and its sending time.
         if nextNodeIdx is None:
             nextNodeIdx = self._SyncObj__getCurrentLogIndex() + 1
-        self._SyncObj__transport.send(
-            node,
-            {
-                "type": "next_node_idx",
-                "next_node_idx": nextNodeIdx,
-                "reset": reset,
-                "success": success,
-                "term": self._SyncObj__raftCurrentTerm,
-                "read_round": self._answering_round,
-            },
-        )
+        answer: dict[str, Any] = {
+            "type": "next_node_idx",
+            "next_node_idx": nextNodeIdx,
+            "reset": reset,
+            "success": success,
+            "term": self._SyncObj__raftCurrentTerm,
+            "read_round": self._answering_round,
+        }
+        if self._answering_sent is not None:
+            answer["sent_at"] = self._answering_sent
+        self._SyncObj__transport.send(node, answer)

@@ -20,6 +20,7 @@ from pysyncobj import SyncObj
 from .commands import CommandsMixin
 from .config import LEADER, ApplyHandler, PeerNode
 from .entries import EntriesMixin
+from .lease import LeaseMixin
 from .messages import MessagesMixin
 from .reads import ReadResult, ReadsMixin
 from .roles import RolesMixin
@@ -54,6 +55,7 @@ class HardenedSyncObj(
     TransferMixin,
     StorageMixin,
     ReadsMixin,
+    LeaseMixin,
     SyncObj,  # type: ignore[misc]  # pysyncobj is untyped
 ):
     """A PySyncObj node with the fixes of this package; commands are opaque bytes.
@@ -75,6 +77,8 @@ class HardenedSyncObj(
             installed (PySyncObj passes on only the voters).
         storage_probe_interval: seconds between probes of a journal that
             cannot write (see "Storage failures" in :mod:`.storage`).
+        read_lease: serve reads under a leader lease when it holds one
+            (:mod:`.lease`); False confirms every read with a ReadIndex round.
         **kwargs: passed to ``SyncObj`` (``transportClass``...).
     """
 
@@ -88,6 +92,7 @@ class HardenedSyncObj(
         voting: bool = True,
         snapshot_roles: Callable[[], Mapping[str, int] | None] | None = None,
         storage_probe_interval: float = 1.0,
+        read_lease: bool = True,
         **kwargs: Any,
     ) -> None:
         # Every part's state is set before SyncObj.__init__, which starts the
@@ -96,6 +101,7 @@ class HardenedSyncObj(
         self._init_roles(self_address, peers, voting, snapshot_roles)
         self._init_commands()
         self._init_reads()
+        self._init_lease(read_lease)
         self._init_messages()
         self._init_storage(storage_probe_interval)
         self._init_transfer()
@@ -105,6 +111,7 @@ class HardenedSyncObj(
         super().__init__(self_node, others, conf, nodeClass=PeerNode, **kwargs)
         self._tag_append_entries()
         self.addOnTickCallback(self._run_tick_calls)
+        self.addOnTickCallback(self._tend_lease)
         self.addOnTickCallback(self._serve_reads)
         self.addOnTickCallback(self._watch_storage)
         self.addOnTickCallback(self._drive_transfer)

@@ -1,5 +1,11 @@
 """Linearizable reads: ReadIndex (Raft thesis §6.4), which PySyncObj does not have.
 
+A leader holding a lease (:mod:`.lease`, thesis §6.4.1) skips step 2 below:
+:meth:`ReadsMixin.read_barrier` then answers on the caller's thread when the
+read index is applied already, and :meth:`ReadsMixin.read_index` confirms the
+request at once.  Without a lease (a new leader, one that sent TimeoutNow, a
+node built with ``read_lease=False``) every read takes a round.
+
 Linearizable reads
 ------------------
 A leader may serve a read only once it knows that no other leader had
@@ -114,9 +120,17 @@ class ReadsMixin(RaftBase):
         self.on_tick(lambda: self._read_arrived(callback))
 
     def read_barrier(self, timeout: float) -> tuple[ReadResult, int]:
-        """:meth:`read_index`, waiting up to ``timeout``: ``(result, read_index)``."""
+        """:meth:`read_index`, waiting up to ``timeout``: ``(result, read_index)``.
+
+        Under a valid lease (:mod:`.lease`) with the read index applied
+        already, it answers on the caller's thread without waking Raft's.
+        """
         if self.raft_state != LEADER:
             return ReadResult.NOT_LEADER, 0
+        index = self._lease_read_index()
+        if index is not None and self._SyncObj__raftLastApplied >= index:
+            self._count_lease_read()
+            return ReadResult.CONFIRMED, index
         done = threading.Event()
         outcome: list[Any] = [ReadResult.TIMEOUT, 0]
 
@@ -132,7 +146,11 @@ class ReadsMixin(RaftBase):
 
     @property
     def read_stats(self) -> tuple[int, int]:
-        """``(requests, rounds)`` so far: how well concurrent reads share rounds."""
+        """``(requests, rounds)`` so far: how well concurrent reads share rounds.
+
+        Requests are those taken up on Raft's thread; reads the caller's
+        thread answered under the lease are counted by ``lease_reads`` only.
+        """
         return self._read_requests, self._read_rounds
 
     def _read_arrived(self, callback: ReadCallback) -> None:
@@ -141,11 +159,17 @@ class ReadsMixin(RaftBase):
             self._finish(callback, ReadResult.NOT_LEADER, 0)
             return
         self._read_requests += 1
+        term = int(self._SyncObj__raftCurrentTerm)
+        leased = self._lease_read_index()
+        if leased is not None:  # no round needed: see .lease
+            self._count_lease_read()
+            self._read_confirmed(_ReadRequest(callback, term, leased))
+            return
         # Until its no-op commits, a new leader's commit index may be behind
         # what earlier leaders committed; all of that precedes the no-op.
         noop = self._SyncObj__noopIDx or 0
         index = max(int(self._SyncObj__raftCommitIndex), int(noop))
-        request = _ReadRequest(callback, int(self._SyncObj__raftCurrentTerm), index)
+        request = _ReadRequest(callback, term, index)
         if not self._SyncObj__otherNodes:
             self._read_confirmed(request)  # a single voter is its own quorum
             return
@@ -239,14 +263,17 @@ class ReadsMixin(RaftBase):
 
         PySyncObj builds its messages inside ``__sendAppendEntries`` and hands
         them straight to ``transport.send``; wrapping that one method of the
-        transport instance is the narrowest place to add a field.
+        transport instance is the narrowest place to add a field.  The lease
+        (:mod:`.lease`) adds its own fields there too.
         """
         transport = self._SyncObj__transport
         send = transport.send
 
         def tagged_send(node: Any, message: Any) -> Any:
-            if isinstance(message, dict) and message.get("type") == "append_entries":
-                message["read_round"] = self._read_number  # a fresh dict per message
+            if isinstance(message, dict):  # a fresh dict per message
+                if message.get("type") == "append_entries":
+                    message["read_round"] = self._read_number
+                self._tag_outgoing(message)
             return send(node, message)
 
         transport.send = tagged_send

@@ -26,6 +26,7 @@ like the original, so the frame limit only bounds a single entry.
 from __future__ import annotations
 
 import io
+import math
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any, Final
 
@@ -60,6 +61,11 @@ def _is_index(value: object) -> bool:
 
 def _is_index_or_none(value: object) -> bool:
     return value is None or _is_index(value)
+
+
+def _is_time(value: object) -> bool:
+    # A reading of time.monotonic(): a finite float, never negative on Linux.
+    return type(value) is float and math.isfinite(value) and value >= 0.0
 
 
 def _is_bool(value: object) -> bool:
@@ -121,9 +127,17 @@ _NEXT_NODE_IDX: Final[_Shape] = {"next_node_idx": _is_index, "reset": _is_bool, 
 # the tag (None when the request had none) and carries its term, as Raft's responses do.
 _READ_ROUND: Final[_Shape] = {"read_round": _is_index}
 _ANSWER: Final[_Shape] = {"term": _is_index, "read_round": _is_index_or_none}
+# The leader lease (raft/lease.py): an append_entries carries the leader's monotonic clock at
+# sending, which the answer echoes; the RequestVote of an election a TimeoutNow started says so.
+_SENT_AT: Final[_Shape] = {"sent_at": _is_time}
+_REQUEST_VOTE: Final[_Shape] = {
+    "term": _is_index,
+    "last_log_index": _is_index,
+    "last_log_term": _is_index,
+}
 
 _SHAPES: Final[Mapping[str, tuple[_Shape, ...]]] = {
-    "request_vote": ({"term": _is_index, "last_log_index": _is_index, "last_log_term": _is_index},),
+    "request_vote": (_REQUEST_VOTE, {**_REQUEST_VOTE, "transfer": _is_bool}),
     "response_vote": ({"term": _is_index},),
     "timeout_now": ({"term": _is_index},),
     "append_entries": (
@@ -131,8 +145,14 @@ _SHAPES: Final[Mapping[str, tuple[_Shape, ...]]] = {
         _INSTALL_SNAPSHOT,
         {**_APPEND_ENTRIES, **_READ_ROUND},
         {**_INSTALL_SNAPSHOT, **_READ_ROUND},
+        {**_APPEND_ENTRIES, **_READ_ROUND, **_SENT_AT},
+        {**_INSTALL_SNAPSHOT, **_READ_ROUND, **_SENT_AT},
     ),
-    "next_node_idx": (_NEXT_NODE_IDX, {**_NEXT_NODE_IDX, **_ANSWER}),
+    "next_node_idx": (
+        _NEXT_NODE_IDX,
+        {**_NEXT_NODE_IDX, **_ANSWER},
+        {**_NEXT_NODE_IDX, **_ANSWER, **_SENT_AT},
+    ),
     "apply_command": (
         {"command": _is_command},
         {"command": _is_command, "request_id": _is_index},

@@ -367,7 +367,14 @@ class Leader:
         txn: Transaction,
         position: Position,
     ) -> _Submitted:
-        """Queue one commit's FRAMES command (or its parts, in order) for the Raft log."""
+        """Queue one commit's FRAMES command (or its parts, in order) for the Raft log.
+
+        A commit split into parts is not pipelined: each part but the last is
+        waited for (the writer slot held) before the next is queued, so that
+        heartbeats pass between entries of 16 MiB instead of queueing behind
+        all of them.  A part that failed ends the submission; the caller
+        learns why from the parts (:meth:`_outcome`).
+        """
         parts = split_pages(txn.pages)
         # Built on the commit before it, or (the first of its epoch) on the last
         # FRAMES entry applied, which the caught-up leader's files hold.
@@ -377,9 +384,13 @@ class Leader:
         for number, pages in enumerate(parts):
             command = encode_frames(db.name, base, after, origin, txn, pages, number, len(parts))
             try:
-                pending.append(self._replicator.submit_async(command))
-            except ReplicationError as exc:  # replication stopped
-                pending.append(exc)
+                part = self._replicator.submit_async(command)
+                pending.append(part)
+                if number < len(parts) - 1 and part.result(_SUBMIT_TIMEOUT) != "applied":
+                    break
+            except ReplicationError as exc:
+                if len(pending) == number:  # not even queued (replication stopped)
+                    pending.append(exc)
                 break
         return _Submitted(origin, pending)
 

@@ -8,6 +8,7 @@ PySyncObj calls, and returns from every call that Raft relies on only once the c
 
 =====================  ==========================================================================
 :mod:`.durable`        :class:`DurableJournal` and its guarantees; ``PATH.lock``, ``PATH.probe``
+:mod:`.appends`        appending: synced at once, or written first and synced later (the leader)
 :mod:`.states`         OPEN / FAILED / CLOSED: what a failed write does ("Write failures")
 :mod:`.records`        the format of the journal file ``PATH``, and telling a torn tail from damage
 :mod:`.meta`           the format of ``PATH.meta``: term, vote and commit index in two slots

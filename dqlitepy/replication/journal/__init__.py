@@ -4,7 +4,9 @@ PySyncObj's ``FileJournal`` keeps the log in an mmap that is never synced before
 acknowledges an entry or the leader counts its own copy, and writes term and vote without fsync.
 Raft's safety argument assumes the opposite: an entry a node has acknowledged, and the vote it
 has granted, survive a crash. :class:`DurableJournal` implements the whole journal interface
-PySyncObj calls, and returns from every call that Raft relies on only once the change is on disk.
+PySyncObj calls, and returns from every call that Raft relies on only once the change is on disk
+(the leader's ``append_unsynced`` excepted: its entries count toward a majority only once
+``flush`` returned, see :mod:`.appends`).
 
 =====================  ==========================================================================
 :mod:`.durable`        :class:`DurableJournal` and its guarantees; ``PATH.lock``, ``PATH.probe``

@@ -1,7 +1,7 @@
 """Group commit in the Raft core: the commands queued in one go share one journal sync.
 
 Proven on real DurableJournals (syncs counted per journal file by wrapping ``os.fdatasync``):
-a leader appends the regular commands it drains from its queue with one ``add_many`` and one
+a leader appends the regular commands it drains from its queue with one write, one sync and one
 AppendEntries, a membership change among them is appended on its own in its place, a failed
 append fails every command of the batch and steps the node down once, a follower stores one
 AppendEntries with one sync, and three nodes under concurrent submitters sync less often than

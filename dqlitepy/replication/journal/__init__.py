@@ -4,10 +4,13 @@ PySyncObj's ``FileJournal`` keeps the log in an mmap that is never synced before
 acknowledges an entry or the leader counts its own copy, and writes term and vote without fsync.
 Raft's safety argument assumes the opposite: an entry a node has acknowledged, and the vote it
 has granted, survive a crash. :class:`DurableJournal` implements the whole journal interface
-PySyncObj calls, and returns from every call that Raft relies on only once the change is on disk.
+PySyncObj calls, and returns from every call that Raft relies on only once the change is on disk
+(the leader's ``append_unsynced`` excepted: its entries count toward a majority only once
+``flush`` returned, see :mod:`.appends`).
 
 =====================  ==========================================================================
 :mod:`.durable`        :class:`DurableJournal` and its guarantees; ``PATH.lock``, ``PATH.probe``
+:mod:`.appends`        appending: synced at once, or written first and synced later (the leader)
 :mod:`.states`         OPEN / FAILED / CLOSED: what a failed write does ("Write failures")
 :mod:`.records`        the format of the journal file ``PATH``, and telling a torn tail from damage
 :mod:`.meta`           the format of ``PATH.meta``: term, vote and commit index in two slots

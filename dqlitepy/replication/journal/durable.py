@@ -6,6 +6,9 @@ Guarantees (with ``sync=True``, the default):
   records of several entries and syncs them once (one sync per call, not per entry: the
   commands a leader appends in one tick, or the entries of one AppendEntries, share it), and
   is all or nothing;
+* ``append_unsynced`` (the leader's appends) makes its entries visible before they are durable,
+  and ``flush`` makes them durable; until then ``durable_index`` stays behind the log's last
+  index (:mod:`.appends`);
 * ``deleteEntriesFrom`` (truncation after a Raft conflict) is durable on return;
 * ``clear`` (before a snapshot's entries are added) takes effect with the next ``add`` (or
   ``add_many``), which replaces the file atomically by one holding only its entries (or at
@@ -17,7 +20,9 @@ Guarantees (with ``sync=True``, the default):
 * the commit index is written lazily (``onOneSecondTimer``, ``setCurrentTerm``, ``close``): it
   can be recomputed. What is stored is never beyond the last entry of the log — a truncation
   below it first lowers the stored value — and a reopened journal never reports more;
-* a torn tail (a crash in the middle of an append) is cut off when the journal is opened;
+* the file is synced when the journal is opened (what a dead process wrote without syncing is
+  durable before it is acknowledged or voted on), and a torn tail (a crash in the middle of an
+  append) is cut off;
   damage anywhere else raises :class:`~.errors.JournalCorruptError` instead of silently
   dropping entries.
 
@@ -43,24 +48,17 @@ import logging
 import operator
 import os
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from typing import SupportsIndex, overload
 
 from pysyncobj.journal import Journal
 
+from .appends import JournalAppends
 from .errors import JournalCorruptError, JournalError, JournalWriteError
 from .fileio import fdatasync, fsync_dir, pwrite_all, read_all
 from .meta import SLOT_SIZE, Meta, encode_slot, read_meta_file
-from .records import (
-    FILE_HEADER,
-    HEADER_SIZE,
-    Entry,
-    check_header,
-    checked_entry,
-    encode_record,
-    scan_records,
-)
-from .states import DEFAULT_PROBE_BYTES, JournalState, JournalStates
+from .records import FILE_HEADER, HEADER_SIZE, Entry, check_header, scan_records
+from .states import DEFAULT_PROBE_BYTES, JournalState
 
 __all__ = ["DurableJournal"]
 
@@ -69,7 +67,7 @@ log = logging.getLogger("dqlitepy.replication.journal")
 _COPY_CHUNK = 1 << 20  # compaction copies the kept records in pieces of this size
 
 
-class DurableJournal(JournalStates, Journal):  # type: ignore[misc]  # pysyncobj is untyped
+class DurableJournal(JournalAppends, Journal):  # type: ignore[misc]  # pysyncobj is untyped
     """PySyncObj journal whose every Raft-relevant change is on disk before the call returns.
 
     Entries are also kept in memory (a list) because PySyncObj reads the log by list position
@@ -112,6 +110,7 @@ class DurableJournal(JournalStates, Journal):  # type: ignore[misc]  # pysyncobj
         self._entries: list[Entry] = []
         self._offsets: list[int] = []
         self._end = HEADER_SIZE
+        self._unsynced = 0
         self._stored = Meta()  # what the metadata file holds
         self._sequence = 0  # of the newest metadata slot
         self._commit = 1  # PySyncObj's value; persisted lazily, clamped to the log
@@ -166,7 +165,9 @@ class DurableJournal(JournalStates, Journal):  # type: ignore[misc]  # pysyncobj
                 len(scan.entries),
             )
             os.ftruncate(self._fd, scan.end)
-            self._datasync(self._fd)
+        # Records a process wrote (append_unsynced) just before it died may be in the page
+        # cache only: they must be durable before this node acknowledges or votes on them.
+        self._datasync(self._fd)
         self._open_meta()
 
     def _open_meta(self) -> None:
@@ -218,6 +219,7 @@ class DurableJournal(JournalStates, Journal):  # type: ignore[misc]  # pysyncobj
         """
         with self._lock:
             self._check_writable()
+            self._sync_unsynced()
             self._materialise_clear()
             try:
                 yield
@@ -255,121 +257,11 @@ class DurableJournal(JournalStates, Journal):  # type: ignore[misc]  # pysyncobj
 
     # -- PySyncObj's Journal interface --
 
-    def add(self, command: bytes, idx: int, term: int) -> None:
-        """Append one entry; durable on return (:meth:`add_many` of one entry).
-
-        Raises:
-            JournalWriteError: the entry could not be stored (``stored`` says whether it is
-                provably absent from the file); the in-memory log does not hold it.
-        """
-        self.add_many(((command, idx, term),))
-
-    def add_many(self, entries: Iterable[tuple[bytes, int, int]]) -> None:
-        """Append ``(command, idx, term)`` entries in order; all durable on return, one sync.
-
-        All or nothing: the records are written together and synced once, and the entries
-        become visible (in memory) only then.  Not part of PySyncObj's interface: the Raft
-        core calls it when the journal has it (:mod:`dqlitepy.replication.raft`).
-
-        Raises:
-            JournalWriteError: the entries could not be stored; the in-memory log holds none
-                of them.  ``stored`` is False when none of them is in the file (what was
-                written has been cut off again, durably), None when some may be there.
-            TypeError, ValueError: an entry is malformed; nothing was written.
-        """
-        batch = [checked_entry(entry) for entry in entries]
-        if not batch:
-            return
-        records = [encode_record(*entry) for entry in batch]
-        sizes = [sum(len(part) for part in record) for record in records]
-        parts = [part for record in records for part in record]
-        with self._lock:
-            self._check_writable()
-            if self._cleared is not None:
-                self._add_replacing(parts, batch, sizes)
-                return
-            try:
-                pwrite_all(self._fd, parts, self._end)
-                self._datasync(self._fd)
-            except OSError as exc:
-                stored = self._cut_tail()
-                self._fail(exc)
-                raise JournalWriteError(
-                    f"{self._path}: could not append {_describe(batch)}: {exc}",
-                    exc,
-                    stored=stored,
-                ) from exc
-            # Visible to PySyncObj only once durable: it may acknowledge what it can read.
-            self._extend(batch, sizes, self._end)
-
-    def _extend(self, batch: list[Entry], sizes: list[int], start: int) -> None:
-        """Add written records to the in-memory log, the first at file offset ``start``."""
-        offset = start
-        for size in sizes:
-            self._offsets.append(offset)
-            offset += size
-        self._entries.extend(batch)
-        self._end = offset
-
-    def _cut_tail(self) -> bool | None:
-        """Cut what a failed append wrote (``_lock`` held): False once that is durable.
-
-        Shrinking a file needs no free space, so this works on a full disk; after an I/O
-        error it may fail too (None: the record may be on disk).
-        """
-        try:
-            os.ftruncate(self._fd, self._end)
-            self._datasync(self._fd)
-        except OSError:
-            return None
-        return False
-
-    def _add_replacing(self, parts: list[bytes], batch: list[Entry], sizes: list[int]) -> None:
-        """The first add() after clear(): replace the file by one holding only ``batch``."""
-        assert self._cleared is not None
-        entries, offsets, end, saved_commit = self._cleared
-        tmp = self._path + ".tmp"
-        replaced = False
-        try:
-            # As in _truncate_at: the stored commit index must not vouch for entries that
-            # are about to disappear; lowering it first is safe whatever happens next.
-            self._commit = 1
-            if self._stored.commit > 0:
-                self._store_meta(self._stored.term, self._stored.voted_for, None)
-            new_fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
-            try:
-                pwrite_all(new_fd, [FILE_HEADER, *parts], 0)
-                self._datasync(new_fd)
-                os.replace(tmp, self._path)
-            except BaseException:
-                os.close(new_fd)
-                with contextlib.suppress(OSError):
-                    os.unlink(tmp)
-                raise
-            replaced = True
-            old_fd, self._fd = self._fd, new_fd
-            os.close(old_fd)
-            self._cleared = None
-            self._entries, self._offsets = [], []
-            self._extend(batch, sizes, HEADER_SIZE)
-            self._dirsync()
-        except OSError as exc:
-            if not replaced:
-                # The old file is untouched: the log PySyncObj sees is the old one again.
-                self._cleared = None
-                self._entries, self._offsets, self._end = entries, offsets, end
-                self._commit = saved_commit
-            self._fail(exc)
-            raise JournalWriteError(
-                f"{self._path}: could not replace the log by {_describe(batch)}: {exc}",
-                exc,
-                stored=False if not replaced else None,
-            ) from exc
-
     def clear(self) -> None:
         """Drop every entry; on disk with the next :meth:`add_many` (atomically) or at close."""
         with self._lock:
             self._check_writable()
+            self._sync_unsynced()  # they are dropped now, but must not come back unsynced
             if self._cleared is None:
                 self._cleared = (self._entries, self._offsets, self._end, self._commit)
             self._entries, self._offsets = [], []
@@ -565,6 +457,7 @@ class DurableJournal(JournalStates, Journal):  # type: ignore[misc]  # pysyncobj
                 return
             try:
                 if self._state is JournalState.OPEN:
+                    self._sync_unsynced()
                     self._materialise_clear()
                     if self._commit_dirty:
                         last = self._last_index()
@@ -588,8 +481,3 @@ class DurableJournal(JournalStates, Journal):  # type: ignore[misc]  # pysyncobj
         state = self._state.value
         return f"<DurableJournal {self._path!r} {state}, {len(self._entries)} entries>"
 
-
-def _describe(batch: list[Entry]) -> str:
-    if len(batch) == 1:
-        return f"entry {batch[0][1]}"
-    return f"entries {batch[0][1]}..{batch[-1][1]}"

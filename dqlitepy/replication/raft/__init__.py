@@ -16,7 +16,9 @@ docstring explains it; each has a test in ``tests/replication/test_replication_r
 :mod:`.messages`          **Follower truncation**, **leader nextIndex rewind** (defect 2),
                           **terms in answers**
 :mod:`.roles`             **Roles**: voters, standbys and spares in the log
-:mod:`.commands`          **Forwarding**: only a leader appends commands
+:mod:`.commands`          **Forwarding**: only a leader appends commands; **group commit**
+:mod:`.commit`            **Sending before syncing** (thesis §10.2.1): the leader counts
+                          its own copy only once durable
 :mod:`.transfer`          **Leadership transfer** as Raft's thesis says (§3.10)
 :mod:`.reads`             **Linearizable reads**: ReadIndex (thesis §6.4)
 :mod:`.lease`             **Leader lease** (§6.4.1): reads without a round; followers

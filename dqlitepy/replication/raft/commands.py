@@ -14,12 +14,23 @@ leadership transfer is under way (:mod:`.transfer`) queued commands wait.
 **Group commit.**  PySyncObj appends queued commands one by one, each with
 its own journal sync and AppendEntries.  Here the regular commands drained
 from the queue in one go (concurrent submitters) are appended together (up to
-1024 of them or 16 MiB): one ``add_many`` (one fdatasync, all or nothing),
-then one AppendEntries carrying them all, which the followers store with one
-sync too (:mod:`.messages`).  A membership change is still appended on its
-own, after the commands queued before it, because it takes effect when
-appended.  If the append fails, every command of the batch is failed and the
-node steps down once.
+1024 of them or 16 MiB): written with one ``append_unsynced`` (all or
+nothing), sent in one AppendEntries, which the followers store with one sync
+too (:mod:`.messages`), and only then synced on the leader with one ``flush``:
+the leader's fsync overlaps the followers' instead of preceding them (Raft
+thesis §10.2.1), and the commit index does not count the leader's copy before
+that sync returned (:mod:`.commit`).  A membership change is still appended on
+its own (synced, then sent), after the commands queued before it, because it
+takes effect when appended.
+
+**What a failed append tells the submitters.**  If the write fails, nothing
+was sent: the commands are failed with ``STORAGE_FAILED`` when the journal
+proved them absent (``stored is False``), with UNKNOWN_OUTCOME otherwise.  If
+the sync fails, the entries were sent already and a follower may hold them
+(a later leader may commit them): every command of the batch is failed with
+UNKNOWN_OUTCOME, whatever the journal could cut.  Either way the node steps
+down once (:mod:`.storage`).  A journal without ``append_unsynced``
+(PySyncObj's MemoryJournal) is written and synced before the send, as before.
 """
 
 from __future__ import annotations
@@ -189,13 +200,19 @@ class CommandsMixin(RaftBase):
         self._append_batch(batch)
 
     def _append_batch(self, batch: list[tuple[bytes, Any]]) -> None:
-        """Append queued regular commands as consecutive entries: one sync, one send."""
+        """Append queued regular commands as consecutive entries: write, send, then sync."""
         if not batch:
             return
         first = self._SyncObj__getCurrentLogIndex() + 1
         term = self._SyncObj__raftCurrentTerm
+        entries = [(command, first + i, term) for i, (command, _) in enumerate(batch)]
+        journal = self._SyncObj__raftLog
+        write_first = getattr(journal, "append_unsynced", None)
         try:
-            self._log_append([(command, first + i, term) for i, (command, _) in enumerate(batch)])
+            if write_first is not None:
+                write_first(entries)
+            else:
+                self._log_append(entries)
         except JournalWriteError as exc:
             # A DurableJournal stores all or none; a journal without add_many may
             # have taken a prefix, whose commands then wait for their commit
@@ -209,8 +226,34 @@ class CommandsMixin(RaftBase):
                     callback(exc, reason)
             self._storage_failed(exc)
             return
+        if write_first is None:
+            self._wait_for_commit(batch, first, term)
+            self._appended()
+            return
+        try:
+            self._send_appended()
+        finally:
+            # Even if sending raised: entries must not stay visible unsynced.
+            failure = self._flush_log(journal)
+        if failure is not None:
+            # Sent already: a follower may hold them, and a later leader commit them.
+            for _, callback in batch:
+                if callable(callback):
+                    callback(failure, FAIL_REASON.UNKNOWN_OUTCOME)
+            self._storage_failed(failure)
+            return
+        # Registered only now: a failed sync above has told them their outcome.
         self._wait_for_commit(batch, first, term)
-        self._appended()
+        self._wake_single_voter()
+
+    @staticmethod
+    def _flush_log(journal: Any) -> JournalWriteError | None:
+        """Sync what ``append_unsynced`` wrote; the failure, if it failed."""
+        try:
+            journal.flush()
+        except JournalWriteError as exc:
+            return exc
+        return None
 
     def _append_membership(self, command: bytes, request: Any, callback: Any) -> None:
         """Append a configuration change on its own (tick thread), as PySyncObj does."""
@@ -240,9 +283,16 @@ class CommandsMixin(RaftBase):
                 waiting[first + offset].append((term, callback))
 
     def _appended(self) -> None:
-        """New entries are in the leader's log: send them, once per append."""
+        """New entries are durable in the leader's log: send them, once per append."""
+        self._send_appended()
+        self._wake_single_voter()
+
+    def _send_appended(self) -> None:
+        """Send the leader's new entries now (unless PySyncObj batches them for a tick)."""
         if not self.conf.appendEntriesUseBatch:
             self._SyncObj__sendAppendEntries()
+
+    def _wake_single_voter(self) -> None:
         if not self._SyncObj__otherNodes:
             # A single voter commits the entries by itself, but PySyncObj counts
             # them only at the start of a tick: without a wake-up they would wait

@@ -18,6 +18,7 @@ from typing import Any, NamedTuple
 from pysyncobj import SyncObj
 
 from .commands import CommandsMixin
+from .commit import CommitMixin
 from .config import LEADER, ApplyHandler, PeerNode
 from .entries import EntriesMixin
 from .lease import LeaseMixin
@@ -56,6 +57,7 @@ class HardenedSyncObj(
     StorageMixin,
     ReadsMixin,
     LeaseMixin,
+    CommitMixin,
     SyncObj,  # type: ignore[misc]  # pysyncobj is untyped
 ):
     """A PySyncObj node with the fixes of this package; commands are opaque bytes.
@@ -105,6 +107,7 @@ class HardenedSyncObj(
         self._init_messages()
         self._init_storage(storage_probe_interval)
         self._init_transfer()
+        self._init_commit()
         self._tick_calls: queue.SimpleQueue[Callable[[], None]] = queue.SimpleQueue()
         self_node = PeerNode(self_address) if self_address is not None else None
         others = [PeerNode(p) for p in peers]

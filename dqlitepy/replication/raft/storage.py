@@ -18,7 +18,8 @@ fails (``ENOSPC``, ``EDQUOT``, ``EIO``...), the journal refuses writes
   (TimeoutNow) and steps down; a command whose entry could not be appended is
   failed with :data:`~.config.STORAGE_FAILED` when the journal proved the
   entry absent (the submitter may say "not stored"), with UNKNOWN_OUTCOME
-  otherwise (:mod:`.commands`);
+  otherwise, and always when the sync failed after the entry was sent
+  (:mod:`.commands`);
 - stands for no election (its timeout is infinite, :mod:`.roles`), grants no
   vote and ignores TimeoutNow (:mod:`.messages`): a vote or a new term it
   cannot persist must not be sent;

@@ -1,0 +1,79 @@
+"""The leader counts its own copy of an entry toward a majority only once it is durable.
+
+**Sending before syncing (Raft thesis §10.2.1).**  The leader appends the
+commands of a batch with the journal's ``append_unsynced``, sends them to the
+followers, and only then syncs its own copy (``flush``, :mod:`.commands`), so
+that its fsync and the followers' overlap instead of running in series.  The
+thesis allows that as long as the leader does not count itself toward the
+majority of an entry before that entry is durable on its own disk.
+
+PySyncObj's commit rule (in ``SyncObj._onTick``) always counts the leader,
+for every entry of its log.  Here every assignment to PySyncObj's commit
+index passes through :class:`CommitMixin`'s property: while this node leads,
+an index beyond the journal's ``durable_index`` stands only if the followers
+alone hold it on a majority (their acknowledgements come after their own
+sync, :mod:`.messages`); otherwise the commit index stops at the last entry of
+this term that the leader may count itself for.  In the code as it is, the
+leader's tick thread syncs in the same call that sent the entries, before it
+processes any answer, so this rule never actually lowers a commit index; it
+is there so that the safety of the commit index does not depend on that
+ordering (a sync moved to another thread, or followers' answers read earlier,
+would still be safe).
+
+What a failure between the two steps means for the submitters is in
+:mod:`.commands`; a journal without ``durable_index`` (PySyncObj's
+MemoryJournal) counts as durable throughout.
+"""
+
+from __future__ import annotations
+
+from .base import RaftBase
+from .config import LEADER
+
+__all__ = ["CommitMixin"]
+
+
+class CommitMixin(RaftBase):
+    """PySyncObj's commit index, never counting the leader's copy before it is durable."""
+
+    #: The value behind PySyncObj's ``__raftCommitIndex``.
+    _commit_index: int
+
+    def _init_commit(self) -> None:
+        self._commit_index = 0
+
+    @property
+    def _SyncObj__raftCommitIndex(self) -> int:
+        return self._commit_index
+
+    @_SyncObj__raftCommitIndex.setter
+    def _SyncObj__raftCommitIndex(self, index: int) -> None:
+        # The state is unset while SyncObj.__init__ reads the stored commit index.
+        if index > self._commit_index and getattr(self, "_SyncObj__raftState", None) == LEADER:
+            index = self._countable_commit(self._commit_index, index)
+        self._commit_index = index
+
+    def _countable_commit(self, current: int, proposed: int) -> int:
+        """The highest index up to ``proposed`` that a majority holds durably, else ``current``.
+
+        ``proposed`` is what PySyncObj computed counting this leader for every entry.
+        Raft commits by counting only entries of the leader's term (Figure 8), which
+        PySyncObj checked for ``proposed`` and which is checked again here for any
+        lower index chosen instead.
+        """
+        durable = getattr(self._SyncObj__raftLog, "durable_index", proposed)
+        durable = 0 if durable is None else int(durable)
+        if proposed <= durable:
+            return proposed
+        others = self._SyncObj__otherNodes
+        match = self._SyncObj__raftMatchIndex
+        term = self._SyncObj__raftCurrentTerm
+        for index in range(proposed, current, -1):
+            if index > durable:
+                holders = sum(1 for node in others if match.get(node, 0) >= index)
+                if holders <= (len(others) + 1) / 2:
+                    continue  # without this leader's copy, no majority
+            entry = self._SyncObj__getEntries(index, 1)
+            if entry and entry[0][2] == term:
+                return index
+        return current

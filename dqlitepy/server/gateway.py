@@ -67,9 +67,6 @@ from .auth import AdminSession, NotAuthorized
 
 __all__ = ["Gateway", "NodeContext", "RowsChunk"]
 
-_DATE_TYPES = frozenset({"DATETIME", "DATE", "TIMESTAMP"})
-_U64_MASK = (1 << 64) - 1
-
 _MAX_BUSY_TIMEOUT_MS = 3_600_000
 _DEFAULT_BUSY_TIMEOUT = 5.0
 
@@ -182,40 +179,6 @@ class NodeContext(Protocol):
 
     def storage_failed(self) -> None:
         """SQLite reported a full disk or an I/O error here (never raises, never waits)."""
-
-
-def _row_types(
-    values: tuple[Any, ...], decltypes: Sequence[str | None]
-) -> tuple[list[int], list[Any]]:
-    """Pick wire types for one row, applying dqlite's declared-type mapping (§4.2)."""
-    types: list[int] = []
-    out: list[Any] = []
-    for value, decl in zip(values, decltypes, strict=True):
-        if value is None:
-            types.append(ValueType.NULL)
-        elif isinstance(value, int):
-            if decl is not None and decl.upper() in _DATE_TYPES:
-                types.append(ValueType.UNIXTIME)
-            elif decl is not None and decl.upper() == "BOOLEAN":
-                types.append(ValueType.BOOLEAN)
-                value = value & _U64_MASK
-            else:
-                types.append(ValueType.INTEGER)
-        elif isinstance(value, float):
-            types.append(ValueType.FLOAT)
-        elif isinstance(value, str):
-            if "\x00" in value:
-                # The protocol's text ends at the first NUL, as dqlite's does.
-                value = value.split("\x00", 1)[0]
-            if decl is not None and decl.upper() in _DATE_TYPES:
-                types.append(ValueType.ISO8601)
-            else:
-                types.append(ValueType.TEXT)
-        else:
-            types.append(ValueType.BLOB)
-            value = bytes(value)
-        out.append(value)
-    return types, out
 
 
 def _bind_values(params: ValueTuple) -> list[Any]:
@@ -344,13 +307,14 @@ class Gateway:
             begun()
             self._running = result
             try:
-                encoder = RowsBatchEncoder(result.columns)
-                decltypes = result.decltypes
-                for row in result:
-                    if encoder.full and encoder.rows:
-                        yield RowsChunk(encoder.finish(done=False), False)
-                    types, values = _row_types(row, decltypes)
-                    encoder.add_row(types, values)
+                encoder = RowsBatchEncoder(result.columns, decltypes=result.decltypes)
+                while True:
+                    # The session is held for one batch of steps, not for each row.
+                    with result.stepping() as rows:
+                        done = encoder.fill(rows)
+                    if done:
+                        break
+                    yield RowsChunk(encoder.finish(done=False), False)
                 final = encoder.finish(done=True)
             finally:
                 self._running = None

@@ -364,8 +364,10 @@ class Session:
         """Whether ``sql``'s program begins a transaction (an ``OP_Transaction``): reads pages."""
         try:
             details = apsw.ext.query_info(self._db, sql, explain=True)
-        except apsw.Error:
-            return True  # the first compile succeeded: assume the worst
+        except (apsw.Error, UnicodeDecodeError):
+            # The first compile succeeded: assume the worst.  EXPLAIN shows the
+            # statement's literals, which may be text that is not UTF-8 (x'ff').
+            return True
         return any(step.opcode == "Transaction" for step in details.explain or ())
 
     def _bindings(self, info: StatementInfo, params: Sequence[Any]) -> Sequence[Any]:

@@ -22,7 +22,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "tests"))
 
-from dqlitepy_server import DqlitepyCluster  # noqa: E402
+from dqlitepy_server import DqlitepyCluster, DqlitepyServer  # noqa: E402
 
 import dqlitepy  # noqa: E402
 from benchmarks.lean_write_path import _cpu_seconds, summarize  # noqa: E402
@@ -44,6 +44,7 @@ def measure(
                 "--format",
                 "raw",
                 "--nonblocking",
+                "--gil",
                 "-r",
                 "200",
                 "-o",
@@ -72,13 +73,16 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=3.0)
     parser.add_argument("--workloads", default="read,scan")
     parser.add_argument("--profile", type=Path, default=None)
+    parser.add_argument(
+        "--standalone", action="store_true", help="a server without Raft: what reads cost apart"
+    )
     args = parser.parse_args()
     if args.profile is not None:
         args.profile.mkdir(parents=True, exist_ok=True)
-    with DqlitepyCluster.formed(1) as cluster:
-        node = cluster.nodes[0]
+    with DqlitepyServer() if args.standalone else DqlitepyCluster.formed(1) as cluster:
+        node = cluster if isinstance(cluster, DqlitepyServer) else cluster.nodes[0]
         assert node.process is not None
-        conn = dqlitepy.connect("bench", servers=cluster.addresses, timeout=30)
+        conn = dqlitepy.connect("bench", servers=[node.address], timeout=30)
         try:
             for name in args.workloads.split(","):
                 WORKLOADS[name].setup(conn)

@@ -67,6 +67,9 @@ from .auth import AdminSession, NotAuthorized
 
 __all__ = ["Gateway", "NodeContext", "RowsChunk"]
 
+# The handler's name for each request class, worked out once per class.
+_HANDLERS: dict[type, str] = {}
+
 _MAX_BUSY_TIMEOUT_MS = 3_600_000
 _DEFAULT_BUSY_TIMEOUT = 5.0
 
@@ -246,9 +249,12 @@ class Gateway:
 
         Every failure becomes a FAILURE response; nothing escapes but bugs.
         """
-        handler = getattr(
-            self, "handle_" + type(request).__name__.removesuffix("Request").lower(), None
-        )
+        name = _HANDLERS.get(type(request))
+        if name is None:
+            name = _HANDLERS[type(request)] = (
+                "handle_" + type(request).__name__.removesuffix("Request").lower()
+            )
+        handler = getattr(self, name, None)
         if handler is None:
             yield GatewayFailure.parse("unrecognized request type").response()
             return
@@ -308,12 +314,8 @@ class Gateway:
             self._running = result
             try:
                 encoder = RowsBatchEncoder(result.columns, decltypes=result.decltypes)
-                while True:
-                    # The session is held for one batch of steps, not for each row.
-                    with result.stepping() as rows:
-                        done = encoder.fill(rows)
-                    if done:
-                        break
+                # The session is held for one batch of steps, not for each row.
+                while not result.feed(encoder.fill):
                     yield RowsChunk(encoder.finish(done=False), False)
                 final = encoder.finish(done=True)
             finally:

@@ -54,7 +54,8 @@ _TEXT_PAD = tuple(bytes(8 - k) for k in range(8))
 _BLOB_PAD = tuple(bytes((8 - k) & 7) for k in range(8))
 _MARKERS = {True: _pack_u64(MARKER_DONE), False: _pack_u64(MARKER_PART)}
 
-_Plan = tuple[bytes, tuple[int, ...]]
+# A row shape's header, its values' operations, and its size without text and blobs.
+_Plan = tuple[bytes, tuple[int, ...], int]
 
 
 def declared_kinds(decltypes: Sequence[str | None]) -> tuple[int, ...]:
@@ -114,6 +115,7 @@ def _plan(shape: tuple[type, ...], kinds: tuple[int, ...]) -> _Plan:
         raise LocalProtocolError("a row must have at least one column")
     header = bytearray(pad8((n + 1) // 2))
     ops = []
+    fixed = len(header)
     for i, (cls, kind) in enumerate(zip(shape, kinds, strict=True)):
         # Exact classes only: a subclass (bool, a str subclass...) takes the
         # reference path, which the caller falls back to on KeyError.
@@ -137,7 +139,35 @@ def _plan(shape: tuple[type, ...], kinds: tuple[int, ...]) -> _Plan:
             raise KeyError(cls)
         header[i >> 1] |= code << ((i & 1) * 4)
         ops.append(op)
-    return bytes(header), tuple(ops)
+        if op != _OP_TEXT:
+            fixed += 8  # a blob's length word; its data counts apart
+    return bytes(header), tuple(ops), fixed
+
+
+# Caches shared by every result: a point read builds no names, kinds or plan of
+# its own.  Bounded by clearing (a server seeing endless new shapes or column
+# names just rebuilds them); each entry is immutable, so threads may share them.
+_CACHE_SIZE = 1024
+_prefixes: dict[tuple[tuple[str, ...], tuple[str | None, ...]], tuple[bytes, tuple[int, ...]]] = {}
+_plans: dict[tuple[tuple[type, ...], tuple[int, ...]], _Plan] = {}
+
+
+def _prefix(
+    columns: tuple[str, ...], decltypes: tuple[str | None, ...]
+) -> tuple[bytes, tuple[int, ...]]:
+    """The encoded column count and names, and the columns' kinds."""
+    key = (columns, decltypes)
+    found = _prefixes.get(key)
+    if found is None:
+        names = Writer()
+        names.u64(len(columns))
+        for name in columns:
+            names.text(name)
+        found = (bytes(names.buf), declared_kinds(decltypes))
+        if len(_prefixes) >= _CACHE_SIZE:
+            _prefixes.clear()
+        _prefixes[key] = found
+    return found
 
 
 class RowsBatchEncoder:
@@ -173,13 +203,9 @@ class RowsBatchEncoder:
     ) -> None:
         self._columns = tuple(columns)
         self._batch_size = batch_size
-        names = Writer()
-        names.u64(len(self._columns))
-        for name in self._columns:
-            names.text(name)
-        self._names = bytes(names.buf)
-        self._kinds = declared_kinds(
-            decltypes if decltypes is not None else (None,) * len(self._columns)
+        self._names, self._kinds = _prefix(
+            self._columns,
+            tuple(decltypes) if decltypes is not None else (None,) * len(self._columns),
         )
         self._plans: dict[tuple[type, ...], _Plan] = {}
         self._parts: list[bytes] = []
@@ -222,13 +248,24 @@ class RowsBatchEncoder:
             raise LocalProtocolError(f"row does not fit the wire protocol: {exc}") from exc
 
     def _fill(self, rows: Iterator[tuple[Any, ...]]) -> bool:
-        # One loop without a call per value: this is where a scan's time goes.
+        # One loop without a call per value, everything it uses in locals: this
+        # is where a scan's time goes.  A plan's fixed size covers its header and
+        # every one-word value; text and blobs add their own length.
         parts = self._parts
         append = parts.append
         plans = self._plans
         size = self._size
         limit = self._batch_size
         count = self._rows
+        pack_i64, pack_u64, pack_f64 = _pack_i64, _pack_u64, _pack_f64
+        text_pad, blob_pad, null_word, u64_mask = _TEXT_PAD, _BLOB_PAD, _NULL_WORD, _U64_MASK
+        op_int, op_text, op_float, op_null, op_blob = (
+            _OP_INT,
+            _OP_TEXT,
+            _OP_FLOAT,
+            _OP_NULL,
+            _OP_BLOB,
+        )
         try:
             while count == 0 or size < limit:
                 row = next(rows, None)
@@ -242,38 +279,32 @@ class RowsBatchEncoder:
                         size += len(parts[-1])
                         count += 1
                         continue
-                header, ops = plan
+                header, ops, fixed = plan
                 append(header)
-                size += len(header)
+                size += fixed
                 # The plan was made for this row's shape: as many ops as values.
                 for op, value in zip(ops, row, strict=False):
-                    if op == _OP_INT:
-                        append(_pack_i64(value))
-                        size += 8
-                    elif op == _OP_TEXT:
+                    if op == op_int:
+                        append(pack_i64(value))
+                    elif op == op_text:
                         if "\x00" in value:
                             # The protocol's text ends at the first NUL, as dqlite's does.
                             value = value.split("\x00", 1)[0]
                         data = value.encode("utf-8", "surrogateescape")
                         append(data)
-                        pad = _TEXT_PAD[len(data) & 7]
-                        append(pad)
-                        size += len(data) + len(pad)
-                    elif op == _OP_FLOAT:
-                        append(_pack_f64(value))
-                        size += 8
-                    elif op == _OP_NULL:
-                        append(_NULL_WORD)
-                        size += 8
-                    elif op == _OP_BLOB:
-                        append(_pack_u64(len(value)))
+                        append(text_pad[len(data) & 7])
+                        size += (len(data) | 7) + 1
+                    elif op == op_float:
+                        append(pack_f64(value))
+                    elif op == op_null:
+                        append(null_word)
+                    elif op == op_blob:
+                        append(pack_u64(len(value)))
                         append(value)
-                        pad = _BLOB_PAD[len(value) & 7]
-                        append(pad)
-                        size += 8 + len(value) + len(pad)
+                        append(blob_pad[len(value) & 7])
+                        size += (len(value) + 7) & ~7
                     else:
-                        append(_pack_u64(value & _U64_MASK))
-                        size += 8
+                        append(pack_u64(value & u64_mask))
                 count += 1
             return False
         finally:
@@ -282,8 +313,9 @@ class RowsBatchEncoder:
 
     def _new_plan(self, shape: tuple[type, ...], row: tuple[Any, ...]) -> _Plan | None:
         """The plan for rows of ``shape``; None if ``row`` went the reference way instead."""
+        key = (shape, self._kinds)
         try:
-            plan = self._plans[shape] = _plan(shape, self._kinds)
+            plan = _plans.get(key) or _plan(shape, self._kinds)
         except KeyError:
             # A value of an unexpected class (a subclass, a memoryview): encoded
             # as the reference does it, which may convert it or refuse it.
@@ -292,6 +324,9 @@ class RowsBatchEncoder:
             w.row(types, values)
             self._parts.append(bytes(w.buf))
             return None
+        if len(_plans) >= _CACHE_SIZE:
+            _plans.clear()
+        _plans[key] = self._plans[shape] = plan
         return plan
 
     def finish(self, *, done: bool) -> bytes:

@@ -13,7 +13,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from dqlitepy.wire import LocalProtocolError, ValueType
+from dqlitepy.wire import LocalProtocolError, RemoteProtocolError, ValueType
+from dqlitepy.wire.codec import Reader
+from dqlitepy.wire.constants import MARKER_DONE, MARKER_PART
 from dqlitepy.wire.rows import RowsBatchEncoder, wire_types
 
 _DECLTYPES = st.sampled_from([None, "INTEGER", "TEXT", "datetime", "DATE", "TIMESTAMP", "Boolean"])
@@ -76,8 +78,6 @@ def test_fast_path_matches_the_reference(
 
 def test_declared_types_pick_the_wire_types() -> None:
     """One row of every mapping of §4.2, through the fast path, decoded back."""
-    from dqlitepy.wire.codec import Reader
-
     decltypes = ["DATETIME", "date", "BOOLEAN", "BOOLEAN", "TEXT", None, "DATE"]
     row = (7, "2024-01-02", -1, None, "a\x00b", b"", 1.5)
     (message,) = _fast([f"c{i}" for i in range(7)], decltypes, [row], 4096)
@@ -127,3 +127,60 @@ def test_values_the_protocol_cannot_carry_are_refused(row: tuple[Any, ...]) -> N
     encoder = RowsBatchEncoder(["c"] * len(row), decltypes=[None] * len(row))
     with pytest.raises(LocalProtocolError):
         encoder.fill(iter([row]))
+
+
+def _rows_one_by_one(body: bytes, n: int) -> tuple[list[Any], list[Any], bool]:
+    """The reference decoding of a whole body."""
+    return _rows_one_by_one_reader(Reader(body), n)
+
+
+def _outcome(decode: Any) -> Any:
+    try:
+        return decode()
+    except RemoteProtocolError as exc:
+        return type(exc), str(exc)
+
+
+@settings(max_examples=150, deadline=None)
+@given(_results(), st.data())
+def test_client_decoding_matches_the_reference(
+    result: tuple[list[str], list[str | None], list[tuple[Any, ...]], int], data: st.DataObject
+) -> None:
+    """``Reader.rows`` against ``Reader.row``, on whole and on truncated bodies."""
+    columns, decltypes, rows, _size = result
+    (message,) = _fast(columns, decltypes, rows, 1 << 30)
+    n = len(columns)
+    names = Reader(message[8:])
+    names.u64()
+    for _ in columns:
+        names.text()
+    body = message[8 + names.pos :]
+    assert Reader(body).rows(n) == _rows_one_by_one(body, n)
+    cut = body[: data.draw(st.integers(min_value=0, max_value=len(body) - 1))]
+    fast, slow = Reader(cut), Reader(cut)
+    assert _outcome(lambda: fast.rows(n)) == _outcome(lambda: _rows_one_by_one_reader(slow, n))
+    assert fast.pos == slow.pos
+
+
+def _rows_one_by_one_reader(r: Reader, n: int) -> tuple[list[Any], list[Any], bool]:
+    """``Reader.row`` per row, then the marker: what ``Reader.rows`` did before it was inlined."""
+    rows: list[Any] = []
+    types: list[Any] = []
+    while True:
+        if r.pos + 8 > r.end:
+            raise r._short("row or end marker")
+        if r.data[r.pos] in (0xFF, 0xEE):
+            marker = r.u64()
+            if marker not in (MARKER_DONE, MARKER_PART):
+                raise RemoteProtocolError(f"bad end marker {marker:#x}", recoverable=True)
+            return rows, types, marker == MARKER_DONE
+        t, v = r.row(n)
+        types.append(t)
+        rows.append(v)
+
+
+def test_client_decoding_refuses_unknown_types_as_the_reference() -> None:
+    body = bytes([0x07]) + bytes(7) + bytes(8) + bytes([0xFF] * 8)
+    fast, slow = Reader(body), Reader(body)
+    assert _outcome(lambda: fast.rows(1)) == _outcome(lambda: _rows_one_by_one_reader(slow, 1))
+    assert "unknown value type 7" in str(_outcome(lambda: Reader(body).rows(1)))

@@ -22,7 +22,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import apsw
 import apsw.ext
@@ -49,6 +49,8 @@ SQLITE_VERSION: str = apsw.sqlite_lib_version()
 
 # The wire layer keeps text that is not UTF-8 as surrogate escapes; dqlite would pass
 # such bytes to SQLite as they are, but APSW takes and gives only valid UTF-8.
+_T = TypeVar("_T")
+
 _NOT_UTF8 = "text value is not valid UTF-8"
 _SQL_NOT_UTF8 = "SQL text is not valid UTF-8"
 _PARAM_NOT_UTF8 = "text parameter is not valid UTF-8"
@@ -160,6 +162,21 @@ class QueryResult:
             # OperationalError too).
             raise EngineError(SQLITE_ERROR, _NOT_UTF8) from exc
 
+    def feed(self, consume: Callable[[Iterator[tuple[Any, ...]]], _T]) -> _T:
+        """Call ``consume`` with the rows as SQLite steps them, holding the session.
+
+        Faster than iterating the result: one lock for all the steps ``consume``
+        takes (a batch of a ROWS response), not one per row.  Errors met while
+        stepping are translated as ``__next__`` translates them.
+        """
+        with self._session._using():
+            try:
+                return consume(self._rows)
+            except apsw.Error as exc:
+                raise translate(exc, self._session._db) from exc
+            except UnicodeDecodeError as exc:
+                raise EngineError(SQLITE_ERROR, _NOT_UTF8) from exc
+
     def close(self) -> None:
         """Stop the statement (resetting it) before all rows were read."""
         with self._session._lock, contextlib.suppress(apsw.Error):
@@ -180,6 +197,26 @@ def _authorizer(
     if action == apsw.SQLITE_FUNCTION and arg2 is not None and arg2.lower() == "load_extension":
         return apsw.SQLITE_DENY
     return apsw.SQLITE_OK
+
+
+class _Held:
+    """``with session._using():``, a class rather than a generator: a read takes it
+    several times, and ``contextlib.contextmanager`` costs a generator each time."""
+
+    __slots__ = ("_session",)
+
+    def __init__(self, session: Session) -> None:
+        self._session = session
+
+    def __enter__(self) -> None:
+        session = self._session
+        session._lock.acquire()
+        if session._closed:
+            session._lock.release()
+            raise SessionClosed()
+
+    def __exit__(self, *exc: object) -> None:
+        self._session._lock.release()
 
 
 class Session:
@@ -242,13 +279,9 @@ class Session:
         self._statements: OrderedDict[str, StatementInfo] = OrderedDict()
         self._closed = False
 
-    @contextlib.contextmanager
-    def _using(self) -> Iterator[None]:
+    def _using(self) -> _Held:
         """Hold the session for one call into SQLite; refuse if it was closed."""
-        with self._lock:
-            if self._closed:
-                raise SessionClosed()
-            yield
+        return _Held(self)
 
     @property
     def in_transaction(self) -> bool:

@@ -67,8 +67,8 @@ from .auth import AdminSession, NotAuthorized
 
 __all__ = ["Gateway", "NodeContext", "RowsChunk"]
 
-_DATE_TYPES = frozenset({"DATETIME", "DATE", "TIMESTAMP"})
-_U64_MASK = (1 << 64) - 1
+# The handler's name for each request class, worked out once per class.
+_HANDLERS: dict[type, str] = {}
 
 _MAX_BUSY_TIMEOUT_MS = 3_600_000
 _DEFAULT_BUSY_TIMEOUT = 5.0
@@ -184,40 +184,6 @@ class NodeContext(Protocol):
         """SQLite reported a full disk or an I/O error here (never raises, never waits)."""
 
 
-def _row_types(
-    values: tuple[Any, ...], decltypes: Sequence[str | None]
-) -> tuple[list[int], list[Any]]:
-    """Pick wire types for one row, applying dqlite's declared-type mapping (§4.2)."""
-    types: list[int] = []
-    out: list[Any] = []
-    for value, decl in zip(values, decltypes, strict=True):
-        if value is None:
-            types.append(ValueType.NULL)
-        elif isinstance(value, int):
-            if decl is not None and decl.upper() in _DATE_TYPES:
-                types.append(ValueType.UNIXTIME)
-            elif decl is not None and decl.upper() == "BOOLEAN":
-                types.append(ValueType.BOOLEAN)
-                value = value & _U64_MASK
-            else:
-                types.append(ValueType.INTEGER)
-        elif isinstance(value, float):
-            types.append(ValueType.FLOAT)
-        elif isinstance(value, str):
-            if "\x00" in value:
-                # The protocol's text ends at the first NUL, as dqlite's does.
-                value = value.split("\x00", 1)[0]
-            if decl is not None and decl.upper() in _DATE_TYPES:
-                types.append(ValueType.ISO8601)
-            else:
-                types.append(ValueType.TEXT)
-        else:
-            types.append(ValueType.BLOB)
-            value = bytes(value)
-        out.append(value)
-    return types, out
-
-
 def _bind_values(params: ValueTuple) -> list[Any]:
     """Turn a parameter tuple into SQLite bindings (§4.1)."""
     values: list[Any] = []
@@ -283,9 +249,12 @@ class Gateway:
 
         Every failure becomes a FAILURE response; nothing escapes but bugs.
         """
-        handler = getattr(
-            self, "handle_" + type(request).__name__.removesuffix("Request").lower(), None
-        )
+        name = _HANDLERS.get(type(request))
+        if name is None:
+            name = _HANDLERS[type(request)] = (
+                "handle_" + type(request).__name__.removesuffix("Request").lower()
+            )
+        handler = getattr(self, name, None)
         if handler is None:
             yield GatewayFailure.parse("unrecognized request type").response()
             return
@@ -344,13 +313,10 @@ class Gateway:
             begun()
             self._running = result
             try:
-                encoder = RowsBatchEncoder(result.columns)
-                decltypes = result.decltypes
-                for row in result:
-                    if encoder.full and encoder.rows:
-                        yield RowsChunk(encoder.finish(done=False), False)
-                    types, values = _row_types(row, decltypes)
-                    encoder.add_row(types, values)
+                encoder = RowsBatchEncoder(result.columns, decltypes=result.decltypes)
+                # The session is held for one batch of steps, not for each row.
+                while not result.feed(encoder.fill):
+                    yield RowsChunk(encoder.finish(done=False), False)
                 final = encoder.finish(done=True)
             finally:
                 self._running = None

@@ -343,27 +343,78 @@ class Reader:
     def rows(self, n_columns: int) -> tuple[list[tuple[Value, ...]], list[tuple[int, ...]], bool]:
         """Decode rows up to and including the end marker.
 
+        The common values are decoded inline and each distinct row header is
+        parsed once: a client reading a large result spends its time here.
+        Anything unusual (a short body, an unknown type) goes through the
+        field methods, which raise exactly as :meth:`row` does.
+
         Returns:
             ``(rows, row_types, done)`` where ``done`` tells DONE from PART.
         """
         rows: list[tuple[Value, ...]] = []
         row_types: list[tuple[int, ...]] = []
         data = self.data
+        end = self.end
+        pos = self.pos
+        header_len = (n_columns + 1) // 2
+        header_size = pad8(header_len)
+        headers: dict[bytes, tuple[int, ...]] = {}
+        unpack_i64, unpack_f64, find = _I64.unpack_from, _F64.unpack_from, data.find
         while True:
-            if self.pos + 8 > self.end:
-                raise self._short("row or end marker")
-            first = data[self.pos]
-            if first == 0xFF or first == 0xEE:
-                # A type nibble is never 0xE or 0xF, so this is a marker (§3.8).
-                marker = self.u64()
-                if marker == MARKER_DONE:
-                    return rows, row_types, True
-                if marker == MARKER_PART:
-                    return rows, row_types, False
-                raise RemoteProtocolError(f"bad end marker {marker:#x}", recoverable=True)
-            types, values = self.row(n_columns)
+            if pos + header_size > end or data[pos] == 0xFF or data[pos] == 0xEE or not n_columns:
+                # A marker (a type nibble is never 0xE or 0xF, §3.8), a short
+                # body, or a row where there can be none: the slow way.
+                self.pos = pos
+                done = self._marker_or_row(n_columns, rows, row_types)
+                if done is not None:
+                    return rows, row_types, done
+                pos = self.pos
+                continue
+            header = data[pos : pos + header_len]
+            types = headers.get(header)
+            if types is None:
+                types = headers[header] = tuple(
+                    (header[i >> 1] >> ((i & 1) * 4)) & 0x0F for i in range(n_columns)
+                )
+            pos += header_size
+            values: list[Value] = []
+            for t in types:
+                if (t == 1 or t == 9) and pos + 8 <= end:
+                    values.append(unpack_i64(data, pos)[0])
+                    pos += 8
+                elif (t == 3 or t == 10) and (nul := find(b"\x00", pos, end)) >= 0:
+                    values.append(data[pos:nul].decode("utf-8", "surrogateescape"))
+                    # NUL included, padded to a word from the field's start.
+                    pos = min(end, pos + ((nul - pos) | 7) + 1)
+                elif t == 2 and pos + 8 <= end:
+                    values.append(unpack_f64(data, pos)[0])
+                    pos += 8
+                else:
+                    # NULL, BLOB, BOOLEAN, unknown types and short bodies.
+                    self.pos = pos
+                    values.append(self.value(t))
+                    pos = self.pos
+            rows.append(tuple(values))
             row_types.append(types)
-            rows.append(values)
+
+    def _marker_or_row(
+        self, n_columns: int, rows: list[tuple[Value, ...]], row_types: list[tuple[int, ...]]
+    ) -> bool | None:
+        """Decode an end marker (True: DONE, False: PART) or one row (None)."""
+        if self.pos + 8 > self.end:
+            raise self._short("row or end marker")
+        first = self.data[self.pos]
+        if first == 0xFF or first == 0xEE:
+            marker = self.u64()
+            if marker == MARKER_DONE:
+                return True
+            if marker == MARKER_PART:
+                return False
+            raise RemoteProtocolError(f"bad end marker {marker:#x}", recoverable=True)
+        types, values = self.row(n_columns)
+        row_types.append(types)
+        rows.append(values)
+        return None
 
     def row(self, n_columns: int) -> tuple[tuple[int, ...], tuple[Value, ...]]:
         """Decode one row: its 4-bit type header, then its values (§3.8)."""

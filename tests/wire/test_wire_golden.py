@@ -730,3 +730,27 @@ def test_g18_schema1_params() -> None:
     assert data[5] == 0
     assert data[:4] == _captured("G18", 0)[:4]
     assert data != _captured("G18", 0)
+
+
+def _filled(
+    columns: tuple[str, ...], rows: list[tuple[Value, ...]], decltypes: tuple[str | None, ...]
+) -> list[bytes]:
+    """The same cut, by the server's fast path (plain values, types picked by §4.2)."""
+    encoder = RowsBatchEncoder(columns, decltypes=decltypes)
+    pending = iter(rows)
+    out: list[bytes] = []
+    while not encoder.fill(pending):
+        out.append(encoder.finish(done=False))
+    out.append(encoder.finish(done=True))
+    return out
+
+
+def test_g5_and_g21_batching_of_the_fast_path_match_captures() -> None:
+    rows: list[tuple[Value, ...]] = [(i, f"row-{i}") for i in range(1, 301)]
+    batch1, batch2 = _filled(("id", "v"), rows, ("INTEGER", "TEXT"))
+    assert batch1 == _rebuild("G5", 1, _g5_batch(1, 170, done=False))
+    assert batch2 == _rebuild("G5", 2, _g5_batch(171, 300, done=True))
+    big = (bytes(1 << 20), 1 << 20)
+    assert _filled(("b", "length(b)"), [big], (None, None)) == _batches(
+        ("b", "length(b)"), [((BLOB, INTEGER), big)]
+    )

@@ -485,6 +485,13 @@ def test_a_single_voter_confirms_at_once() -> None:
         result, index = node.read_barrier(5)
         assert result == ReadResult.CONFIRMED
         assert index >= 2 and node.last_applied >= index
+        # Answered on the caller's thread: Raft's thread took no request up.
+        assert node.read_stats == (0, 0), "no request, no round"
+        # The same question on Raft's thread (read_index) needs no round either.
+        answered: list[ReadResult] = []
+        node.read_index(lambda result, index: answered.append(result))
+        wait_until(lambda: answered, "the tick thread's answer")
+        assert answered == [ReadResult.CONFIRMED]
         assert node.read_stats == (1, 0), "no round needed"
     finally:
         c.close()

@@ -131,6 +131,9 @@ class ReadsMixin(RaftBase):
         if index is not None and self._SyncObj__raftLastApplied >= index:
             self._count_lease_read()
             return ReadResult.CONFIRMED, index
+        index = self._alone_read_index()
+        if index is not None and self._SyncObj__raftLastApplied >= index:
+            return ReadResult.CONFIRMED, index
         done = threading.Event()
         outcome: list[Any] = [ReadResult.TIMEOUT, 0]
 
@@ -143,6 +146,22 @@ class ReadsMixin(RaftBase):
             # The request stays queued until its round ends; its answer is dropped.
             return ReadResult.TIMEOUT, 0
         return ReadResult(outcome[0]), int(outcome[1])
+
+    def _alone_read_index(self) -> int | None:
+        """The read index of a leader that is the only voter, or None; any thread.
+
+        A single voter is its own quorum, as :meth:`_read_arrived` says on
+        Raft's thread; answering on the caller's spares a one-node cluster a
+        wake-up of Raft's thread per read.  The state is read in the order
+        that makes a stale view err towards None: leading first, then the
+        voters, then the term's no-op and the commit index.
+        """
+        if self.raft_state != LEADER or self._SyncObj__otherNodes:
+            return None
+        noop = self._SyncObj__noopIDx
+        if noop is None:
+            return None
+        return max(int(self._SyncObj__raftCommitIndex), int(noop))
 
     @property
     def read_stats(self) -> tuple[int, int]:

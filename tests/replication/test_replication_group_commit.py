@@ -14,7 +14,6 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
-import socket
 import threading
 import time
 from collections import Counter
@@ -24,6 +23,7 @@ from typing import Any
 
 import pysyncobj.syncobj
 import pytest
+from dqlitepy_server import free_port
 from pysyncobj.config import FAIL_REASON
 from pysyncobj.journal import MemoryJournal
 from waiting import wait_until
@@ -40,13 +40,6 @@ from dqlitepy.replication.raft import (
 from dqlitepy.replication.raft import commands as commands_module
 from dqlitepy.replication.raft.config import MEMBERSHIP
 from dqlitepy.wire import NodeRole
-
-
-def _port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def _apply(index: int, command: bytes) -> int:
@@ -83,7 +76,7 @@ def _single_voter(journal: Path | MemoryJournal) -> Iterator[HardenedSyncObj]:
 
     ``journal``: the DurableJournal's file, or the in-memory journal to use.
     """
-    me = f"127.0.0.1:{_port()}"
+    me = f"127.0.0.1:{free_port()}"
     if isinstance(journal, Path):
         conf = raft_config(autoTick=False, journalFile=str(journal))
         with durable_journal_for_syncobj():
@@ -184,7 +177,7 @@ def test_a_membership_change_in_a_batch_is_appended_on_its_own_in_its_place(
     tmp_path: Path, syncs: Callable[[Path], int]
 ) -> None:
     journal = tmp_path / "journal"
-    other = f"127.0.0.1:{_port()}"
+    other = f"127.0.0.1:{free_port()}"
     with _single_voter(journal) as node:
         outcomes = _Outcomes()
         change = role_change(other, None, NodeRole.STANDBY)
@@ -208,7 +201,7 @@ def test_a_membership_change_in_a_batch_is_appended_on_its_own_in_its_place(
 def test_a_failed_batch_fails_every_command_and_steps_down_once(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    other = f"127.0.0.1:{_port()}"
+    other = f"127.0.0.1:{free_port()}"
     with _single_voter(tmp_path / "journal") as node:
         outcomes = _Outcomes()
         change = role_change(other, None, NodeRole.STANDBY)
@@ -329,7 +322,7 @@ def _append(prev: int, entries: list[list[Any]], term: int = 1) -> dict[str, Any
 
 @contextlib.contextmanager
 def _follower(journal: Path) -> Iterator[tuple[HardenedSyncObj, PeerNode, list[dict[str, Any]]]]:
-    me, leader = f"127.0.0.1:{_port()}", f"127.0.0.1:{_port()}"
+    me, leader = f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}"
     conf = raft_config(autoTick=False, journalFile=str(journal))
     with durable_journal_for_syncobj():
         node = HardenedSyncObj(me, [leader], conf, _apply)
@@ -345,7 +338,7 @@ def test_a_follower_stores_one_append_entries_with_one_sync(
     tmp_path: Path, syncs: Callable[[Path], int]
 ) -> None:
     journal = tmp_path / "journal"
-    other = f"127.0.0.1:{_port()}"
+    other = f"127.0.0.1:{free_port()}"
     with _follower(journal) as (node, leader, answers):
         node._SyncObj__setCurrentTerm(1, None)
         change = role_change(other, None, NodeRole.STANDBY)
@@ -361,7 +354,7 @@ def test_a_follower_stores_one_append_entries_with_one_sync(
 def test_a_follower_that_cannot_store_a_message_stores_none_of_it(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    other = f"127.0.0.1:{_port()}"
+    other = f"127.0.0.1:{free_port()}"
     with _follower(tmp_path / "journal") as (node, leader, answers):
         node._SyncObj__setCurrentTerm(1, None)
         node._SyncObj__onMessageReceived(leader, _append(1, [[b"\x00a", 2, 1]]))
@@ -384,7 +377,7 @@ def test_a_follower_that_cannot_store_a_message_stores_none_of_it(
 def test_concurrent_submitters_make_fewer_syncs_than_entries(
     tmp_path: Path, syncs: Callable[[Path], int]
 ) -> None:
-    addresses = [f"127.0.0.1:{_port()}" for _ in range(3)]
+    addresses = [f"127.0.0.1:{free_port()}" for _ in range(3)]
     journals = {a: tmp_path / f"n{i}" / "journal" for i, a in enumerate(addresses)}
     for path in journals.values():
         path.parent.mkdir()

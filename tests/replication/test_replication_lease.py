@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from dqlitepy_server import free_port
 from pysyncobj.config import FAIL_REASON
 from test_replication_readindex import (
     WAIT,
@@ -20,7 +21,6 @@ from test_replication_readindex import (
     Played,
     _address,
     _apply,
-    _port,
     played_leader,
 )
 from waiting import wait_until
@@ -69,7 +69,7 @@ def _leased(c: Cluster) -> HardenedSyncObj:
 
 def _follower(min_timeout: float) -> tuple[HardenedSyncObj, PeerNode, PeerNode, list[Any]]:
     """A follower of ``old`` at term 3 whose thread the test plays, and what it sends."""
-    me, old, candidate = (f"127.0.0.1:{_port()}" for _ in range(3))
+    me, old, candidate = (f"127.0.0.1:{free_port()}" for _ in range(3))
     conf = raft_config(
         autoTick=False,
         raftMinTimeout=min_timeout,
@@ -125,7 +125,7 @@ def test_a_follower_votes_at_once_for_a_candidate_its_leader_sent_timeout_now() 
 
 
 def test_a_restarted_follower_keeps_refusing_as_if_it_had_just_heard_a_leader() -> None:
-    me, a, b = (f"127.0.0.1:{_port()}" for _ in range(3))
+    me, a, b = (f"127.0.0.1:{free_port()}" for _ in range(3))
     conf = raft_config(
         autoTick=False, raftMinTimeout=5.0, raftMaxTimeout=6.0, connectionTimeout=6.0
     )

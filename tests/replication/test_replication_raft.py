@@ -12,7 +12,6 @@ import contextlib
 import errno
 import math
 import pickle
-import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -21,6 +20,7 @@ from typing import Any
 
 import pysyncobj.syncobj
 import pytest
+from dqlitepy_server import free_port
 from pysyncobj import SyncObj
 from pysyncobj.config import FAIL_REASON
 from pysyncobj.journal import MemoryJournal
@@ -37,13 +37,6 @@ from dqlitepy.replication.raft import (
     safe_unpickle,
 )
 from dqlitepy.wire import NodeRole
-
-
-def _port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 class _Stock(SyncObj):  # type: ignore[misc]
@@ -72,7 +65,7 @@ def follower(
     request: pytest.FixtureRequest,
 ) -> Iterator[tuple[Any, PeerNode, list[dict[str, Any]]]]:
     """A node (never ticking) whose log holds entries 1..10, and a recorder of its acks."""
-    me, leader = f"127.0.0.1:{_port()}", f"127.0.0.1:{_port()}"
+    me, leader = f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}"
     cls = HardenedSyncObj if request.param == "hardened" else _Stock
     node = cls(me, [leader], raft_config(autoTick=False), _apply)
     raft_log = node._SyncObj__raftLog
@@ -116,7 +109,7 @@ def test_heartbeat_behind_the_log_end_truncates_nothing(follower: Any) -> None:
 
 
 def test_commit_index_only_covers_entries_the_message_proved() -> None:
-    me, leader = f"127.0.0.1:{_port()}", f"127.0.0.1:{_port()}"
+    me, leader = f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}"
     node = HardenedSyncObj(me, [leader], raft_config(autoTick=False), _apply)
     try:
         for index in range(2, 11):
@@ -133,7 +126,7 @@ def test_commit_index_only_covers_entries_the_message_proved() -> None:
 
 @pytest.mark.parametrize("kind", ["hardened", "stock"])
 def test_conflicting_suffix_is_replaced(kind: str) -> None:
-    me, leader = f"127.0.0.1:{_port()}", f"127.0.0.1:{_port()}"
+    me, leader = f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}"
     cls = HardenedSyncObj if kind == "hardened" else _Stock
     node = cls(me, [leader], raft_config(autoTick=False), _apply)
     try:
@@ -162,7 +155,7 @@ def test_conflicting_suffix_is_replaced(kind: str) -> None:
     ]
 )
 def leader(request: pytest.FixtureRequest) -> Iterator[tuple[Any, PeerNode]]:
-    me, peer = f"127.0.0.1:{_port()}", f"127.0.0.1:{_port()}"
+    me, peer = f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}"
     cls = HardenedSyncObj if request.param == "hardened" else _Stock
     node = cls(me, [peer], raft_config(autoTick=False), _apply)
     for index in range(2, 11):
@@ -185,7 +178,7 @@ def test_early_ack_does_not_rewind_next_index(leader: Any) -> None:
 
 
 def test_a_follower_missing_entries_is_not_counted() -> None:
-    me, peer = f"127.0.0.1:{_port()}", f"127.0.0.1:{_port()}"
+    me, peer = f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}"
     node = HardenedSyncObj(me, [peer], raft_config(autoTick=False), _apply)
     try:
         node._SyncObj__setState(LEADER)
@@ -218,7 +211,7 @@ def test_membership_entries_are_unpickled_with_a_whitelist() -> None:
 
 
 def test_a_follower_refuses_to_submit() -> None:
-    me, peer = f"127.0.0.1:{_port()}", f"127.0.0.1:{_port()}"
+    me, peer = f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}"
     node = HardenedSyncObj(me, [peer], raft_config(autoTick=False), _apply)
     try:
         outcome: list[Any] = []
@@ -235,7 +228,7 @@ def _elected(nodes: list[HardenedSyncObj], timeout: float = 10) -> HardenedSyncO
 
 
 def test_three_nodes_replicate_in_order() -> None:
-    addresses = [f"127.0.0.1:{_port()}" for _ in range(3)]
+    addresses = [f"127.0.0.1:{free_port()}" for _ in range(3)]
     applied: dict[str, list[bytes]] = {a: [] for a in addresses}
 
     def recorder(address: str) -> Any:
@@ -279,7 +272,7 @@ def _role_entry(address: str, old: int | None, new: int | None, index: int, term
 
 
 def test_a_role_takes_effect_when_appended_and_is_undone_with_its_entry() -> None:
-    me, leader, other = (f"127.0.0.1:{_port()}" for _ in range(3))
+    me, leader, other = (f"127.0.0.1:{free_port()}" for _ in range(3))
     node = HardenedSyncObj(me, [leader], raft_config(autoTick=False), _apply)
     try:
         node._SyncObj__sendNextNodeIdx = lambda peer, **kwargs: None
@@ -302,7 +295,7 @@ def test_a_role_takes_effect_when_appended_and_is_undone_with_its_entry() -> Non
 
 
 def test_a_node_that_does_not_vote_never_stands_for_election() -> None:
-    me, leader = f"127.0.0.1:{_port()}", f"127.0.0.1:{_port()}"
+    me, leader = f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}"
     node = HardenedSyncObj(me, [leader], raft_config(autoTick=False), _apply, voting=False)
     try:
         node._SyncObj__sendNextNodeIdx = lambda peer, **kwargs: None
@@ -323,8 +316,8 @@ def test_a_node_that_does_not_vote_never_stands_for_election() -> None:
 
 
 def test_a_standby_replicates_without_counting_toward_the_quorum() -> None:
-    voters = [f"127.0.0.1:{_port()}" for _ in range(3)]
-    standby_address = f"127.0.0.1:{_port()}"
+    voters = [f"127.0.0.1:{free_port()}" for _ in range(3)]
+    standby_address = f"127.0.0.1:{free_port()}"
     applied: list[bytes] = []
 
     def record(index: int, command: bytes) -> int:
@@ -430,7 +423,7 @@ def _leader_long_silent(node: HardenedSyncObj) -> None:
 
 
 def test_a_node_that_cannot_write_acknowledges_nothing_and_grants_no_vote() -> None:
-    me, leader, candidate = (f"127.0.0.1:{_port()}" for _ in range(3))
+    me, leader, candidate = (f"127.0.0.1:{free_port()}" for _ in range(3))
     with _flaky_journals() as journals:
         node = HardenedSyncObj(
             me, [leader, candidate], raft_config(autoTick=False), _apply, storage_probe_interval=0
@@ -474,7 +467,7 @@ def test_a_node_that_cannot_write_acknowledges_nothing_and_grants_no_vote() -> N
 
 
 def test_a_term_that_cannot_be_persisted_is_not_adopted() -> None:
-    me, candidate = f"127.0.0.1:{_port()}", f"127.0.0.1:{_port()}"
+    me, candidate = f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}"
     with _flaky_journals() as journals:
         node = HardenedSyncObj(me, [candidate], raft_config(autoTick=False), _apply)
     sent: list[Any] = []
@@ -492,7 +485,7 @@ def test_a_term_that_cannot_be_persisted_is_not_adopted() -> None:
 
 
 def test_a_leader_that_cannot_write_steps_down_and_rejoins_once_it_can() -> None:
-    addresses = [f"127.0.0.1:{_port()}" for _ in range(3)]
+    addresses = [f"127.0.0.1:{free_port()}" for _ in range(3)]
     with _flaky_journals() as journals:
         nodes = [
             HardenedSyncObj(a, [p for p in addresses if p != a], raft_config(), _apply)
@@ -563,7 +556,7 @@ def test_a_transfer_under_a_stream_of_writes_succeeds_at_once() -> None:
     is called, which a stream of writes almost never allows; the hardened transfer holds
     new writes until the target caught up, so each attempt succeeds.  The held writes
     are refused as NOT_LEADER (never appended), not lost with an unknown outcome."""
-    addresses = [f"127.0.0.1:{_port()}" for _ in range(3)]
+    addresses = [f"127.0.0.1:{free_port()}" for _ in range(3)]
     nodes = [
         HardenedSyncObj(a, [p for p in addresses if p != a], raft_config(), _apply)
         for a in addresses
@@ -624,7 +617,7 @@ def test_a_transfer_under_a_stream_of_writes_succeeds_at_once() -> None:
 
 
 def test_a_transfer_to_a_target_that_cannot_take_over_gives_up_and_writes_resume() -> None:
-    addresses = [f"127.0.0.1:{_port()}" for _ in range(3)]
+    addresses = [f"127.0.0.1:{free_port()}" for _ in range(3)]
     nodes = [
         HardenedSyncObj(a, [p for p in addresses if p != a], raft_config(), _apply)
         for a in addresses
@@ -632,7 +625,7 @@ def test_a_transfer_to_a_target_that_cannot_take_over_gives_up_and_writes_resume
     try:
         leader = _elected(nodes)
         assert _transfer(leader, PeerNode(leader.selfNode.id)) == FAIL_REASON.REQUEST_DENIED
-        stranger = PeerNode(f"127.0.0.1:{_port()}")
+        stranger = PeerNode(f"127.0.0.1:{free_port()}")
         assert _transfer(leader, stranger) == FAIL_REASON.REQUEST_DENIED
         follower = next(n for n in nodes if n is not leader)
         assert _transfer(follower, None) == FAIL_REASON.NOT_LEADER

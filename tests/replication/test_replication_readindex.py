@@ -9,7 +9,6 @@ partitioned and stopped.
 
 from __future__ import annotations
 
-import socket
 import statistics
 import threading
 import time
@@ -19,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from dqlitepy_server import free_port
 from pysyncobj.config import FAIL_REASON
 from raft_acceptor import ConnectAcceptor
 from waiting import wait_until
@@ -40,13 +40,6 @@ from dqlitepy.replication.transport import (
 
 KEY = b"cluster key for the read index tests"
 WAIT = 15.0  # upper bound of every wait
-
-
-def _port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def _apply(index: int, command: bytes) -> int:
@@ -89,7 +82,7 @@ def played_leader() -> Iterator[Played]:
     Its log holds 1..5 from term 1 and its no-op at 6; everything is committed
     and applied.
     """
-    me, *peers = (f"127.0.0.1:{_port()}" for _ in range(3))
+    me, *peers = (f"127.0.0.1:{free_port()}" for _ in range(3))
     node = HardenedSyncObj(me, peers, raft_config(autoTick=False), _apply)
     for index in range(2, 6):
         node._SyncObj__raftLog.add(b"\x01", index, 1)
@@ -242,7 +235,7 @@ def test_a_round_counts_the_voters_of_now(leader: Played) -> None:
 
 
 def test_a_follower_echoes_the_round_and_answers_a_stale_leader_with_its_term() -> None:
-    me, old = f"127.0.0.1:{_port()}", f"127.0.0.1:{_port()}"
+    me, old = f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}"
     node = HardenedSyncObj(me, [old], raft_config(autoTick=False), _apply)
     try:
         sent: list[dict[str, Any]] = []
@@ -312,7 +305,7 @@ class Cluster:
 
     def __init__(self, size: int, *, read_lease: bool = True, **conf: Any) -> None:
         self.read_lease = read_lease
-        self.addresses = [f"127.0.0.1:{_port()}" for _ in range(size)]
+        self.addresses = [f"127.0.0.1:{free_port()}" for _ in range(size)]
         self.applied: dict[str, list[bytes]] = {a: [] for a in self.addresses}
         self.blocked: set[tuple[str, str]] = set()  # (from, to) links that drop everything
         self.on_apply: Callable[[str, bytes], None] = lambda address, command: None

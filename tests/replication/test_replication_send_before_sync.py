@@ -18,26 +18,19 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
-import socket
 import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from dqlitepy_server import free_port
 from pysyncobj.config import FAIL_REASON
 from waiting import wait_until
 
 from dqlitepy.replication.journal import DurableJournal, durable_journal_for_syncobj
 from dqlitepy.replication.journal import appends as appends_module
 from dqlitepy.replication.raft import LEADER, STORAGE_FAILED, HardenedSyncObj, raft_config
-
-
-def _port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def _apply(index: int, command: bytes) -> int:
@@ -64,7 +57,7 @@ class Cluster:
 @contextlib.contextmanager
 def _cluster(tmp_path: Path) -> Iterator[Cluster]:
     """Three nodes, a leader past its barrier, every node caught up."""
-    addresses = [f"127.0.0.1:{_port()}" for _ in range(3)]
+    addresses = [f"127.0.0.1:{free_port()}" for _ in range(3)]
     with durable_journal_for_syncobj():
         nodes = []
         for i, address in enumerate(addresses):

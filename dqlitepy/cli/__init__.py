@@ -2,7 +2,9 @@
 
 ``dqlitepy shell`` (:mod:`.shell`) is modelled on the Go ``dqlite`` shell: its
 input is cut by :mod:`.script` and its output formatted by :mod:`.output`.
-``dqlitepy server`` (:mod:`.server`) runs a node.
+``dqlitepy server`` (:mod:`.server`) runs a node; its options (:mod:`.server_options`)
+are flags, environment variables and keys of a TOML config file at once (:mod:`.config`,
+:mod:`.kinds`).
 
 Exit codes: 0 ok, 1 SQL or cluster error of an argument (message on stderr), 2 usage
 error; ``dqlitepy server`` also exits 2 when the node refuses to start because of an

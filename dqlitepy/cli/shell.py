@@ -33,6 +33,7 @@ from typing import TextIO
 
 import dqlitepy
 from dqlitepy.client.tls import client_context
+from dqlitepy.client.url import servers_from_env
 
 from .output import format_value, json_value
 from .script import Command, DotCommand, ScriptReader
@@ -279,15 +280,39 @@ def _shell_tls(args: argparse.Namespace) -> ssl.SSLContext | None:
     )
 
 
+def _servers(args: argparse.Namespace) -> list[str]:
+    """``-s``, else ``DQLITEPY_SERVERS``: the servers the driver would use too."""
+    servers = [s for s in ",".join(args.servers or []).split(",") if s] or servers_from_env()
+    if not servers:
+        raise ValueError("no servers: give -s ADDR[,ADDR...] or set DQLITEPY_SERVERS")
+    return servers
+
+
+def _key_file(args: argparse.Namespace) -> str | None:
+    """``--cluster-key-file``, else ``DQLITEPY_CLUSTER_KEY_FILE``; None: the driver's default
+    (``DQLITEPY_CLUSTER_KEY``).  Both variables at once are refused, as ``dqlitepy server``
+    refuses them."""
+    if args.cluster_key_file:
+        return str(args.cluster_key_file)
+    path = os.environ.get("DQLITEPY_CLUSTER_KEY_FILE", "").strip()
+    if path and os.environ.get("DQLITEPY_CLUSTER_KEY", "").strip():
+        raise ValueError(
+            "env DQLITEPY_CLUSTER_KEY_FILE and env DQLITEPY_CLUSTER_KEY both set the cluster "
+            "key: keep one"
+        )
+    return path or None
+
+
 def run(args: argparse.Namespace) -> int:
     """Run ``dqlitepy shell``; returns the exit status."""
-    servers = [s for s in ",".join(args.servers).split(",") if s]
     try:
+        servers = _servers(args)
         tls = _shell_tls(args)
+        key_file = _key_file(args)
     except ValueError as exc:
         print(f"Error: {exc}", file=sys.stderr)
         return 2
-    shell = Shell(servers, args.database, args.format, sys.stdout, tls, args.cluster_key_file)
+    shell = Shell(servers, args.database, args.format, sys.stdout, tls, key_file)
     try:
         if args.sql is not None:
             return _run_argument(shell, args.sql)
@@ -337,7 +362,10 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     """Add ``shell`` and its options to the command's subparsers."""
     shell = sub.add_parser("shell", help="run SQL against a dqlite cluster (like `dqlite`)")
     shell.add_argument(
-        "-s", "--servers", action="append", required=True, help="comma-separated node addresses"
+        "-s",
+        "--servers",
+        action="append",
+        help="comma-separated node addresses (default: DQLITEPY_SERVERS)",
     )
     shell.add_argument("-f", "--format", choices=("tabular", "json"), default="tabular")
     shell.add_argument("-c", "--cert", help="TLS certificate to present (PEM), as the dqlite shell")
@@ -348,7 +376,8 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     shell.add_argument(
         "--cluster-key-file",
         help="file holding the cluster key, proved to nodes that ask for it before .add, "
-        ".assign, .remove and .transfer (default: DQLITEPY_CLUSTER_KEY, if set)",
+        ".assign, .remove and .transfer (default: DQLITEPY_CLUSTER_KEY_FILE, else the key in "
+        "DQLITEPY_CLUSTER_KEY, if set)",
     )
     shell.add_argument("database")
     shell.add_argument("sql", nargs="?", help="one statement or dot command (default: stdin)")

@@ -37,7 +37,14 @@ from .membership import MembershipChanges, keep_voters
 from .replicated import Replicated
 from .tls import NodeTLS
 
-__all__ = ["Cluster", "Replicating", "Standalone", "Starting"]
+__all__ = [
+    "DEFAULT_SNAPSHOT_ENTRIES",
+    "Cluster",
+    "Replicating",
+    "Standalone",
+    "Starting",
+    "raft_tuning",
+]
 
 
 def _nothing() -> None:
@@ -150,6 +157,24 @@ class Starting(_Local):
         raise GatewayFailure.not_leader()
 
 
+def raft_tuning(snapshot_entries: int | None, read_lease: bool | None) -> tuple[int, bool]:
+    """The snapshot interval and the read lease: as given, else from the environment.
+
+    ``dqlitepy server`` passes both (its options read the same variables); a node
+    embedded without them reads ``DQLITEPY_SNAPSHOT_ENTRIES`` (default 10,000) and
+    ``DQLITEPY_READ_LEASE`` (``0``/``false``/``no``/``off``: confirm every read with a
+    ReadIndex round, trusting no clock), so the variables mean the same to both.
+    """
+    if snapshot_entries is None:
+        snapshot_entries = int(
+            os.environ.get("DQLITEPY_SNAPSHOT_ENTRIES", "").strip() or DEFAULT_SNAPSHOT_ENTRIES
+        )
+    if read_lease is None:
+        word = os.environ.get("DQLITEPY_READ_LEASE", "").strip().lower()
+        read_lease = word not in ("0", "false", "no", "off")
+    return snapshot_entries, read_lease
+
+
 class Replicating:
     """A member of a replicated cluster, its Raft running.
 
@@ -180,8 +205,15 @@ class Replicating:
         configuration: InitialConfiguration,
         key: bytes,
         tls: NodeTLS | None,
+        snapshot_entries: int | None = None,
+        read_lease: bool | None = None,
     ) -> Replicating:
-        """Start Raft on ``engine``'s databases, from ``configuration`` (or the log)."""
+        """Start Raft on ``engine``'s databases, from ``configuration`` (or the log).
+
+        ``snapshot_entries`` and ``read_lease`` default to ``DQLITEPY_SNAPSHOT_ENTRIES``
+        and ``DQLITEPY_READ_LEASE`` (see :func:`raft_tuning`).
+        """
+        entries, lease = raft_tuning(snapshot_entries, read_lease)
         replicated: Replicated | None = None
 
         def snapshot() -> Callable[[BinaryIO], None]:
@@ -206,12 +238,9 @@ class Replicating:
                 on_leadership=on_leadership,
                 snapshot=snapshot,
                 restore=restore,
-                snapshot_entries=int(
-                    os.environ.get("DQLITEPY_SNAPSHOT_ENTRIES") or DEFAULT_SNAPSHOT_ENTRIES
-                ),
+                snapshot_entries=entries,
                 ssl_context=None if tls is None else tls.client,
-                # "0": confirm every read with a ReadIndex round, trusting no clock.
-                read_lease=os.environ.get("DQLITEPY_READ_LEASE", "1") != "0",
+                read_lease=lease,
             )
 
         replicated = Replicated(engine, factory, node_id)

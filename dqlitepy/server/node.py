@@ -84,6 +84,10 @@ class NodeServer:
             is not ``address`` (a wildcard bind, NAT): the node's name in the
             cluster, in LEADER answers and in its Raft identity
             (``server/advertise.py``).  None: ``address`` itself.
+        read_lease: serve reads under the leader's lease (False: confirm each
+            with a ReadIndex round); None: ``DQLITEPY_READ_LEASE``, else True.
+        snapshot_entries: log entries between snapshots; None:
+            ``DQLITEPY_SNAPSHOT_ENTRIES``, else 10,000.
 
     Raises:
         AddressRefused: ``advertise`` cannot be dialled, or a replicated node
@@ -108,6 +112,8 @@ class NodeServer:
         trust_loopback_admin: bool | None = None,
         tls: NodeTLS | None = None,
         advertise: str | None = None,
+        read_lease: bool | None = None,
+        snapshot_entries: int | None = None,
     ) -> None:
         parse_listen_address(address)
         check_addresses(address, advertise, replicated=cluster_key is not None or bool(join))
@@ -123,6 +129,7 @@ class NodeServer:
         if cluster_key is not None and len(cluster_key) < MIN_KEY_SIZE:
             raise ValueError(f"the cluster key must be at least {MIN_KEY_SIZE} bytes")
         self._join_roles = (voters, standbys)
+        self._raft_tuning = (snapshot_entries, read_lease)
         self.tls = tls
         self._requested_address = address
         self._advertise = advertise
@@ -331,6 +338,8 @@ class NodeServer:
             configuration=configuration,
             key=key,
             tls=self.tls,
+            snapshot_entries=self._raft_tuning[0],
+            read_lease=self._raft_tuning[1],
         )
         self._cluster = cluster
         if self.join:

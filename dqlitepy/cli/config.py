@@ -229,7 +229,8 @@ def _line(setting: Setting) -> tuple[str, str]:
     if option.secret:
         if value is None:
             return f"# {option.name}: not set", f"{option.env_var} only"
-        return f"# {option.name}: set (from {source}); its value is never shown", ""
+        unused = f"; not used: {setting.unused}" if setting.unused else ""
+        return f"# {option.name}: set (from {source}){unused}; its value is never shown", ""
     if value is None and not option.kind.switch:  # a switch's None is "auto"
         return f"# {option.name}: not set", comment
     text = f"{option.name} = {option.kind.toml(value)}"

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -161,8 +162,12 @@ def _auto_switch_toml(value: bool | None) -> str:
 
 #: A string, such as an address (checked by whoever uses it).
 TEXT = Kind("a string", _text, _load_text)
-#: A file or directory; relative in a config file: to the file's directory.
-PATH = Kind("a path (a string)", _text, _load_path)
+#: A file or directory; relative in a config file: to the file's directory.  Printed
+#: absolute (from the working directory), so that ``--print-config``'s output means the
+#: same wherever it is saved.
+PATH = Kind(
+    "a path (a string)", _text, _load_path, toml=lambda value: json.dumps(os.path.abspath(value))
+)
 #: Addresses: comma-separated in a flag or variable, a list (or that string) in a file; a
 #: repeated flag adds to them.
 ADDRESSES = Kind(

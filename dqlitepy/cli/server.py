@@ -168,6 +168,9 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     """Add ``server`` and its options (:data:`.server_options.SERVER_OPTIONS`)."""
     server = sub.add_parser(
         "server",
+        # No prefixes: "--cluster-key SECRET" would be taken for --cluster-key-file, and an
+        # option added to the table would change what a prefix meant.
+        allow_abbrev=False,
         help="run a dqlitepy node",
         description="Run a dqlitepy node. Every option is also an environment variable "
         "(DQLITEPY_<NAME>) and a key of the TOML file --config names; precedence: flag > "

@@ -87,7 +87,9 @@ class DqlitepyServer:
         """Start the process and wait until it accepts connections."""
         env = dict(os.environ)
         env["PYTHONPATH"] = str(_REPO) + os.pathsep + env.get("PYTHONPATH", "")
-        env.pop("DQLITEPY_CLUSTER_KEY", None)
+        # The caller's key and config file (docs/configuration.md) are not the test's.
+        for variable in ("DQLITEPY_CLUSTER_KEY", "DQLITEPY_CLUSTER_KEY_FILE", "DQLITEPY_CONFIG"):
+            env.pop(variable, None)
         if self.cluster_key is not None:
             env["DQLITEPY_CLUSTER_KEY"] = self.cluster_key
         join = ["-j", ",".join(self.join)] if self.join else []

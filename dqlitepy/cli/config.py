@@ -228,7 +228,7 @@ def _line(setting: Setting) -> tuple[str, str]:
     comment = str(source)
     if option.secret:
         if value is None:
-            return f"# {option.name}: not set", f"{option.env_var} only"
+            return f"# {option.name}: not set", f"settable by env {option.env_var} only"
         unused = f"; not used: {setting.unused}" if setting.unused else ""
         return f"# {option.name}: set (from {source}){unused}; its value is never shown", ""
     if value is None and not option.kind.switch:  # a switch's None is "auto"

@@ -340,10 +340,20 @@ def add_options(
 
 
 def resolve(
-    options: Sequence[Option], args: argparse.Namespace, environ: Mapping[str, str]
+    options: Sequence[Option],
+    args: argparse.Namespace,
+    environ: Mapping[str, str],
+    *,
+    file_options: Sequence[Option] | None = None,
 ) -> Config:
     """Each option's value: its flag in ``args``, else its variable, else the file, else its
     default.
+
+    Args:
+        file_options: the options whose keys the config file may hold (default:
+            ``options``).  A command that needs a few of a node's options (say, its data
+            directory) passes the node's table here and reads the node's own file, whose
+            other keys it then neither calls unknown nor uses.
 
     Raises:
         ConfigError: the config file cannot be read or is not TOML; it has unknown keys;
@@ -356,7 +366,7 @@ def resolve(
     if file is not None:
         table = _read(file)
         base = Path(file).resolve().parent
-        errors += _unknown_keys(file, table, options)
+        errors += _unknown_keys(file, table, options if file_options is None else file_options)
     settings: dict[str, Setting] = {}
     for option in options:
         value, source = option.default, _DEFAULT

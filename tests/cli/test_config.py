@@ -13,6 +13,7 @@ tested three ways, and must be documented in ``docs/configuration.md``, without 
 
 from __future__ import annotations
 
+import argparse
 import os
 import re
 import signal
@@ -31,7 +32,7 @@ from waiting import wait_until
 
 import dqlitepy
 from dqlitepy.cli import main
-from dqlitepy.cli.config import Option
+from dqlitepy.cli.config import ConfigError, Option, resolve
 from dqlitepy.cli.kinds import ADDRESSES, PATH, SIZE, TEXT
 from dqlitepy.cli.server_options import SERVER_OPTIONS
 from dqlitepy.wire import (
@@ -194,6 +195,18 @@ def test_relative_paths_in_a_file_are_relative_to_the_file(
     assert values["tls-cert"] == os.path.abspath("node.crt")
 
 
+def test_a_command_may_read_a_nodes_file_for_some_of_its_options(tmp_path: Path) -> None:
+    # How a command that needs the node's data directory (a backup) reads the node's file.
+    config = tmp_path / "node.toml"
+    config.write_text('data-dir = "data"\nmax-connections = 5\n')
+    some = [o for o in SERVER_OPTIONS if o.name == "data-dir"]
+    args = argparse.Namespace(config=str(config))
+    with pytest.raises(ConfigError, match="unknown key 'max-connections'"):
+        resolve(some, args, {})
+    found = resolve(some, args, {}, file_options=SERVER_OPTIONS)
+    assert found["data-dir"] == str(tmp_path.resolve() / "data")
+
+
 # -- secrets -------------------------------------------------------------------------------------
 
 
@@ -340,6 +353,24 @@ def test_bad_flags_are_usage_errors(capsys: pytest.CaptureFixture[str]) -> None:
     assert status == 2
     assert err.startswith("usage: dqlitepy server")
     assert "argument --max-message-size: expected a byte count" in err
+
+
+def test_the_shell_needs_servers_from_s_or_the_environment(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert main(["shell", "db", "SELECT 1"]) == 2
+    assert capsys.readouterr().err == (
+        "Error: no servers: give -s ADDR[,ADDR...] or set DQLITEPY_SERVERS\n"
+    )
+    monkeypatch.setenv("DQLITEPY_SERVERS", "127.0.0.1:1")
+    monkeypatch.setenv("DQLITEPY_CLUSTER_KEY", _KEY)
+    monkeypatch.setenv("DQLITEPY_CLUSTER_KEY_FILE", "/run/key")
+    assert main(["shell", "db", ".leader"]) == 2
+    err = capsys.readouterr().err
+    assert err == (
+        "Error: env DQLITEPY_CLUSTER_KEY_FILE and env DQLITEPY_CLUSTER_KEY both set the cluster "
+        "key: keep one\n"
+    )
 
 
 # -- the documentation ---------------------------------------------------------------------------

@@ -27,6 +27,7 @@ from dqlitepy.server.limits import (
     DEFAULT_REQUEST_TIMEOUT,
     Limits,
 )
+from dqlitepy.server.metrics import parse_metrics_address
 from dqlitepy.server.tls import NodeTLS
 from dqlitepy.wire import DEFAULT_MAX_MESSAGE_SIZE
 
@@ -103,6 +104,7 @@ def run(args: argparse.Namespace) -> int:
             idle_timeout=limits.idle_timeout,
             request_timeout=limits.request_timeout,
             request_memory=limits.request_memory,
+            metrics_address=args.metrics_address,
         ).start()
     except StartupRefused as exc:
         # The operator's mistake (a busy directory, a missing or wrong key): nothing changed.
@@ -114,6 +116,8 @@ def run(args: argparse.Namespace) -> int:
     where = node.listen_address
     if node.address != where:
         where += f", advertised as {node.address}"
+    if node.metrics_address is not None:
+        where += f"; metrics on http://{node.metrics_address}/metrics"
     print(f"dqlitepy node {node.id:x} serving on {where}", file=sys.stderr, flush=True)
     try:
         stop.wait()
@@ -138,6 +142,15 @@ def _size(text: str) -> int:
     if value <= 0:
         raise argparse.ArgumentTypeError(f"invalid size {text!r}: must be positive")
     return value
+
+
+def _metrics_address(text: str) -> str:
+    """An argparse type: ``HOST:PORT`` for the metrics endpoint."""
+    try:
+        parse_metrics_address(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
 
 
 def _positive(kind: Callable[[str], float], *, zero: bool = False) -> Callable[[str], Any]:
@@ -258,6 +271,13 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         metavar="BYTES",
         help="request bytes the node buffers at once over all connections; larger requests "
         "wait for it up to --request-timeout (default 256M)",
+    )
+    server.add_argument(
+        "--metrics-address",
+        type=_metrics_address,
+        metavar="HOST:PORT",
+        help="serve Prometheus metrics (/metrics), /healthz and /readyz over HTTP here "
+        "(needs pip install dqlitepy[metrics]; see docs/metrics.md)",
     )
     server.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     server.set_defaults(func=run)

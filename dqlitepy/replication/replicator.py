@@ -323,7 +323,11 @@ class Replicator:
             return index
         if result is ReadResult.TIMEOUT:
             raise LeadershipUnconfirmed(f"the leader did not answer within {timeout:g} s")
-        raise NotLeader("no leader confirmed its read index")
+        if result is ReadResult.LEADERSHIP_LOST:
+            raise NotLeader("the leader changed before it answered")
+        raise NotLeader(
+            "no leader known" if core.leader_address is None else "the leader asked does not lead"
+        )
 
     def applied_index(self) -> int:
         """Index of the last entry this node applied (0 when Raft is not running)."""

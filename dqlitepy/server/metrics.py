@@ -281,6 +281,11 @@ class _Handler(BaseHTTPRequestHandler):
     timeout = CONNECTION_TIMEOUT
     server_version = "dqlitepy"
     sys_version = ""
+    # Errors (a malformed request, a method other than GET or HEAD) in a line of text, with
+    # a status line even when the request line was garbage (no HTTP/0.9 answers).
+    default_request_version = "HTTP/1.0"
+    error_message_format = "%(code)d %(message)s\n"
+    error_content_type = _TEXT
 
     def do_GET(self) -> None:  # http.server's name
         self._serve(body=True)

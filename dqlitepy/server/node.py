@@ -439,12 +439,12 @@ class NodeServer:
 
     def close(self) -> None:
         """Stop serving: hand leadership over, close every connection, then wait."""
-        self._closing.set()
-        metrics, self._metrics_server = self._metrics_server, None
-        if metrics is not None:
-            metrics.close()
+        self._closing.set()  # from now on /healthz and /readyz answer 503
         self._cluster.close()
         listener, self._listener = self._listener, None
         if listener is not None:
             listener.close()
+        metrics, self._metrics_server = self._metrics_server, None
+        if metrics is not None:
+            metrics.close()  # last: probes see "shutting down" during the hand-over
         self._directory.close()

@@ -41,6 +41,7 @@ if TYPE_CHECKING:
         DataDirectoryInUse,
         StartupRefused,
     )
+    from .server.stats import NodeMetrics
 
 __all__ = [
     "ClusterIdentityError",
@@ -91,7 +92,10 @@ class Node:
             ``voters``, ``standbys``, ``tls``: a
             :class:`~dqlitepy.server.tls.NodeTLS` to serve clients and Raft
             over TLS; ``advertise``: the ``host:port`` others dial when it is
-            not ``address``, such as a node binding ``0.0.0.0``).
+            not ``address``, such as a node binding ``0.0.0.0``;
+            ``metrics_address``: serve ``/metrics``, ``/healthz`` and
+            ``/readyz`` over HTTP on this ``host:port``, which needs
+            ``dqlitepy[metrics]``, see ``docs/metrics.md``).
 
     Raises:
         DataDirectoryInUse: another node holds ``data_dir``.
@@ -136,6 +140,24 @@ class Node:
     def data_dir(self) -> Path:
         """The node's data directory."""
         return self._server.data_dir
+
+    @property
+    def metrics_address(self) -> str | None:
+        """Where ``/metrics`` is served (the real port once started), or None."""
+        return self._server.metrics_address
+
+    def metrics(self) -> NodeMetrics:
+        """The node's figures as plain data: what ``/metrics`` exports.
+
+        A dict of ``node`` (``id``, ``address``, ``mode``), ``requests`` (type ->
+        outcome -> count), ``request_seconds`` (type -> histogram),
+        ``connections``, ``commits``, ``databases`` (name -> ``file``, ``wal``
+        bytes) and ``raft`` (None without replication).  A histogram is a dict
+        of ``buckets`` (cumulative ``(upper bound, count)`` pairs, the last
+        bound ``math.inf``), ``count`` and ``sum``.  Every key is described in
+        ``docs/metrics.md``; ``dqlitepy.server.stats.NodeMetrics`` types it.
+        """
+        return self._server.metrics()
 
     @property
     def is_leader(self) -> bool:

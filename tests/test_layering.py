@@ -17,8 +17,9 @@ how:
   submodules).  A module without ``__all__`` offers no names.
 
 Third-party packages that appear in the table (``apsw``, ``pysyncobj``,
-``sqlalchemy``, ``alembic``) may be imported only by the units that list them:
-APSW stays in the engine, PySyncObj in replication.  Other third-party and
+``sqlalchemy``, ``alembic``, ``prometheus_client``) may be imported only by the units
+that list them: APSW stays in the engine, PySyncObj in replication, prometheus_client
+in the server (lazily: a node serving no metrics runs without it).  Other third-party and
 standard-library modules are free here (``tests/wire/test_wire_purity.py`` keeps the
 wire layer free of I/O).  Imports by name (``importlib.import_module("x")``,
 ``__import__("x")`` with a literal) count as imports.
@@ -50,12 +51,14 @@ LAYERS: dict[str, dict[str, str]] = {
     "dqlitepy.engine": {"dqlitepy.wire": EAGER, "apsw": EAGER},
     # Raft: the only importer of PySyncObj.
     "dqlitepy.replication": {"dqlitepy.wire": EAGER, "pysyncobj": EAGER},
-    # The node: everything below it; the client for its admin Client.
+    # The node: everything below it; the client for its admin Client; prometheus_client
+    # (optional, dqlitepy[metrics]) only once a node serves metrics.
     "dqlitepy.server": {
         "dqlitepy.wire": EAGER,
         "dqlitepy.engine": EAGER,
         "dqlitepy.replication": EAGER,
         "dqlitepy.client": EAGER,
+        "prometheus_client": LAZY,
     },
     # The embedding glue: a node is a server, loaded only when one is constructed.
     "dqlitepy.node": {"dqlitepy.client": EAGER, "dqlitepy.wire": EAGER, "dqlitepy.server": LAZY},
@@ -348,6 +351,9 @@ def test_client_units_do_not_load_the_server(unit: str) -> None:
         ("dqlitepy.cli.server", "import dqlitepy.replication.raft"),
         ("dqlitepy.cli.server", "from dqlitepy.server.node import _NOT_LEADER"),
         ("dqlitepy.__main__", "from dqlitepy.engine import Engine"),
+        ("dqlitepy.server.metrics", "from prometheus_client import CollectorRegistry"),
+        ("dqlitepy.client.dbapi", "def f():\n    import prometheus_client\n"),
+        ("dqlitepy.replication.stats", "import prometheus_client"),
         ("dqlitepy.newlayer", "import os"),
     ],
 )
@@ -372,6 +378,7 @@ def test_checker_rejects(module: str, source: str) -> None:
             "from ..client.admin import Client\nimport cbor2",
         ),
         ("dqlitepy.node", "def f():\n    from .server import NodeServer\n"),
+        ("dqlitepy.server.metrics", "def f():\n    from prometheus_client import REGISTRY\n"),
         ("dqlitepy.node", "if TYPE_CHECKING:\n    from .server import NodeServer\n"),
         ("dqlitepy.node", "import typing\nif typing.TYPE_CHECKING:\n    from . import server\n"),
         ("dqlitepy", "from .node import Node\nfrom .client.dbapi import Cursor"),

@@ -94,6 +94,7 @@ def _node_options(args: argparse.Namespace) -> dict[str, Any]:
         "request_memory": limits.request_memory,
         "read_lease": args.read_lease,
         "snapshot_entries": args.snapshot_entries,
+        "metrics_address": args.metrics_address,
     }
 
 
@@ -156,6 +157,8 @@ def run(args: argparse.Namespace) -> int:
     where = node.listen_address
     if node.address != where:
         where += f", advertised as {node.address}"
+    if node.metrics_address is not None:
+        where += f"; metrics on http://{node.metrics_address}/metrics"
     print(f"dqlitepy node {node.id:x} serving on {where}", file=sys.stderr, flush=True)
     try:
         stop.wait()

@@ -14,6 +14,7 @@ from dqlitepy.server.limits import (
     DEFAULT_REQUEST_MEMORY,
     DEFAULT_REQUEST_TIMEOUT,
 )
+from dqlitepy.server.metrics import parse_metrics_address
 from dqlitepy.wire import DEFAULT_MAX_MESSAGE_SIZE
 
 from .config import Option
@@ -25,11 +26,29 @@ from .kinds import (
     SIZE,
     SWITCH,
     TEXT,
+    Kind,
     integer,
     seconds,
 )
 
 __all__ = ["GROUPS", "SERVER_OPTIONS"]
+
+
+def _metrics_address(text: str) -> str:
+    parse_metrics_address(text)  # a ValueError names what is wrong
+    return text
+
+
+def _load_metrics_address(value: object, base: object) -> str:
+    if not isinstance(value, str):
+        raise ValueError("not a string")
+    return _metrics_address(value)
+
+
+#: ``HOST:PORT`` of the metrics endpoint, checked when read.
+_METRICS_ADDRESS = Kind(
+    "HOST:PORT (a TCP address, port 1-65535)", _metrics_address, _load_metrics_address
+)
 
 _LIMITS = "client connection limits"
 _RAFT = "replication"
@@ -182,6 +201,14 @@ SERVER_OPTIONS: tuple[Option, ...] = (
         "log entries after which the node writes a snapshot and compacts its Raft log",
         metavar="N",
         group=_RAFT,
+    ),
+    Option(
+        "metrics-address",
+        _METRICS_ADDRESS,
+        None,
+        "serve Prometheus metrics (/metrics), /healthz and /readyz over HTTP here (needs "
+        "pip install dqlitepy[metrics]; see docs/metrics.md)",
+        metavar="HOST:PORT",
     ),
     Option("verbose", SWITCH, False, "debug logging", short="-v"),
 )

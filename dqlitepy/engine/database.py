@@ -13,6 +13,7 @@ import os
 import shutil
 from pathlib import Path
 from typing import BinaryIO
+from urllib.parse import unquote
 
 import apsw
 
@@ -108,6 +109,26 @@ class Engine:
     def exists(self, name: str) -> bool:
         """True if database ``name`` has been created."""
         return self.path(name).exists()
+
+    def sizes(self) -> dict[str, tuple[int, int]]:
+        """Each database's name with the bytes of its file and of its WAL (for monitoring).
+
+        A name too long to be a file name comes back as stored: shortened, with
+        its hash (:func:`database_filename`).
+        """
+        found: dict[str, tuple[int, int]] = {}
+        for path in self.data_dir.glob("db-*.sqlite"):
+            try:
+                size = path.stat().st_size
+            except OSError:
+                continue  # removed (or being swapped) meanwhile
+            try:
+                wal = Path(f"{path}-wal").stat().st_size
+            except OSError:
+                wal = 0
+            name = unquote(path.name[len("db-") : -len(".sqlite")], errors="surrogatepass")
+            found[name] = (size, wal)
+        return found
 
     def session(self, name: str) -> Session:
         """Open a session on database ``name``, creating the database on first use."""

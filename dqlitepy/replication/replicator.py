@@ -36,6 +36,7 @@ from .raft import (
     Submission,
     raft_config,
 )
+from .stats import RaftStats, SnapshotStats
 from .transport import SecureTransport, secure_transport_class
 
 __all__ = [
@@ -184,6 +185,7 @@ class Replicator:
         self._restore = restore
         self._snapshot_entries = snapshot_entries
         self._snapshot_state = SERIALIZER_STATE.NOT_SERIALIZING
+        self._snapshot_stats = SnapshotStats()
 
     # ----------------------------------------------------------- lifecycle
 
@@ -294,6 +296,43 @@ class Replicator:
     def roles(self) -> dict[str, int]:
         """Every member's address and role (VOTER, STANDBY or SPARE), as Raft has them."""
         return self.core.roles
+
+    def stats(self) -> RaftStats | None:
+        """This node's Raft figures, read without waiting for Raft's thread; None if stopped."""
+        core = self._core
+        if core is None:
+            return None
+        figures = core.raft_figures()
+        return {**figures, "snapshots": self._snapshot_stats.data()}
+
+    def leader_read_index(self, timeout: float) -> int:
+        """The leader's read index, asked now, from any member (``raft/remote.py``).
+
+        Every entry the leader had committed when this call began is at or before it.
+
+        Raises:
+            NotLeader: no leader is known, or the node asked does not lead
+                (or stopped leading meanwhile).
+            LeadershipUnconfirmed: no answer within ``timeout``.
+        """
+        core = self._core
+        if core is None:
+            raise NotLeader("no leader known (replication is not running)")
+        result, index = core.leader_read_index(timeout)
+        if result is ReadResult.CONFIRMED:
+            return index
+        if result is ReadResult.TIMEOUT:
+            raise LeadershipUnconfirmed(f"the leader did not answer within {timeout:g} s")
+        if result is ReadResult.LEADERSHIP_LOST:
+            raise NotLeader("the leader changed before it answered")
+        raise NotLeader(
+            "no leader known" if core.leader_address is None else "the leader asked does not lead"
+        )
+
+    def applied_index(self) -> int:
+        """Index of the last entry this node applied (0 when Raft is not running)."""
+        core = self._core
+        return 0 if core is None else core.last_applied
 
     def peer_health(self, timeout: float = 2.0) -> dict[str, PeerHealth]:
         """On the leader: each voter's and standby's :class:`PeerHealth`.
@@ -481,6 +520,7 @@ class Replicator:
             return
         final = path.removesuffix(".tmp")
         self._snapshot_state = SERIALIZER_STATE.SERIALIZING
+        started = time.monotonic()
 
         def run() -> None:
             partial = final + ".partial"
@@ -492,9 +532,11 @@ class Replicator:
                     os.fsync(f.fileno())
                 os.replace(partial, final)
                 log.info("%s wrote a snapshot at entry %d", self.address, last[1])
+                self._snapshot_stats.succeeded("written", time.monotonic() - started)
                 self._snapshot_state = SERIALIZER_STATE.SUCCESS
             except Exception as exc:
                 log.exception("%s could not write a snapshot", self.address)
+                self._snapshot_stats.failed("written")
                 self._snapshot_state = SERIALIZER_STATE.FAILED
                 if isinstance(exc, OSError):
                     self.check_storage()  # a full disk: the log's next append fails too
@@ -510,6 +552,16 @@ class Replicator:
 
     def _read_snapshot(self, path: str) -> tuple[Any, Any, set[PeerNode]]:
         """PySyncObj's deserializer: install the state, give Raft its bookmarks back."""
+        started = time.monotonic()
+        try:
+            installed = self._install_snapshot(path)
+        except BaseException:
+            self._snapshot_stats.failed("installed")
+            raise
+        self._snapshot_stats.succeeded("installed", time.monotonic() - started)
+        return installed
+
+    def _install_snapshot(self, path: str) -> tuple[Any, Any, set[PeerNode]]:
         assert self._restore is not None
         core = self._core
         if core is not None and not core.storage_writable:

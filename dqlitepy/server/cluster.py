@@ -23,13 +23,15 @@ import contextlib
 import os
 import socket
 import threading
+import time
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any, BinaryIO, Protocol
 
 from ..engine import Engine, Session, StatementInfo
-from ..replication.replicator import DEFAULT_SNAPSHOT_ENTRIES, Replicator
+from ..replication.replicator import DEFAULT_SNAPSHOT_ENTRIES, ReplicationError, Replicator
+from ..replication.stats import RaftStats
 from ..wire import NodeInfo, NodeRole, Request
 from .gateway import GatewayFailure
 from .identity import InitialConfiguration
@@ -89,6 +91,16 @@ class Cluster(Protocol):
     def close(self) -> None:
         """Stop (a replicated node hands leadership over first)."""
 
+    def ready(self, timeout: float) -> str | None:
+        """None if a leader is known and this node applied what it had committed at the
+        call; else why not (within about ``timeout``)."""
+
+    def raft_stats(self) -> RaftStats | None:
+        """Raft's figures, or None without Raft."""
+
+    def commits(self) -> int:
+        """Transactions applied from the Raft log."""
+
 
 class _Local:
     """What a node without a running Raft does: its own files, no membership, no Raft."""
@@ -124,6 +136,12 @@ class _Local:
     def close(self) -> None:
         """Nothing runs but the listener."""
 
+    def raft_stats(self) -> RaftStats | None:
+        return None
+
+    def commits(self) -> int:
+        return 0
+
 
 class Standalone(_Local):
     """A node without a cluster key: it leads itself and commits locally.
@@ -143,6 +161,9 @@ class Standalone(_Local):
     def open_session(self, name: str) -> Session:
         return self._engine.session(name)
 
+    def ready(self, timeout: float) -> str | None:
+        return None  # it leads itself, and SQLite holds every commit
+
 
 class Starting(_Local):
     """A replicated node whose Raft has not started yet: no leader known, no SQL served."""
@@ -155,6 +176,9 @@ class Starting(_Local):
 
     def open_session(self, name: str) -> Session:
         raise GatewayFailure.not_leader()
+
+    def ready(self, timeout: float) -> str | None:
+        return "replication has not started yet"
 
 
 def raft_tuning(snapshot_entries: int | None, read_lease: bool | None) -> tuple[int, bool]:
@@ -301,6 +325,30 @@ class Replicating:
 
     def close(self) -> None:
         self._replicated.close()
+
+    def ready(self, timeout: float) -> str | None:
+        # The leader's commit index at the time of the call, which only the leader
+        # knows: a follower asks it (replication/raft/remote.py).
+        deadline = time.monotonic() + timeout
+        if not self._raft.leader_address():
+            return "no leader known"
+        try:
+            index = self._raft.leader_read_index(timeout)
+        except ReplicationError as exc:
+            return str(exc)
+        while (applied := self._raft.applied_index()) < index:
+            if time.monotonic() >= deadline:
+                return (
+                    f"applied up to entry {applied}; the leader had committed up to {index}"
+                )
+            time.sleep(0.01)
+        return None
+
+    def raft_stats(self) -> RaftStats | None:
+        return self._raft.stats()
+
+    def commits(self) -> int:
+        return self._replicated.fsm.commits
 
     # ------------------------------------------------------ background work
 

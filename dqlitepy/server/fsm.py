@@ -148,6 +148,8 @@ class StateMachine:
         # their pages are in the WAL already (if its epoch did not change).
         self._own: dict[Origin, Position] = {}
         self._stage_sequence = itertools.count(1)
+        #: Transactions applied (every part received), for monitoring; others only read it.
+        self.commits = 0
         # -- the applier -------------------------------------------------------------
         self._tasks: queue.SimpleQueue[_Task | None] = queue.SimpleQueue()
         # The applier's backlog and whether this leader's barrier entry is applied.
@@ -279,6 +281,7 @@ class StateMachine:
             pages = gathered
         applied.index = index
         applied.origin = frames.origin
+        self.commits += 1
         position = self._own.pop(frames.origin, None)
         if position is not None and db.commit_own(position):
             return "applied"  # ours, and the WAL still holds its pages up to `position`

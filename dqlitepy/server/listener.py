@@ -45,6 +45,7 @@ from ..wire import (
 from ..wire.connection import ServerEvent
 from .gateway import Gateway, RowsChunk
 from .limits import SMALL_BODY, ConnectionTable, Limits, MemoryBudget, Phase, Slot
+from .stats import INVALID, OK, RequestStats, outcome_of, slot_of
 
 __all__ = ["ConnectionHandler", "Listener", "bind"]
 
@@ -99,6 +100,7 @@ class Listener:
         closing: set when the node closes: connections stop after the request
             they serve, waits for request memory give up, accepting stops.
         name: names the accepting thread.
+        requests: where each connection counts the requests it serves.
     """
 
     def __init__(
@@ -108,11 +110,13 @@ class Listener:
         handler: ConnectionHandler,
         closing: threading.Event,
         name: str,
+        requests: RequestStats | None = None,
     ) -> None:
         self._sock: socket.socket | None = sock
         self.limits = limits
         self.handler = handler
         self.closing = closing
+        self.requests = RequestStats() if requests is None else requests
         self.table: ConnectionTable[socket.socket] = ConnectionTable(limits.max_connections)
         self.budget = MemoryBudget(limits.request_memory)
         self._lock = threading.Lock()
@@ -259,6 +263,7 @@ class _Connection:
         # Request memory reserved for the message being received or served.
         self._reserved = 0
         self._in_transaction = False
+        self._stats = listener.requests.opened()
 
     def run(self) -> None:
         """Serve requests until the client leaves, a bound is hit or the node closes."""
@@ -284,6 +289,7 @@ class _Connection:
         except OSError as exc:
             log.debug("client connection failed: %s", exc)
         finally:
+            self._listener.requests.closed(self._stats)
             self._release()
             self._listener.table.remove(self._slot)
             self._gateway.close()
@@ -301,6 +307,7 @@ class _Connection:
         elif isinstance(event, BadRequest):
             self._sock.sendall(self._conn.send(FailureResponse(event.code, event.message)))
             self._release()
+            self._stats.record(INVALID, outcome_of(event.code), 0.0)
         elif isinstance(event, ConnectRequest):
             self._hand_over(event)
         else:
@@ -373,17 +380,23 @@ class _Connection:
         raise _Closed
 
     def _handle(self, request: Request) -> None:
+        started = time.perf_counter()
         # Lost its slot while the request arrived: it did not run.
         self._enter(Phase.HANDLING)
+        outcome = OK
         for item in self._gateway.handle(request):
             if isinstance(item, RowsChunk):
                 self._sock.sendall(self._conn.send_encoded_rows(item.data, done=item.done))
                 if not item.done and self._watch.requested():
                     self._gateway.interrupt()
             else:
+                if isinstance(item, FailureResponse):
+                    outcome = outcome_of(item.code)
                 self._sock.sendall(self._conn.send(item))
         self._release()
         self._in_transaction = self._gateway.in_transaction
+        # Counted once answered: a request whose client left first has no outcome.
+        self._stats.record(slot_of(request.TYPE), outcome, time.perf_counter() - started)
 
     def _release(self) -> None:
         self._listener.budget.release(self._reserved)

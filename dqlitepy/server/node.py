@@ -40,6 +40,8 @@ from .limits import (
     Limits,
 )
 from .listener import Listener, bind
+from .metrics import MetricsServer, parse_metrics_address, require_prometheus_client
+from .stats import NodeMetrics, RequestStats
 from .tls import NodeTLS, is_loopback
 
 __all__ = ["BOOTSTRAP_ID", "NodeServer", "parse_listen_address"]
@@ -88,10 +90,15 @@ class NodeServer:
             with a ReadIndex round); None: ``DQLITEPY_READ_LEASE``, else True.
         snapshot_entries: log entries between snapshots; None:
             ``DQLITEPY_SNAPSHOT_ENTRIES``, else 10,000.
+        metrics_address: serve ``/metrics``, ``/healthz`` and ``/readyz`` over
+            HTTP on this ``HOST:PORT`` (``server/metrics.py``); needs
+            ``prometheus_client`` (``dqlitepy[metrics]``).
 
     Raises:
         AddressRefused: ``advertise`` cannot be dialled, or a replicated node
             listens on a wildcard address without one.
+        MetricsUnavailable: ``metrics_address`` without ``prometheus_client``.
+        ValueError: an address is not valid.
     """
 
     def __init__(
@@ -114,8 +121,15 @@ class NodeServer:
         advertise: str | None = None,
         read_lease: bool | None = None,
         snapshot_entries: int | None = None,
+        metrics_address: str | None = None,
     ) -> None:
         parse_listen_address(address)
+        if metrics_address is not None:
+            parse_metrics_address(metrics_address)
+            require_prometheus_client()
+        self._metrics_address = metrics_address
+        self._metrics_server: MetricsServer | None = None
+        self._requests = RequestStats()
         check_addresses(address, advertise, replicated=cluster_key is not None or bool(join))
         self.limits = Limits(
             max_connections=max_connections,
@@ -190,6 +204,12 @@ class NodeServer:
         """The address the node listens on (with the real port once started)."""
         return self._listen_address
 
+    @property
+    def metrics_address(self) -> str | None:
+        """Where the metrics endpoint serves (the real port once started), if it does."""
+        server = self._metrics_server
+        return self._metrics_address if server is None else server.address
+
     def _describe(self) -> str:
         """Where the node serves, for logs and the data directory's lock."""
         if self._address == self._listen_address:
@@ -240,6 +260,44 @@ class NodeServer:
         """
         self._cluster.storage_failed()
 
+    # ---------------------------------------------------------- monitoring
+
+    def metrics(self) -> NodeMetrics:
+        """The node's figures as plain data (``server/stats.py``, ``docs/metrics.md``)."""
+        requests, latency = self._requests.figures()
+        listener = self._listener
+        raft = self._cluster.raft_stats()
+        mode = "standalone" if self.cluster_key is None else "starting"
+        if raft is not None:
+            mode = "replicated"
+        return {
+            "node": {"id": self._id, "address": self._address, "mode": mode},
+            "requests": requests,
+            "request_seconds": latency,
+            "connections": 0 if listener is None else len(listener.table),
+            "commits": self._cluster.commits(),
+            "databases": {
+                name: {"file": size, "wal": wal}
+                for name, (size, wal) in self.engine.sizes().items()
+            },
+            "raft": raft,
+        }
+
+    def ready(self, timeout: float) -> str | None:
+        """None if this node is ready to serve, else why not (``/readyz``).
+
+        Ready: it serves, a leader is known, and it has applied every entry the
+        leader had committed when asked (a follower asks the leader).  Takes
+        about ``timeout`` at most.
+        """
+        if not self.healthy():
+            return "not serving"
+        return self._cluster.ready(timeout)
+
+    def healthy(self) -> bool:
+        """True while the node serves (started and not closing)."""
+        return self._listener is not None and not self._closing.is_set()
+
     def require_leader(self) -> None:
         """Refuse leader-only requests on a node that does not lead."""
         if not self.is_leader():
@@ -265,6 +323,11 @@ class NodeServer:
         """Bind the listener and start serving in background threads."""
         if self._listener is not None:
             raise RuntimeError("node already started")
+        if self._metrics_address is not None and self._metrics_server is None:
+            # First: a busy metrics port stops the node before anything started.
+            self._metrics_server = MetricsServer(
+                self._metrics_address, self.metrics, self.ready, self.healthy
+            )
         family, sockaddr = parse_listen_address(self._requested_address)
         sock = bind(family, sockaddr)
         if family != socket.AF_UNIX:
@@ -304,11 +367,18 @@ class NodeServer:
                 self._address,
             )
         self._listener = Listener(
-            sock, self.limits, self, self._closing, name=self._listen_address
+            sock,
+            self.limits,
+            self,
+            self._closing,
+            name=self._listen_address,
+            requests=self._requests,
         )
         self._directory.record_address(self._describe())
         self._listener.start()
         log.info("node %x serving on %s (data in %s)", self._id, self._describe(), self.data_dir)
+        if self._metrics_server is not None:
+            self._metrics_server.start()  # /healthz and /readyz answer during a join too
         if self.cluster_key is not None:
             self._start_replication(self.cluster_key)
 
@@ -378,9 +448,12 @@ class NodeServer:
 
     def close(self) -> None:
         """Stop serving: hand leadership over, close every connection, then wait."""
-        self._closing.set()
+        self._closing.set()  # from now on /healthz and /readyz answer 503
         self._cluster.close()
         listener, self._listener = self._listener, None
         if listener is not None:
             listener.close()
+        metrics, self._metrics_server = self._metrics_server, None
+        if metrics is not None:
+            metrics.close()  # last: probes see "shutting down" during the hand-over
         self._directory.close()

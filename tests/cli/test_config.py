@@ -109,6 +109,8 @@ def _samples(option: Option) -> tuple[str, str, list[str]]:
     if id(kind) in texts:
         file, env, arg = texts[id(kind)]
         return f'"{file}"', env, [flag, arg]
+    if kind.expected.startswith("HOST:PORT"):
+        return '"127.0.0.1:9101"', "127.0.0.1:9102", [flag, "127.0.0.1:9103"]
     if kind.expected.endswith("integer"):
         return "5", "6", [flag, "7"]
     if kind.expected.startswith("a number of seconds"):

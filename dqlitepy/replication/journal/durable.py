@@ -48,11 +48,13 @@ import logging
 import operator
 import os
 import threading
+import time
 from collections.abc import Iterator
 from typing import SupportsIndex, overload
 
 from pysyncobj.journal import Journal
 
+from ..stats import Histogram
 from .appends import JournalAppends
 from .errors import JournalCorruptError, JournalError, JournalWriteError
 from .fileio import fdatasync, fsync_dir, pwrite_all, read_all
@@ -101,6 +103,9 @@ class DurableJournal(JournalAppends, Journal):  # type: ignore[misc]  # pysyncob
         self._meta_path = self._path + ".meta"
         self._probe_path = self._path + ".probe"
         self._sync = sync
+        #: How long each fdatasync took (written under ``_lock``, or before any thread
+        #: sees the journal; read by the replicator's figures).
+        self.fsync_seconds = Histogram()
         self._probe_bytes = max(0, probe_bytes)
         # Guards everything below against close() from another thread.
         self._lock = threading.Lock()
@@ -200,7 +205,9 @@ class DurableJournal(JournalAppends, Journal):  # type: ignore[misc]  # pysyncob
 
     def _datasync(self, fd: int) -> None:
         if self._sync:
+            started = time.perf_counter()
             fdatasync(fd)
+            self.fsync_seconds.observe(time.perf_counter() - started)
 
     def _dirsync(self) -> None:
         if self._sync:

@@ -21,9 +21,11 @@ docstring explains it; each has a test in ``tests/replication/test_replication_r
                           its own copy only once durable
 :mod:`.transfer`          **Leadership transfer** as Raft's thesis says (§3.10)
 :mod:`.reads`             **Linearizable reads**: ReadIndex (thesis §6.4)
+:mod:`.remote`            **ReadIndex for followers**: asked of the leader (``/readyz``)
 :mod:`.lease`             **Leader lease** (§6.4.1): reads without a round; followers
                           ignore early votes (§4.2.3)
 :mod:`.storage`           **Storage failures**: a node that cannot write its log steps aside
+:mod:`.stats`             figures for monitoring, read from any thread
 :mod:`.node`              :class:`HardenedSyncObj` itself, composing them
 :mod:`.base`              what the mixins declare to each other (for mypy only)
 ========================  ===============================================================

@@ -2,7 +2,8 @@
 
 :class:`HardenedSyncObj` is PySyncObj's ``SyncObj`` plus one mixin per fix
 (:mod:`.entries`, :mod:`.messages`, :mod:`.roles`, :mod:`.commands`,
-:mod:`.transfer`, :mod:`.storage`, :mod:`.reads`, :mod:`.lease`).  Each mixin is written
+:mod:`.transfer`, :mod:`.storage`, :mod:`.reads`, :mod:`.lease`, :mod:`.remote`,
+:mod:`.stats`).  Each mixin is written
 against :class:`RaftBase`, which only *declares* what they share: PySyncObj's
 private state and methods (name-mangled there: ``SyncObj.__x`` is
 ``_SyncObj__x``), and the attributes and methods one mixin defines and another
@@ -17,7 +18,8 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from .reads import ReadResult
+    from ..stats import Histogram
+    from .reads import ReadCallback, ReadResult
     from .transfer import Transfer
 
 __all__ = ["RaftBase"]
@@ -60,6 +62,11 @@ class RaftBase:
     _roles: dict[str, int]
     #: The leadership transfer under way.  Owner: transfer.
     _transfer: Transfer | None
+    #: Elections this node started, and won; entries per group commit.  Owner: stats
+    #: (counted by storage and commands, on the tick thread).
+    _elections: int
+    _elections_won: int
+    _batch_entries: Histogram
 
     if TYPE_CHECKING:
         # -- PySyncObj's methods --
@@ -103,6 +110,9 @@ class RaftBase:
         def _admit_strangers(self) -> None: ...  # roles
         def _read_answer(self, node: Any, message: dict[str, Any]) -> None: ...  # reads
         def _fail_reads(self, result: ReadResult) -> None: ...  # reads
+        def _read_arrived(self, callback: ReadCallback) -> None: ...  # reads
+        def _read_index_asked(self, node: Any, message: dict[str, Any]) -> None: ...  # remote
+        def _read_index_answered(self, node: Any, message: dict[str, Any]) -> None: ...  # remote
         def _heard_leader(self) -> None: ...  # lease
         def _ignores_vote(self, message: dict[str, Any]) -> bool: ...  # lease
         def _timeout_now(self, node: Any, message: dict[str, Any]) -> None: ...  # lease

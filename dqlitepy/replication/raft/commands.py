@@ -203,6 +203,7 @@ class CommandsMixin(RaftBase):
         """Append queued regular commands as consecutive entries: write, send, then sync."""
         if not batch:
             return
+        self._batch_entries.observe(len(batch))
         first = self._SyncObj__getCurrentLogIndex() + 1
         term = self._SyncObj__raftCurrentTerm
         entries = [(command, first + i, term) for i, (command, _) in enumerate(batch)]

@@ -90,6 +90,12 @@ class MessagesMixin(RaftBase):
         if kind == "apply_command":
             # Nobody forwards commands in a dqlitepy cluster (see submit()).
             return
+        if kind == "read_index":  # a follower's ReadIndex (see .remote)
+            self._read_index_asked(node, message)
+            return
+        if kind == "read_index_answer":
+            self._read_index_answered(node, message)
+            return
         if kind == "next_node_idx" and self.raft_state == LEADER:
             self._next_node_idx(node, message)
             return

@@ -24,7 +24,9 @@ from .entries import EntriesMixin
 from .lease import LeaseMixin
 from .messages import MessagesMixin
 from .reads import ReadResult, ReadsMixin
+from .remote import RemoteReadsMixin
 from .roles import RolesMixin
+from .stats import StatsMixin
 from .storage import StorageMixin
 from .transfer import TransferMixin
 
@@ -56,8 +58,10 @@ class HardenedSyncObj(
     TransferMixin,
     StorageMixin,
     ReadsMixin,
+    RemoteReadsMixin,
     LeaseMixin,
     CommitMixin,
+    StatsMixin,
     SyncObj,  # type: ignore[misc]  # pysyncobj is untyped
 ):
     """A PySyncObj node with the fixes of this package; commands are opaque bytes.
@@ -108,6 +112,8 @@ class HardenedSyncObj(
         self._init_storage(storage_probe_interval)
         self._init_transfer()
         self._init_commit()
+        self._init_remote_reads()
+        self._init_stats()
         self._tick_calls: queue.SimpleQueue[Callable[[], None]] = queue.SimpleQueue()
         self_node = PeerNode(self_address) if self_address is not None else None
         others = [PeerNode(p) for p in peers]
@@ -116,6 +122,7 @@ class HardenedSyncObj(
         self.addOnTickCallback(self._run_tick_calls)
         self.addOnTickCallback(self._tend_lease)
         self.addOnTickCallback(self._serve_reads)
+        self.addOnTickCallback(self._expire_remote_reads)
         self.addOnTickCallback(self._watch_storage)
         self.addOnTickCallback(self._drive_transfer)
         self._admit_strangers()

@@ -170,6 +170,10 @@ class StorageMixin(RaftBase):
         # PySyncObj changes memory first; a failed write must leave the node
         # in the state it can prove, so the journal goes first.
         self._SyncObj__raftLog.setCurrentTerm(term, votedForNodeId)
+        if votedForNodeId is not None and term > self._SyncObj__raftCurrentTerm:
+            node = self.selfNode
+            if node is not None and votedForNodeId == node.id:
+                self._elections += 1  # a new term voting for itself: an election starts
         self._SyncObj__raftCurrentTerm = term
         self._SyncObj__votedForNodeId = votedForNodeId
 
@@ -183,3 +187,5 @@ class StorageMixin(RaftBase):
             SyncObj._SyncObj__onBecomeLeader(self)
         except JournalWriteError as exc:
             self._storage_failed(exc)  # this term's no-op could not be appended
+            return
+        self._elections_won += 1

@@ -161,6 +161,12 @@ _SHAPES: Final[Mapping[str, tuple[_Shape, ...]]] = {
         {"request_id": _is_index, "log_idx": _is_index, "log_term": _is_index},
         {"request_id": _is_index, "error": _is_fail_reason},
     ),
+    # HardenedSyncObj's ReadIndex for followers (raft/remote.py): a member asks the leader for
+    # its read index, which the leader answers (0 and not confirmed when it does not lead).
+    "read_index": ({"request": _is_index},),
+    "read_index_answer": (
+        {"request": _is_index, "index": _is_index, "confirmed": _is_bool},
+    ),
 }
 
 

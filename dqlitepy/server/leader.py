@@ -200,10 +200,10 @@ class Leader:
         term, as it does before serving SQL; it does not confirm its leadership
         (DUMP is served from a node's own copy, as in dqlite).
         """
-        if not self._engine.exists(name):
-            return self._engine.dump(name)  # two empty files; no state for a name never used
         if self._replicator.is_elected():
             self._fsm.wait_caught_up_leader(_DUMP_WAIT)  # else its copy as it is
+        if not self._engine.exists(name):
+            return self._engine.dump(name)  # two empty files; no state for a name never used
         db = self._databases.get(name)
         with db.file_lock:
             return self._engine.dump(name, db.committed())

@@ -21,7 +21,7 @@ from collections.abc import Callable, Sequence
 
 import dqlitepy
 
-from . import server, shell
+from . import backup, restore, server, shell
 from .output import format_value
 
 __all__ = ["format_value", "main"]
@@ -33,6 +33,8 @@ def _parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     shell.add_parser(sub)
     server.add_parser(sub)
+    backup.add_parser(sub)
+    restore.add_parser(sub)
     return parser
 
 

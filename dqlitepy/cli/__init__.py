@@ -21,7 +21,7 @@ from collections.abc import Callable, Sequence
 
 import dqlitepy
 
-from . import backup, restore, server, shell
+from . import backup, recover, restore, server, shell
 from .output import format_value
 
 __all__ = ["format_value", "main"]
@@ -35,6 +35,7 @@ def _parser() -> argparse.ArgumentParser:
     server.add_parser(sub)
     backup.add_parser(sub)
     restore.add_parser(sub)
+    recover.add_parser(sub)
     return parser
 
 

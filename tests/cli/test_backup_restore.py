@@ -352,3 +352,17 @@ def test_restore_and_backup_with_c_dqlite(
         status, _out, err = _run(capsys, "backup", "-s", servers, name, str(backup))
         assert status == 0, err
         assert contents(backup) == contents(source)
+
+
+def test_restore_and_backup_on_a_single_node(
+    dqlitepy_node: DqlitepyServer, db: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A node without a cluster key: its DUMP is its SQLite files as they are."""
+    source = tmp_path / "source.db"
+    make_source(source, rows=500)
+    status, _out, err = _run(capsys, "restore", "-s", dqlitepy_node.address, db, str(source))
+    assert status == 0, err
+    backup = tmp_path / "backup.db"
+    status, _out, err = _run(capsys, "backup", "-s", dqlitepy_node.address, db, str(backup))
+    assert status == 0, err
+    assert contents(backup) == contents(source)

@@ -31,8 +31,12 @@ ROWS = 60
 
 @pytest.fixture(scope="module")
 def cluster() -> Iterator[DqlitepyCluster]:
-    with DqlitepyCluster.formed(3) as formed:
-        yield formed
+    with pytest.MonkeyPatch.context() as patch:
+        # Snapshots every few entries: the survivor recovers from a snapshot and a log, and
+        # the nodes joining it later are sent a snapshot.
+        patch.setenv("DQLITEPY_SNAPSHOT_ENTRIES", "20")
+        with DqlitepyCluster.formed(3) as formed:
+            yield formed
 
 
 @pytest.fixture
@@ -155,6 +159,7 @@ def test_recover_a_survivor_after_losing_quorum(
     assert status == 0, err
     assert "dry run: nothing changed" in out
     assert out.count(" voter") == 3  # the configuration it has: three voters
+    assert ", snapshot at " in out
     status, out, err = _run(capsys, "recover", "-d", str(survivor.data_dir), *key)
     assert status == 0, err
     assert f"{survivor.address} is the only voter now" in out
@@ -187,3 +192,5 @@ def test_recover_a_survivor_after_losing_quorum(
             ),
             f"{node.address} to hold every row",
         )
+    # The survivor's log starts at its snapshot: the new nodes were sent the snapshot.
+    assert all("installed a snapshot" in node.log() for node in cluster.nodes[1:])

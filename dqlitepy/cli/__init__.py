@@ -1,8 +1,10 @@
-"""The ``dqlitepy`` command line: ``dqlitepy server`` and ``dqlitepy shell``.
+"""The ``dqlitepy`` command line: ``dqlitepy server``, ``dqlitepy shell`` and the operator's.
 
 ``dqlitepy shell`` (:mod:`.shell`) is modelled on the Go ``dqlite`` shell: its
 input is cut by :mod:`.script` and its output formatted by :mod:`.output`.
-``dqlitepy server`` (:mod:`.server`) runs a node.
+``dqlitepy server`` (:mod:`.server`) runs a node.  ``dqlitepy backup``,
+``dqlitepy restore`` and ``dqlitepy recover`` (:mod:`.backup`, :mod:`.restore`,
+:mod:`.recover`) are the operator's (``docs/backup.md``).
 
 Exit codes: 0 ok, 1 SQL or cluster error of an argument (message on stderr), 2 usage
 error; ``dqlitepy server`` also exits 2 when the node refuses to start because of an

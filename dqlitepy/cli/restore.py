@@ -41,7 +41,7 @@ import sys
 import time
 import urllib.parse
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -116,7 +116,6 @@ class _Table:
         )
 
 
-@dataclass
 class SourceDatabase:
     """What a SQLite file holds, read with the standard library (read-only).
 
@@ -128,31 +127,31 @@ class SourceDatabase:
             virtual tables (status 2).
     """
 
-    path: Path
-    tables: list[_Table] = field(default_factory=list)
-    indexes: list[str] = field(default_factory=list)
-    #: Views and triggers, in creation order.
-    later: list[str] = field(default_factory=list)
-    sequence: list[tuple[str, int]] = field(default_factory=list)
-    user_version: int = 0
-    application_id: int = 0
-    statistics: bool = False
-    #: Bytes of the file's pages in use: what the row data is at most.
-    size: int = 0
-
-    def __post_init__(self) -> None:
-        if not self.path.is_file():
-            raise RestoreError(f"{str(self.path)!r} is no file", 2)
-        uri = f"file:{urllib.parse.quote(str(self.path.absolute()))}?mode=ro"
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        #: Ordinary tables, in creation order.
+        self.tables: list[_Table] = []
+        self.indexes: list[str] = []
+        #: Views and triggers, in creation order.
+        self.later: list[str] = []
+        self.sequence: list[tuple[str, int]] = []
+        self.user_version = 0
+        self.application_id = 0
+        self.statistics = False
+        #: Bytes of the file's pages in use: what the row data is at most.
+        self.size = 0
+        if not path.is_file():
+            raise RestoreError(f"{str(path)!r} is no file", 2)
+        uri = f"file:{urllib.parse.quote(str(path.absolute()))}?mode=ro"
         try:
             self.conn = sqlite3.connect(uri, uri=True, isolation_level=None)
         except sqlite3.Error as exc:
-            raise RestoreError(f"cannot open {str(self.path)!r}: {exc}", 2) from exc
+            raise RestoreError(f"cannot open {str(path)!r}: {exc}", 2) from exc
         try:
             self._read()
         except sqlite3.Error as exc:
             self.conn.close()
-            raise RestoreError(f"{str(self.path)!r} is not a SQLite database: {exc}", 2) from exc
+            raise RestoreError(f"{str(path)!r} is not a SQLite database: {exc}", 2) from exc
         except RestoreError:
             self.conn.close()
             raise
@@ -265,7 +264,20 @@ class _Writer:
         self.begin()
 
     def insert(self, table: _Table, rows: list[Row]) -> None:
-        """Insert ``rows`` (several to a statement); commit whenever the size says so."""
+        """Insert ``rows``, committing whenever the transaction reaches its size."""
+        start = 0
+        while start < len(rows):
+            end = start
+            while end < len(rows) and (self._limit is None or self._pending < self._limit):
+                self._pending += _cost(rows[end])
+                end += 1
+            self._insert_run(table, rows[start:end])
+            start = end
+            if self._limit is not None and self._pending >= self._limit:
+                self.commit_part()
+
+    def _insert_run(self, table: _Table, rows: list[Row]) -> None:
+        """Insert ``rows`` several to a statement (one prepared statement for the full groups)."""
         per_statement = max(1, min(_MAX_ROWS_PER_STATEMENT, _MAX_PARAMETERS // table.width))
         full = len(rows) - len(rows) % per_statement
         if full:
@@ -277,9 +289,6 @@ class _Writer:
         if full < len(rows):
             rest = rows[full:]
             self._cur.execute(table.insert(len(rest)), [v for row in rest for v in row])
-        self._pending += sum(_cost(row) for row in rows)
-        if self._limit is not None and self._pending >= self._limit:
-            self.commit_part()
 
 
 def _first_transaction(source: SourceDatabase, writer: _Writer, *, marked: bool) -> None:

@@ -101,7 +101,8 @@ def recover_member(
     path = Path(data_dir)
     if not path.is_dir():
         raise RecoveryRefused(f"{str(path)!r} is no data directory")
-    holder = f"{address or 'a member'} (being recovered by process {os.getpid()})"
+    # What a node started meanwhile is told holds the directory.
+    holder = "no address: `dqlitepy recover` is rewriting its Raft log"
     directory = DataDirectory(path, address=holder, cluster_key=cluster_key)
     try:
         configuration = InitialConfiguration.load(path)

@@ -96,9 +96,14 @@ def contents(path: Path) -> dict[str, Any]:
         conn.close()
 
 
-def node_copy(address: str, database: str, path: Path) -> dict[str, Any]:
-    """The contents of ``database`` as node ``address`` itself holds it (its DUMP)."""
+def node_copy(address: str, database: str, path: Path) -> dict[str, Any] | None:
+    """The contents of ``database`` as node ``address`` itself holds it (its DUMP).
+
+    None while the node has no file for it yet (a follower that has not applied its creation).
+    """
     with dqlitepy.Client([address], timeout=10) as client:
         files = client.dump(database, address)
+    if not files.get(database):
+        return None
     write_backup(database, files, path, force=True)
     return contents(path)

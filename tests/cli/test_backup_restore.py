@@ -202,6 +202,7 @@ def test_restore_then_every_node_holds_the_file(
         wait_until(
             lambda a=address, i=i: node_copy(a, db, tmp_path / f"node{i}.db") == expected,
             f"{address}'s copy of {db} to equal the file",
+            timeout=30,
         )
     copy = contents(tmp_path / "node0.db")
     assert MARKER_TABLE not in copy["rows"]

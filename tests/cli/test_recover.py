@@ -96,13 +96,9 @@ def test_dump_leaves_out_a_commit_raft_has_not_committed(
     assert held, "the leader gave the commit up before the DUMP: the test proved nothing"
     if outcome == ["committed"]:
         # Once Raft committed it, DUMP has it.
-        wait_until(
-            lambda: (
-                [r[1] for r in node_copy(leader, db, tmp_path / "after.db")["rows"]["t"]]
-                == ["before", marker]
-            ),
-            "the committed row in the DUMP",
-        )
+        copy = node_copy(leader, db, tmp_path / "after.db")
+        assert copy is not None
+        assert [r[1] for r in copy["rows"]["t"]] == ["before", marker]
 
 
 def _write_rows(servers: list[str], database: str) -> None:
@@ -186,11 +182,11 @@ def test_recover_a_survivor_after_losing_quorum(
         node.start(timeout=60)
     cluster.wait_voters(3)
     for i, node in enumerate(cluster.nodes):
-        wait_until(
-            lambda n=node, i=i: (
-                len(node_copy(n.address, db, tmp_path / f"{i}.db")["rows"]["t"]) == ROWS + 1
-            ),
-            f"{node.address} to hold every row",
-        )
+
+        def rows(n: DqlitepyServer = node, i: int = i) -> int:
+            copy = node_copy(n.address, db, tmp_path / f"{i}.db")
+            return -1 if copy is None else len(copy["rows"]["t"])
+
+        wait_until(lambda: rows() == ROWS + 1, f"{node.address} to hold every row", timeout=30)
     # The survivor's log starts at its snapshot: the new nodes were sent the snapshot.
     assert all("installed a snapshot" in node.log() for node in cluster.nodes[1:])

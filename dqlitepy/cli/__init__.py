@@ -1,10 +1,13 @@
-"""The ``dqlitepy`` command line: ``dqlitepy server`` and ``dqlitepy shell``.
+"""The ``dqlitepy`` command line: ``dqlitepy server``, ``dqlitepy shell`` and the operator's.
 
 ``dqlitepy shell`` (:mod:`.shell`) is modelled on the Go ``dqlite`` shell: its
 input is cut by :mod:`.script` and its output formatted by :mod:`.output`.
 ``dqlitepy server`` (:mod:`.server`) runs a node; its options (:mod:`.server_options`)
 are flags, environment variables and keys of a TOML config file at once (:mod:`.config`,
 :mod:`.kinds`).
+``dqlitepy server`` (:mod:`.server`) runs a node.  ``dqlitepy backup``,
+``dqlitepy restore`` and ``dqlitepy recover`` (:mod:`.backup`, :mod:`.restore`,
+:mod:`.recover`) are the operator's (``docs/backup.md``).
 
 Exit codes: 0 ok, 1 SQL or cluster error of an argument (message on stderr), 2 usage
 error; ``dqlitepy server`` also exits 2 when the node refuses to start because of an
@@ -23,7 +26,7 @@ from collections.abc import Callable, Sequence
 
 import dqlitepy
 
-from . import server, shell
+from . import backup, recover, restore, server, shell
 from .output import format_value
 
 __all__ = ["format_value", "main"]
@@ -35,6 +38,9 @@ def _parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     shell.add_parser(sub)
     server.add_parser(sub)
+    backup.add_parser(sub)
+    restore.add_parser(sub)
+    recover.add_parser(sub)
     return parser
 
 

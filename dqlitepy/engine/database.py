@@ -19,7 +19,7 @@ import apsw
 
 from .errors import SQLITE_CORRUPT, EngineError, translate
 from .session import Session
-from .wal import Transaction, apply_pages, committed_prefix
+from .wal import Transaction, apply_pages, committed_prefix, prefix_length
 
 __all__ = ["Engine", "database_filename"]
 
@@ -258,22 +258,40 @@ class Engine:
         """
         apply_pages(self.path(name), *transactions)
 
-    def dump(self, name: str) -> list[tuple[str, bytes]]:
+    def dump(
+        self, name: str, committed: tuple[tuple[int, int] | None, int] | None = None
+    ) -> list[tuple[str, bytes]]:
         """Return the database file and its WAL, read inside one read transaction.
 
+        Args:
+            name: the database.
+            committed: on a replicated node, the WAL generation (salts) and frame
+                count of the last commit Raft accepted: the WAL is cut there, so
+                the files hold committed transactions only, even while later
+                commits wait for Raft in the same WAL (``docs/replication.md``,
+                rule 3).  None (a single node): the whole WAL, where SQLite
+                itself ignores frames past the last complete commit.
+
         A database that does not exist gives two empty files, as dqlite 1.11 does.
+        The caller keeps checkpoints and rebuilds of this database from running
+        meanwhile.
         """
         path = self.path(name)
         if not path.exists():
             return [(name, b""), (name + "-wal", b"")]
         session = self.session(name)
         try:
-            # The read transaction keeps checkpoints from rewriting the files while
-            # they are copied.
+            # The read transaction keeps SQLite from restarting the WAL over the
+            # frames it reads while they are copied (when it reads any).
             with session.read_transaction():
                 main = path.read_bytes()
                 wal_path = Path(str(path) + "-wal")
                 wal = wal_path.read_bytes() if wal_path.exists() else b""
         finally:
             session.close()
+        if committed is not None:
+            # Measured on the copy itself: should SQLite have restarted the WAL
+            # meanwhile (possible only once every frame was in the database file),
+            # the copied header names another generation and nothing of it is kept.
+            wal = wal[: prefix_length(wal, *committed)]
         return [(name, main), (name + "-wal", wal)]

@@ -26,7 +26,14 @@ import struct
 from dataclasses import dataclass, field
 from pathlib import Path
 
-__all__ = ["Transaction", "WalError", "WalTracker", "apply_pages", "committed_prefix"]
+__all__ = [
+    "Transaction",
+    "WalError",
+    "WalTracker",
+    "apply_pages",
+    "committed_prefix",
+    "prefix_length",
+]
 
 _WAL_HEADER = struct.Struct(">IIIIIIII")
 _FRAME_HEADER = struct.Struct(">IIIIII")
@@ -130,9 +137,17 @@ def committed_prefix(wal: Path, salts: tuple[int, int] | None, frames: int) -> i
             header = f.read(_WAL_HEADER_SIZE)
     except FileNotFoundError:
         return 0
+    return prefix_length(header, salts, frames)
+
+
+def prefix_length(header: bytes, salts: tuple[int, int] | None, frames: int) -> int:
+    """:func:`committed_prefix` of a WAL whose first bytes are ``header`` (a copy, say).
+
+    0 if ``header`` is shorter than a WAL header or of another generation than ``salts``.
+    """
     if salts is None or len(header) < _WAL_HEADER_SIZE:
         return 0
-    _magic, _version, page_size, _seq, salt1, salt2, _c1, _c2 = _WAL_HEADER.unpack(header)
+    _magic, _version, page_size, _seq, salt1, salt2, _c1, _c2 = _WAL_HEADER.unpack_from(header)
     if (salt1, salt2) != salts:
         return 0
     return int(_WAL_HEADER_SIZE + frames * (_FRAME_HEADER_SIZE + page_size))

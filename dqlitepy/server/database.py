@@ -310,9 +310,11 @@ class Database:
         # Positions of earlier epochs no longer point into the WAL (commit_own checks).
         with self._mutex:
             self._new_epoch()
-        with self._position_lock:
-            committed, self._committed = self._committed, (None, 0)
         with self.file_lock:
+            # Taken under file_lock, so that a DUMP (which holds it) never sees the
+            # committed frames of the WAL unaccounted for before they are folded in.
+            with self._position_lock:
+                committed, self._committed = self._committed, (None, 0)
             yield committed
             self.tracker = WalTracker(self.tracker.path)
         with self._mutex:

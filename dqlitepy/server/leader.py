@@ -49,6 +49,8 @@ _CHECKPOINT_WAIT = 1.0
 _SUBMIT_TIMEOUT = 10.0
 # How long a request waits for a new leader's barrier (applying the log's tail).
 _BARRIER_WAIT = 10.0
+# How long DUMP on a new leader waits for it to apply what earlier terms committed.
+_DUMP_WAIT = 5.0
 
 
 def _begins_write(sql: str) -> bool:
@@ -188,10 +190,23 @@ class Leader:
         self._databases.get(name).forget_session(session)
 
     def dump(self, name: str) -> list[tuple[str, bytes]]:
-        """The database file and WAL of ``name``, copied while no rebuild runs."""
+        """The database file and WAL of ``name`` as Raft committed them, on any node.
+
+        The copy holds committed transactions only, up to some point of the log:
+        the WAL is cut after the last commit Raft accepted (commits still in
+        flight are left out), and it is taken while no rebuild or checkpoint
+        rewrites the files.  A leader first waits (up to
+        :data:`_DUMP_WAIT`) until it has applied every entry committed before its
+        term, as it does before serving SQL; it does not confirm its leadership
+        (DUMP is served from a node's own copy, as in dqlite).
+        """
+        if self._replicator.is_elected():
+            self._fsm.wait_caught_up_leader(_DUMP_WAIT)  # else its copy as it is
+        if not self._engine.exists(name):
+            return self._engine.dump(name)  # two empty files; no state for a name never used
         db = self._databases.get(name)
         with db.file_lock:
-            return self._engine.dump(name)
+            return self._engine.dump(name, db.committed())
 
     # --------------------------------------------------------- executions
 

@@ -22,10 +22,17 @@ from typing import Any
 
 import cbor2
 
+from ...wire import NodeRole
 from .base import RaftBase
 from .config import MEMBERSHIP, NO_OP, REGULAR, ApplyHandler
 
-__all__ = ["EntriesMixin", "role_change", "safe_unpickle"]
+__all__ = [
+    "EntriesMixin",
+    "membership_request",
+    "role_change",
+    "role_change_of",
+    "safe_unpickle",
+]
 
 log = logging.getLogger("dqlitepy.replication")
 
@@ -80,14 +87,34 @@ class EntriesMixin(RaftBase):
         return None
 
     def _SyncObj__parseChangeClusterRequest(self, command: bytes) -> Any:
-        if not command or command[0] != MEMBERSHIP:
-            return None
-        payload = bytes(command[1:])
-        try:
-            # A pickle is PySyncObj's own add/rem entry; ours are cbor2.
-            pickled = payload[:1] == b"\x80"
-            request = safe_unpickle(payload) if pickled else cbor2.loads(payload)
-        except Exception:
-            log.error("ignoring an undecodable membership entry")
-            return None
-        return request
+        return membership_request(command)
+
+
+def membership_request(command: bytes) -> Any:
+    """The change a MEMBERSHIP entry's command holds, decoded; None for any other entry."""
+    if not command or command[0] != MEMBERSHIP:
+        return None
+    payload = bytes(command[1:])
+    try:
+        # A pickle is PySyncObj's own add/rem entry; ours are cbor2.
+        pickled = payload[:1] == b"\x80"
+        return safe_unpickle(payload) if pickled else cbor2.loads(payload)
+    except Exception:
+        log.error("ignoring an undecodable membership entry")
+        return None
+
+
+def role_change_of(request: Any, *, reverse: bool = False) -> tuple[str, int | None] | None:
+    """The member and the role (None: not a member) a decoded membership change gives.
+
+    ``reverse``: the role it took away instead (undoing a truncated entry).  None
+    for a request that is no role change.
+    """
+    if isinstance(request, list) and len(request) == 4 and request[0] == "role":
+        _, address, old, new = request
+        return str(address), old if reverse else new
+    if isinstance(request, list) and len(request) >= 2 and request[0] in ("add", "rem"):
+        # PySyncObj's own entries (logs written before roles existed).
+        adding = (request[0] == "add") != reverse
+        return str(request[1]), NodeRole.VOTER if adding else None
+    return None

@@ -24,7 +24,7 @@ from pysyncobj import SyncObj
 from ...wire import NodeRole
 from .base import RaftBase
 from .config import FOLLOWER, LEADER, MEMBERSHIP, PeerNode
-from .entries import role_change
+from .entries import role_change, role_change_of
 
 __all__ = ["RolesMixin"]
 
@@ -165,11 +165,5 @@ class RolesMixin(RaftBase):
         return float(SyncObj._SyncObj__generateRaftTimeout(self))
 
     def _SyncObj__doChangeCluster(self, request: Any, reverse: bool = False) -> bool:
-        if isinstance(request, list) and len(request) == 4 and request[0] == "role":
-            _, address, old, new = request
-            return self._set_role(str(address), old if reverse else new)
-        if isinstance(request, list) and len(request) >= 2 and request[0] in ("add", "rem"):
-            # PySyncObj's own entries (logs written before roles existed).
-            adding = (request[0] == "add") != reverse
-            return self._set_role(str(request[1]), NodeRole.VOTER if adding else None)
-        return False
+        change = role_change_of(request, reverse=reverse)
+        return change is not None and self._set_role(*change)

@@ -142,12 +142,15 @@ class Cluster:
             for node in self.nodes:
                 node.start()
             return
-        # All processes at once (the joiners retry until the first serves): the interpreters
-        # start in parallel.  Launched from this thread, see ProcessNode's parent-death rule.
-        processes = [n for n in self.nodes if isinstance(n, ProcessNode)]
-        for node in processes:
+        # The first node, then the others together: their interpreters start while the first
+        # elects itself, and they join at once (launched any earlier, they would compete with
+        # the first for the CPU and wait between failed attempts to join).  Launched from this
+        # thread: see ProcessNode's parent-death rule.
+        first, *others = [n for n in self.nodes if isinstance(n, ProcessNode)]
+        first.start(max(deadline - time.monotonic(), 0.0))
+        for node in others:
             node.launch()
-        for node in processes:
+        for node in others:
             node.wait_serving(max(deadline - time.monotonic(), 0.0))
 
     def _formed(self, voters: int) -> bool:

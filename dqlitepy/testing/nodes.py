@@ -205,7 +205,9 @@ class EmbeddedNode(ServerNode):
         address: its address (a free loopback port if None).
         cluster_key: the cluster key (replicated) or None (standalone).
         join: addresses of members to join through.
-        options: more :class:`dqlitepy.Node` keyword arguments (``max_connections``...).
+        options: more :class:`dqlitepy.Node` keyword arguments (``max_connections``...,
+            ``tls``: a ``NodeTLS``).
+        ssl: the TLS context :meth:`connect` and :meth:`client` dial it with.
         name: a short name for reports.
     """
 
@@ -217,13 +219,14 @@ class EmbeddedNode(ServerNode):
         cluster_key: str | None = None,
         join: list[str] | None = None,
         options: Mapping[str, Any] | None = None,
+        ssl: _ssl.SSLContext | None = None,
         name: str = "node",
     ) -> None:
         super().__init__(
             address or f"127.0.0.1:{free_port()}",
             data_dir,
             cluster_key=cluster_key,
-            ssl=None,
+            ssl=ssl,
             name=name,
         )
         self.join = list(join or [])

@@ -142,6 +142,7 @@ class NodeFactory(_Factory):
                 self.root / name,
                 cluster_key=cluster_key,
                 options=options if isinstance(options, Mapping) else None,
+                ssl=ssl,
                 name=name,
             )
         else:
@@ -233,7 +234,7 @@ def pytest_runtest_makereport(
     """Remember each phase's report; add the nodes' state and logs to a failed test's."""
     report = yield
     item.stash.setdefault(_REPORTS, {})[report.when] = report
-    if report.failed and report.when == "call":
+    if report.failed and report.when in ("setup", "call"):
         for factory in item.stash.get(_FACTORIES, []):
             text = factory.report()
             if text:

@@ -78,6 +78,11 @@ def test_setup_cfg_registers_the_plugin_under_its_module_name() -> None:
     assert _declared_entry_points() == ["dqlitepy.testing = dqlitepy.testing"]
 
 
+def test_the_documented_example_is_the_sample_that_runs() -> None:
+    doc = (REPO / "docs" / "testing-your-app.md").read_text()
+    assert f"```python\n{SAMPLE.read_text()}```" in doc
+
+
 def test_the_installed_distribution_declares_the_plugin() -> None:
     dist = importlib.metadata.distribution("dqlitepy")
     declared = {(ep.name, ep.value) for ep in dist.entry_points if ep.group == "pytest11"}

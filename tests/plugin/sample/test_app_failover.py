@@ -21,6 +21,7 @@ def open_shop(servers: list[str]) -> dqlitepy.Connection:
         servers=servers,
         isolation_level=None,  # autocommit: each statement is a transaction
         request_timeout=2.0,  # a frozen leader is given up on after 2 s
+        attempt_timeout=1.0,  # and costs 1 s in the search for the next
         leader_timeout=20.0,  # time to find a leader, elections included
     )
     conn.execute("CREATE TABLE IF NOT EXISTS orders (id TEXT PRIMARY KEY, item TEXT)")

@@ -55,8 +55,10 @@ from dqlitepy.cli import main
 sys.exit(main(sys.argv[1:]))
 """
 
-# Variables of the test's environment that would change what the node does.
-_SCRUBBED = ("DQLITEPY_CLUSTER_KEY", "DQLITEPY_ADVERTISE", "DQLITEPY_TESTING_PARENT")
+# Variables of the test's environment the harness sets itself (or not at all).  The other
+# DQLITEPY_* variables pass: a test may set DQLITEPY_ADVERTISE or DQLITEPY_SNAPSHOT_ENTRIES
+# for its nodes.
+_SCRUBBED = ("DQLITEPY_CLUSTER_KEY", "DQLITEPY_TESTING_PARENT")
 
 _running: weakref.WeakSet[ProcessNode] = weakref.WeakSet()
 

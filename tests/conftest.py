@@ -2,6 +2,12 @@
 
 Nothing is skipped silently: without ``/usr/bin/dqlite-demo`` and ``/usr/bin/dqlite`` a test that
 needs a cluster fails, unless ``DQLITEPY_NO_DQLITE=1`` says to skip such tests.
+
+dqlitepy's own pytest plugin (``dqlitepy.testing``: the ``dqlitepy_node`` and
+``dqlitepy_cluster`` fixtures users get) is loaded by ``-p dqlitepy.testing`` in
+pyproject.toml's ``addopts``, for a checkout whose installed metadata does not declare it yet
+(not by ``pytest_plugins`` here: this module imports it before pytest would get to mark it
+for assertion rewriting).
 """
 
 from __future__ import annotations
@@ -11,7 +17,9 @@ from collections.abc import Iterator
 
 import pytest
 from dqlite_cluster import DQLITE_DEMO, DQLITE_SHELL, DqliteDemoCluster
-from dqlitepy_server import DqlitepyCluster, DqlitepyServer
+from dqlitepy_server import DqlitepyServer
+
+from dqlitepy.testing import Cluster
 
 
 def _require_dqlite() -> None:
@@ -69,17 +77,19 @@ _db_counter = itertools.count()
 
 
 @pytest.fixture(scope="session")
-def dqlitepy_node() -> Iterator[DqlitepyServer]:
-    """A `dqlitepy server` process shared by the session (a single node, for now)."""
+def shared_dqlitepy_node() -> Iterator[DqlitepyServer]:
+    """A standalone `dqlitepy server` process shared by the session (do not kill it; the
+    plugin's ``dqlitepy_node()`` starts one for a test)."""
     with DqlitepyServer() as node:
         yield node
 
 
 @pytest.fixture(scope="session")
-def dqlitepy_cluster() -> Iterator[list[DqlitepyServer]]:
-    """Three replicating `dqlitepy server` processes shared by the session (do not kill them)."""
-    with DqlitepyCluster.formed() as cluster:
-        yield cluster.nodes
+def shared_dqlitepy_cluster() -> Iterator[Cluster]:
+    """Three replicating `dqlitepy server` processes shared by the session (do not kill them;
+    the plugin's ``dqlitepy_cluster()`` starts a cluster for a test)."""
+    with Cluster(3) as cluster:
+        yield cluster
 
 
 @pytest.fixture(params=DRIVER_BACKENDS)
@@ -92,11 +102,11 @@ def servers(request: pytest.FixtureRequest) -> list[str]:
         cluster: DqliteDemoCluster = request.getfixturevalue("dqlite_cluster")
         return list(cluster.addresses)
     if request.param == "dqlitepy":
-        node: DqlitepyServer = request.getfixturevalue("dqlitepy_node")
+        node: DqlitepyServer = request.getfixturevalue("shared_dqlitepy_node")
         return [node.address]
     if request.param == "dqlitepy-cluster":
-        nodes: list[DqlitepyServer] = request.getfixturevalue("dqlitepy_cluster")
-        return [n.address for n in nodes]
+        shared: Cluster = request.getfixturevalue("shared_dqlitepy_cluster")
+        return shared.addresses
     raise AssertionError(f"unknown backend {request.param!r}")
 
 

@@ -1,168 +1,29 @@
 """Run ``dqlitepy server`` processes on loopback for tests.
 
-Each node is a separate ``python -m dqlitepy server`` process on a free port with
-its own temporary data directory, stopped by PID at the end.
+Each node is a separate ``dqlitepy server`` process on a free port with its own
+temporary data directory, stopped by PID at the end: :class:`DqlitepyServer` is the pytest
+plugin's :class:`dqlitepy.testing.ProcessNode` (one implementation for the project's tests
+and its users').  :class:`DqlitepyCluster` is this suite's older cluster helper, which many
+tests drive by address; new tests use the plugin's ``dqlitepy_cluster`` fixture.
 """
 
 from __future__ import annotations
 
 import contextlib
-import os
 import shutil
 import signal
-import socket
-import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from ssl import SSLContext
-from types import TracebackType
 
 import dqlitepy
+from dqlitepy.testing import ProcessNode as DqlitepyServer
+from dqlitepy.testing import free_port
 
 __all__ = ["CLUSTER_KEY", "DqlitepyCluster", "DqlitepyServer", "free_port"]
-
-_REPO = Path(__file__).resolve().parent.parent
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that was free a moment ago."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-def _accepts(address: str) -> bool:
-    host, _, port = address.rpartition(":")
-    try:
-        with socket.create_connection((host, int(port)), timeout=0.5):
-            return True
-    except OSError:
-        return False
-
-
-class DqlitepyServer:
-    """One ``dqlitepy server`` process.
-
-    Args:
-        data_dir: its data directory (a temporary one, removed at close, if None).
-        address: where it is dialled (a free loopback port if None): where it listens,
-            or, with ``listen``, the address it advertises.
-        cluster_key: the cluster key (replication) or None (a single node).
-        join: addresses to join through.
-        options: more ``dqlitepy server`` options.
-        prefix: a command the server runs under, such as ``["ip", "netns", "exec", NS]``;
-            it must exec the server (not fork it), so that signals reach the server.
-        listen: where it listens (``-a``), when not ``address``: it then runs with
-            ``--advertise ADDRESS``.
-    """
-
-    def __init__(
-        self,
-        data_dir: Path | None = None,
-        address: str | None = None,
-        *,
-        cluster_key: str | None = None,
-        join: list[str] | None = None,
-        options: list[str] | None = None,
-        prefix: list[str] | None = None,
-        listen: str | None = None,
-    ) -> None:
-        self.listen = listen
-        self.cluster_key = cluster_key
-        self.join = list(join or [])
-        self.options = list(options or [])
-        self.prefix = list(prefix or [])
-        self._own_dir = data_dir is None
-        self.data_dir = data_dir or Path(tempfile.mkdtemp(prefix="dqlitepy-node-"))
-        self.address = address or f"127.0.0.1:{free_port()}"
-        self.log_path = self.data_dir.parent / f"{self.data_dir.name}.log"
-        self.process: subprocess.Popen[bytes] | None = None
-
-    def start(self, timeout: float = 20.0) -> DqlitepyServer:
-        """Start the process and wait until it accepts connections."""
-        env = dict(os.environ)
-        env["PYTHONPATH"] = str(_REPO) + os.pathsep + env.get("PYTHONPATH", "")
-        # The caller's key and config file (docs/configuration.md) are not the test's.
-        for variable in ("DQLITEPY_CLUSTER_KEY", "DQLITEPY_CLUSTER_KEY_FILE", "DQLITEPY_CONFIG"):
-            env.pop(variable, None)
-        if self.cluster_key is not None:
-            env["DQLITEPY_CLUSTER_KEY"] = self.cluster_key
-        join = ["-j", ",".join(self.join)] if self.join else []
-        where = ["-a", self.address] if self.listen is None else ["-a", self.listen]
-        if self.listen is not None:
-            where += ["--advertise", self.address]
-        with self.log_path.open("ab") as log:
-            self.process = subprocess.Popen(
-                [
-                    *self.prefix,
-                    sys.executable,
-                    "-m",
-                    "dqlitepy",
-                    "server",
-                    *where,
-                    "-d",
-                    str(self.data_dir),
-                    *join,
-                    *self.options,
-                ],
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                env=env,
-            )
-        deadline = time.monotonic() + timeout
-        while not _accepts(self.address):
-            if self.process.poll() is not None:
-                raise RuntimeError(f"dqlitepy server exited early:\n{self.log()}")
-            if time.monotonic() > deadline:
-                self.close()
-                raise RuntimeError(f"dqlitepy server did not start in {timeout}s:\n{self.log()}")
-            time.sleep(0.05)
-        return self
-
-    def log(self) -> str:
-        """The process's output so far."""
-        try:
-            return self.log_path.read_text(errors="replace")
-        except OSError:
-            return ""
-
-    def stop(self, sig: int = signal.SIGTERM, timeout: float = 10.0) -> int:
-        """Send ``sig`` and wait for the exit; returns the exit status."""
-        process = self.process
-        if process is None:
-            return 0
-        if process.poll() is None:
-            process.send_signal(sig)
-            try:
-                process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait(timeout)
-        self.process = None
-        return process.returncode
-
-    def close(self) -> None:
-        """Kill the process if it runs and remove a temporary data directory."""
-        self.stop(signal.SIGKILL)
-        if self._own_dir:
-            shutil.rmtree(self.data_dir, ignore_errors=True)
-            self.log_path.unlink(missing_ok=True)
-
-    def __enter__(self) -> DqlitepyServer:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
 
 CLUSTER_KEY = "test-cluster-key-0123456789abcdef"

@@ -61,6 +61,8 @@ def _probe(code: str, prefixes: tuple[str, ...] = SERVER_ONLY) -> dict[str, Any]
         "import dqlitepy.dbapi2",
         "import dqlitepy.sqlalchemy.dialect",
         "import dqlitepy.sqlalchemy",
+        # The pytest plugin, which pytest imports in every session where dqlitepy is installed.
+        "import dqlitepy.testing",
         # The names a sqlite3 user and an embedder see, without starting anything.
         "from dqlitepy import Node, Client, Connection, connect; dir(__import__('dqlitepy'))",
     ],
@@ -79,10 +81,18 @@ def test_sqlalchemy_dialect_leaves_its_test_suite_out() -> None:
     assert _probe("import dqlitepy.sqlalchemy", ("sqlalchemy.testing",))["loaded"] == []
 
 
-def test_connection_to_a_server_elsewhere_loads_no_server(dqlitepy_node: DqlitepyServer) -> None:
+def test_the_driver_leaves_pytest_out() -> None:
+    """pytest is no dependency of dqlitepy: only ``dqlitepy.testing`` (the plugin) needs it."""
+    assert _probe("import dqlitepy", ("pytest", "_pytest", "dqlitepy.testing"))["loaded"] == []
+    assert "pytest" in _probe("import dqlitepy.testing", ("pytest",))["loaded"]  # the control
+
+
+def test_connection_to_a_server_elsewhere_loads_no_server(
+    shared_dqlitepy_node: DqlitepyServer,
+) -> None:
     code = (
         "import dqlitepy\n"
-        f"conn = dqlitepy.connect('dqlite://{dqlitepy_node.address}/import_cost')\n"
+        f"conn = dqlitepy.connect('dqlite://{shared_dqlitepy_node.address}/import_cost')\n"
         "assert conn.execute('SELECT 1').fetchall() == [(1,)]\n"
         "conn.close()\n"
     )

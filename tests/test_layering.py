@@ -78,6 +78,9 @@ LAYERS: dict[str, dict[str, str]] = {
         "sqlalchemy": EAGER,
         "alembic": EAGER,
     },
+    # The pytest plugin: what a user's tests could write, through the package root alone
+    # (pytest loads it in every session: it must not load the server either).
+    "dqlitepy.testing": {"dqlitepy": PUBLIC},
 }
 
 #: The top-level modules of dqlitepy that are no package, and the unit each belongs to.
@@ -297,7 +300,9 @@ def _eager_graph() -> dict[str, frozenset[str]]:
     return {unit: frozenset(targets) for unit, targets in graph.items()}
 
 
-@pytest.mark.parametrize("unit", ["dqlitepy", "dqlitepy.client", "dqlitepy.sqlalchemy"])
+@pytest.mark.parametrize(
+    "unit", ["dqlitepy", "dqlitepy.client", "dqlitepy.sqlalchemy", "dqlitepy.testing"]
+)
 def test_client_units_do_not_load_the_server(unit: str) -> None:
     """Following only import-time edges, a client never reaches the server's units."""
     graph = _eager_graph()
@@ -354,6 +359,10 @@ def test_client_units_do_not_load_the_server(unit: str) -> None:
         ("dqlitepy.server.metrics", "from prometheus_client import CollectorRegistry"),
         ("dqlitepy.client.dbapi", "def f():\n    import prometheus_client\n"),
         ("dqlitepy.replication.stats", "import prometheus_client"),
+        ("dqlitepy.testing.cluster", "from dqlitepy.server import NodeServer"),
+        ("dqlitepy.testing.process", "from dqlitepy.client.admin import Client"),
+        ("dqlitepy.testing.nodes", "from dqlitepy.node import Node"),
+        ("dqlitepy.testing.plugin", "import apsw"),
         ("dqlitepy.newlayer", "import os"),
     ],
 )
@@ -394,6 +403,8 @@ def test_checker_rejects(module: str, source: str) -> None:
         ("dqlitepy.cli.server", "from dqlitepy import node"),
         ("dqlitepy.cli", "from . import server, shell"),
         ("dqlitepy.__main__", "from .cli import main"),
+        ("dqlitepy.testing.cluster", "import dqlitepy\nfrom dqlitepy import Client\nimport pytest"),
+        ("dqlitepy.testing", "from .cluster import Cluster\nfrom ._support import free_port"),
     ],
 )
 def test_checker_allows(module: str, source: str) -> None:

@@ -29,6 +29,7 @@ from waiting import wait_until
 import dqlitepy
 from dqlitepy.cli import main
 from dqlitepy.cli.restore import MARKER_TABLE
+from dqlitepy.testing import Cluster
 
 ACCOUNTS = 10
 BALANCE = 1000
@@ -46,8 +47,8 @@ def _run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]
 
 
 @pytest.fixture
-def cluster(dqlitepy_cluster: list[DqlitepyServer]) -> list[str]:
-    return [n.address for n in dqlitepy_cluster]
+def cluster(shared_dqlitepy_cluster: Cluster) -> list[str]:
+    return shared_dqlitepy_cluster.addresses
 
 
 @pytest.fixture
@@ -359,14 +360,17 @@ def test_restore_and_backup_with_c_dqlite(
 
 
 def test_restore_and_backup_on_a_single_node(
-    dqlitepy_node: DqlitepyServer, db: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    shared_dqlitepy_node: DqlitepyServer,
+    db: str,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     """A node without a cluster key: its DUMP is its SQLite files as they are."""
     source = tmp_path / "source.db"
     make_source(source, rows=500)
-    status, _out, err = _run(capsys, "restore", "-s", dqlitepy_node.address, db, str(source))
+    status, _out, err = _run(capsys, "restore", "-s", shared_dqlitepy_node.address, db, str(source))
     assert status == 0, err
     backup = tmp_path / "backup.db"
-    status, _out, err = _run(capsys, "backup", "-s", dqlitepy_node.address, db, str(backup))
+    status, _out, err = _run(capsys, "backup", "-s", shared_dqlitepy_node.address, db, str(backup))
     assert status == 0, err
     assert contents(backup) == contents(source)

@@ -108,8 +108,8 @@ class Shells:
 
 
 @pytest.fixture
-def shells(dqlite_cluster: DqliteDemoCluster, dqlitepy_node: DqlitepyServer) -> Shells:
-    return Shells(dqlite_cluster, dqlitepy_node)
+def shells(dqlite_cluster: DqliteDemoCluster, shared_dqlitepy_node: DqlitepyServer) -> Shells:
+    return Shells(dqlite_cluster, shared_dqlitepy_node)
 
 
 @pytest.fixture

@@ -9,7 +9,6 @@ run).
 
 from __future__ import annotations
 
-import signal
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -17,12 +16,12 @@ from typing import Any
 
 import pytest
 from dqlite_cluster import DqliteDemoCluster
-from dqlitepy_server import DqlitepyCluster
 from waiting import wait_until
 
 import dqlitepy
 from dqlitepy.client import failover, protocol
 from dqlitepy.client.discovery import find_leader
+from dqlitepy.testing import ClusterFactory
 
 pytestmark = [pytest.mark.dqlite, pytest.mark.slow]
 
@@ -105,14 +104,13 @@ class _DeposingDiscovery:
 
 
 @pytest.fixture(params=["dqlite", "dqlitepy-cluster"])
-def any_cluster(request: pytest.FixtureRequest) -> Iterator[list[str]]:
+def any_cluster(request: pytest.FixtureRequest) -> list[str]:
     """The addresses of a fresh 3-voter cluster of C dqlite or of dqlitepy processes."""
     if request.param == "dqlite":
         demo: DqliteDemoCluster = request.getfixturevalue("fresh_dqlite_cluster")
-        yield list(demo.addresses)
-        return
-    with DqlitepyCluster.formed() as cluster:
-        yield cluster.addresses
+        return list(demo.addresses)
+    clusters: ClusterFactory = request.getfixturevalue("dqlitepy_cluster")
+    return clusters(size=3).addresses
 
 
 def test_not_leader_refusals_are_retried_not_shown(
@@ -165,110 +163,113 @@ def test_not_leader_refusals_are_retried_not_shown(
 CHURN_SECONDS = 8.0
 
 
-def test_leadership_churn_shows_only_errors_of_unknown_outcome() -> None:
+def test_leadership_churn_shows_only_errors_of_unknown_outcome(
+    dqlitepy_cluster: ClusterFactory,
+) -> None:
     """Leadership moves every fraction of a second while clients connect and write: what
     reaches them is never a not-leader refusal (those did not run and are retried), only
     errors that say what became of the request."""
-    with DqlitepyCluster.formed() as cluster:
-        stop = threading.Event()
-        seen: list[dqlitepy.Error] = []
-        writes = [0]
-        moves = [0]
+    cluster = dqlitepy_cluster(size=3)
+    stop = threading.Event()
+    seen: list[dqlitepy.Error] = []
+    writes = [0]
+    moves = [0]
 
-        def churn() -> None:
-            while not stop.wait(0.2):
-                try:
-                    with dqlitepy.Client(cluster.addresses, timeout=2) as admin:
-                        leader = admin.leader()
-                        members = admin.cluster()
-                        others = [m for m in members if leader and m.address != leader.address]
-                        if others:  # else an election is under way: it moves by itself
-                            admin.transfer(others[moves[0] % len(others)].id)
-                            moves[0] += 1
-                except dqlitepy.Error as exc:
-                    # A move can fail (an election under way, a slow transfer): try the next.
-                    print("churn:", repr(exc))
-
-        def worker(name: str) -> None:
-            n = 0
-            while not stop.is_set():
-                try:
-                    conn = dqlitepy.connect(
-                        "churn",
-                        servers=cluster.addresses,
-                        isolation_level=None,
-                        attempt_timeout=1.0,
-                        leader_timeout=10.0,
-                        request_timeout=5.0,
-                    )
-                    try:
-                        for _ in range(5):
-                            conn.execute("INSERT INTO t VALUES (?)", (f"{name}-{n}",))
-                            n += 1
-                            writes[0] += 1
-                    finally:
-                        conn.close()
-                except dqlitepy.Error as exc:
-                    seen.append(exc)
-
-        with dqlitepy.connect("churn", servers=cluster.addresses) as setup:
-            setup.execute("CREATE TABLE t (v TEXT)")
-        setup.close()
-        threads = [threading.Thread(target=churn)]
-        threads += [threading.Thread(target=worker, args=(f"w{i}",)) for i in range(2)]
-        for thread in threads:
-            thread.start()
-        time.sleep(CHURN_SECONDS)
-        stop.set()
-        for thread in threads:
-            thread.join(30)
-        print(f"{moves[0]} leadership moves, {writes[0]} writes, errors: {seen}")
-        assert moves[0] >= 2
-        assert writes[0] > 0
-        assert not [e for e in seen if isinstance(e, dqlitepy.NotLeaderError)]
-        for exc in seen:
-            assert isinstance(exc, dqlitepy.ConnectionLostError | dqlitepy.LeadershipLostError), exc
-            assert exc.outcome == "unknown", exc
-            assert "the outcome of the statement is unknown" in str(exc), exc
-
-
-def test_commit_lost_with_the_leader_has_unknown_outcome() -> None:
-    with DqlitepyCluster.formed() as cluster:
-        conn = dqlitepy.connect(
-            "failover", servers=cluster.addresses, attempt_timeout=1.0, request_timeout=10.0
-        )
-        try:
-            conn.execute("CREATE TABLE t (x)")
-            conn.commit()
-            conn.execute("INSERT INTO t VALUES (1)")
-            leader = cluster.node(cluster.leader())
-            assert leader.process is not None
-            # Frozen, the leader takes the COMMIT into its socket buffer and never answers;
-            # killed, it resets the connection.  The driver cannot know whether the COMMIT
-            # ran (had the leader run it before dying, the row would be committed).
-            leader.process.send_signal(signal.SIGSTOP)
-            killer = threading.Timer(0.5, leader.stop, args=(signal.SIGKILL,))
-            killer.start()
+    def churn() -> None:
+        while not stop.wait(0.2):
             try:
-                started = time.monotonic()
-                with pytest.raises(dqlitepy.ConnectionLostError) as info:
-                    conn.commit()
-                elapsed = time.monotonic() - started
-            finally:
-                killer.join()
-            assert elapsed < 5.0, elapsed
-            assert info.value.outcome == "unknown"
-            assert "the outcome of the commit is unknown" in str(info.value)
-            assert "rolled back" not in str(info.value)
-            assert info.value.request_sent
-            assert not conn.in_transaction
-            # The connection goes on, on the new leader; the row is there or not, once.
-            assert _count(conn) in (0, 1)
-            conn.execute("INSERT INTO t VALUES (2)")
-            conn.commit()
-            assert _count(conn, "SELECT count(*) FROM t WHERE x = 2") == 1
+                with dqlitepy.Client(cluster.addresses, timeout=2) as admin:
+                    leader = admin.leader()
+                    members = admin.cluster()
+                    others = [m for m in members if leader and m.address != leader.address]
+                    if others:  # else an election is under way: it moves by itself
+                        admin.transfer(others[moves[0] % len(others)].id)
+                        moves[0] += 1
+            except dqlitepy.Error as exc:
+                # A move can fail (an election under way, a slow transfer): try the next.
+                print("churn:", repr(exc))
+
+    def worker(name: str) -> None:
+        n = 0
+        while not stop.is_set():
+            try:
+                conn = dqlitepy.connect(
+                    "churn",
+                    servers=cluster.addresses,
+                    isolation_level=None,
+                    attempt_timeout=1.0,
+                    leader_timeout=10.0,
+                    request_timeout=5.0,
+                )
+                try:
+                    for _ in range(5):
+                        conn.execute("INSERT INTO t VALUES (?)", (f"{name}-{n}",))
+                        n += 1
+                        writes[0] += 1
+                finally:
+                    conn.close()
+            except dqlitepy.Error as exc:
+                seen.append(exc)
+
+    with dqlitepy.connect("churn", servers=cluster.addresses) as setup:
+        setup.execute("CREATE TABLE t (v TEXT)")
+    setup.close()
+    threads = [threading.Thread(target=churn)]
+    threads += [threading.Thread(target=worker, args=(f"w{i}",)) for i in range(2)]
+    for thread in threads:
+        thread.start()
+    time.sleep(CHURN_SECONDS)
+    stop.set()
+    for thread in threads:
+        thread.join(30)
+    print(f"{moves[0]} leadership moves, {writes[0]} writes, errors: {seen}")
+    assert moves[0] >= 2
+    assert writes[0] > 0
+    assert not [e for e in seen if isinstance(e, dqlitepy.NotLeaderError)]
+    for exc in seen:
+        assert isinstance(exc, dqlitepy.ConnectionLostError | dqlitepy.LeadershipLostError), exc
+        assert exc.outcome == "unknown", exc
+        assert "the outcome of the statement is unknown" in str(exc), exc
+
+
+def test_commit_lost_with_the_leader_has_unknown_outcome(
+    dqlitepy_cluster: ClusterFactory,
+) -> None:
+    cluster = dqlitepy_cluster(size=3)
+    conn = dqlitepy.connect(
+        "failover", servers=cluster.addresses, attempt_timeout=1.0, request_timeout=10.0
+    )
+    try:
+        conn.execute("CREATE TABLE t (x)")
+        conn.commit()
+        conn.execute("INSERT INTO t VALUES (1)")
+        leader = cluster.wait_for_leader()
+        # Frozen, the leader takes the COMMIT into its socket buffer and never answers;
+        # killed, it resets the connection.  The driver cannot know whether the COMMIT
+        # ran (had the leader run it before dying, the row would be committed).
+        cluster.pause(leader)
+        killer = threading.Timer(0.5, leader.kill)
+        killer.start()
+        try:
+            started = time.monotonic()
+            with pytest.raises(dqlitepy.ConnectionLostError) as info:
+                conn.commit()
+            elapsed = time.monotonic() - started
         finally:
-            conn.close()
+            killer.join()
+        assert elapsed < 5.0, elapsed
+        assert info.value.outcome == "unknown"
+        assert "the outcome of the commit is unknown" in str(info.value)
+        assert "rolled back" not in str(info.value)
+        assert info.value.request_sent
+        assert not conn.in_transaction
+        # The connection goes on, on the new leader; the row is there or not, once.
+        assert _count(conn) in (0, 1)
+        conn.execute("INSERT INTO t VALUES (2)")
+        conn.commit()
+        assert _count(conn, "SELECT count(*) FROM t WHERE x = 2") == 1
+    finally:
+        conn.close()
 
 
 def test_leader_killed_next_read_succeeds(

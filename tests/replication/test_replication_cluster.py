@@ -1,32 +1,28 @@
 """Real multi-process dqlitepy clusters: forming with --join, replicating, failing over.
 
-Each node is a separate ``dqlitepy server`` process on loopback; nodes are killed
-with SIGKILL and restarted on the same data directory.  Every wait is bounded.
+Each node is a separate ``dqlitepy server`` process on loopback, started by the pytest
+plugin's ``dqlitepy_cluster`` fixture (dqlitepy.testing); nodes are killed with SIGKILL and
+restarted on the same data directory.  Every wait is bounded.
 """
 
 from __future__ import annotations
 
-import contextlib
-import signal
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from dqlite_cluster import DqliteDemoCluster
-from dqlitepy_server import CLUSTER_KEY as KEY
-from dqlitepy_server import DqlitepyCluster as Cluster
 from dqlitepy_server import DqlitepyServer
 from waiting import wait_until
 
 import dqlitepy
+from dqlitepy.testing import Cluster, ClusterFactory
 
 
 @pytest.fixture
-def cluster() -> Iterator[Cluster]:
-    with Cluster.formed() as c:
-        yield c
+def cluster(dqlitepy_cluster: ClusterFactory) -> Cluster:
+    return dqlitepy_cluster(size=3)
 
 
 def _count(servers: list[str], database: str) -> int:
@@ -53,7 +49,7 @@ def test_cluster_forms_and_the_go_shell_sees_it(cluster: Cluster) -> None:
     assert sorted(line.split("|")[1] for line in lines) == sorted(cluster.addresses)
     assert all(line.endswith("|voter") for line in lines)
     leader = shell.shell(".leader", servers=cluster.addresses)
-    assert leader == cluster.leader()
+    assert leader == cluster.wait_for_leader().address
 
 
 def test_every_node_holds_the_data(cluster: Cluster) -> None:
@@ -65,21 +61,16 @@ def test_every_node_holds_the_data(cluster: Cluster) -> None:
         expected = conn.execute("SELECT id, r, at FROM t ORDER BY id").fetchall()
     finally:
         conn.close()
-    client = dqlitepy.Client(cluster.addresses)
-    ids = {n.address: n.id for n in client.cluster()}
     # Make each node the leader in turn: it must answer with the same rows
     # (random() and datetime('now') replicate as pages, not as SQL).
-    for address in cluster.addresses:
-        if cluster.leader() != address:
-            client.transfer(ids[address])
-        wait_until(lambda a=address: cluster.leader() == a, f"{address} to lead", 20, 0.1)
-        conn = dqlitepy.connect("app", servers=[address])
+    for node in cluster.nodes:
+        cluster.transfer(node)
+        conn = node.connect("app")
         try:
             assert conn.execute("SELECT id, r, at FROM t ORDER BY id").fetchall() == expected
             assert conn.execute("PRAGMA integrity_check").fetchone() == ("ok",)
         finally:
             conn.close()
-    client.close()
 
 
 def test_leader_kill_during_writes_loses_no_acknowledged_row(cluster: Cluster) -> None:
@@ -108,17 +99,17 @@ def test_leader_kill_during_writes_loses_no_acknowledged_row(cluster: Cluster) -
     thread = threading.Thread(target=writer)
     thread.start()
     wait_until(lambda: len(acknowledged) >= 10, "writes to go through")
-    leader = cluster.leader()
+    leader = cluster.wait_for_leader()
     killed_at = time.monotonic()
     before = len(acknowledged)
-    cluster.node(leader).stop(signal.SIGKILL)
+    cluster.kill(leader)
     wait_until(
         lambda: len(acknowledged) > before + 10, "writes to resume on a new leader", 20, 0.05
     )
     failover = time.monotonic() - killed_at
     stop.set()
     thread.join(30)
-    live = [a for a in cluster.addresses if a != leader]
+    live = [n.address for n in cluster.nodes if n is not leader]
     conn.close()
     conn = dqlitepy.connect("app", servers=live)
     rows = [r[0] for r in conn.execute("SELECT v FROM t")]
@@ -134,23 +125,13 @@ def test_leader_kill_during_writes_loses_no_acknowledged_row(cluster: Cluster) -
 def test_a_restarted_node_catches_up(cluster: Cluster) -> None:
     conn = dqlitepy.connect("app", servers=cluster.addresses, isolation_level=None)
     conn.execute("CREATE TABLE t (id INTEGER PRIMARY KEY, v)")
-    victim = next(a for a in cluster.addresses if a != cluster.leader())
-    cluster.node(victim).stop(signal.SIGKILL)
+    victim = cluster.kill(cluster.followers()[0])
     for i in range(200):
         conn.execute("INSERT INTO t (v) VALUES (?)", (i,))
     conn.close()
-    cluster.node(victim).start(timeout=60)
-    client = dqlitepy.Client(cluster.addresses)
-    target = next(n.id for n in client.cluster() if n.address == victim)
-
-    def leads() -> bool:
-        with contextlib.suppress(dqlitepy.Error):
-            client.transfer(target)
-        return cluster.leader() == victim
-
-    wait_until(leads, "the restarted node to catch up and lead", 30, 0.3)
-    client.close()
-    assert _count([victim], "app") == 200
+    cluster.restart(victim)
+    cluster.transfer(victim)  # TRANSFER is repeated until it has caught up and leads
+    assert _count([victim.address], "app") == 200
 
 
 def test_full_cluster_restart_keeps_the_data(cluster: Cluster) -> None:
@@ -159,10 +140,10 @@ def test_full_cluster_restart_keeps_the_data(cluster: Cluster) -> None:
     conn.executemany("INSERT INTO t (v) VALUES (?)", [(i,) for i in range(50)])
     conn.close()
     for node in cluster.nodes:
-        node.stop(signal.SIGKILL)
+        cluster.kill(node)
     for node in cluster.nodes:
-        node.start(timeout=60)
-    cluster.leader(timeout=30)
+        cluster.restart(node)
+    cluster.wait_for_leader(timeout=30)
     assert _count(cluster.addresses, "app") == 50
 
 
@@ -193,7 +174,7 @@ def test_statements_that_commit_nothing(cluster: Cluster) -> None:
 def test_transfer_answers_once_leadership_moved(cluster: Cluster) -> None:
     client = dqlitepy.Client(cluster.addresses)
     try:
-        leader = cluster.leader()
+        leader = cluster.wait_for_leader().address
         target = next(n for n in client.cluster() if n.address != leader)
         client.transfer(target.id)
         # No waiting: the old leader already stopped leading when TRANSFER returned.
@@ -205,12 +186,12 @@ def test_transfer_answers_once_leadership_moved(cluster: Cluster) -> None:
 
 
 def test_stopping_the_leader_hands_over_first(cluster: Cluster) -> None:
-    leader = cluster.leader()
+    leader = cluster.wait_for_leader()
     started = time.monotonic()
-    assert cluster.node(leader).stop(signal.SIGTERM) == 0
+    assert leader.stop() == 0  # SIGTERM
     # The others had a leader as soon as the old one was gone: no election timeout.
-    new_leader = cluster.leader(timeout=5)
-    assert new_leader != leader
+    new_leader = cluster.wait_for_leader(timeout=5)
+    assert new_leader is not leader
     assert time.monotonic() - started < 5
 
 
@@ -229,21 +210,15 @@ def test_a_large_transaction_replicates(cluster: Cluster) -> None:
     finally:
         conn.close()
     assert expected == (72 * 1048576 + 10, 10)
-    client = dqlitepy.Client(cluster.addresses)
-    try:
-        for node in client.cluster():
-            if cluster.leader() != node.address:
-                client.transfer(node.id)
-            single = dqlitepy.connect("big", servers=[node.address])
-            try:
-                assert (
-                    single.execute("SELECT sum(length(data)), count(*) FROM b").fetchone()
-                    == expected
-                )
-            finally:
-                single.close()
-    finally:
-        client.close()
+    for node in cluster.nodes:
+        cluster.transfer(node)
+        single = node.connect("big")
+        try:
+            assert (
+                single.execute("SELECT sum(length(data)), count(*) FROM b").fetchone() == expected
+            )
+        finally:
+            single.close()
 
 
 def test_a_stranger_on_a_nodes_address_is_refused(cluster: Cluster, tmp_path: Path) -> None:
@@ -303,9 +278,8 @@ def test_membership_changes_during_writes(cluster: Cluster) -> None:
 
     thread = threading.Thread(target=writer)
     thread.start()
-    fourth = DqlitepyServer(cluster.root / "node3", cluster_key=KEY, join=[cluster.addresses[0]])
     try:
-        fourth.start(timeout=60)
+        fourth = cluster.add_node()
         client = dqlitepy.Client(cluster.addresses)
         # Three voters already: the fourth joins as a standby; then it votes.
         wait_until(
@@ -327,7 +301,8 @@ def test_membership_changes_during_writes(cluster: Cluster) -> None:
     finally:
         stop.set()
         thread.join(60)
-        fourth.stop(signal.SIGKILL)
+        for node in cluster.nodes[3:]:
+            node.kill()
     check = dqlitepy.connect("members", servers=cluster.addresses)
     rows = {r[0] for r in check.execute("SELECT v FROM t")}
     check.close()
@@ -337,7 +312,7 @@ def test_membership_changes_during_writes(cluster: Cluster) -> None:
 
 def test_go_shell_remove(cluster: Cluster) -> None:
     shell = DqliteDemoCluster()
-    victim = next(a for a in cluster.addresses if a != cluster.leader())
+    victim = cluster.followers()[0].address
     shell.shell(f".remove {victim}", servers=cluster.addresses)
     lines = shell.shell(".cluster", servers=cluster.addresses).splitlines()
     assert sorted(line.split("|")[1] for line in lines) == sorted(

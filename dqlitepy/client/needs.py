@@ -35,7 +35,7 @@ import ssl
 from collections.abc import Generator
 from typing import Any, Protocol, TypeAlias, TypeVar
 
-__all__ = ["Dial", "Gen", "Need", "Recv", "Send", "Sleep", "Transport"]
+__all__ = ["Conversation", "Dial", "Gen", "Need", "Recv", "Send", "Sleep", "Transport"]
 
 T = TypeVar("T")
 
@@ -70,6 +70,25 @@ class Transport(Protocol):
         """
 
 
+class Conversation(Protocol):
+    """The request in flight on a transport, as a waiter that gives up on it sees it.
+
+    :class:`~dqlitepy.client.protocol.Protocol` is one.  A waiter whose wait
+    is cancelled (an asyncio task) must leave the stream in step or closed:
+    it interrupts a query and reads what remains (:meth:`drain`), and closes
+    the stream in every other case.
+    """
+
+    def interrupt(self) -> bool:
+        """Send INTERRUPT if a query is in flight; True if one was sent."""
+
+    def drain(self, timeout: float | None) -> Gen[None]:
+        """Read what remains of the interrupted conversation, until idle."""
+
+    def close(self) -> None:
+        """Close the stream (the conversation is out of step)."""
+
+
 class Dial:
     """Open a stream to ``address`` within ``timeout`` seconds, with TLS if ``ssl_context``."""
 
@@ -93,13 +112,20 @@ class Send:
 
 
 class Recv:
-    """Read what ``transport`` has (at least one byte, or ``b""`` at EOF) before ``deadline``."""
+    """Read what ``transport`` has (at least one byte, or ``b""`` at EOF) before ``deadline``.
 
-    __slots__ = ("deadline", "transport")
+    ``conversation`` is the request awaiting these bytes, for a waiter that
+    gives up on the wait (see :class:`Conversation`).
+    """
 
-    def __init__(self, transport: Transport, deadline: float | None) -> None:
+    __slots__ = ("conversation", "deadline", "transport")
+
+    def __init__(
+        self, transport: Transport, deadline: float | None, conversation: Conversation
+    ) -> None:
         self.transport = transport
         self.deadline = deadline
+        self.conversation = conversation
 
 
 class Sleep:

@@ -188,7 +188,7 @@ class Protocol:
                     f"connection to {self.address} is closed", request_sent=True
                 )
             try:
-                data = yield Recv(transport, deadline)
+                data = yield Recv(transport, deadline, self)
             except (OSError, ValueError) as exc:
                 raise self._poison(exc, sent=True, what="lost connection to") from exc
             if not data:

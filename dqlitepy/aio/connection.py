@@ -22,7 +22,7 @@ import os
 import ssl as _ssl
 from collections.abc import Callable, Coroutine, Generator, Iterable, Sequence
 from types import TracebackType
-from typing import Any, Generic, TypeVar
+from typing import Any, TypeVar
 
 from ..client import errors as _errors
 from ..client.connection import (
@@ -215,6 +215,10 @@ class Connection:
         session = self._checked_session()
         return await self._run(session.total_changes)
 
+    async def set_trace_callback(self, trace_callback: Callable[[str], object] | None) -> None:
+        """Call ``trace_callback`` with the text of every SQL statement sent."""
+        self._checked_session().trace = trace_callback
+
     async def interrupt(self) -> None:
         """Stop the query another task runs on this connection (``interrupted``).
 
@@ -257,9 +261,10 @@ class Connection:
             self._session.abandon()
 
 
-class _Opening(Generic[A]):
-    """What ``connect()`` and ``execute()`` return: awaitable, or an ``async with`` that
-    closes the result at its end (aiosqlite's shape)."""
+class _Opening(Coroutine[Any, Any, A]):
+    """What ``connect()`` and ``execute()`` return: a coroutine (to await, or to hand to
+    ``asyncio.create_task``), or an ``async with`` that closes the result at its end
+    (aiosqlite's shape)."""
 
     __slots__ = ("_coro", "_result")
 
@@ -269,6 +274,15 @@ class _Opening(Generic[A]):
 
     def __await__(self) -> Generator[Any, None, A]:
         return self._coro.__await__()
+
+    def send(self, value: Any) -> Any:
+        return self._coro.send(value)
+
+    def throw(self, *args: Any) -> Any:
+        return self._coro.throw(*args)
+
+    def close(self) -> None:
+        self._coro.close()
 
     async def __aenter__(self) -> A:
         self._result = await self._coro

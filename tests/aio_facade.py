@@ -10,6 +10,7 @@ facade adds no logic, so what a test sees is what ``dqlitepy.aio`` does.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 from collections.abc import Coroutine, Iterable
 from types import TracebackType
@@ -132,10 +133,8 @@ class SyncOverAsync:
         if exc_type is None:
             self.commit()
         else:
-            try:
+            with contextlib.suppress(dqlitepy.aio.Error):
                 self.rollback()
-            except dqlitepy.aio.Error:
-                pass
 
 
 class FacadeCursor:

@@ -113,11 +113,13 @@ DRIVERS = ["sync", "async"]
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
-    if "driver" in metafunc.fixturenames and metafunc.definition.get_closest_marker(
-        "both_drivers"
+    marked = metafunc.definition.get_closest_marker
+    if (
+        "driver" in metafunc.fixturenames
+        and marked("both_drivers") is not None
+        and marked("sync_driver_only") is None
     ):
-        if metafunc.definition.get_closest_marker("sync_driver_only") is None:
-            metafunc.parametrize("driver", DRIVERS, indirect=True)
+        metafunc.parametrize("driver", DRIVERS, indirect=True)
 
 
 @pytest.fixture

@@ -74,6 +74,7 @@ LAYERS: dict[str, dict[str, str]] = {
     },
     "dqlitepy.sqlalchemy": {
         "dqlitepy": PUBLIC,
+        "dqlitepy.aio": PUBLIC,
         "dqlitepy.client": PUBLIC,
         "sqlalchemy": EAGER,
         "alembic": EAGER,

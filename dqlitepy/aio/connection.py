@@ -241,6 +241,22 @@ class Connection:
                 if self._on_close is not None:
                     self._on_close()
 
+    def terminate(self) -> None:
+        """Close the socket now, without waiting or sending anything (from any thread).
+
+        What a pool does with a connection it gives up on: the server ends the
+        session and rolls back its open transaction.  :meth:`close` is the
+        orderly way.
+        """
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            self._session.abandon()
+        finally:
+            if self._on_close is not None:
+                self._on_close()
+
     async def __aenter__(self) -> Connection:
         return self
 

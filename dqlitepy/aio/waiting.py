@@ -230,11 +230,17 @@ class AsyncTransport:
             return
         self._closed = True
         transport = self._stream.transport
-        if transport is not None:
-            if threading.get_ident() == self._thread:
-                transport.close()
-            else:  # a finalizer on another thread: asyncio transports belong to their loop
-                self._stream.loop.call_soon_threadsafe(transport.close)
+        if transport is None:
+            return
+        loop = self._stream.loop
+        if loop.is_closed():
+            # Too late to ask the loop (a finalizer after asyncio.run ended): the
+            # transport closes its socket when it is collected.
+            return
+        if threading.get_ident() == self._thread:
+            transport.close()
+        else:  # a finalizer on another thread: asyncio transports belong to their loop
+            loop.call_soon_threadsafe(transport.close)
 
     def _transport(self) -> asyncio.Transport:
         transport = self._stream.transport

@@ -23,7 +23,7 @@ import os
 import secrets
 import ssl
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, cast
@@ -51,6 +51,7 @@ __all__ = [
     "Node",
     "StartupRefused",
     "connect",
+    "default_target",
     "embedded_node",
 ]
 
@@ -307,12 +308,28 @@ class Connection(_dbapi.Connection):
     """
 
     def _default_servers(self, name: str) -> tuple[list[str], str]:
-        if name == ":memory:" or name == "":
-            node = _embedded.memory()
-            private = f"memory-{secrets.token_hex(16)}"
-            self._close_callbacks.append(lambda: _delete_database(node, private))
-            return [node.address], private
-        return [embedded_node().address], name
+        servers, name, on_close = default_target(name)
+        if on_close is not None:
+            self._close_callbacks.append(on_close)
+        return servers, name
+
+
+def default_target(name: str) -> tuple[list[str], str, Callable[[], None] | None]:
+    """Where database ``name`` lives when no servers are configured: the embedded nodes.
+
+    Starts the node on first use (this blocks while it starts).  ``:memory:``
+    (or ``""``) is a fresh private database on the second node.
+
+    Returns:
+        The servers, the database name to open there, and what to call once
+        the connection is closed (None: nothing), for ``dqlitepy.connect`` and
+        ``dqlitepy.aio.connect`` alike.
+    """
+    if name == ":memory:" or name == "":
+        node = _embedded.memory()
+        private = f"memory-{secrets.token_hex(16)}"
+        return [node.address], private, lambda: _delete_database(node, private)
+    return [embedded_node().address], name, None
 
 
 def connect(database: str | bytes | os.PathLike[str], *args: Any, **kwargs: Any) -> Connection:

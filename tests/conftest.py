@@ -117,17 +117,48 @@ def db_name(request: pytest.FixtureRequest) -> str:
     return f"{base}_{next(_db_counter)}_{uuid.uuid4().hex[:8]}"
 
 
+#: The drivers a test marked ``both_drivers`` runs with: the blocking one, and
+#: ``dqlitepy.aio`` through the blocking calling convention (``tests/aio_facade.py``).
+DRIVERS = ["sync", "async"]
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    marked = metafunc.definition.get_closest_marker
+    if (
+        "driver" in metafunc.fixturenames
+        and marked("both_drivers") is not None
+        and marked("sync_driver_only") is None
+    ):
+        metafunc.parametrize("driver", DRIVERS, indirect=True)
+
+
 @pytest.fixture
-def connect(servers: list[str], db_name: str) -> Iterator[Callable[..., dqlitepy.Connection]]:
+def driver(request: pytest.FixtureRequest) -> str:
+    """``"sync"`` (``dqlitepy.connect``), or ``"async"`` (``dqlitepy.aio.connect`` behind
+    the blocking surface) in tests marked ``both_drivers``."""
+    return str(getattr(request, "param", "sync"))
+
+
+@pytest.fixture
+def connect(
+    servers: list[str], db_name: str, driver: str
+) -> Iterator[Callable[..., dqlitepy.Connection]]:
     """``connect(database=db_name, **kwargs)``: a ``dqlitepy.connect`` to ``servers`` whose
-    connections are all closed at teardown. ``servers=`` may be overridden."""
+    connections are all closed at teardown. ``servers=`` may be overridden.  In a test
+    marked ``both_drivers`` it is ``dqlitepy.aio.connect`` too (see ``driver``)."""
     made: list[dqlitepy.Connection] = []
 
     def factory(database: str | None = None, /, **kwargs: Any) -> dqlitepy.Connection:
         kwargs.setdefault("servers", servers)
-        conn = dqlitepy.connect(db_name if database is None else database, **kwargs)
+        name = db_name if database is None else database
+        if driver == "async":
+            import aio_facade
+
+            conn: Any = aio_facade.connect(name, **kwargs)
+        else:
+            conn = dqlitepy.connect(name, **kwargs)
         made.append(conn)
-        return conn
+        return conn  # type: ignore[no-any-return]
 
     yield factory
     for conn in made:

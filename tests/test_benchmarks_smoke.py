@@ -55,3 +55,30 @@ def test_quick_run_prints_both_systems_and_a_ratio() -> None:
     assert ["kvwrite", "1", "dqlite"] in [r[:3] for r in rows], run.stdout
     ours = [r for r in rows if r[:1] == ["dqlitepy"]]
     assert ours and "ratio:" in ours[0], run.stdout
+
+
+def test_driver_async_benchmark_runs() -> None:
+    """``benchmarks/driver_async.py`` at its smallest: both drivers, two levels, one round."""
+    env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    run = subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "benchmarks" / "driver_async.py"),
+            "--seconds",
+            "0.3",
+            "--levels",
+            "1,2",
+            "--rounds",
+            "1",
+        ],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    rows = [line.split() for line in run.stdout.splitlines()]
+    assert [r[:2] for r in rows] == [["read", "1"], ["read", "2"], ["write", "1"], ["write", "2"]]
+    assert all("sync" in r and "async" in r for r in rows), run.stdout

@@ -62,6 +62,9 @@ LAYERS: dict[str, dict[str, str]] = {
     },
     # The embedding glue: a node is a server, loaded only when one is constructed.
     "dqlitepy.node": {"dqlitepy.client": EAGER, "dqlitepy.wire": EAGER, "dqlitepy.server": LAZY},
+    # The asyncio driver: the client's core on an asyncio waiter; the embedded default
+    # (dqlitepy.node) is loaded only when a connection needs it.
+    "dqlitepy.aio": {"dqlitepy.client": EAGER, "dqlitepy.wire": EAGER, "dqlitepy.node": LAZY},
     # The package root (and dbapi2): what a sqlite3 user imports.
     "dqlitepy": {"dqlitepy.client": EAGER, "dqlitepy.wire": EAGER, "dqlitepy.node": EAGER},
     # Front-ends: public names only.
@@ -74,6 +77,7 @@ LAYERS: dict[str, dict[str, str]] = {
     },
     "dqlitepy.sqlalchemy": {
         "dqlitepy": PUBLIC,
+        "dqlitepy.aio": PUBLIC,
         "dqlitepy.client": PUBLIC,
         "sqlalchemy": EAGER,
         "alembic": EAGER,

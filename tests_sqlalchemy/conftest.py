@@ -31,9 +31,15 @@ _REPO = Path(__file__).resolve().parent.parent
 
 # An installed dqlitepy declares the dialect as entry points (setup.cfg); from a
 # source checkout that is not installed, register it the way the entry points would.
-if not any(ep.name == "sqlite.dqlitepy" for ep in entry_points(group="sqlalchemy.dialects")):
-    registry.register("sqlite.dqlitepy", "dqlitepy.sqlalchemy", "dialect")
-    registry.register("dqlite", "dqlitepy.sqlalchemy", "dialect")
+_DIALECTS = {
+    "sqlite.dqlitepy": "dqlitepy.sqlalchemy",
+    "dqlite": "dqlitepy.sqlalchemy",
+    "sqlite.dqlitepy_async": "dqlitepy.sqlalchemy.dialect_async",
+}
+_declared = {ep.name for ep in entry_points(group="sqlalchemy.dialects")}
+for _name, _module in _DIALECTS.items():
+    if _name not in _declared:
+        registry.register(_name, _module, "dialect")
 
 pytest.register_assert_rewrite("sqlalchemy.testing.assertions")
 

@@ -7,12 +7,15 @@ of the real C dqlite (``dqlite-demo``), the only way to change leaders today.
 
 from __future__ import annotations
 
+import asyncio
 import datetime
+import itertools
 import os
 import signal
 import ssl
 import textwrap
 import time
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, ClassVar, Protocol
@@ -513,3 +516,65 @@ class FailoverTest(fixtures.TestBase):
         with engine.connect() as conn:
             assert conn.exec_driver_sql("SELECT count(*) FROM t").scalar() == 1
         engine.dispose()
+
+
+# ------------------------------------------------- the asyncio dialect through a leader kill
+
+
+class AsyncFailoverTest(fixtures.TestBase):
+    """``create_async_engine("sqlite+dqlitepy_async://...")`` through a leader SIGKILL: tasks
+    writing through the kill lose no acknowledged write, see only errors of unknown outcome,
+    and the pool invalidates the connections those came from (the blocking dialect's
+    ``is_disconnect``)."""
+
+    def test_async_engine_writes_through_a_leader_kill(self, cluster: _Cluster) -> None:
+        from sqlalchemy.ext.asyncio import create_async_engine
+
+        hosts = "&".join(f"host={address}" for address in cluster.addresses)
+        url = f"sqlite+dqlitepy_async:///async_failover.db?{hosts}"
+        leader = _leader(sa.create_engine(url.replace("_async", "", 1)))
+        acked: list[int] = []
+        unknown: list[int] = []
+
+        async def main() -> None:
+            engine = create_async_engine(url, pool_size=8)
+            async with engine.begin() as conn:
+                await conn.exec_driver_sql("CREATE TABLE t (x INTEGER)")
+            killed = asyncio.Event()
+
+            async def writer(task: int) -> None:
+                after = 0
+                for seq in itertools.count():
+                    value = task * 100_000 + seq
+                    try:
+                        async with engine.begin() as conn:
+                            await conn.exec_driver_sql("INSERT INTO t VALUES (?)", (value,))
+                    except exc.OperationalError as error:
+                        # Only the leader's loss may fail a write (the error says what
+                        # became of it), and the pool knows the connection is gone.
+                        assert error.connection_invalidated, error
+                        outcome = getattr(error.orig, "outcome", None)
+                        assert outcome in ("unknown", "rolled back", "not run"), error
+                        if outcome == "unknown":
+                            unknown.append(value)
+                        continue
+                    acked.append(value)
+                    after += killed.is_set()
+                    if after >= 3:
+                        return
+
+            writers = [asyncio.create_task(writer(i)) for i in range(8)]
+            while len(acked) < 16:
+                await asyncio.sleep(0.05)
+            cluster.kill(leader.address)
+            killed.set()
+            await asyncio.gather(*writers)
+            async with engine.connect() as conn:
+                result = await conn.exec_driver_sql("SELECT x FROM t")
+                rows = Counter(result.scalars().all())
+            await engine.dispose()
+            assert all(n == 1 for n in rows.values()), "a write was applied twice"
+            assert not set(acked) - set(rows), "an acknowledged write was lost"
+            assert set(rows) <= set(acked) | set(unknown), "a write nobody sent"
+
+        asyncio.run(asyncio.wait_for(main(), 120))

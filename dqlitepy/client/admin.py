@@ -59,9 +59,11 @@ from .errors import (
     NotLeaderError,
     OperationalError,
 )
+from .needs import Gen
 from .protocol import Protocol
+from .waiting import wait
 
-__all__ = ["Client", "NodeMetadata"]
+__all__ = ["Client", "ClientBase", "NodeMetadata"]
 
 R = TypeVar("R", bound=Response)
 
@@ -107,8 +109,12 @@ def _role(role: NodeRole | int | str) -> NodeRole:
     return NodeRole(role)
 
 
-class Client:
-    """Administers a dqlite cluster.
+class ClientBase:
+    """The admin client's state, and its requests as generators (see :mod:`dqlitepy.client.needs`).
+
+    :class:`Client` drives them with the blocking waiter, ``dqlitepy.aio.Client``
+    with asyncio: both follow the same rules for finding the leader, proving
+    the key and retrying.
 
     Args:
         servers: addresses of known nodes, as a list or a comma-separated string.
@@ -145,12 +151,131 @@ class Client:
         self._leader: Protocol | None = None
         self._proven = False  # the key was proved on self._leader
 
-    def close(self) -> None:
+    def _drop(self) -> None:
         """Close the connection to the leader, if any."""
         proto, self._leader = self._leader, None
         self._proven = False
         if proto is not None:
             proto.close()
+
+    def _on_node(self, address: str | None, request: Request, expect: type[R]) -> Gen[R]:
+        target = address or self.servers[0]
+        proto = yield from Protocol.open(target, self.attempt_timeout, ssl_context=self.ssl)
+        try:
+            return (yield from proto.call(request, expect, self.timeout))
+        finally:
+            proto.close()
+
+    def _on_leader(self, request: Request, expect: type[R]) -> Gen[R]:
+        deadline = time.monotonic() + self.timeout
+        while True:
+            proto = self._leader
+            if proto is None or not proto.is_alive():
+                self._drop()
+                proto = self._leader = yield from find_leader(
+                    self.servers,
+                    attempt_timeout=self.attempt_timeout,
+                    total_timeout=max(0.0, deadline - time.monotonic()),
+                    ssl_context=self.ssl,
+                )
+            try:
+                return (yield from self._authorized_call(proto, request, expect))
+            except NotLeaderError:
+                # Refused before anything happened (e.g. leadership moved since
+                # the last call): safe to send again to the new leader.
+                self._drop()
+                if time.monotonic() >= deadline:
+                    raise
+            except ConnectionLostError as exc:
+                self._drop()
+                if exc.request_sent:
+                    # The change's fate is unknown: never re-sent; rediscover next time.
+                    raise ConnectionLostError(
+                        f"{exc}; the outcome of the {request.TYPE.name} request is unknown",
+                        request_sent=True,
+                    ) from exc
+                if time.monotonic() >= deadline:
+                    raise
+
+    def _authorized_call(self, proto: Protocol, request: Request, expect: type[R]) -> Gen[R]:
+        """Send ``request``; if the node asks for the key, prove it and send it once more."""
+        try:
+            return (yield from proto.call(request, expect, self.timeout))
+        except DatabaseError as exc:
+            if exc.sqlite_errorcode != NOT_AUTHORIZED or self._key is None or self._proven:
+                raise
+        yield from self._prove_key(proto, self._key)
+        self._proven = True
+        return (yield from proto.call(request, expect, self.timeout))
+
+    def _prove_key(self, proto: Protocol, key: bytes) -> Gen[None]:
+        challenge = yield from proto.call(AuthChallengeRequest(), ChallengeResponse, self.timeout)
+        nonce = secrets.token_bytes(NONCE_SIZE)
+        proof = AuthProofRequest(nonce, admin_proof(key, challenge.nonce, nonce))
+        yield from proto.call(proof, EmptyResponse, self.timeout)
+
+    def _leader_gen(self) -> Gen[NodeInfo | None]:
+        last: OperationalError | None = None
+        for address in self.servers:
+            try:
+                info = yield from self._on_node(address, LeaderRequest(), ServerResponse)
+            except OperationalError as exc:
+                last = exc
+                continue
+            if info.address:
+                return NodeInfo(info.id, info.address, NodeRole.VOTER)
+        if last is not None and len(self.servers) == 1:
+            raise last
+        return None
+
+    def _cluster_gen(self) -> Gen[list[NodeInfo]]:
+        servers = yield from self._on_leader(ClusterRequest(1), ServersResponse)
+        return list(servers.servers)
+
+    def _add_gen(self, node_id: int, address: str) -> Gen[None]:
+        yield from self._on_leader(AddRequest(node_id, address), EmptyResponse)
+
+    def _assign_gen(self, node_id: int, role: NodeRole | int | str) -> Gen[None]:
+        yield from self._on_leader(AssignRequest(node_id, _role(role)), EmptyResponse)
+
+    def _remove_gen(self, node_id: int) -> Gen[None]:
+        yield from self._on_leader(RemoveRequest(node_id), EmptyResponse)
+
+    def _transfer_gen(self, node_id: int) -> Gen[None]:
+        yield from self._on_leader(TransferRequest(node_id), EmptyResponse)
+
+    def _describe_gen(self, address: str | None) -> Gen[NodeMetadata]:
+        meta = yield from self._on_node(address, DescribeRequest(0), MetadataResponse)
+        return NodeMetadata(meta.failure_domain, meta.weight)
+
+    def _weight_gen(self, weight: int, address: str | None) -> Gen[None]:
+        yield from self._on_node(address, WeightRequest(weight), EmptyResponse)
+
+    def _dump_gen(self, database: str, address: str | None) -> Gen[dict[str, bytes]]:
+        files = yield from self._on_node(address, DumpRequest(database), FilesResponse)
+        return dict(files.files)
+
+
+class Client(ClientBase):
+    """Administers a dqlite cluster.
+
+    Args:
+        servers: addresses of known nodes, as a list or a comma-separated string.
+        timeout: the budget of each call (leader discovery included).
+        attempt_timeout: the budget of one attempt through one node.
+        cluster_key: the cluster key (bytes), or the path of a file holding it;
+            by default the value of ``DQLITEPY_CLUSTER_KEY``, if set.  Proved
+            to a node that asks for it before it serves add, assign, remove or
+            transfer (see the module docstring).
+        ssl: connect with TLS using this context (see :mod:`dqlitepy.client.tls`).
+
+    Raises:
+        InterfaceError: no servers, or the key file cannot be read or is empty.
+    """
+
+    def close(self) -> None:
+        """Close the connection to the leader, if any."""
+        self._drop()
 
     def __enter__(self) -> Client:
         return self
@@ -163,107 +288,38 @@ class Client:
     ) -> None:
         self.close()
 
-    def _on_node(self, address: str | None, request: Request, expect: type[R]) -> R:
-        target = address or self.servers[0]
-        proto = Protocol.open(target, self.attempt_timeout, ssl_context=self.ssl)
-        try:
-            return proto.call(request, expect, self.timeout)
-        finally:
-            proto.close()
-
-    def _on_leader(self, request: Request, expect: type[R]) -> R:
-        deadline = time.monotonic() + self.timeout
-        while True:
-            proto = self._leader
-            if proto is None or not proto.is_alive():
-                self.close()
-                proto = self._leader = find_leader(
-                    self.servers,
-                    attempt_timeout=self.attempt_timeout,
-                    total_timeout=max(0.0, deadline - time.monotonic()),
-                    ssl_context=self.ssl,
-                )
-            try:
-                return self._authorized_call(proto, request, expect)
-            except NotLeaderError:
-                # Refused before anything happened (e.g. leadership moved since
-                # the last call): safe to send again to the new leader.
-                self.close()
-                if time.monotonic() >= deadline:
-                    raise
-            except ConnectionLostError as exc:
-                self.close()
-                if exc.request_sent:
-                    # The change's fate is unknown: never re-sent; rediscover next time.
-                    raise ConnectionLostError(
-                        f"{exc}; the outcome of the {request.TYPE.name} request is unknown",
-                        request_sent=True,
-                    ) from exc
-                if time.monotonic() >= deadline:
-                    raise
-
-    def _authorized_call(self, proto: Protocol, request: Request, expect: type[R]) -> R:
-        """Send ``request``; if the node asks for the key, prove it and send it once more."""
-        try:
-            return proto.call(request, expect, self.timeout)
-        except DatabaseError as exc:
-            if exc.sqlite_errorcode != NOT_AUTHORIZED or self._key is None or self._proven:
-                raise
-        self._prove_key(proto, self._key)
-        self._proven = True
-        return proto.call(request, expect, self.timeout)
-
-    def _prove_key(self, proto: Protocol, key: bytes) -> None:
-        challenge = proto.call(AuthChallengeRequest(), ChallengeResponse, self.timeout)
-        nonce = secrets.token_bytes(NONCE_SIZE)
-        proof = AuthProofRequest(nonce, admin_proof(key, challenge.nonce, nonce))
-        proto.call(proof, EmptyResponse, self.timeout)
-
     def leader(self) -> NodeInfo | None:
         """Return the current leader (id and address), or None if none is known."""
-        last: OperationalError | None = None
-        for address in self.servers:
-            try:
-                info = self._on_node(address, LeaderRequest(), ServerResponse)
-            except OperationalError as exc:
-                last = exc
-                continue
-            if info.address:
-                return NodeInfo(info.id, info.address, NodeRole.VOTER)
-        if last is not None and len(self.servers) == 1:
-            raise last
-        return None
+        return wait(self._leader_gen())
 
     def cluster(self) -> list[NodeInfo]:
         """Return every member with its id, address and role (from the leader)."""
-        return list(self._on_leader(ClusterRequest(1), ServersResponse).servers)
+        return wait(self._cluster_gen())
 
     def add(self, node_id: int, address: str) -> None:
         """Add a node; it joins as a spare."""
-        self._on_leader(AddRequest(node_id, address), EmptyResponse)
+        wait(self._add_gen(node_id, address))
 
     def assign(self, node_id: int, role: NodeRole | int | str) -> None:
         """Give a node a role: voter, standby or spare."""
-        self._on_leader(AssignRequest(node_id, _role(role)), EmptyResponse)
+        wait(self._assign_gen(node_id, role))
 
     def remove(self, node_id: int) -> None:
         """Remove a node from the cluster."""
-        self._on_leader(RemoveRequest(node_id), EmptyResponse)
+        wait(self._remove_gen(node_id))
 
     def transfer(self, node_id: int) -> None:
         """Hand leadership to a node (0: let Raft choose a voter)."""
-        self._on_leader(TransferRequest(node_id), EmptyResponse)
+        wait(self._transfer_gen(node_id))
 
     def describe(self, address: str | None = None) -> NodeMetadata:
         """Return a node's failure domain and weight (default: the first server)."""
-        meta = self._on_node(address, DescribeRequest(0), MetadataResponse)
-        return NodeMetadata(meta.failure_domain, meta.weight)
+        return wait(self._describe_gen(address))
 
     def weight(self, weight: int, address: str | None = None) -> None:
         """Set a node's weight, in memory on that node (default: the first server)."""
-        self._on_node(address, WeightRequest(weight), EmptyResponse)
+        wait(self._weight_gen(weight, address))
 
     def dump(self, database: str, address: str | None = None) -> dict[str, bytes]:
         """Return a database's files by name (the database and its WAL)."""
-        files = self._on_node(address, DumpRequest(database), FilesResponse)
-        return dict(files.files)
+        return wait(self._dump_gen(database, address))

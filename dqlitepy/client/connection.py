@@ -49,6 +49,7 @@ from .transaction import (
     check_isolation_level,
 )
 from .url import resolve_target
+from .waiting import wait
 
 __all__ = [
     "DEFAULT_ATTEMPT_TIMEOUT",
@@ -164,9 +165,7 @@ class Connection:
             self.text_factory: Any = str
             # Fail fast, as sqlite3.connect does when it cannot open the file.
             with self._session.lock:
-                self._session.connect()
-                if autocommit is False:
-                    self._session.begin(None)
+                wait(self._session.start())
         except BaseException:
             self._closed = True
             with contextlib.suppress(AttributeError):
@@ -249,18 +248,14 @@ class Connection:
         check_autocommit(value)
         session = self._session
         with session.lock:
-            if value is True:
-                session.commit()
-            elif value is False and not session.txn.active:
-                session.begin(None)
-            session.txn.autocommit = value
+            wait(session.set_autocommit(value))
 
     @property
     def total_changes(self) -> int:
         """Rows changed through this connection's server session since it opened."""
         self._check()
         with self._session.lock:
-            return self._session.total_changes()
+            return wait(self._session.total_changes())
 
     def cursor(self, factory: Callable[[Connection], C] | None = _DEFAULT_FACTORY) -> Cursor:
         """Return a new cursor (of ``factory`` if given)."""
@@ -292,22 +287,14 @@ class Connection:
         self._check()
         session = self._session
         with session.lock:
-            if session.txn.autocommit is True:
-                return
-            session.commit()
-            if session.txn.autocommit is False:
-                session.begin(None)
+            wait(session.connection_commit())
 
     def rollback(self) -> None:
         """Roll back the open transaction, if any."""
         self._check()
         session = self._session
         with session.lock:
-            if session.txn.autocommit is True:
-                return
-            session.rollback()
-            if session.txn.autocommit is False:
-                session.begin(None)
+            wait(session.connection_rollback())
 
     def close(self) -> None:
         """Close the connection; an open transaction is rolled back by the server."""
@@ -318,7 +305,7 @@ class Connection:
         with self._session.lock:
             if self._closed:
                 return
-            self._session.close()
+            wait(self._session.close())
             self._closed = True
             self._run_close_callbacks()
 
@@ -388,7 +375,7 @@ class Connection:
         self._check()
         category = operator.index(category)
         with self._session.lock:
-            return self._session.getlimit(category)
+            return wait(self._session.getlimit(category))
 
     def setlimit(self, category: int, limit: int, /) -> int:
         """Set a run-time limit of the server session; returns the previous value.
@@ -405,7 +392,7 @@ class Connection:
         category = operator.index(category)
         limit = operator.index(limit)
         with self._session.lock:
-            return self._session.setlimit(category, limit)
+            return wait(self._session.setlimit(category, limit))
 
     def __call__(self, *args: Any, **kwargs: Any) -> Statement:
         """``conn(sql)``: compile ``sql`` on the server and return the (opaque) statement.
@@ -425,7 +412,7 @@ class Connection:
         with self._session.lock:
             parsed = self._session.parse_one(sql)
             if not parsed.is_empty:  # else nothing to compile, as in sqlite3
-                self._session.compile(sql)
+                wait(self._session.compile(sql))
         return Statement._make()
 
     def _not_over_the_wire(self, what: str) -> _errors.NotSupportedError:

@@ -36,6 +36,7 @@ from .errors import (
     OperationalError,
     make_error,
 )
+from .needs import Gen, Sleep
 from .protocol import Protocol, is_tls_failure
 
 __all__ = ["find_leader"]
@@ -48,10 +49,11 @@ _MAX_DISCOVERY_DELAY = 0.25
 
 def _ask_leader(
     address: str, timeout: float, ssl_context: ssl.SSLContext | None = None
-) -> tuple[Protocol, ServerResponse]:
+) -> Gen[tuple[Protocol, ServerResponse]]:
     """Dial a node and ask it for the leader, falling back to the legacy handshake."""
     try:
-        return _call_leader(Protocol.open(address, timeout, ssl_context=ssl_context), timeout)
+        proto = yield from Protocol.open(address, timeout, ssl_context=ssl_context)
+        return (yield from _call_leader(proto, timeout))
     except ConnectionLostError as exc:
         if (
             not exc.request_sent
@@ -60,13 +62,13 @@ def _ask_leader(
         ):
             raise
     # go-dqlite retries with the legacy version when v1 got EOF or a reset.
-    proto = Protocol.open(address, timeout, PROTOCOL_VERSION_LEGACY, ssl_context)
-    return _call_leader(proto, timeout)
+    proto = yield from Protocol.open(address, timeout, PROTOCOL_VERSION_LEGACY, ssl_context)
+    return (yield from _call_leader(proto, timeout))
 
 
-def _call_leader(proto: Protocol, timeout: float) -> tuple[Protocol, ServerResponse]:
+def _call_leader(proto: Protocol, timeout: float) -> Gen[tuple[Protocol, ServerResponse]]:
     try:
-        return proto, proto.call(LeaderRequest(), ServerResponse, timeout)
+        return proto, (yield from proto.call(LeaderRequest(), ServerResponse, timeout))
     except BaseException:
         proto.close()
         raise
@@ -87,7 +89,7 @@ def _refused(exc: ConnectionLostError) -> bool:
 
 def _try_node(
     address: str, attempt_timeout: float, ssl_context: ssl.SSLContext | None = None
-) -> Protocol | None:
+) -> Gen[Protocol | None]:
     """One attempt through one node: a Protocol to the leader, or None.
 
     Raises:
@@ -95,7 +97,7 @@ def _try_node(
     """
     deadline = time.monotonic() + attempt_timeout
     try:
-        proto, leader = _ask_leader(address, attempt_timeout, ssl_context)
+        proto, leader = yield from _ask_leader(address, attempt_timeout, ssl_context)
     except ConnectionLostError as exc:
         if _refused(exc) and not is_tls_failure(exc):
             raise _Refused(str(exc), request_sent=False) from exc
@@ -104,7 +106,7 @@ def _try_node(
         proto.close()
         if not leader.address:
             return None
-        proto, leader = _ask_leader(
+        proto, leader = yield from _ask_leader(
             leader.address, max(0.05, deadline - time.monotonic()), ssl_context
         )
         if leader.address != proto.address:
@@ -112,7 +114,9 @@ def _try_node(
             proto.close()
             return None
     try:
-        proto.call(ClientRequest(0), WelcomeResponse, max(0.05, deadline - time.monotonic()))
+        yield from proto.call(
+            ClientRequest(0), WelcomeResponse, max(0.05, deadline - time.monotonic())
+        )
     except BaseException:
         proto.close()
         raise
@@ -176,8 +180,8 @@ class _Search:
                 f"cannot connect to any dqlite server ({self._detail(self.order)})",
             ) from exc
 
-    def pause(self) -> None:
-        """Wait before the next round (backing off), or give up.
+    def pause(self) -> float:
+        """How long to wait before the next round (backing off), or give up.
 
         Raises:
             NoLeaderError: the budget is spent, or every node refused the
@@ -197,13 +201,13 @@ class _Search:
                     f"every one refused it ({detail})"
                 )
             pause = min(pause, refused_left)
-        time.sleep(pause)
         self.delay = min(self.delay * 2, _MAX_DISCOVERY_DELAY)
+        return pause
 
 
 def _round(
     search: _Search, attempt_timeout: float, ssl_context: ssl.SSLContext | None
-) -> Protocol | None:
+) -> Gen[Protocol | None]:
     """Try every node once: a connection to the leader, or None."""
     for address in search.order:
         left = search.deadline - time.monotonic()
@@ -212,7 +216,7 @@ def _round(
         if address in search.mismatched:
             continue
         try:
-            proto = _try_node(address, min(attempt_timeout, left), ssl_context)
+            proto = yield from _try_node(address, min(attempt_timeout, left), ssl_context)
         except _Refused as exc:
             search.failed(address, exc, accepted=False)
             continue
@@ -238,7 +242,7 @@ def find_leader(
     preferred: Iterable[str] = (),
     refused_timeout: float | None = None,
     ssl_context: ssl.SSLContext | None = None,
-) -> Protocol:
+) -> Gen[Protocol]:
     """Return a connection to the current leader, registered with CLIENT.
 
     Args:
@@ -266,7 +270,7 @@ def find_leader(
         raise NoLeaderError("no dqlite servers to connect to")
     search = _Search(order, total_timeout, refused_timeout)
     while True:
-        proto = _round(search, attempt_timeout, ssl_context)
+        proto = yield from _round(search, attempt_timeout, ssl_context)
         if proto is not None:
             return proto
-        search.pause()
+        yield Sleep(search.pause())

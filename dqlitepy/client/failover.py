@@ -51,6 +51,7 @@ from .errors import (
     ProgrammingError,
     make_error,
 )
+from .needs import Gen, Sleep
 from .protocol import Protocol
 from .transaction import Transaction
 
@@ -144,11 +145,12 @@ class Link:
         settings: what to reach.
         txn: the session's transaction state, lost with the session.
         on_open: called with each new session's protocol once OPEN succeeded
-            (to apply the connection's settings there); may raise, as OPEN may.
+            (to apply the connection's settings there): a generator, which may
+            raise as OPEN may.
     """
 
     def __init__(
-        self, settings: Settings, txn: Transaction, on_open: Callable[[Protocol], None]
+        self, settings: Settings, txn: Transaction, on_open: Callable[[Protocol], Gen[None]]
     ) -> None:
         self._settings = settings
         self._txn = txn
@@ -171,12 +173,12 @@ class Link:
             proto.close()
 
     def interrupt(self) -> None:
-        """From another thread: interrupt the query in flight, if any."""
+        """From another thread (or task): interrupt the query in flight, if any."""
         proto = self._proto
         if proto is not None:
             proto.interrupt()
 
-    def connected(self, deadline: float | None = None) -> Protocol:
+    def connected(self, deadline: float | None = None) -> Gen[Protocol]:
         """Return a live protocol to the leader with the database open.
 
         Opening a session on a new leader is retried until ``deadline``
@@ -203,14 +205,15 @@ class Link:
             )
         if deadline is None:
             deadline = time.monotonic() + self._settings.leader_timeout
-        self._proto = self._reconnect([proto.address] if proto is not None else [], deadline)
+        preferred = [proto.address] if proto is not None else []
+        self._proto = yield from self._reconnect(preferred, deadline)
         return self._proto
 
-    def _reconnect(self, preferred: list[str], deadline: float) -> Protocol:
+    def _reconnect(self, preferred: list[str], deadline: float) -> Gen[Protocol]:
         settings = self._settings
         delay = 0.01
         while True:
-            proto = find_leader(
+            proto = yield from find_leader(
                 settings.servers,
                 attempt_timeout=settings.attempt_timeout,
                 total_timeout=max(0.0, deadline - time.monotonic()),
@@ -222,7 +225,7 @@ class Link:
                 ssl_context=settings.ssl,
             )
             try:
-                self._open(proto)
+                yield from self._open(proto)
             except (NotLeaderError, ConnectionLostError) as exc:
                 # The node found was deposed (or died) between naming itself
                 # leader and the OPEN: look again.
@@ -235,7 +238,7 @@ class Link:
                     ) from exc
                 log.debug("opening %r on %s failed: %s", settings.database, proto.address, exc)
                 preferred = []
-                time.sleep(min(delay, left))
+                yield Sleep(min(delay, left))
                 delay = min(delay * 2, _MAX_OPEN_DELAY)
                 continue
             except BaseException:
@@ -243,26 +246,27 @@ class Link:
                 raise
             return proto
 
-    def _open(self, proto: Protocol) -> None:
+    def _open(self, proto: Protocol) -> Gen[None]:
         """Open the database in a new server session, then let the owner set it up."""
         settings = self._settings
         proto.max_request_size = settings.max_message_size
         # A dqlitepy server waits this long for a locked database (wire.OPEN_BUSY_TIMEOUT_SHIFT).
         flags = (int(settings.timeout * 1000) + 1) << OPEN_BUSY_TIMEOUT_SHIFT
-        proto.call(OpenRequest(settings.database, flags), DbResponse, settings.request_timeout)
-        self._on_open(proto)
+        request = OpenRequest(settings.database, flags)
+        yield from proto.call(request, DbResponse, settings.request_timeout)
+        yield from self._on_open(proto)
 
     def run(
         self,
-        send: Callable[[Protocol], T],
+        send: Callable[[Protocol], Gen[T]],
         *,
         retry_unknown: bool = False,
         may_commit: bool = False,
-    ) -> T:
+    ) -> Gen[T]:
         """Run one request against the leader, failing over where it is provably safe.
 
         Args:
-            send: performs the request on a protocol and returns its result.
+            send: performs the request on a protocol (a generator) and returns its result.
             retry_unknown: the request has no lasting effect (a read, or a BEGIN
                 whose session dies with the connection), so it may be re-sent
                 even if the connection died after sending it.
@@ -277,9 +281,9 @@ class Link:
         """
         deadline = time.monotonic() + self._settings.leader_timeout
         while True:
-            proto = self.connected(deadline)
+            proto = yield from self.connected(deadline)
             try:
-                return send(proto)
+                return (yield from send(proto))
             except NotLeaderError as exc:
                 # Refused before execution: safe to send again to the new leader.
                 self.drop()

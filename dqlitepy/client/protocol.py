@@ -1,20 +1,23 @@
-"""Blocking I/O around the sans-I/O client connection: one socket to one node.
+"""One connection to one node, as generators: the request/response conversation.
 
-:class:`Protocol` owns one socket to one node.  A socket error or a timeout
-between sending a request and reading its whole response leaves the conversation
-out of step, so the protocol is *poisoned*: it closes and every later call fails.
-:class:`ConnectionLostError` tells the caller whether the request had been sent,
-because only a request that provably did not reach the server may be retried
-(``docs/architecture.md``, "What users see"; go-dqlite documents the same
-ambiguous window).  Which node to talk to is :mod:`dqlitepy.client.discovery`'s business.
+:class:`Protocol` keeps the sans-I/O :class:`~dqlitepy.wire.ClientConnection`
+of one stream to one node, and its methods are generators of
+:mod:`dqlitepy.client.needs` (a waiter drives them: blocking in
+:mod:`dqlitepy.client.waiting`, asyncio in :mod:`dqlitepy.aio`).  A failure or
+a timeout between sending a request and reading its whole response leaves the
+conversation out of step, so the protocol is *poisoned*: it closes and every
+later call fails.  :class:`ConnectionLostError` tells the caller whether the
+request had been sent, because only a request that provably did not reach the
+server may be retried (``docs/architecture.md``, "What users see"; go-dqlite
+documents the same ambiguous window).  Which node to talk to is
+:mod:`dqlitepy.client.discovery`'s business.
 
-With an :class:`ssl.SSLContext` every socket is wrapped in TLS right after it
-connects (the handshake counts against the caller's timeout).
-:func:`is_tls_failure` tells the failures that retrying cannot cure (a
-certificate the client or the server rejects) from those it may.  OpenSSL
-objects must not be used by two threads at once, so on a TLS connection
-:meth:`Protocol.interrupt` leaves its request for the owner's thread, which
-waits for responses in short slices and sends it in between.
+With an :class:`ssl.SSLContext` every stream runs TLS from the start (the
+handshake counts against the caller's timeout).  :func:`is_tls_failure` tells
+the failures that retrying cannot cure (a certificate the client or the server
+rejects) from those it may.  :meth:`Protocol.interrupt` may be called from
+another thread (or task) while the owner waits for a response; the transport
+sends its bytes safely (:meth:`~dqlitepy.client.needs.Transport.send_urgent`).
 
 A request is checked against the message size limit before it is encoded for
 sending, so a value too big for the server is refused here (``DataError``, as
@@ -25,13 +28,9 @@ resetting the connection.
 from __future__ import annotations
 
 import dataclasses
-import logging
-import select
-import socket
 import ssl
 import threading
 import time
-from collections.abc import Iterator
 from typing import TypeVar
 
 from ..wire import (
@@ -50,7 +49,6 @@ from ..wire import (
     RowsResponse,
     ValueTuple,
 )
-from .address import parse_address
 from .errors import (
     ConnectionLostError,
     DataError,
@@ -58,53 +56,17 @@ from .errors import (
     error_from_code,
     make_error,
 )
+from .needs import Dial, Gen, Recv, Send, Transport
 
 __all__ = [
     "ConnectionLostError",
     "Protocol",
-    "dial",
     "is_tls_failure",
 ]
 
-log = logging.getLogger("dqlitepy.client")
-
 R = TypeVar("R", bound=Response)
 
-_RECV_SIZE = 256 * 1024
 _MIB = 1 << 20
-# How long the owner of a TLS connection waits at a time for a response, so that an
-# interrupt from another thread goes out within that delay.
-_TLS_SLICE = 0.05
-
-
-def dial(address: str, timeout: float, ssl_context: ssl.SSLContext | None = None) -> socket.socket:
-    """Open a socket to a node within ``timeout`` seconds (``ssl_context``: and run TLS)."""
-    family, sockaddr = parse_address(address)
-    if family == socket.AF_UNIX:
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        try:
-            sock.settimeout(timeout)
-            sock.connect(sockaddr)
-        except BaseException:
-            sock.close()
-            raise
-    else:
-        assert isinstance(sockaddr, tuple)
-        sock = socket.create_connection(sockaddr, timeout=timeout)
-        try:
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        except BaseException:
-            sock.close()
-            raise
-    if ssl_context is None:
-        return sock
-    try:
-        # The handshake runs here, under the connect timeout the socket still has.
-        host = sockaddr[0] if isinstance(sockaddr, tuple) else None
-        return ssl_context.wrap_socket(sock, server_hostname=host)
-    except BaseException:
-        sock.close()
-        raise
 
 
 def is_tls_failure(exc: BaseException) -> bool:
@@ -124,23 +86,20 @@ class Protocol:
     """One open, handshaken connection to one node.
 
     Args:
-        sock: a connected socket (a TLS one too); the protocol owns it from now on.
+        transport: an open stream (a TLS one too); the protocol owns it from now on.
         address: the address it was dialed with (reported in errors).
         version: the protocol version to send.
     """
 
-    def __init__(self, sock: socket.socket, address: str, version: int = PROTOCOL_VERSION) -> None:
+    def __init__(self, transport: Transport, address: str, version: int = PROTOCOL_VERSION) -> None:
         self.address = address
-        self._tls = isinstance(sock, ssl.SSLSocket)
-        # An INTERRUPT another thread asked for, sent by the owner's thread (TLS only).
-        self._urgent = b""
         #: The largest request body sent; a larger one raises ``DataError`` unsent.
         self.max_request_size = DEFAULT_MAX_MESSAGE_SIZE
-        self._sock: socket.socket | None = sock
+        self.transport = transport
         self._conn = ClientConnection()
         self._pending_out = self._conn.handshake(version)
-        # Guards the state machine and outgoing bytes: interrupt() runs on
-        # another thread while the owner waits for a response.
+        # Guards the state machine: interrupt() runs on another thread (or task)
+        # while the owner waits for a response.  Never held across a yield.
         self._lock = threading.Lock()
 
     @classmethod
@@ -150,13 +109,13 @@ class Protocol:
         timeout: float,
         version: int = PROTOCOL_VERSION,
         ssl_context: ssl.SSLContext | None = None,
-    ) -> Protocol:
+    ) -> Gen[Protocol]:
         """Dial ``address`` (with TLS if ``ssl_context``) and prepare the handshake.
 
         The handshake is sent with the first request.
         """
         try:
-            sock = dial(address, timeout, ssl_context)
+            transport = yield Dial(address, timeout, ssl_context)
         except (OSError, ValueError) as exc:
             if is_tls_failure(exc):
                 text = f"TLS handshake failed with {address}: {exc}"
@@ -166,119 +125,77 @@ class Protocol:
             else:
                 text = f"cannot connect to {address}: {exc}"
             raise ConnectionLostError(text, request_sent=False) from exc
-        return cls(sock, address, version)
+        return cls(transport, address, version)
 
     @property
     def closed(self) -> bool:
-        """True once the socket is closed (by :meth:`close` or a failure)."""
-        return self._sock is None
+        """True once the stream is closed (by :meth:`close` or a failure)."""
+        return self.transport.closed
+
+    @property
+    def idle(self) -> bool:
+        """True between requests: no response is awaited or being read."""
+        return self._conn.state is ClientState.IDLE
 
     def close(self) -> None:
-        """Close the socket; idempotent."""
-        sock, self._sock = self._sock, None
-        if sock is not None:
-            sock.close()
+        """Close the stream; idempotent."""
+        self.transport.close()
 
     def is_alive(self) -> bool:
         """Check without blocking that the peer has not closed the connection.
 
         A node killed while we were idle leaves an EOF (or reset) waiting in the
-        socket: detecting it *before* sending lets the caller reconnect knowing
+        stream: detecting it *before* sending lets the caller reconnect knowing
         the next request never reached anyone.
         """
-        sock = self._sock
-        if sock is None or self._conn.state is not ClientState.IDLE:
+        if self._conn.state is not ClientState.IDLE:
+            self.close()  # a conversation left half-way (an interrupted wait) is out of step
             return False
-        try:
-            if self._tls and sock.pending():  # type: ignore[attr-defined]
-                data = b"?"  # decrypted bytes nobody asked for
-            else:
-                # poll(), not select(): select fails on descriptors past FD_SETSIZE (1024).
-                poller = select.poll()
-                poller.register(sock, select.POLLIN)
-                if not poller.poll(0):
-                    return True
-                # Anything readable while idle is EOF, a reset or garbage: all fatal.
-                sock.setblocking(False)
-                try:
-                    # TLS has no MSG_PEEK; what it reads is discarded anyway.
-                    data = sock.recv(1) if self._tls else sock.recv(1, socket.MSG_PEEK)
-                except ssl.SSLWantReadError:
-                    return True  # a TLS record with nothing for us (a session ticket)
-                finally:
-                    sock.setblocking(True)
-        except (OSError, ValueError):
-            data = b""
-        self.close()
-        if data:
-            log.warning("unsolicited data from %s; dropping the connection", self.address)
-        return False
+        return self.transport.is_alive()
 
     def _poison(self, exc: BaseException, *, sent: bool, what: str) -> ConnectionLostError:
         self.close()
         return ConnectionLostError(f"{what} {self.address}: {exc}", request_sent=sent)
 
-    def _send(self, data: bytes, deadline: float | None) -> None:
-        sock = self._sock
-        if sock is None:
+    def _send(self, data: bytes, deadline: float | None) -> Gen[None]:
+        transport = self.transport
+        if transport.closed:
             raise ConnectionLostError(f"connection to {self.address} is closed", request_sent=False)
         if self._pending_out:
             data = self._pending_out + data
             self._pending_out = b""
-        if self._urgent:
-            with self._lock:
-                data, self._urgent = self._urgent + data, b""
         try:
-            sock.settimeout(_remaining(deadline))
-            with self._lock:
-                sock.sendall(data)
+            yield Send(transport, data, deadline)
         except (OSError, ValueError) as exc:
             # Part of the request may have left: its fate is unknown.
             raise self._poison(exc, sent=True, what="lost connection while sending to") from exc
 
-    def _receive(self, deadline: float | None) -> Response:
-        sock = self._sock
+    def _receive(self, deadline: float | None) -> Gen[Response]:
+        transport = self.transport
         conn = self._conn
+        lock = self._lock
         while True:
             try:
-                with self._lock:
+                with lock:
                     event = conn.next_event()
             except ProtocolError as exc:
                 raise self._poison(exc, sent=True, what="protocol error from") from exc
             if event is not NEED_DATA:
                 assert isinstance(event, Response)
                 return event
-            if sock is None:
+            if transport.closed:
                 raise ConnectionLostError(
                     f"connection to {self.address} is closed", request_sent=True
                 )
             try:
-                data = self._recv(sock, deadline)
+                data = yield Recv(transport, deadline, self)
             except (OSError, ValueError) as exc:
                 raise self._poison(exc, sent=True, what="lost connection to") from exc
             if not data:
                 closed = EOFError("connection closed by the server")
                 raise self._poison(closed, sent=True, what="lost connection to")
-            with self._lock:
+            with lock:
                 conn.receive_data(data)
-
-    def _recv(self, sock: socket.socket, deadline: float | None) -> bytes:
-        if not self._tls:
-            sock.settimeout(_remaining(deadline))
-            return sock.recv(_RECV_SIZE)
-        while True:
-            if self._urgent:
-                with self._lock:
-                    urgent, self._urgent = self._urgent, b""
-                sock.settimeout(_remaining(deadline))
-                sock.sendall(urgent)
-            left = _remaining(deadline)  # raises TimeoutError once the deadline passed
-            sock.settimeout(_TLS_SLICE if left is None else min(left, _TLS_SLICE))
-            try:
-                return sock.recv(_RECV_SIZE)
-            except TimeoutError:
-                # OpenSSL keeps a partly received record: the next recv goes on with it.
-                continue
 
     def _start(self, request: Request) -> bytes:
         self._check_size(request)
@@ -318,7 +235,7 @@ class Protocol:
         )
 
     def interrupt(self) -> bool:
-        """From another thread: ask the server to stop the query in flight.
+        """From another thread or task: ask the server to stop the query in flight.
 
         Only queries are interrupted (an EXEC's outcome would be lost with its
         response).  The owner's call then fails with ``interrupted``.
@@ -326,22 +243,18 @@ class Protocol:
         Returns:
             True if an INTERRUPT was sent.
         """
-        sock = self._sock
         with self._lock:
-            if sock is None or not self._conn.can_interrupt():
+            if self.transport.closed or not self._conn.can_interrupt():
                 return False
             data = self._conn.send(InterruptRequest(0))
-            if self._tls:
-                # The owner, waiting for the response, sends it within _TLS_SLICE.
-                self._urgent += data
-                return True
-            try:
-                sock.sendall(data)
-            except OSError:
-                return False
-        return True
+            return self.transport.send_urgent(data)
 
-    def call(self, request: Request, expect: type[R], timeout: float | None) -> R:
+    @property
+    def interruptible(self) -> bool:
+        """True while a query's response is awaited or streaming (INTERRUPT may stop it)."""
+        return self._conn.can_interrupt()
+
+    def call(self, request: Request, expect: type[R], timeout: float | None) -> Gen[R]:
         """Send a request and return its single response.
 
         Raises:
@@ -349,8 +262,9 @@ class Protocol:
             ConnectionLostError: the connection failed; it is closed.
         """
         deadline = None if timeout is None else time.monotonic() + timeout
-        self._send(self._start(request), deadline)
-        return self._expect(self._receive(deadline), expect)
+        yield from self._send(self._start(request), deadline)
+        response = yield from self._receive(deadline)
+        return self._expect(response, expect)
 
     def _expect(self, response: Response, expect: type[R]) -> R:
         """Raise a FAILURE as its error; poison the connection on a wrong response type."""
@@ -364,31 +278,32 @@ class Protocol:
             )
         return response
 
-    def query(self, request: Request, timeout: float | None) -> Iterator[RowsResponse]:
-        """Send a QUERY or QUERY_SQL and yield its ROWS batches as they arrive.
-
-        The generator must be exhausted (or :meth:`interrupt_stream` called)
-        before the next request.
-        """
+    def query(self, request: Request, timeout: float | None) -> Gen[list[RowsResponse]]:
+        """Send a QUERY or QUERY_SQL and return all of its ROWS batches."""
         deadline = None if timeout is None else time.monotonic() + timeout
-        self._send(self._start(request), deadline)
+        yield from self._send(self._start(request), deadline)
+        batches = []
         while True:
-            response = self._receive(deadline)
+            response = yield from self._receive(deadline)
             if isinstance(response, EmptyResponse):
                 # The EMPTY answering our INTERRUPT: the rest was discarded.
                 raise error_from_code(ErrorCode.SQLITE_INTERRUPT, "interrupted")
             batch = self._expect(response, RowsResponse)
-            yield batch
+            batches.append(batch)
             if batch.done:
-                return
+                return batches
 
-    def interrupt_stream(self, timeout: float | None) -> None:
-        """Stop reading a ROWS stream: send INTERRUPT and discard until its EMPTY (§5.4)."""
-        if self._conn.state is not ClientState.STREAMING:
-            return
+    def drain(self, timeout: float | None) -> Gen[None]:
+        """Read and discard the rest of a conversation an INTERRUPT cut short (§5.4).
+
+        After :meth:`interrupt`, the query's remaining ROWS (C dqlite sends them
+        all), its FAILURE or RESULT, and the EMPTY answering the INTERRUPT are
+        read until the connection is idle again.  A waiter that gave up on a
+        query (a cancelled task) calls this to leave the connection clean.
+        """
         deadline = None if timeout is None else time.monotonic() + timeout
-        self._send(self._start(InterruptRequest(0)), deadline)
-        self._receive(deadline)
+        while self._conn.state is not ClientState.IDLE:
+            yield from self._receive(deadline)
 
 
 def _size_bound(value: object) -> int:
@@ -416,12 +331,3 @@ def _bytes_text(size: int) -> str:
     if size and size % _MIB == 0:
         return f"{size} bytes ({size // _MIB} MiB)"
     return f"{size} bytes"
-
-
-def _remaining(deadline: float | None) -> float | None:
-    if deadline is None:
-        return None
-    left = deadline - time.monotonic()
-    if left <= 0:
-        raise TimeoutError("timed out")
-    return left

@@ -23,7 +23,7 @@ import functools
 import json
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from typing import TypeVar
 
 from ..wire import (
@@ -52,6 +52,7 @@ from .errors import (
     ProgrammingError,
 )
 from .failover import Link, Settings
+from .needs import Gen, Sleep
 from .protocol import Protocol
 from .sqltext import ParsedSQL, has_more_statements, parse
 from .transaction import Transaction
@@ -117,29 +118,32 @@ class _Prepared:
         self._proto: Protocol | None = None
         self._stmt_id = 0
 
-    def on(self, proto: Protocol) -> int:
+    def on(self, proto: Protocol) -> Gen[int]:
         """The statement's id in ``proto``'s session, preparing it there if needed."""
         if self._proto is not proto:
-            stmt = proto.call(PrepareRequest(0, self._sql), StmtResponse, self._timeout)
+            request = PrepareRequest(0, self._sql)
+            stmt = yield from proto.call(request, StmtResponse, self._timeout)
             self._proto, self._stmt_id = proto, stmt.stmt_id
         return self._stmt_id
 
-    def exec_on(self, proto: Protocol, params: ValueTuple) -> ResultResponse:
+    def exec_on(self, proto: Protocol, params: ValueTuple) -> Gen[ResultResponse]:
         """Run the statement with ``params`` in ``proto``'s session."""
         try:
-            stmt_id = self.on(proto)
+            stmt_id = yield from self.on(proto)
         except ConnectionLostError as exc:
             # Only a PREPARE was lost, which changes nothing: the EXEC was
             # never sent, so it may be sent to the next leader.
             raise ConnectionLostError(str(exc), request_sent=False) from exc
-        return proto.call(ExecRequest(0, stmt_id, params), ResultResponse, self._timeout)
+        request = ExecRequest(0, stmt_id, params)
+        return (yield from proto.call(request, ResultResponse, self._timeout))
 
-    def finalize(self, current: Protocol | None) -> None:
-        """Finalize the statement if its session is still the current one."""
+    def finalize(self, current: Protocol | None) -> Gen[None]:
+        """Finalize the statement if its session is still the current one (and in step)."""
         proto = self._proto
-        if proto is not None and proto is current and not proto.closed:
+        if proto is not None and proto is current and not proto.closed and proto.idle:
             with contextlib.suppress(Error):
-                proto.call(FinalizeRequest(0, self._stmt_id), EmptyResponse, self._timeout)
+                request = FinalizeRequest(0, self._stmt_id)
+                yield from proto.call(request, EmptyResponse, self._timeout)
 
 
 class Session:
@@ -171,20 +175,27 @@ class Session:
 
     # ----------------------------------------------------------------- the link
 
-    def connect(self) -> None:
+    def connect(self) -> Gen[Protocol]:
         """Make sure a session on the leader is open (``connect()`` fails fast)."""
-        self._link.connected()
+        return self._link.connected()
+
+    def start(self) -> Gen[None]:
+        """What ``connect()`` does once settings are checked: open the session, and
+        with ``autocommit=False`` the first transaction."""
+        yield from self._link.connected()
+        if self.txn.autocommit is False:
+            yield from self.begin(None)
 
     @property
     def linked(self) -> bool:
         """True while a server session is open (until a failure drops it)."""
         return self._link.proto is not None
 
-    def close(self) -> None:
+    def close(self) -> Gen[None]:
         """End the server session; with ``autocommit=False`` roll back first, as sqlite3 does."""
         if self.txn.autocommit is False and self.txn.active and self.linked:
             with contextlib.suppress(Error):
-                self._exec_text("ROLLBACK")
+                yield from self._exec_text("ROLLBACK")
         self.txn.lose()
         self._link.drop()
 
@@ -197,13 +208,18 @@ class Session:
         self._link.drop()
 
     def interrupt(self) -> None:
-        """From another thread: stop the query in flight (never a write)."""
+        """From another thread (or task): stop the query in flight (never a write)."""
         self._link.interrupt()
 
-    def _on_open(self, proto: Protocol) -> None:
+    @property
+    def proto(self) -> Protocol | None:
+        """The protocol of the current server session, if one is open."""
+        return self._link.proto
+
+    def _on_open(self, proto: Protocol) -> Gen[None]:
         # A new server session: limits set earlier apply to it too.
         for category, value in self._limits.items():
-            self._limit_on(proto, category, value)
+            yield from self._limit_on(proto, category, value)
         self.last_insert_rowid = 0
 
     def _call(
@@ -213,7 +229,7 @@ class Session:
         *,
         retry_unknown: bool = False,
         may_commit: bool = False,
-    ) -> R:
+    ) -> Gen[R]:
         timeout = self.settings.request_timeout
         return self._link.run(
             lambda p: p.call(request, expect, timeout),
@@ -221,23 +237,21 @@ class Session:
             may_commit=may_commit,
         )
 
-    def _query(self, request: Request, *, retry_unknown: bool = False) -> list[RowsResponse]:
+    def _query(self, request: Request, *, retry_unknown: bool = False) -> Gen[list[RowsResponse]]:
         timeout = self.settings.request_timeout
-        return self._link.run(
-            lambda p: list(p.query(request, timeout)), retry_unknown=retry_unknown
-        )
+        return self._link.run(lambda p: p.query(request, timeout), retry_unknown=retry_unknown)
 
-    def _busy_retry(self, fn: Callable[[], T]) -> T:
+    def _busy_retry(self, fn: Callable[[], Gen[T]]) -> Gen[T]:
         """Retry ``fn`` while the database is locked, up to ``timeout`` seconds."""
         deadline = time.monotonic() + self.settings.timeout
         delay = 0.001
         while True:
             try:
-                return fn()
+                return (yield from fn())
             except OperationalError as exc:
                 if exc.sqlite_errorcode != ErrorCode.SQLITE_BUSY or time.monotonic() >= deadline:
                     raise
-            time.sleep(min(delay, max(0.0, deadline - time.monotonic())))
+            yield Sleep(min(delay, max(0.0, deadline - time.monotonic())))
             delay = min(delay * 2, 0.05)
 
     # ------------------------------------------------------- transaction control
@@ -253,13 +267,13 @@ class Session:
 
     def _exec_text(
         self, sql: str, *, retry_unknown: bool = False, may_commit: bool = False
-    ) -> ResultResponse:
+    ) -> Gen[ResultResponse]:
         """Run a transaction-control statement, waiting out a locked database.
 
         ``retry_unknown`` and ``may_commit`` are :meth:`Link.run`'s.
         """
         self.traced(sql)
-        result = self._busy_retry(
+        result = yield from self._busy_retry(
             lambda: self._call(
                 ExecSqlRequest(0, sql),
                 ResultResponse,
@@ -270,44 +284,69 @@ class Session:
         self.last_insert_rowid = result.last_insert_id
         return result
 
-    def begin(self, level: str | None) -> None:
+    def begin(self, level: str | None) -> Gen[None]:
         """Open a transaction: plain ``BEGIN``, or ``BEGIN <level>`` (implicit ones)."""
         # The statement texts sqlite3 sends (and traces): "BEGIN " + isolation
         # level for implicit transactions, plain "BEGIN" with autocommit=False.
         # A BEGIN whose reply was lost is sent again: whatever it did ended
         # with its server session.
-        self._exec_text("BEGIN" if level is None else f"BEGIN {level}", retry_unknown=True)
+        sql = "BEGIN" if level is None else f"BEGIN {level}"
+        yield from self._exec_text(sql, retry_unknown=True)
         self.txn.begun()
 
-    def begin_implicitly(self, parsed: ParsedSQL) -> None:
+    def begin_implicitly(self, parsed: ParsedSQL) -> Gen[None]:
         """Open the implicit transaction ``sqlite3`` would open before ``parsed``."""
         if self.txn.needs_implicit_begin(parsed.is_dml):
-            self.begin(self.txn.isolation_level)
+            yield from self.begin(self.txn.isolation_level)
 
-    def commit(self) -> None:
+    def commit(self) -> Gen[None]:
         """Commit the open transaction, if any."""
         if self.txn.active:
-            self._exec_text("COMMIT", may_commit=True)
+            yield from self._exec_text("COMMIT", may_commit=True)
             self.txn.lose()
 
-    def commit_before_script(self) -> None:
+    def commit_before_script(self) -> Gen[None]:
         """Commit as ``executescript()`` does first: under the legacy control only."""
         if self.txn.legacy:
-            self.commit()
+            yield from self.commit()
 
-    def rollback(self) -> None:
+    def rollback(self) -> Gen[None]:
         """Roll back the open transaction, if any."""
         if self.txn.active:
             try:
-                self._exec_text("ROLLBACK")
+                yield from self._exec_text("ROLLBACK")
             finally:
                 self.txn.lose()
+
+    def connection_commit(self) -> Gen[None]:
+        """``Connection.commit()``: commit, and with ``autocommit=False`` begin the next one."""
+        if self.txn.autocommit is True:
+            return
+        yield from self.commit()
+        if self.txn.autocommit is False:
+            yield from self.begin(None)
+
+    def connection_rollback(self) -> Gen[None]:
+        """``Connection.rollback()``: roll back, and with ``autocommit=False`` begin again."""
+        if self.txn.autocommit is True:
+            return
+        yield from self.rollback()
+        if self.txn.autocommit is False:
+            yield from self.begin(None)
+
+    def set_autocommit(self, value: bool | int) -> Gen[None]:
+        """Python 3.12's ``autocommit`` setter: commit or begin as the new value asks."""
+        if value is True:
+            yield from self.commit()
+        elif value is False and not self.txn.active:
+            yield from self.begin(None)
+        self.txn.autocommit = value
 
     def note(self, parsed: ParsedSQL) -> None:
         """Follow the transaction state a successful statement leaves behind."""
         self.txn.note(parsed.keyword, parsed.first)
 
-    def after_failure(self, exc: Error) -> None:
+    def after_failure(self, exc: Error) -> Gen[None]:
         """Learn whether SQLite rolled the open transaction back after a failed statement.
 
         SQLite ends the whole transaction by itself after some errors (a conflict
@@ -321,7 +360,7 @@ class Session:
         if not self.txn.active or code is None or code & 0xFF not in _MAY_END_TRANSACTION:
             return
         try:
-            self._call(ExecSqlRequest(0, "BEGIN; ROLLBACK"), ResultResponse)
+            yield from self._call(ExecSqlRequest(0, "BEGIN; ROLLBACK"), ResultResponse)
         except Error:
             return  # still inside the transaction (or the connection is gone, and the link knows)
         self.txn.lose()
@@ -343,7 +382,9 @@ class Session:
             raise ProgrammingError("You can only execute one statement at a time.")
         return parsed
 
-    def execute(self, parsed: ParsedSQL, params: ValueTuple) -> list[RowsResponse] | ResultResponse:
+    def execute(
+        self, parsed: ParsedSQL, params: ValueTuple
+    ) -> Gen[list[RowsResponse] | ResultResponse]:
         """Run one statement (traced): its ROWS batches, or its RESULT.
 
         A statement that may return rows goes as QUERY_SQL, anything else (or
@@ -352,7 +393,7 @@ class Session:
         sql = parsed.first
         self.traced(sql)
         if parsed.returns_rows_hint:
-            batches = self._query_statement(parsed, params)
+            batches = yield from self._query_statement(parsed, params)
             if batches is not None:
                 self.note(parsed)
                 return batches
@@ -362,7 +403,7 @@ class Session:
         # its reply may have committed.
         opens = self.txn.opens(keyword)
         commits = self.txn.may_commit(keyword)
-        result = self._busy_retry(
+        result = yield from self._busy_retry(
             lambda: self._call(
                 ExecSqlRequest(0, sql, params),
                 ResultResponse,
@@ -374,11 +415,15 @@ class Session:
         self.last_insert_rowid = result.last_insert_id
         return result
 
-    def _query_statement(self, parsed: ParsedSQL, params: ValueTuple) -> list[RowsResponse] | None:
+    def _query_statement(
+        self, parsed: ParsedSQL, params: ValueTuple
+    ) -> Gen[list[RowsResponse] | None]:
         read_only = parsed.keyword in ("SELECT", "VALUES", "EXPLAIN") and not self.txn.active
         request = QuerySqlRequest(0, parsed.first, params)
         try:
-            return self._busy_retry(lambda: self._query(request, retry_unknown=read_only))
+            return (
+                yield from self._busy_retry(lambda: self._query(request, retry_unknown=read_only))
+            )
         except OperationalError as exc:
             # dqlite answers QUERY of a statement without result columns with
             # "not an error" *before* running it (protocol.md §6.1).
@@ -387,9 +432,12 @@ class Session:
         return None
 
     def execute_many(
-        self, parsed: ParsedSQL, params: Iterable[ValueTuple]
-    ) -> Iterator[ResultResponse]:
-        """Run one DML statement (traced) once per parameter set; yield each set's RESULT.
+        self,
+        parsed: ParsedSQL,
+        params: Iterable[ValueTuple],
+        on_result: Callable[[ResultResponse], object],
+    ) -> Gen[None]:
+        """Run one DML statement (traced) once per parameter set; give each RESULT to ``on_result``.
 
         The statement is prepared once per server session, at the first
         ``next()``: before the first parameter set is read, so that bad SQL
@@ -398,41 +446,44 @@ class Session:
         """
         self.traced(parsed.first)
         prepared = _Prepared(parsed.first, self.settings.request_timeout)
-        self._link.run(prepared.on, retry_unknown=True)
+        yield from self._link.run(prepared.on, retry_unknown=True)
         try:
             for values in params:
-                result = self._busy_retry(functools.partial(self._exec_prepared, prepared, values))
+                result = yield from self._busy_retry(
+                    functools.partial(self._exec_prepared, prepared, values)
+                )
                 self.last_insert_rowid = result.last_insert_id
-                yield result
+                on_result(result)
         finally:
-            prepared.finalize(self._link.proto)
+            yield from prepared.finalize(self._link.proto)
         self.note(parsed)
 
-    def _exec_prepared(self, prepared: _Prepared, values: ValueTuple) -> ResultResponse:
+    def _exec_prepared(self, prepared: _Prepared, values: ValueTuple) -> Gen[ResultResponse]:
         return self._link.run(lambda p: prepared.exec_on(p, values))
 
-    def compile(self, sql: str) -> None:
+    def compile(self, sql: str) -> Gen[None]:
         """Prepare ``sql`` on the server and finalize it at once (``conn(sql)``)."""
         timeout = self.settings.request_timeout
 
-        def compile_on(proto: Protocol) -> None:
-            stmt = proto.call(PrepareRequest(0, sql), StmtResponse, timeout)
-            proto.call(FinalizeRequest(0, stmt.stmt_id), EmptyResponse, timeout)
+        def compile_on(proto: Protocol) -> Gen[None]:
+            stmt = yield from proto.call(PrepareRequest(0, sql), StmtResponse, timeout)
+            yield from proto.call(FinalizeRequest(0, stmt.stmt_id), EmptyResponse, timeout)
 
-        self._link.run(compile_on, retry_unknown=True)
+        yield from self._link.run(compile_on, retry_unknown=True)
 
-    def refresh_last_insert_rowid(self) -> None:
+    def refresh_last_insert_rowid(self) -> Gen[None]:
         """Ask the server for ``last_insert_rowid()``, which ROWS responses do not carry."""
         request = QuerySqlRequest(0, "SELECT last_insert_rowid()")
-        batches = self._query(request, retry_unknown=True)
+        batches = yield from self._query(request, retry_unknown=True)
         self.last_insert_rowid = _first_int(batches, "last_insert_rowid()")
 
-    def total_changes(self) -> int:
+    def total_changes(self) -> Gen[int]:
         """Rows changed through this server session since it opened."""
-        batches = self._query(QuerySqlRequest(0, "SELECT total_changes()"), retry_unknown=True)
+        request = QuerySqlRequest(0, "SELECT total_changes()")
+        batches = yield from self._query(request, retry_unknown=True)
         return _first_int(batches, "total_changes()")
 
-    def decltypes(self, sql: str, count: int) -> list[str | None]:
+    def decltypes(self, sql: str, count: int) -> Gen[list[str | None]]:
         """The declared types of the result columns of ``sql``, for PARSE_DECLTYPES.
 
         dqlite's ROWS responses carry column names only; a dqlitepy server
@@ -444,7 +495,7 @@ class Session:
         """
         request = QuerySqlRequest(0, _DECLTYPES_SQL, ValueTuple.of([sql]))
         try:
-            batches = self._query(request, retry_unknown=True)
+            batches = yield from self._query(request, retry_unknown=True)
         except OperationalError as exc:
             if _no_such_function(exc, _DECLTYPES_FUNCTION):
                 raise NotSupportedError(
@@ -460,24 +511,26 @@ class Session:
 
     # -------------------------------------------------------------------- limits
 
-    def getlimit(self, category: int) -> int:
+    def getlimit(self, category: int) -> Gen[int]:
         """``sqlite3_limit(category, -1)`` in the server session (dqlitepy servers only)."""
         return self._link.run(lambda p: self._limit_on(p, category, -1), retry_unknown=True)
 
-    def setlimit(self, category: int, limit: int) -> int:
+    def setlimit(self, category: int, limit: int) -> Gen[int]:
         """Set a run-time limit, here and in every later server session; returns the old one."""
-        previous = self._link.run(lambda p: self._limit_on(p, category, limit), retry_unknown=True)
+        previous = yield from self._link.run(
+            lambda p: self._limit_on(p, category, limit), retry_unknown=True
+        )
         if limit >= 0:
             self._limits[category] = limit
         return previous
 
-    def _limit_on(self, proto: Protocol, category: int, limit: int) -> int:
+    def _limit_on(self, proto: Protocol, category: int, limit: int) -> Gen[int]:
         """Call ``sqlite3_limit(category, limit)`` in the server session behind ``proto``."""
         if not (_INT32_MIN <= category <= _INT32_MAX and _INT32_MIN <= limit <= _INT32_MAX):
             raise OverflowError("Python int too large to convert to C int")
         request = QuerySqlRequest(0, _LIMIT_SQL, ValueTuple.of([category, limit]))
         try:
-            batches = list(proto.query(request, self.settings.request_timeout))
+            batches = yield from proto.query(request, self.settings.request_timeout)
         except OperationalError as exc:
             if _no_such_function(exc, _LIMIT_FUNCTION):
                 raise NotSupportedError(
@@ -489,7 +542,12 @@ class Session:
         if previous < 0:
             raise ProgrammingError("'category' is out of bounds")
         if category == SQLITE_LIMIT_SQL_LENGTH:
-            self._sql_length_limit = previous if limit < 0 else None
+            if limit < 0:
+                self._sql_length_limit = previous
+            else:
+                # Learn the effective limit now (SQLite caps what was asked for), so
+                # that check_sql() needs no request of its own.
+                yield from self._limit_on(proto, category, -1)
         return previous
 
     def check_sql(self, sql: str) -> None:
@@ -497,9 +555,5 @@ class Session:
         if not sql.isascii():
             sql.encode("utf-8")  # a lone surrogate raises UnicodeEncodeError
         limit = self._sql_length_limit
-        if limit is None and SQLITE_LIMIT_SQL_LENGTH in self._limits:
-            # Learn the effective limit (SQLite caps what setlimit() asked for).
-            self.getlimit(SQLITE_LIMIT_SQL_LENGTH)
-            limit = self._sql_length_limit
         if limit is not None and len(sql) > limit // 4 and len(sql.encode("utf-8")) > limit:
             raise DataError("query string is too large")

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 from .errors import ProgrammingError
 
 if TYPE_CHECKING:
-    from .cursor import Cursor
+    from .cursor import CursorBase
 
 __all__ = [
     "PARSE_COLNAMES",
@@ -178,11 +178,12 @@ class Row:
 
     __slots__ = ("_description", "_values")
 
-    def __init__(self, cursor: Cursor, data: tuple[Any, ...], /) -> None:
-        from . import dbapi  # here: dbapi imports this module
+    def __init__(self, cursor: CursorBase, data: tuple[Any, ...], /) -> None:
+        from .cursor import CursorBase  # here: the cursor module imports this one
 
-        # The object's real type, not what its __class__ claims (as sqlite3 checks).
-        if not issubclass(type(cursor), dbapi.Cursor):
+        # The object's real type, not what its __class__ claims (as sqlite3 checks);
+        # dqlitepy.aio's cursors are welcome too.
+        if not issubclass(type(cursor), CursorBase):
             raise TypeError(
                 f"Row() argument 1 must be dqlitepy.Cursor, not {type(cursor).__name__}"
             )

@@ -27,12 +27,13 @@ from sqlalchemy.testing import provision
 
 __all__: list[str] = []
 
-_DRIVER = "dqlitepy"
+#: Our drivers: the blocking one and the asyncio one (``dialect_async``).
+_DRIVERS = ("dqlitepy", "dqlitepy_async")
 
 
 def _is_dqlitepy(url: Any) -> bool:
     url = sa_url.make_url(url)
-    return url.drivername in ("sqlite+dqlitepy", "dqlite")
+    return url.drivername in ("sqlite+dqlitepy", "sqlite+dqlitepy_async", "dqlite")
 
 
 def _override(hook: provision.register, fn: Any) -> None:
@@ -43,11 +44,11 @@ def _override(hook: provision.register, fn: Any) -> None:
 
 def _generate_driver_url(sqlite_fn: Any) -> Any:
     def generate_driver_url(url: Any, driver: str, query_str: str) -> Any:
-        if driver != _DRIVER:
+        if driver not in _DRIVERS:
             return sqlite_fn(url, driver, query_str)
         # The database is a name on the server: keep it as configured.
         url = sa_url.make_url(url)
-        return url.set(drivername=f"sqlite+{_DRIVER}")
+        return url.set(drivername=f"sqlite+{driver}")
 
     return generate_driver_url
 

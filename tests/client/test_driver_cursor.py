@@ -11,7 +11,7 @@ import pytest
 
 import dqlitepy
 
-pytestmark = pytest.mark.dqlite
+pytestmark = [pytest.mark.dqlite, pytest.mark.both_drivers]
 
 Connect = Callable[..., dqlitepy.Connection]
 Compare = Callable[..., tuple[Any, Any]]
@@ -154,6 +154,7 @@ def test_cursor_attributes(connect: Connect) -> None:
     assert iter(cur) is cur
 
 
+@pytest.mark.sync_driver_only
 def test_cursor_factory(connect: Connect) -> None:
     class MyCursor(dqlitepy.Cursor):
         pass

@@ -13,7 +13,7 @@ import pytest
 import dqlitepy
 from dqlitepy.wire import DEFAULT_MAX_MESSAGE_SIZE
 
-pytestmark = pytest.mark.dqlite
+pytestmark = [pytest.mark.dqlite, pytest.mark.both_drivers]
 
 Connect = Callable[..., dqlitepy.Connection]
 Compare = Callable[..., tuple[Any, Any]]
@@ -331,6 +331,7 @@ def _in_thread(fn: Callable[[], Any]) -> BaseException | None:
     return errors[0]
 
 
+@pytest.mark.sync_driver_only
 def test_check_same_thread(connect: Connect) -> None:
     conn = connect()
     cur = conn.cursor()
@@ -359,6 +360,7 @@ def test_check_same_thread_false(connect: Connect) -> None:
 # -- what cannot cross the wire ------------------------------------------------------------------
 
 
+@pytest.mark.sync_driver_only
 def test_unsupported_features_raise_not_supported(connect: Connect) -> None:
     conn = connect()
     calls: list[Callable[[], Any]] = [
@@ -381,6 +383,7 @@ def test_unsupported_features_raise_not_supported(connect: Connect) -> None:
     assert conn.execute("SELECT 1").fetchone() == (1,)
 
 
+@pytest.mark.sync_driver_only
 def test_create_function_exists_and_does_not_raise(connect: Connect) -> None:
     conn = connect()
     conn.create_function("double", 1, lambda x: x * 2)

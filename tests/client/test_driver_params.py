@@ -11,7 +11,7 @@ import pytest
 
 import dqlitepy
 
-pytestmark = pytest.mark.dqlite
+pytestmark = [pytest.mark.dqlite, pytest.mark.both_drivers]
 
 Connect = Callable[..., dqlitepy.Connection]
 Compare = Callable[..., tuple[Any, Any]]

@@ -17,7 +17,7 @@ import pytest
 
 import dqlitepy
 
-pytestmark = pytest.mark.dqlite
+pytestmark = [pytest.mark.dqlite, pytest.mark.both_drivers]
 
 Connect = Callable[..., dqlitepy.Connection]
 Compare = Callable[..., tuple[Any, Any]]
@@ -500,6 +500,7 @@ SCHEMA = """
 """
 
 
+@pytest.mark.sync_driver_only
 def test_iterdump_matches_sqlite3_and_rebuilds_the_database(connect: Connect) -> None:
     conn = connect()
     conn.executescript(SCHEMA)
@@ -524,5 +525,6 @@ def test_iterdump_matches_sqlite3_and_rebuilds_the_database(connect: Connect) ->
         reference.close()
 
 
+@pytest.mark.sync_driver_only
 def test_iterdump_of_an_empty_database(connect: Connect) -> None:
     assert list(connect().iterdump()) == ["BEGIN TRANSACTION;", "COMMIT;"]

@@ -21,6 +21,7 @@ from waiting import wait_until
 import dqlitepy
 from dqlitepy.client import failover, protocol
 from dqlitepy.client.discovery import find_leader
+from dqlitepy.client.needs import Gen
 from dqlitepy.testing import ClusterFactory
 
 pytestmark = [pytest.mark.dqlite, pytest.mark.slow]
@@ -94,8 +95,8 @@ class _DeposingDiscovery:
         self.pending = 0
         self.deposed: list[str] = []
 
-    def __call__(self, servers: list[str], **kwargs: Any) -> protocol.Protocol:
-        proto = find_leader(servers, **kwargs)
+    def __call__(self, servers: list[str], **kwargs: Any) -> Gen[protocol.Protocol]:
+        proto = yield from find_leader(servers, **kwargs)
         if self.pending > 0:
             self.pending -= 1
             _move_leadership(self.addresses, proto.address)

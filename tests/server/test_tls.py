@@ -15,6 +15,7 @@ once with a message that says so, never retry until its deadline.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hashlib
 import logging
@@ -39,6 +40,7 @@ from raft_counter import Counter
 from waiting import wait_until
 
 import dqlitepy
+import dqlitepy.aio
 from dqlitepy.client.tls import client_context, context_from_url
 from dqlitepy.replication.transport import (
     SecureTransport,
@@ -355,6 +357,30 @@ def test_interrupt_over_tls(certs: Certs, tls_node: DqlitepyServer) -> None:
         assert conn.execute("SELECT 42").fetchone() == (42,)
     finally:
         conn.close()
+
+
+def test_asyncio_driver_over_tls(certs: Certs, tls_node: DqlitepyServer) -> None:
+    # dqlitepy.aio runs TLS through asyncio's ssl support: the same contexts and failures.
+    async def main() -> None:
+        servers = [tls_node.address]
+        async with dqlitepy.aio.connect("tls_aio", servers=servers, ssl=certs.client()) as conn:
+            await conn.execute("CREATE TABLE IF NOT EXISTS t (x)")
+            await conn.execute("INSERT INTO t VALUES (?)", (b"\0" * 300_000,))
+            await conn.commit()
+            assert await conn.execute_fetchall("SELECT length(x) FROM t") == [(300_000,)]
+            # A timed-out query is interrupted and its response drained over TLS too.
+            with pytest.raises(TimeoutError):
+                await asyncio.wait_for(conn.execute(_LONG_QUERY), 0.5)
+            assert await conn.execute_fetchall("SELECT 42") == [(42,)]
+        async with dqlitepy.aio.Client(servers, ssl=certs.client()) as client:
+            leader = await client.leader()
+            assert leader is not None and leader.address == tls_node.address
+        started = time.monotonic()
+        with pytest.raises(dqlitepy.OperationalError, match="CERTIFICATE_VERIFY_FAILED"):
+            await dqlitepy.aio.connect("tls_aio", servers=servers, ssl=certs.client(ca="otherca"))
+        assert time.monotonic() - started < 5
+
+    asyncio.run(asyncio.wait_for(main(), 60))
 
 
 def test_sqlalchemy_url_takes_the_tls_parameters(certs: Certs, tls_node: DqlitepyServer) -> None:

@@ -1,0 +1,292 @@
+"""dqlitepy.aio on its own terms: the asyncio surface, cancellation and timeouts, many tasks.
+
+The shared driver tests (``both_drivers``) check that the asyncio driver follows the same
+rules as the blocking one; these check what only asyncio has.  A cancelled or timed-out
+request must leave its connection in step or closed, never half-read; a cancelled query is
+interrupted on the server; a write whose outcome is unknown is never re-sent
+(``docs/asyncio.md``, "Cancellation").  Each test runs its own event loop
+(``asyncio.run``) against a real ``dqlitepy server``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable, Iterator
+from typing import Any, TypeVar
+
+import pytest
+from dqlitepy_server import DqlitepyServer
+from waiting import busy_threads, wait_until
+
+import dqlitepy
+import dqlitepy.aio as aio
+
+T = TypeVar("T")
+
+# Counts to ten billion: minutes of work unless an INTERRUPT stops it.
+_LONG_QUERY = (
+    "WITH RECURSIVE c(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM c WHERE i < 10000000000) "
+    "SELECT count(*) FROM c"
+)
+#: Rows of the long write: a few seconds of work on a loaded machine.
+_WRITE_ROWS = 2_000_000
+_LONG_WRITE = (
+    f"INSERT INTO big WITH RECURSIVE c(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM c "
+    f"WHERE i < {_WRITE_ROWS}) SELECT i FROM c"
+)
+
+
+@pytest.fixture(scope="module")
+def node() -> Iterator[DqlitepyServer]:
+    """A node of this module's own: its tests keep one of its threads busy on purpose."""
+    with DqlitepyServer() as server:
+        yield server
+
+
+def _run(main: Callable[[], Awaitable[T]], timeout: float = 60.0) -> T:
+    async def bounded() -> T:
+        return await asyncio.wait_for(main(), timeout)
+
+    return asyncio.run(bounded())
+
+
+async def _wait_running(node: DqlitepyServer) -> None:
+    """Wait, off the loop, until a statement runs on ``node`` (one of its threads burns CPU)."""
+    assert node.process is not None
+    pid = node.process.pid
+    await asyncio.to_thread(wait_until, lambda: busy_threads(pid) >= 1, "the statement to run")
+
+
+async def _wait_idle(node: DqlitepyServer, within: float) -> None:
+    assert node.process is not None
+    pid = node.process.pid
+    await asyncio.to_thread(
+        wait_until, lambda: busy_threads(pid) == 0, "the node to stop working", within
+    )
+
+
+def _url(node: DqlitepyServer, database: str) -> str:
+    return f"dqlite://{node.address}/{database}"
+
+
+def test_the_aiosqlite_surface(node: DqlitepyServer) -> None:
+    async def main() -> None:
+        async with aio.connect(_url(node, "surface")) as conn:
+            assert isinstance(conn, aio.Connection)
+            await conn.execute("CREATE TABLE t (k INTEGER PRIMARY KEY, v TEXT)")
+            cur = await conn.executemany("INSERT INTO t VALUES (?, ?)", [(1, "a"), (2, "b")])
+            assert cur.rowcount == 2
+            assert conn.in_transaction  # sqlite3's implicit BEGIN
+            await conn.commit()
+            assert not conn.in_transaction
+            async with conn.execute("SELECT k, v FROM t ORDER BY k") as cursor:
+                assert [d[0] for d in cursor.description] == ["k", "v"]
+                assert [row async for row in cursor] == [(1, "a"), (2, "b")]
+            assert cursor.closed
+            cur = await conn.execute("INSERT INTO t (v) VALUES (?)", ("c",))
+            assert (cur.lastrowid, cur.rowcount) == (3, 1)
+            await conn.rollback()
+            assert await conn.execute_fetchall("SELECT count(*) FROM t") == [(2,)]
+            conn.row_factory = aio.Row
+            row = await (await conn.execute("SELECT k, v FROM t WHERE k = 2")).fetchone()
+            assert dict(row) == {"k": 2, "v": "b"}
+            conn.row_factory = None
+            cur = await conn.cursor()
+            await cur.executescript("CREATE TABLE u (x); INSERT INTO u VALUES (1);")
+            assert await (await cur.execute("SELECT x FROM u")).fetchmany(5) == [(1,)]
+            with pytest.raises(aio.IntegrityError):
+                await conn.execute("INSERT INTO t VALUES (1, 'dup')")
+        assert conn.closed
+        with pytest.raises(aio.ProgrammingError, match="closed database"):
+            await conn.execute("SELECT 1")
+
+    _run(main)
+
+
+def test_transaction_control_needs_await_only_when_it_sends(node: DqlitepyServer) -> None:
+    async def main() -> None:
+        async with aio.connect(_url(node, "control")) as conn:
+            conn.isolation_level = "IMMEDIATE"  # nothing to send: a plain setter works
+            await conn.execute("CREATE TABLE t (x)")
+            await conn.execute("INSERT INTO t VALUES (1)")
+            assert conn.in_transaction
+            with pytest.raises(aio.ProgrammingError, match="set_isolation_level"):
+                conn.isolation_level = None  # would COMMIT
+            await conn.set_isolation_level(None)
+            assert not conn.in_transaction and conn.isolation_level is None
+            await conn.set_autocommit(False)
+            assert conn.in_transaction and conn.autocommit is False
+            await conn.execute("INSERT INTO t VALUES (2)")
+            await conn.set_autocommit(True)
+            assert not conn.in_transaction
+            assert await conn.execute_fetchall("SELECT count(*) FROM t") == [(2,)]
+
+    _run(main)
+
+
+def test_the_admin_client(node: DqlitepyServer) -> None:
+    async def main() -> None:
+        async with aio.Client([node.address]) as client:
+            leader = await client.leader()
+            assert leader is not None and leader.address == node.address
+            assert [m.address for m in await client.cluster()] == [node.address]
+            assert (await client.describe()).weight >= 0
+            async with aio.connect(_url(node, "dumped")) as conn:
+                await conn.execute("CREATE TABLE t (x)")
+                await conn.commit()
+            assert "dumped" in await client.dump("dumped")
+
+    _run(main)
+
+
+def test_interrupt_from_another_task_stops_a_query(node: DqlitepyServer) -> None:
+    async def main() -> None:
+        async with aio.connect(_url(node, "interrupt")) as conn:
+
+            async def interrupt_once_running() -> None:
+                try:
+                    await _wait_running(node)
+                finally:
+                    await conn.interrupt()
+
+            started = time.monotonic()
+            task = asyncio.create_task(interrupt_once_running())
+            with pytest.raises(aio.OperationalError, match="interrupted"):
+                await conn.execute(_LONG_QUERY)
+            await task
+            assert time.monotonic() - started < 10
+            assert await conn.execute_fetchall("SELECT 42") == [(42,)]
+
+    _run(main)
+
+
+def test_a_timed_out_query_is_interrupted_and_the_connection_goes_on(
+    node: DqlitepyServer,
+) -> None:
+    async def main() -> None:
+        async with aio.connect(_url(node, "timeout_query")) as conn:
+            await conn.execute("CREATE TABLE t (x)")
+            await conn.commit()
+            await conn.execute("INSERT INTO t VALUES (1)")  # a transaction is open
+            session = conn._session.proto
+            with pytest.raises(TimeoutError):
+                await asyncio.wait_for(conn.execute(_LONG_QUERY), 1.0)
+            # The query was interrupted on the server, and its response read to the end:
+            # the same server session goes on, with its transaction.
+            await _wait_idle(node, within=5)
+            assert conn._session.proto is session and session is not None and session.idle
+            assert conn.in_transaction
+            assert await conn.execute_fetchall("SELECT 42") == [(42,)]
+            await conn.commit()
+        assert _count(node, "timeout_query", "t") == 1
+
+    _run(main)
+
+
+def test_a_cancelled_write_is_never_resent(node: DqlitepyServer) -> None:
+    async def main() -> None:
+        async with aio.connect(_url(node, "cancel_write"), isolation_level=None) as conn:
+            await conn.execute("CREATE TABLE big (i)")
+            task = asyncio.create_task(conn.execute(_LONG_WRITE))
+            await _wait_running(node)
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            # Its outcome is unknown: the connection was closed, not left half-read, and
+            # the next statement runs on a new server session.
+            proto = conn._session.proto
+            assert proto is None or proto.closed
+            assert await conn.execute_fetchall("SELECT 1") == [(1,)]
+            await _wait_idle(node, within=30)
+            (count,) = (await conn.execute_fetchall("SELECT count(*) FROM big"))[0]
+            assert count in (0, _WRITE_ROWS)  # all or nothing, and never twice
+
+    _run(main)
+
+
+def test_a_cancelled_write_in_a_transaction_reports_the_transaction_lost(
+    node: DqlitepyServer,
+) -> None:
+    async def main() -> None:
+        async with aio.connect(_url(node, "cancel_txn")) as conn:
+            await conn.execute("CREATE TABLE big (i)")
+            await conn.commit()
+            await conn.execute("INSERT INTO big VALUES (0)")
+            task = asyncio.create_task(conn.execute(_LONG_WRITE))
+            await _wait_running(node)
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            with pytest.raises(aio.ConnectionLostError, match="rolled back") as info:
+                await conn.execute("INSERT INTO big VALUES (1)")
+            assert info.value.outcome == "rolled back"
+            assert not conn.in_transaction
+            await _wait_idle(node, within=30)
+            assert await conn.execute_fetchall("SELECT count(*) FROM big") == [(0,)]
+
+    _run(main)
+
+
+def _count(node: DqlitepyServer, database: str, table: str) -> int:
+    conn = dqlitepy.connect(_url(node, database))
+    try:
+        (n,) = conn.execute(f"SELECT count(*) FROM {table}").fetchone()
+        return int(n)
+    finally:
+        conn.close()
+
+
+class _Pool:
+    """The smallest connection pool: a queue of open connections."""
+
+    def __init__(self) -> None:
+        self._idle: asyncio.Queue[aio.Connection] = asyncio.Queue()
+        self.all: list[aio.Connection] = []
+
+    async def fill(self, size: int, url: str, **kwargs: Any) -> None:
+        for _ in range(size):
+            conn = await aio.connect(url, **kwargs)
+            self.all.append(conn)
+            self._idle.put_nowait(conn)
+
+    async def run(self, work: Callable[[aio.Connection], Awaitable[T]]) -> T:
+        conn = await self._idle.get()
+        try:
+            return await work(conn)
+        finally:
+            self._idle.put_nowait(conn)
+
+    async def close(self) -> None:
+        for conn in self.all:
+            await conn.close()
+
+
+def test_a_thousand_tasks_share_a_pool(shared_dqlitepy_node: DqlitepyServer) -> None:
+    tasks = 1000
+
+    async def main() -> float:
+        pool = _Pool()
+        await pool.fill(16, _url(shared_dqlitepy_node, "thousand"), isolation_level=None)
+        try:
+            await pool.run(lambda c: c.execute("CREATE TABLE t (task INTEGER PRIMARY KEY)"))
+
+            async def one(i: int) -> int:
+                await pool.run(lambda c: c.execute("INSERT INTO t VALUES (?)", (i,)))
+                rows = await pool.run(
+                    lambda c: c.execute_fetchall("SELECT task FROM t WHERE task = ?", (i,))
+                )
+                return int(rows[0][0])
+
+            started = time.monotonic()
+            done = await asyncio.gather(*(one(i) for i in range(tasks)))
+            elapsed = time.monotonic() - started
+            assert sorted(done) == list(range(tasks))
+            rows = await pool.run(lambda c: c.execute_fetchall("SELECT count(*) FROM t"))
+            assert rows == [(tasks,)]
+            return elapsed
+        finally:
+            await pool.close()
+
+    elapsed = _run(main, timeout=120)
+    print(f"\n{tasks} tasks over 16 connections: {elapsed:.2f}s")

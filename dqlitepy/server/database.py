@@ -290,7 +290,11 @@ class Database:
         Closes every session first (no commit can be captured any more), starts
         a new epoch and yields where the committed state ends, with
         ``file_lock`` held; serves again once the block succeeded.  If it
-        raised, the database stays RESTORING until a retry succeeds.
+        raised, the database stays RESTORING until a retry succeeds, and the
+        committed position stays as it was: the files may be half rewritten
+        (a checkpoint that failed part-way), but the WAL still holds every
+        committed frame, and the retry must be told where they end, or it
+        would cut them.
         """
         with self._mutex:
             if self._phase is not Phase.RESTORING:
@@ -311,11 +315,14 @@ class Database:
         with self._mutex:
             self._new_epoch()
         with self.file_lock:
-            # Taken under file_lock, so that a DUMP (which holds it) never sees the
-            # committed frames of the WAL unaccounted for before they are folded in.
+            # Read under file_lock, as a DUMP (which holds it) reads it; cleared only once
+            # the block succeeded (below): a retry after a failure needs it whole.
             with self._position_lock:
-                committed, self._committed = self._committed, (None, 0)
+                committed = self._committed
             yield committed
+            # Only now is the committed state in the database file alone.
+            with self._position_lock:
+                self._committed = (None, 0)
             self.tracker = WalTracker(self.tracker.path)
         with self._mutex:
             self._set_phase(Phase.SERVING)

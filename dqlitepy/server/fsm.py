@@ -81,6 +81,9 @@ class _Install:
     """Applier task: swap in a snapshot's files (None: the database is not in it)."""
 
     files: dict[str, Path | None]
+    #: The databases swapped in already (a retry after a failure skips them:
+    #: their staged files are gone).
+    done: set[str] = field(default_factory=set, compare=False)
 
 
 _Task = _Pages | _Rebuild | _Deposed | _Install
@@ -418,7 +421,7 @@ class StateMachine:
                 if db.may_hold_uncommitted():
                     self._roll_back(db)
         else:
-            self._swap_in(task.files)
+            self._swap_in(task)
 
     def _roll_back(self, db: Database, *, then: tuple[Transaction, ...] = ()) -> None:
         """Cut ``db``'s WAL back to the committed state, then write ``then``'s pages."""
@@ -426,16 +429,19 @@ class StateMachine:
             self.engine.restore_committed(db.name, salts, frames)
             self.engine.apply(db.name, *then)
 
-    def _swap_in(self, files: dict[str, Path | None]) -> None:
+    def _swap_in(self, task: _Install) -> None:
         """Replace every database by its file staged from a snapshot (None: delete it)."""
-        for name in sorted(self._databases.names() | set(files)):
-            staged = files.get(name)
+        for name in sorted(self._databases.names() | set(task.files)):
+            if name in task.done:
+                continue  # swapped in before an earlier attempt failed
+            staged = task.files.get(name)
             db = self._databases.get(name)
             with db.restoring():
                 if staged is None:
                     self.engine.remove(name)
                 else:
                     self.engine.install(name, staged)
+            task.done.add(name)
 
     # ------------------------------------------------------------ snapshots
 

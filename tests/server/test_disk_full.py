@@ -13,6 +13,7 @@ mount is unmounted in the fixtures' teardown, after the processes using it are k
 from __future__ import annotations
 
 import contextlib
+import shutil
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -20,7 +21,7 @@ from pathlib import Path
 
 import pytest
 from dqlitepy_server import DqlitepyCluster as Cluster
-from small_fs import fill, needs_root, small_filesystem, unfill
+from small_fs import FILLER, fill, needs_root, small_filesystem, unfill
 from waiting import wait_until
 
 import dqlitepy
@@ -250,3 +251,74 @@ def test_when_every_disk_is_full_writes_fail_clearly_and_the_cluster_recovers(
     assert all(node.process is not None and node.process.poll() is None for node in cluster.nodes)
     _check_outcomes(_rows_on(cluster.leader()), writer, before)
     print(f"\nrecovered {recovered:.2f} s after space was freed; {writer.summary()}")
+
+
+def _leave_free(disk: Path, mib: int) -> None:
+    """Fill ``disk``'s file system but for about ``mib`` MiB (``unfill`` frees it again)."""
+    free = shutil.disk_usage(disk).free - (mib << 20)
+    chunk = bytes(1 << 20)
+    with (disk / FILLER).open("wb") as out:
+        while free > 0:
+            out.write(chunk[: min(free, len(chunk))])
+            free -= len(chunk)
+
+
+def test_a_rebuild_that_fails_on_a_full_disk_keeps_the_committed_frames(
+    tmp_path: Path,
+) -> None:
+    """Blobs fill a leader's disk with committed WAL frames that its rebuild cannot fold in.
+
+    Stepping down, it rolls its files back: the checkpoint needs to grow the database file
+    and fails with SQLITE_FULL part-way, and is retried until space is freed.  A retry must
+    still know where the committed frames end: cutting the WAL there drops pages the file
+    never got, and the pages written past them later leave a malformed database.
+    """
+    blob = 128 * 1024
+    with contextlib.ExitStack() as stack:
+        disk = stack.enter_context(small_filesystem(32, parent=tmp_path))
+        _leave_free(disk, 10)
+        cluster = stack.enter_context(
+            Cluster.formed(data_dirs=[disk, tmp_path / "n1", tmp_path / "n2"])
+        )
+        full_node = cluster.addresses[0]
+        cluster.make_leader(full_node)
+        conn = dqlitepy.connect(
+            f"dqlite://{','.join(cluster.addresses)}/blobs",
+            isolation_level=None,
+            leader_timeout=20,
+        )
+        stack.callback(conn.close)
+        conn.execute("CREATE TABLE b (id INTEGER PRIMARY KEY, x BLOB)")
+        # Until its disk is full (10 MiB holds fewer than 80 blobs in the WAL and the log).
+        for i in range(200):
+            try:
+                conn.execute("INSERT INTO b VALUES (?, randomblob(?))", (i, blob))
+            except dqlitepy.Error as exc:
+                assert getattr(exc, "sqlite_errorcode", None) in (_SQLITE_FULL, _LEADERSHIP_LOST)
+                break
+        else:
+            pytest.fail("the leader's disk never filled")
+        wait_until(lambda: cluster.leader() != full_node, "the full leader to step down", 20)
+        # Newer pages, past the end of what its file holds, while its rebuild keeps failing.
+        for i in range(1000, 1010):
+            conn.execute("INSERT INTO b VALUES (?, randomblob(?))", (i, blob))
+        # The control: its rebuild failed (and is retried) while the disk is full.
+        wait_until(
+            lambda: "rebuilding the database files failed" in cluster.node(full_node).log(),
+            "the rebuild on the full disk to fail",
+            20,
+            0.1,
+        )
+        time.sleep(1.5)  # a few retries
+        unfill(disk)
+        for i in range(2000, 2005):
+            conn.execute("INSERT INTO b VALUES (?, randomblob(?))", (i, 100))
+        contents = "SELECT id, x FROM b ORDER BY id"
+        rows = {}
+        for address in [full_node, *cluster.addresses[1:]]:
+            # Each node's own copy, the once-full one first (it must serve reads again).
+            check = cluster.read_on(address, "blobs", "PRAGMA integrity_check")
+            assert check == [("ok",)], f"{address}: {str(check)[:300]}"
+            rows[address] = cluster.read_on(address, "blobs", contents)
+        assert all(r == rows[full_node] for r in rows.values())
+        assert {2000, 2004, 1009} <= {row[0] for row in rows[full_node]}

@@ -58,6 +58,8 @@ SNAPSHOT_VERSION = 1
 
 log = logging.getLogger("dqlitepy.replication")
 
+Entry = tuple[bytes, int, int]
+
 # Reasons meaning "the command never entered the log".
 _NOT_APPENDED = {FAIL_REASON.NOT_LEADER, FAIL_REASON.MISSING_LEADER, FAIL_REASON.QUEUE_FULL}
 
@@ -225,6 +227,7 @@ class Replicator:
                 self._apply,
                 voting=self._voting,
                 snapshot_roles=lambda: self._snapshot_roles,
+                snapshot_head=self._snapshot_head if options else None,
                 read_lease=self._read_lease,
                 transportClass=transport_class,
             )
@@ -507,6 +510,22 @@ class Replicator:
         if state in (SERIALIZER_STATE.SUCCESS, SERIALIZER_STATE.FAILED):
             self._snapshot_state = SERIALIZER_STATE.NOT_SERIALIZING
         return int(state)
+
+    def _snapshot_head(self) -> tuple[Entry, Entry] | None:
+        """The last two entries of this node's snapshot (Raft's thread, at start); None: none."""
+        path = self._raft_dir / "snapshot"
+        try:
+            with path.open("rb") as f:
+                header = cbor2.load(f)
+        except FileNotFoundError:
+            return None
+        if not isinstance(header, dict) or header.get("version") != SNAPSHOT_VERSION:
+            raise ReplicationError(f"{path}: not a dqlitepy snapshot")
+        previous, last = header["previous"], header["last"]
+        return (
+            (bytes(previous[0]), int(previous[1]), int(previous[2])),
+            (bytes(last[0]), int(last[1]), int(last[2])),
+        )
 
     def _read_snapshot(self, path: str) -> tuple[Any, Any, set[PeerNode]]:
         """PySyncObj's deserializer: install the state, give Raft its bookmarks back."""

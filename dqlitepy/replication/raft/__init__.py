@@ -24,6 +24,8 @@ docstring explains it; each has a test in ``tests/replication/test_replication_r
 :mod:`.lease`             **Leader lease** (§6.4.1): reads without a round; followers
                           ignore early votes (§4.2.3)
 :mod:`.storage`           **Storage failures**: a node that cannot write its log steps aside
+:mod:`.snapshot`          **Snapshot at start**: a log a stop left uncompacted after its
+                          snapshot is compacted, not replaced (defect 8)
 :mod:`.node`              :class:`HardenedSyncObj` itself, composing them
 :mod:`.base`              what the mixins declare to each other (for mypy only)
 ========================  ===============================================================

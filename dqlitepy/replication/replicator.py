@@ -12,7 +12,6 @@ Nothing else in dqlitepy sees PySyncObj.
 from __future__ import annotations
 
 import logging
-import os
 import socket
 import ssl
 import threading
@@ -21,9 +20,15 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, BinaryIO
 
-import cbor2
-from pysyncobj.config import FAIL_REASON, SERIALIZER_STATE
+from pysyncobj.config import FAIL_REASON
 
+from .errors import (
+    LeadershipLost,
+    LeadershipUnconfirmed,
+    NotLeader,
+    ReplicationError,
+    StorageError,
+)
 from .journal import JournalWriteError, durable_journal_for_syncobj
 from .raft import (
     FAILURES,
@@ -36,6 +41,7 @@ from .raft import (
     Submission,
     raft_config,
 )
+from .snapshot_files import SnapshotFiles
 from .stats import RaftStats, SnapshotStats
 from .transport import SecureTransport, secure_transport_class
 
@@ -55,47 +61,11 @@ __all__ = [
 DEFAULT_SNAPSHOT_ENTRIES = 10_000
 #: A snapshot travels to a lagging node in chunks of this size.
 SNAPSHOT_CHUNK = 4 * 1024 * 1024
-SNAPSHOT_VERSION = 1
 
 log = logging.getLogger("dqlitepy.replication")
 
 # Reasons meaning "the command never entered the log".
 _NOT_APPENDED = {FAIL_REASON.NOT_LEADER, FAIL_REASON.MISSING_LEADER, FAIL_REASON.QUEUE_FULL}
-
-
-class ReplicationError(Exception):
-    """A command could not be replicated."""
-
-
-class NotLeader(ReplicationError):
-    """This node does not lead: the command was not appended anywhere."""
-
-
-class LeadershipLost(ReplicationError):
-    """The command's fate is unknown (leadership changed or time ran out)."""
-
-
-class StorageError(NotLeader):
-    """This node's Raft log cannot be written: the command was not appended anywhere.
-
-    The node has stepped down (see ``raft/storage.py``, "Storage failures").
-
-    Attributes:
-        full: the storage is full (no space left, quota exhausted), rather
-            than failing (an I/O error).
-    """
-
-    def __init__(self, message: str, *, full: bool) -> None:
-        super().__init__(message)
-        self.full = full
-
-
-class LeadershipUnconfirmed(ReplicationError):
-    """A read barrier timed out: this node may still lead, but no quorum confirmed it.
-
-    Nothing was read.  The node may be cut off from its followers (or they
-    are slow); a new leader may already exist elsewhere.
-    """
 
 
 class PendingCommand:
@@ -171,8 +141,6 @@ class Replicator:
         self._raft_dir = Path(data_dir) / "raft"
         self._voters = [v for v in voters if v != address]
         self._voting = voting
-        # The roles recorded in the snapshot being installed (see _read_snapshot).
-        self._snapshot_roles: dict[str, int] | None = None
         self._node_id = node_id
         self._cluster_key = cluster_key
         self._apply = apply
@@ -181,11 +149,19 @@ class Replicator:
         self._core: HardenedSyncObj | None = None
         self._was_leader = False
         self._lock = threading.Lock()
-        self._snapshot = snapshot
-        self._restore = restore
         self._snapshot_entries = snapshot_entries
-        self._snapshot_state = SERIALIZER_STATE.NOT_SERIALIZING
-        self._snapshot_stats = SnapshotStats()
+        self._snapshots = (
+            None
+            if snapshot is None or restore is None
+            else SnapshotFiles(
+                address,
+                self._raft_dir / "snapshot",
+                capture=snapshot,
+                restore=restore,
+                core=lambda: self._core,
+                check_storage=self.check_storage,
+            )
+        )
 
     # ----------------------------------------------------------- lifecycle
 
@@ -203,14 +179,15 @@ class Replicator:
             ssl_context=self._ssl_context,
         )
         options: dict[str, Any] = {}
-        if self._snapshot is not None and self._restore is not None:
+        snapshots = self._snapshots
+        if snapshots is not None:
             # Log compaction: dqlitepy writes the snapshot itself (the databases,
             # streamed to a file), PySyncObj ships the file to lagging nodes.
             options = {
-                "fullDumpFile": str(self._raft_dir / "snapshot"),
-                "serializer": self._write_snapshot,
-                "serializeChecker": self._snapshot_progress,
-                "deserializer": self._read_snapshot,
+                "fullDumpFile": str(snapshots.path),
+                "serializer": snapshots.write,
+                "serializeChecker": snapshots.progress,
+                "deserializer": snapshots.read,
                 "logCompactionMinEntries": self._snapshot_entries,
                 "logCompactionBatchSize": SNAPSHOT_CHUNK,
             }
@@ -226,7 +203,8 @@ class Replicator:
                 conf,
                 self._apply,
                 voting=self._voting,
-                snapshot_roles=lambda: self._snapshot_roles,
+                snapshot_roles=lambda: None if snapshots is None else snapshots.roles,
+                snapshot_head=None if snapshots is None else snapshots.head,
                 read_lease=self._read_lease,
                 transportClass=transport_class,
             )
@@ -303,7 +281,8 @@ class Replicator:
         if core is None:
             return None
         figures = core.raft_figures()
-        return {**figures, "snapshots": self._snapshot_stats.data()}
+        stats = SnapshotStats() if self._snapshots is None else self._snapshots.stats
+        return {**figures, "snapshots": stats.data()}
 
     def leader_read_index(self, timeout: float) -> int:
         """The leader's read index, asked now, from any member (``raft/remote.py``).
@@ -487,103 +466,6 @@ class Replicator:
         if not done.wait(max(0.0, deadline - time.monotonic())):
             raise ReplicationError("leadership transfer failed: no answer in time")
         return outcome[0]
-
-    # ------------------------------------------------------------- snapshots
-
-    def _write_snapshot(self, path: str, raft_data: Any) -> None:
-        """PySyncObj's serializer, on Raft's thread: capture now, write in the background.
-
-        Copying gigabytes on Raft's thread would stop heartbeats and depose the
-        leader, so only the capture (Raft's bookmarks and the server's state at
-        this entry) happens here; a thread streams the databases into a
-        separate file and renames it over the snapshot when complete.
-        :meth:`_snapshot_progress` tells PySyncObj when it is done, and until
-        then it neither compacts the log nor sends the snapshot anywhere.
-        """
-        last, previous, cluster = raft_data
-        assert self._snapshot is not None
-        header = {
-            "version": SNAPSHOT_VERSION,
-            "last": [bytes(last[0]), int(last[1]), int(last[2])],
-            "previous": [bytes(previous[0]), int(previous[1]), int(previous[2])],
-            "cluster": sorted(str(node.id) for node in cluster),
-        }
-        core = self._core
-        if core is not None:
-            header["roles"] = core.roles  # on Raft's thread: as of this moment
-        try:
-            write_state = self._snapshot()
-        except Exception as exc:
-            # E.g. pages still queued for the applier: PySyncObj tries again later.
-            log.warning("%s postponed a snapshot: %s", self.address, exc)
-            self._snapshot_state = SERIALIZER_STATE.FAILED
-            return
-        final = path.removesuffix(".tmp")
-        self._snapshot_state = SERIALIZER_STATE.SERIALIZING
-        started = time.monotonic()
-
-        def run() -> None:
-            partial = final + ".partial"
-            try:
-                with open(partial, "wb") as f:
-                    cbor2.dump(header, f)
-                    write_state(f)
-                    f.flush()
-                    os.fsync(f.fileno())
-                os.replace(partial, final)
-                log.info("%s wrote a snapshot at entry %d", self.address, last[1])
-                self._snapshot_stats.succeeded("written", time.monotonic() - started)
-                self._snapshot_state = SERIALIZER_STATE.SUCCESS
-            except Exception as exc:
-                log.exception("%s could not write a snapshot", self.address)
-                self._snapshot_stats.failed("written")
-                self._snapshot_state = SERIALIZER_STATE.FAILED
-                if isinstance(exc, OSError):
-                    self.check_storage()  # a full disk: the log's next append fails too
-
-        threading.Thread(target=run, name="dqlitepy-snapshot", daemon=True).start()
-
-    def _snapshot_progress(self) -> int:
-        """PySyncObj's serializeChecker: SUCCESS or FAILED are reported once."""
-        state = self._snapshot_state
-        if state in (SERIALIZER_STATE.SUCCESS, SERIALIZER_STATE.FAILED):
-            self._snapshot_state = SERIALIZER_STATE.NOT_SERIALIZING
-        return int(state)
-
-    def _read_snapshot(self, path: str) -> tuple[Any, Any, set[PeerNode]]:
-        """PySyncObj's deserializer: install the state, give Raft its bookmarks back."""
-        started = time.monotonic()
-        try:
-            installed = self._install_snapshot(path)
-        except BaseException:
-            self._snapshot_stats.failed("installed")
-            raise
-        self._snapshot_stats.succeeded("installed", time.monotonic() - started)
-        return installed
-
-    def _install_snapshot(self, path: str) -> tuple[Any, Any, set[PeerNode]]:
-        assert self._restore is not None
-        core = self._core
-        if core is not None and not core.storage_writable:
-            # The log could not be replaced by the snapshot's entries: installing the
-            # databases alone would put them ahead of the log.  The leader sends it again.
-            raise ReplicationError(f"{path}: not installed while the Raft log cannot be written")
-        with open(path, "rb") as f:
-            header = cbor2.load(f)
-            if not isinstance(header, dict) or header.get("version") != SNAPSHOT_VERSION:
-                raise ReplicationError(f"{path}: not a dqlitepy snapshot")
-            self._restore(f)
-        roles = header.get("roles")
-        self._snapshot_roles = None if roles is None else {str(a): int(r) for a, r in roles.items()}
-        last = tuple(header["last"])
-        previous = tuple(header["previous"])
-        log.info("%s installed a snapshot at entry %d", self.address, last[1])
-        core = self._core
-        if core is not None:
-            # Installing took Raft's thread a while; the leader's messages are
-            # waiting in the socket, not missing: do not start an election.
-            core.postpone_election()
-        return last, previous, {PeerNode(a) for a in header["cluster"]}
 
     # -------------------------------------------------------------- events
 

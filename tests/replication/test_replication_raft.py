@@ -355,6 +355,86 @@ def test_a_standby_replicates_without_counting_toward_the_quorum() -> None:
             n.destroy_synchronous()
 
 
+# -- a restart between a snapshot and its compaction (raft/snapshot.py) ----------------------
+
+_SNAP_PREVIOUS = (b"\x01", 11, 1)
+_SNAP_LAST = (b"\x01", 12, 1)
+
+
+def _uncompacted(cls: Any, tmp_path: Path, **kwargs: Any) -> Any:
+    """A node (never ticking) whose snapshot covers entry 12 and whose log holds 1..20."""
+    me, other = f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}"
+    (tmp_path / "snapshot").write_bytes(b"")
+    cluster = {PeerNode(me), PeerNode(other)}
+    conf = raft_config(
+        autoTick=False,
+        fullDumpFile=str(tmp_path / "snapshot"),
+        serializer=lambda path, data: None,
+        deserializer=lambda path: (_SNAP_LAST, _SNAP_PREVIOUS, cluster),
+    )
+    if cls is _Stock:
+        node = cls(me, [other], conf, _apply)
+    else:
+        node = cls(me, [other], conf, _apply, **kwargs)
+    raft_log = node._SyncObj__raftLog
+    for index in range(2, 21):
+        raft_log.add(b"\x01", index, 1)
+    node._SyncObj__setCurrentTerm(1, None)
+    return node
+
+
+@pytest.mark.parametrize(
+    "kind",
+    [
+        "hardened",
+        pytest.param(
+            "stock",
+            marks=pytest.mark.xfail(strict=True, reason="PySyncObj replaces the log"),
+        ),
+    ],
+)
+def test_a_start_from_a_snapshot_keeps_the_entries_after_it(kind: str, tmp_path: Path) -> None:
+    if kind == "stock":
+        node = _uncompacted(_Stock, tmp_path)
+    else:
+        node = _uncompacted(
+            HardenedSyncObj, tmp_path, snapshot_head=lambda: (_SNAP_PREVIOUS, _SNAP_LAST)
+        )
+    try:
+        node._SyncObj__loadDumpFile(False)  # what the first tick does
+        indexes = [entry[1] for entry in node._SyncObj__raftLog]
+        assert indexes == list(range(11, 21))
+        assert node._SyncObj__raftLastApplied == 12
+    finally:
+        node._doDestroy()
+
+
+def test_a_start_that_cannot_compact_its_log_loads_the_snapshot_once_it_can(
+    tmp_path: Path,
+) -> None:
+    with _flaky_journals() as journals:
+        node = _uncompacted(
+            HardenedSyncObj,
+            tmp_path,
+            snapshot_head=lambda: (_SNAP_PREVIOUS, _SNAP_LAST),
+            storage_probe_interval=0,
+        )
+    (journal,) = journals
+    try:
+        journal.broken = True
+        with pytest.raises(JournalWriteError):
+            node._SyncObj__loadDumpFile(False)
+        # Neither replaced by the snapshot's entries nor loaded: tried again next tick.
+        assert [entry[1] for entry in journal] == list(range(1, 21))
+        assert node._SyncObj__raftLastApplied == 1
+        journal.broken = False
+        node._SyncObj__loadDumpFile(False)  # probes the journal, then compacts
+        assert [entry[1] for entry in journal] == list(range(11, 21))
+        assert node._SyncObj__raftLastApplied == 12
+    finally:
+        node._doDestroy()
+
+
 # -- storage failures (see "Storage failures" in raft/storage.py) ------------------------------
 
 
@@ -387,6 +467,10 @@ class _FlakyJournal(MemoryJournal):  # type: ignore[misc]
     def deleteEntriesFrom(self, entryFrom: int) -> None:
         self._check()
         super().deleteEntriesFrom(entryFrom)
+
+    def deleteEntriesTo(self, entryTo: int) -> None:
+        self._check()
+        super().deleteEntriesTo(entryTo)
 
     def probe(self) -> bool:
         if self.broken:

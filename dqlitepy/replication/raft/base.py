@@ -107,6 +107,7 @@ class RaftBase:
         def storage_writable(self) -> bool: ...  # storage
         def _storage_failed(self, cause: BaseException | None) -> None: ...  # storage
         def _log_append(self, entries: list[tuple[bytes, int, int]]) -> None: ...  # storage
+        def _watch_storage(self) -> None: ...  # storage
         def _admit_strangers(self) -> None: ...  # roles
         def _read_answer(self, node: Any, message: dict[str, Any]) -> None: ...  # reads
         def _fail_reads(self, result: ReadResult) -> None: ...  # reads

@@ -26,6 +26,7 @@ from .messages import MessagesMixin
 from .reads import ReadResult, ReadsMixin
 from .remote import RemoteReadsMixin
 from .roles import RolesMixin
+from .snapshot import SnapshotHead, SnapshotMixin
 from .stats import StatsMixin
 from .storage import StorageMixin
 from .transfer import TransferMixin
@@ -57,6 +58,7 @@ class HardenedSyncObj(
     CommandsMixin,
     TransferMixin,
     StorageMixin,
+    SnapshotMixin,
     ReadsMixin,
     RemoteReadsMixin,
     LeaseMixin,
@@ -81,6 +83,8 @@ class HardenedSyncObj(
             the log tells it its role).
         snapshot_roles: returns the roles recorded in the snapshot being
             installed (PySyncObj passes on only the voters).
+        snapshot_head: returns the last two entries of this node's snapshot
+            (None without one), read at start (see :mod:`.snapshot`).
         storage_probe_interval: seconds between probes of a journal that
             cannot write (see "Storage failures" in :mod:`.storage`).
         read_lease: serve reads under a leader lease when it holds one
@@ -97,6 +101,7 @@ class HardenedSyncObj(
         *,
         voting: bool = True,
         snapshot_roles: Callable[[], Mapping[str, int] | None] | None = None,
+        snapshot_head: SnapshotHead | None = None,
         storage_probe_interval: float = 1.0,
         read_lease: bool = True,
         **kwargs: Any,
@@ -110,6 +115,7 @@ class HardenedSyncObj(
         self._init_lease(read_lease)
         self._init_messages()
         self._init_storage(storage_probe_interval)
+        self._init_snapshot(snapshot_head)
         self._init_transfer()
         self._init_commit()
         self._init_remote_reads()

@@ -9,12 +9,16 @@ cluster key came up as a standalone node on the replicated data, led itself
 and acknowledged writes its cluster never saw.  So, before anything else reads
 or changes the directory:
 
-- :class:`DataDirectory` takes an exclusive ``flock`` on ``LOCK`` and holds it
-  for the life of the node.  The holder writes its pid and address into the
-  file, so that a second process is told whom it collided with.  The lock
-  belongs to the open file, not the process: a second node in the same process
-  is refused too.  The file is never deleted (a process that opened it a
-  moment before the deletion would lock a file nobody else sees).
+- :class:`DataDirectory` takes an exclusive ``flock`` on the directory itself
+  and holds it for the life of the node: a directory cannot be swapped under a
+  running node short of moving the whole directory, whereas a lock file can be
+  deleted by an operator clearing a "stale lock" (which once let a second
+  process in, to move the live databases aside).  It also locks ``LOCK``, the
+  file older versions lock, and writes its pid and address there once it
+  serves, so that a second process is told whom it collided with (its pid
+  comes from ``/proc/locks`` when the file is gone).  A start that is refused
+  writes nothing: not even ``LOCK``.  The lock belongs to the open file, not
+  the process: a second node in the same process is refused too.
 - ``cluster.json`` records what the directory belongs to: a replicated
   cluster, with a fingerprint of its key (HMAC-SHA256 of a fixed label, never
   the key), or a standalone node.  A replicated directory is never started
@@ -108,12 +112,13 @@ def _write_atomically(path: Path, data: bytes) -> None:
         os.close(fd)
 
 
-def _holder(fd: int) -> tuple[int | None, str | None]:
-    """The pid and address the lock's holder wrote (None for what is missing)."""
+def _recorded_holder(path: Path) -> tuple[int | None, str | None]:
+    """The pid and address the holder wrote into ``LOCK`` (None for what is missing)."""
     try:
-        record = json.loads(os.pread(fd, _HOLDER_MAX, 0).decode())
+        with path.open("rb") as f:  # read only: a refused start creates nothing
+            record = json.loads(f.read(_HOLDER_MAX).decode())
     except (OSError, ValueError):
-        return None, None  # not written yet (or by something else)
+        return None, None  # deleted, not written yet (or by something else)
     if not isinstance(record, dict):
         return None, None
     pid, address = record.get("pid"), record.get("address")
@@ -121,6 +126,35 @@ def _holder(fd: int) -> tuple[int | None, str | None]:
         pid if isinstance(pid, int) else None,
         address if isinstance(address, str) else None,
     )
+
+
+def _flock_holder(fd: int) -> int | None:
+    """The pid that holds a ``flock`` on the file ``fd`` is open on, from ``/proc/locks``."""
+    st = os.fstat(fd)
+    try:
+        lines = Path("/proc/locks").read_text().splitlines()
+    except OSError:
+        return None  # not Linux
+    for line in lines:
+        fields = line.split()
+        # "1: FLOCK  ADVISORY  WRITE 4242 fd:01:1234 0 EOF" (waiters have "->" after "1:")
+        if len(fields) < 6 or fields[1] != "FLOCK":
+            continue
+        major, minor, inode = fields[5].split(":")
+        if int(inode) == st.st_ino and (int(major, 16), int(minor, 16)) == (
+            os.major(st.st_dev),
+            os.minor(st.st_dev),
+        ):
+            return int(fields[4])
+    return None
+
+
+def _try_lock(fd: int) -> bool:
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    return True
 
 
 class DataDirectory:
@@ -133,7 +167,7 @@ class DataDirectory:
 
     Args:
         path: the data directory (it must exist).
-        address: the node's address, written into the lock file.
+        address: the node's address (:meth:`record_address` writes the one it serves on).
         cluster_key: the cluster key, or None for a standalone node.
 
     Raises:
@@ -147,7 +181,9 @@ class DataDirectory:
     def __init__(self, path: Path, *, address: str, cluster_key: bytes | None) -> None:
         self.path = path
         self._key = cluster_key
-        self._fd = self._lock(address)
+        self._address = address
+        self._fd = -1  # LOCK, once it exists
+        self._dir_fd = self._lock()
         try:
             self._record = self._check()
         except BaseException:
@@ -156,45 +192,66 @@ class DataDirectory:
 
     # ----------------------------------------------------------------- lock
 
-    def _lock(self, address: str) -> int:
-        fd = os.open(self.path / LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    def _lock(self) -> int:
+        """Lock the directory, then ``LOCK`` if it exists; write nothing."""
+        flags = os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | os.O_CLOEXEC
+        dir_fd = os.open(self.path, flags)
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            pid, holder = _holder(fd)
-            os.close(fd)
-            who = "another process" if pid is None else f"process {pid}"
-            where = f" (the node serving on {holder})" if holder else ""
-            raise DataDirectoryInUse(
-                f"data directory {str(self.path.absolute())!r} is in use by {who}{where}; "
-                "stop that node first, or give this one a directory of its own"
-            ) from None
+            if not _try_lock(dir_fd):
+                self._in_use(_flock_holder(dir_fd))
+            try:
+                fd = os.open(self.path / LOCK_FILE, os.O_RDWR | os.O_CLOEXEC)
+            except FileNotFoundError:
+                return dir_fd  # created once the node serves (record_address)
+            if not _try_lock(fd):  # held by a node of a version that locked only LOCK
+                holder = _flock_holder(fd)
+                os.close(fd)
+                self._in_use(holder)
+            self._fd = fd
         except BaseException:
-            os.close(fd)
+            os.close(dir_fd)
             raise
-        try:
-            self._write_holder(fd, address)
-        except BaseException:
-            os.close(fd)  # closing the file releases the lock
-            raise
-        return fd
+        return dir_fd
 
-    @staticmethod
-    def _write_holder(fd: int, address: str) -> None:
-        data = json.dumps({"pid": os.getpid(), "address": address}).encode() + b"\n"
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, data, 0)
+    def _in_use(self, pid: int | None) -> None:
+        recorded_pid, holder = _recorded_holder(self.path / LOCK_FILE)
+        if pid is None:
+            pid = recorded_pid
+        elif recorded_pid != pid:
+            holder = None  # the record of an earlier holder
+        who = "another process" if pid is None else f"process {pid}"
+        where = f" (the node serving on {holder})" if holder else ""
+        raise DataDirectoryInUse(
+            f"data directory {str(self.path.absolute())!r} is in use by {who}{where}; "
+            "stop that node first, or give this one a directory of its own"
+        )
 
     def record_address(self, address: str) -> None:
-        """Write the address the node really serves on (its port, once bound) into the lock."""
-        if self._fd >= 0:
-            self._write_holder(self._fd, address)
+        """Write the node's pid and the address it serves on (its port, once bound) into ``LOCK``.
+
+        Called once the node's checks passed and it serves, so that a refused
+        start leaves ``LOCK`` as it was.
+        """
+        if self._dir_fd < 0:
+            return
+        if self._fd < 0:
+            fd = os.open(self.path / LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+            if not _try_lock(fd):
+                holder = _flock_holder(fd)
+                os.close(fd)
+                self._in_use(holder)
+            self._fd = fd
+        data = json.dumps({"pid": os.getpid(), "address": address}).encode() + b"\n"
+        os.ftruncate(self._fd, 0)
+        os.pwrite(self._fd, data, 0)
 
     def close(self) -> None:
         """Release the directory (idempotent)."""
-        fd, self._fd = self._fd, -1
-        if fd >= 0:
-            os.close(fd)
+        fds = (self._fd, self._dir_fd)
+        self._fd = self._dir_fd = -1
+        for fd in fds:
+            if fd >= 0:
+                os.close(fd)
 
     # --------------------------------------------------------------- identity
 

@@ -28,6 +28,12 @@ Theory of operation (``docs/architecture.md``, "Operating safely"):
   reads nothing, so its bytes stay in the kernel's socket buffers and the sender is
   slowed down by TCP. Small requests never wait, so a node whose budget is taken by
   large uploads still serves ordinary clients.
+* **Descriptors.** Each connection holds a socket and, once it opened a database, that
+  database's file, WAL and shared memory. :func:`connections_within_open_files` raises
+  the process's soft ``RLIMIT_NOFILE`` to its hard limit (as Go's runtime does) and caps
+  ``max_connections`` so that connections at the limit leave a reserve of descriptors
+  for the node's own files, Raft links and databases: clients can then never take the
+  descriptors the node needs to write.
 
 Nothing here touches a socket: :class:`ConnectionTable` and :class:`MemoryBudget` are
 driven by the listener in :mod:`dqlitepy.server.listener`, which does the I/O. Their locks
@@ -38,6 +44,7 @@ are leaves of the lock hierarchy: nothing else is taken or waited for while one 
 from __future__ import annotations
 
 import enum
+import logging
 import threading
 import time
 from collections.abc import Callable
@@ -51,12 +58,18 @@ __all__ = [
     "DEFAULT_REQUEST_MEMORY",
     "DEFAULT_REQUEST_TIMEOUT",
     "SMALL_BODY",
+    "FDS_PER_CONNECTION",
+    "FD_RESERVE",
     "ConnectionTable",
     "Limits",
     "MemoryBudget",
     "Phase",
     "Slot",
+    "connections_within_open_files",
+    "raise_open_file_limit",
 ]
+
+log = logging.getLogger("dqlitepy.server")
 
 #: Client connections served at once.
 DEFAULT_MAX_CONNECTIONS = 1024
@@ -68,6 +81,62 @@ DEFAULT_REQUEST_MEMORY = 4 * DEFAULT_MAX_MESSAGE_SIZE
 #: Bodies up to this size are read without a reservation (at most this much per
 #: connection, i.e. 64 MiB for 1,024 connections).
 SMALL_BODY = 64 * 1024
+#: Descriptors one client connection may hold: its socket, and its database's
+#: file, WAL and shared memory.
+FDS_PER_CONNECTION = 4
+#: Descriptors kept from clients for the node's own use (at least; an eighth of
+#: the limit when that is more): its journal and databases, Raft links, logs.
+FD_RESERVE = 128
+# Where the soft limit goes when the hard one is unlimited (Linux's default nr_open).
+_UNLIMITED_TARGET = 1 << 20
+
+
+def raise_open_file_limit() -> int | None:
+    """Raise the soft ``RLIMIT_NOFILE`` to the hard limit; return the soft limit now.
+
+    None when the process has no such limit (or the platform no ``resource``).
+    """
+    try:
+        import resource
+    except ImportError:  # not POSIX
+        return None
+    infinity = resource.RLIM_INFINITY
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == infinity:
+        return None
+    target = _UNLIMITED_TARGET if hard == infinity else hard
+    if soft < target:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+        except (ValueError, OSError) as exc:
+            log.debug("cannot raise the open-file limit from %d to %d: %s", soft, target, exc)
+    return soft
+
+
+def connections_within_open_files(max_connections: int) -> int:
+    """``max_connections``, capped to what the open-file limit leaves for clients.
+
+    Raises the soft limit first (:func:`raise_open_file_limit`); logs a warning when
+    the cap applies.
+    """
+    open_files = raise_open_file_limit()
+    if open_files is None or max_connections < 1:
+        return max_connections
+    reserve = max(FD_RESERVE, open_files // 8)
+    allowed = max(1, (open_files - reserve) // FDS_PER_CONNECTION)
+    if allowed >= max_connections:
+        return max_connections
+    log.warning(
+        "the open-file limit of %d descriptors (RLIMIT_NOFILE, e.g. LimitNOFILE= in a systemd "
+        "unit) leaves room for %d client connections besides the node's own files, not the "
+        "%d of --max-connections: serving at most %d; raise the limit to serve more",
+        open_files,
+        allowed,
+        max_connections,
+        allowed,
+    )
+    return allowed
 
 
 @dataclass(frozen=True, slots=True)

@@ -38,6 +38,7 @@ from .limits import (
     DEFAULT_REQUEST_MEMORY,
     DEFAULT_REQUEST_TIMEOUT,
     Limits,
+    connections_within_open_files,
 )
 from .listener import Listener, bind
 from .metrics import MetricsServer, parse_metrics_address, require_prometheus_client
@@ -132,7 +133,8 @@ class NodeServer:
         self._requests = RequestStats()
         check_addresses(address, advertise, replicated=cluster_key is not None or bool(join))
         self.limits = Limits(
-            max_connections=max_connections,
+            # Clients must never take the descriptors the node needs for its own files.
+            max_connections=connections_within_open_files(max_connections),
             max_message_size=max_message_size,
             idle_timeout=idle_timeout,
             request_timeout=request_timeout,

@@ -20,7 +20,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from dqlitepy_server import CLUSTER_KEY, DqlitepyServer, free_port
+from dqlitepy_server import CLUSTER_KEY, DqlitepyCluster, DqlitepyServer, free_port
 from waiting import wait_until
 
 import dqlitepy
@@ -41,7 +41,12 @@ def _env(key: str | None = None, **extra: str) -> dict[str, str]:
 
 
 def _refused(
-    data_dir: Path, *, key: str | None = None, join: str | None = None, within: float = 10.0
+    data_dir: Path,
+    *,
+    key: str | None = None,
+    join: str | None = None,
+    within: float = 10.0,
+    options: tuple[str, ...] = (),
 ) -> tuple[str, float]:
     """Run ``dqlitepy server`` on ``data_dir``; it must exit 2 within ``within`` seconds.
 
@@ -51,6 +56,7 @@ def _refused(
     args = [sys.executable, "-m", "dqlitepy", "server", "-a", address, "-d", str(data_dir)]
     if join is not None:
         args += ["-j", join]
+    args += options
     started = time.monotonic()
     process = subprocess.Popen(
         args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env(key)
@@ -141,6 +147,73 @@ def test_a_standalone_server_on_a_live_directory_fails_fast(tmp_path: Path) -> N
         assert elapsed < 5, elapsed
         assert f"process {node.process.pid}" in err and node.address in err, err
         assert _read_rows(node.address) == ROWS
+
+
+def _listing(data_dir: Path) -> list[str]:
+    """The directory's entries, two levels down (a node's own WAL comes and goes: not listed)."""
+    return sorted(
+        str(p.relative_to(data_dir))
+        for p in [*data_dir.iterdir(), *data_dir.glob("*/*")]
+        if not p.name.endswith(("-wal", "-shm"))
+    )
+
+
+def test_a_second_server_on_a_member_whose_lock_file_was_deleted_moves_nothing(
+    tmp_path: Path,
+) -> None:
+    # An operator clearing what looks like a stale lock: the lock held is the directory's
+    # own, so the second server is still refused before it moves the live databases aside.
+    with DqlitepyCluster.formed(3) as cluster:
+        leader = cluster.leader()
+        _write_rows(leader)
+        member = next(n for n in cluster.nodes if n.address != leader)
+        assert member.process is not None
+        wait_until(
+            lambda: (member.data_dir / "databases" / "db-app.sqlite").exists(),
+            "the member to apply the rows",
+            timeout=10,
+            interval=0.05,
+        )
+        (member.data_dir / "LOCK").unlink()
+        listing, inode = _listing(member.data_dir), _database_inode(member.data_dir)
+        # Its own address advertised: past the address check, on to the lock.
+        err, _ = _refused(member.data_dir, key=CLUSTER_KEY, options=("--advertise", member.address))
+        assert "in use" in err and f"process {member.process.pid}" in err, err
+        assert len(err.strip().splitlines()) == 1, err
+        assert _listing(member.data_dir) == listing
+        assert _database_inode(member.data_dir) == inode
+        # The member still has every row: led by it, and written through it.
+        assert cluster.read_on(member.address, "app", "SELECT i, s FROM t ORDER BY i") == ROWS
+        with dqlitepy.connect("app", servers=[member.address], timeout=10) as conn:
+            conn.execute("INSERT INTO t VALUES (?, ?)", (1000, "after"))
+        conn.close()
+        rows = _read_rows(member.address)
+        assert rows == [*ROWS, (1000, "after")]
+
+
+def _snapshot(data_dir: Path) -> dict[str, tuple[bytes, int]]:
+    """Every file's contents and mtime (ns), and every directory's mtime."""
+    state: dict[str, tuple[bytes, int]] = {}
+    for path in [data_dir, *data_dir.rglob("*")]:
+        key = str(path.relative_to(data_dir))
+        data = path.read_bytes() if path.is_file() else b""
+        state[key] = (data, path.stat().st_mtime_ns)
+    return state
+
+
+def test_a_refused_start_writes_nothing(keyed_node: DqlitepyServer, node_dir: Path) -> None:
+    assert keyed_node.stop() == 0
+    before = _snapshot(node_dir)
+    _refused(node_dir, key=None)  # no key
+    _refused(node_dir, key=OTHER_KEY)  # another key
+    _refused(node_dir, key=CLUSTER_KEY)  # another address
+    assert _snapshot(node_dir) == before
+    keyed_node.start(timeout=30)
+    assert _read_rows(keyed_node.address) == ROWS
+    # And a refusal by a live node's lock leaves its record alone.
+    lock = (node_dir / "LOCK").read_bytes()
+    _refused(node_dir, key=CLUSTER_KEY)
+    assert (node_dir / "LOCK").read_bytes() == lock
 
 
 # -- a data directory records its cluster ---------------------------------------------------------
@@ -367,7 +440,8 @@ def test_the_record_holds_a_fingerprint_never_the_key(tmp_path: Path) -> None:
     assert key not in raw and key.hex().encode() not in raw
     assert key_fingerprint(key).encode() in raw
     assert key_fingerprint(key) != key_fingerprint(OTHER_KEY.encode())
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["LOCK", "cluster.json"]
+    # LOCK is written only once a node serves.
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cluster.json"]
 
 
 def test_an_empty_standalone_directory_may_become_replicated(tmp_path: Path) -> None:

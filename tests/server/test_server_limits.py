@@ -20,7 +20,7 @@ import time
 from collections.abc import Iterator
 
 import pytest
-from dqlitepy_server import DqlitepyServer
+from dqlitepy_server import CLUSTER_KEY, DqlitepyServer
 from raw_client import Raw
 from waiting import busy_threads, wait_until
 
@@ -303,6 +303,50 @@ def test_2000_idle_sockets_do_not_lock_a_client_out() -> None:
         assert log.count("the limit (--max-connections)") == 1, log[-2000:]
         assert "Traceback" not in log
     assert time.monotonic() - started < 60
+
+
+def _open_files(pid: int) -> tuple[int, int]:
+    """The soft and hard RLIMIT_NOFILE of process ``pid``, from /proc/PID/limits."""
+    with open(f"/proc/{pid}/limits") as limits:
+        for line in limits:
+            if line.startswith("Max open files"):
+                soft, hard = line.split()[3:5]
+                return int(soft), int(hard)
+    raise AssertionError(f"no open-file limit for pid {pid}")
+
+
+@pytest.mark.parametrize(
+    ("hard", "key"),
+    [(2048, None), (256, CLUSTER_KEY)],
+    ids=["raised-standalone", "unraisable-replicated"],
+)
+def test_idle_sockets_past_the_open_file_limit_leave_the_node_its_files(
+    hard: int, key: str | None
+) -> None:
+    # Started with the usual service soft limit (here 256): the node raises it to the hard
+    # limit, and caps its connections so that clients never take the descriptors it needs
+    # for its databases, WAL and Raft journal. With soft = hard = 1,024, 2,000 idle sockets
+    # used to lock every client out and fail a leader's WAL writes with EMFILE.
+    server = DqlitepyServer(cluster_key=key, prefix=["prlimit", f"--nofile=256:{hard}", "--"])
+    with server, _sockets() as idle:
+        pid = _pid(server)
+        assert _open_files(pid) == (hard, hard)  # raised to the hard limit
+        expected = max(1, (hard - max(128, hard // 8)) // 4)
+        wait_until(
+            lambda: f"serving at most {expected}" in server.log(),
+            "the capped connection limit to be logged",
+            timeout=5,
+            interval=0.05,
+        )
+        _query_elsewhere(server.address)
+        for _ in range(hard + 200):
+            idle.append(_connect(server.address))
+        # The node's own files still open: a well-behaved client is served, and writes.
+        took = [_query_elsewhere(server.address) for _ in range(3)]
+        assert max(took) < 5, took
+        log = server.log()
+        assert "Too many open files" not in log and "Traceback" not in log, log[-2000:]
+        assert server.process is not None and server.process.poll() is None
 
 
 def test_pooled_idle_connections_are_kept_by_default() -> None:

@@ -132,6 +132,13 @@ class Poller(Protocol):
     def unsubscribe(self, fd: int, /) -> None: ...
 
 
+def _wait_writable(sock: socket.socket, seconds: float) -> None:
+    """Wait until ``sock`` takes bytes; poll(), since select() fails on descriptors past 1,023."""
+    poller = select.poll()
+    poller.register(sock, select.POLLOUT)
+    poller.poll(max(0, int(seconds * 1000)))
+
+
 def _new_recv_buffer() -> memoryview:
     return memoryview(bytearray(_RECV_CHUNK))
 
@@ -427,7 +434,7 @@ class Link:
                 if left <= 0:
                     self.close("the peer does not take a snapshot chunk")
                     return False
-                select.select([], [self.sock], [], min(left, 0.05))
+                _wait_writable(self.sock, min(left, 0.05))
                 self._flush()
             if self.closed:
                 return False

@@ -46,6 +46,14 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``dqlitepy`` command."""
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra and args.command == "shell" and args.sql is None and len(extra) == 1:
+        # argparse fills DATABASE and the optional SQL from one run of positionals, so
+        # "shell -s A DB --cluster-key-file K SQL" (options between them, as the Go shell
+        # allows) would leave SQL over: it is the statement.
+        args.sql, extra = extra[0], []
+    if extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     func: Callable[[argparse.Namespace], int] = args.func
     return func(args)

@@ -27,9 +27,11 @@ __all__ = ["is_url", "parse_url", "resolve_target", "servers_from_env"]
 
 # A URL scheme (RFC 3986 §3.1) followed by "//".  Two characters at least, so
 # that a Windows drive ("c://x") stays a file name.
-_URL_SCHEME = re.compile(r"([A-Za-z][A-Za-z0-9+.-]+)://")
-# The dqlite scheme and its colon or slashes: a dqlite URL, however mistyped.
-_DQLITE_SCHEME = re.compile(r"dqlite(?::|//)", re.IGNORECASE)
+# Leading blanks are allowed: " dqlite://..." (a padded configuration value) is a URL too.
+_URL_SCHEME = re.compile(r"\s*([A-Za-z][A-Za-z0-9+.-]+)://")
+# The dqlite scheme and its colon or slashes: a dqlite URL, however mistyped (blanks
+# included: "dqlite ://...").
+_DQLITE_SCHEME = re.compile(r"\s*dqlite\s*(?::|//)", re.IGNORECASE)
 
 
 def is_url(name: str) -> bool:

@@ -154,6 +154,21 @@ def test_json_format(dqlite_cluster: DqliteDemoCluster, database: str) -> None:
     assert result.stdout.strip() == '[{"i": 42, "s": "h\\u00e9llo w\\u00f6rld"}]'
 
 
+def test_options_between_database_and_sql(
+    dqlite_cluster: DqliteDemoCluster, database: str
+) -> None:
+    # The synopsis of docs/server.md puts the options after DATABASE, as the Go shell allows.
+    result = _ours(
+        dqlite_cluster.addresses, database, "-f", "json", "SELECT i FROM t WHERE i = 42"
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == '[{"i": 42}]'
+    # Still a usage error: two statements where one may go.
+    result = _ours(dqlite_cluster.addresses, database, "-f", "json", "SELECT 1", "SELECT 2")
+    assert result.returncode == 2
+    assert "unrecognized arguments: SELECT 1 SELECT 2" in result.stderr
+
+
 @pytest.mark.parametrize(
     ("value", "text"),
     [

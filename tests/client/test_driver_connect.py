@@ -145,6 +145,9 @@ def test_factory_subclass(connect: Connect) -> None:
         "dqlite:127.0.0.1:9001/app.db",
         "dqlite:",
         "DQLITE:/127.0.0.1:9001/app.db",
+        # Blanks, as in a padded configuration value.
+        " dqlite://127.0.0.1:9001/app.db",
+        "dqlite ://127.0.0.1:9001/app.db",
         # Other URLs are no database names either (the second is SQLAlchemy's form).
         "http://127.0.0.1:9001/app.db",
         "sqlite+dqlitepy://127.0.0.1:9001/app.db",

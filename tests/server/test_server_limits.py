@@ -342,8 +342,10 @@ def test_idle_sockets_past_the_open_file_limit_leave_the_node_its_files(
         for _ in range(hard + 200):
             idle.append(_connect(server.address))
         # The node's own files still open: a well-behaved client is served, and writes.
+        # Served, not fast: a locked-out client fails (above), while the first one may wait
+        # for the node to accept the backlog of idle sockets ahead of it (5.8 s once in CI).
         took = [_query_elsewhere(server.address) for _ in range(3)]
-        assert max(took) < 5, took
+        assert max(took) < 30, took
         log = server.log()
         assert "Too many open files" not in log and "Traceback" not in log, log[-2000:]
         assert server.process is not None and server.process.poll() is None

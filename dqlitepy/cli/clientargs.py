@@ -39,7 +39,11 @@ def servers_of(args: argparse.Namespace) -> list[str]:
 
 
 def client_tls(args: argparse.Namespace) -> ssl.SSLContext | None:
-    """The shell's TLS: present ``--cert``, trust ``--ca`` or else ``--cert`` itself.
+    """The Go shell's TLS: present ``--cert``, trust ``--ca`` or else ``--cert`` itself.
+
+    As go-dqlite's SimpleDialTLSConfig, the server's certificate must chain to
+    that trust anchor; host names are not checked (a cluster certificate names
+    the cluster, not each node's address).
 
     Raises:
         ValueError: only one of ``--cert`` and ``--key``, or files that cannot be used.

@@ -32,9 +32,9 @@ from collections.abc import Callable
 from typing import TextIO
 
 import dqlitepy
-from dqlitepy.client.tls import client_context
 from dqlitepy.client.url import servers_from_env
 
+from .clientargs import client_tls
 from .output import format_value, json_value
 from .script import Command, DotCommand, ScriptReader
 
@@ -261,25 +261,6 @@ def _run_lines(shell: Shell, stream: TextIO, prompts: bool) -> int:
     return 0
 
 
-def _shell_tls(args: argparse.Namespace) -> ssl.SSLContext | None:
-    """The Go shell's TLS: present ``--cert``, trust ``--ca`` or else ``--cert`` itself.
-
-    As go-dqlite's SimpleDialTLSConfig, the server's certificate must chain to
-    that trust anchor; host names are not checked (a cluster certificate names
-    the cluster, not each node's address).
-    """
-    if args.cert is None and args.key is None and args.ca is None:
-        return None
-    if args.cert is None or args.key is None:
-        raise ValueError("both TLS certificate and key must be given (--cert and --key)")
-    return client_context(
-        ca=args.ca if args.ca is not None else args.cert,
-        cert=args.cert,
-        key=args.key,
-        check_hostname=False,
-    )
-
-
 def _servers(args: argparse.Namespace) -> list[str]:
     """``-s``, else ``DQLITEPY_SERVERS``: the servers the driver would use too."""
     servers = [s for s in ",".join(args.servers or []).split(",") if s] or servers_from_env()
@@ -307,7 +288,7 @@ def run(args: argparse.Namespace) -> int:
     """Run ``dqlitepy shell``; returns the exit status."""
     try:
         servers = _servers(args)
-        tls = _shell_tls(args)
+        tls = client_tls(args)
         key_file = _key_file(args)
     except ValueError as exc:
         print(f"Error: {exc}", file=sys.stderr)

@@ -399,6 +399,12 @@ def test_server_refuses_half_a_tls_configuration(tmp_path: Path, certs: Certs) -
     assert done.returncode == 2 and "--tls-key" in done.stderr
     done = server("--tls-cert", certs.crt("node"), "--tls-key", certs.crt("node"))
     assert done.returncode == 2 and "cannot load the TLS files" in done.stderr
+    done = server("--tls-admin-ca", certs.crt("adminca"))
+    assert done.returncode == 2 and "--tls-key" in done.stderr
+    tls = ["--tls-cert", certs.crt("node"), "--tls-key", certs.key("node")]
+    done = server(*tls, "--tls-admin-ca", certs.key("adminca"))
+    assert done.returncode == 2 and "cannot load the TLS files" in done.stderr
+    assert certs.key("adminca") in done.stderr
 
 
 # ----------------------------------------------------------------------------- a cluster

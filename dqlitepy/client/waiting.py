@@ -173,7 +173,7 @@ class SocketTransport:
         with self._lock:
             try:
                 sock.sendall(data)
-            except OSError as exc:
+            except (ssl.SSLError, ConnectionError) as exc:  # not a timeout: it would wait more
                 alert = _alert(sock) if self._tls else None
                 if alert is None:
                     raise

@@ -75,7 +75,6 @@ import socket
 import ssl
 import threading
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -171,14 +170,20 @@ class _ServerTLSSocket(ssl.SSLSocket):
 
     def do_handshake(self, block: bool = False) -> None:
         self._check_tls()
-        with self._handshaking():
+        try:
             super().do_handshake(block)
+        except ssl.SSLCertVerificationError as exc:
+            self._refused_certificate(exc)
+            raise
 
     def recv(self, buflen: int = 1024, flags: int = 0) -> bytes:
         self._check_tls()
         if not flags & socket.MSG_DONTWAIT:
-            with self._handshaking():  # the first one runs the handshake
+            try:
                 return super().recv(buflen, flags)
+            except ssl.SSLCertVerificationError as exc:  # the first recv runs the handshake
+                self._refused_certificate(exc)
+                raise
         timeout = self.gettimeout()
         self.settimeout(0.0)
         try:
@@ -200,22 +205,17 @@ class _ServerTLSSocket(ssl.SSLSocket):
             _refuse_plaintext(self)
             raise _RefusedPlaintext("a plain-text dqlite peer on a TLS node")
 
-    @contextlib.contextmanager
-    def _handshaking(self) -> Iterator[None]:
-        try:
-            yield
-        except ssl.SSLCertVerificationError as exc:
-            # The client was told by an alert; the operator hears of it here.
-            peer = "?"
-            with contextlib.suppress(OSError, TypeError, ValueError):
-                host, port = self.getpeername()[:2]
-                peer = f"{host}:{port}"
-            _log_limited(
-                logging.INFO,
-                "certificate",
-                f"refused the TLS client certificate of {peer}: {exc.verify_message}",
-            )
-            raise
+    def _refused_certificate(self, exc: ssl.SSLCertVerificationError) -> None:
+        # The client was told by an alert; the operator hears of it here.
+        peer = "?"
+        with contextlib.suppress(OSError, TypeError, ValueError):
+            host, port = self.getpeername()[:2]
+            peer = f"{host}:{port}"
+        _log_limited(
+            logging.INFO,
+            "certificate",
+            f"refused the TLS client certificate of {peer}: {exc.verify_message}",
+        )
 
 
 _last_logged: dict[str, float] = {}
@@ -302,7 +302,7 @@ def _subject(cert: dict[str, Any]) -> str:
         for name, value in rdn
     ]
     text = ",".join(parts) or "(no subject)"
-    return text.encode("ascii", "backslashreplace").decode("ascii").replace("\n", "\\n")
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
 def _verified_chain(sock: ssl.SSLSocket) -> list[bytes]:

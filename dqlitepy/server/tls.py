@@ -421,7 +421,11 @@ class NodeTLS:
             why = "this client certificate is not signed by the admin CA"
             return ClientCertificate(subject, False, why)
         expires = str(cert.get("notAfter", ""))
-        if expires and ssl.cert_time_to_seconds(expires) < time.time():
+        try:
+            expired = bool(expires) and ssl.cert_time_to_seconds(expires) < time.time()
+        except ValueError:  # OpenSSL found it valid at the handshake; keep to that
+            expired = False
+        if expired:
             return ClientCertificate(subject, False, f"the client certificate expired ({expires})")
         return ClientCertificate(subject, True)
 

@@ -357,6 +357,10 @@ def test_with_mutual_tls_and_an_admin_ca_only_that_ca_authorizes(certs: Certs) -
         with dqlitepy.Client(servers, ssl=certs.client("admin")) as admin:
             admin.add(4248, ghost)
             admin.remove(4248)
+        # The key still works beside a certificate that does not authorize.
+        with dqlitepy.Client(servers, ssl=client, cluster_key=CLUSTER_KEY.encode()) as keyed:
+            keyed.add(4249, ghost)
+            keyed.remove(4249)
         assert [a for _, a, _ in _members(servers, client)] == servers
         # Neither CA: no connection at all, and the client says why (the alert races
         # its first request here too, see above).

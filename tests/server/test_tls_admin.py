@@ -11,8 +11,8 @@ CA that signed it in the file, which is what they verify each other against) and
 the admin CA for administrators.  Clients without a certificate use it for SQL;
 certificates of the admin CA change it; a certificate the cluster's CA signed connects
 but changes nothing; one of another CA, a self-signed one or an expired one is refused at
-the handshake.  The keyword of DQLITEPY_CLUSTER_KEY is removed from the environment: no
-client here holds the key.
+the handshake.  DQLITEPY_CLUSTER_KEY is removed from the environment: no client here holds
+the key unless given it.
 """
 
 from __future__ import annotations

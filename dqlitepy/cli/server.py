@@ -46,12 +46,12 @@ def _cluster_key(args: argparse.Namespace) -> bytes | None:
 
 
 def _tls(args: argparse.Namespace) -> NodeTLS | None:
-    if not (args.tls_cert or args.tls_key or args.tls_ca):
+    if not (args.tls_cert or args.tls_key or args.tls_ca or args.tls_admin_ca):
         return None
     if not (args.tls_cert and args.tls_key):
         raise ConfigError("TLS needs both --tls-cert and --tls-key")
     try:
-        return NodeTLS.from_files(args.tls_cert, args.tls_key, args.tls_ca)
+        return NodeTLS.from_files(args.tls_cert, args.tls_key, args.tls_ca, args.tls_admin_ca)
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
 

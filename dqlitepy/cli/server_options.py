@@ -144,6 +144,15 @@ SERVER_OPTIONS: tuple[Option, ...] = (
         metavar="FILE",
     ),
     Option(
+        "tls-admin-ca",
+        PATH,
+        None,
+        "clients presenting a certificate this CA signed may add, assign, remove and transfer "
+        "without the cluster key (default: the --tls-ca; unset too: no certificate may); "
+        "without --tls-ca, clients may present one and need not",
+        metavar="FILE",
+    ),
+    Option(
         "max-connections",
         integer(1),
         DEFAULT_MAX_CONNECTIONS,

@@ -38,6 +38,8 @@ _RECV_SIZE = 256 * 1024
 # How long the owner of a TLS connection waits at a time for a response, so that an
 # interrupt from another thread goes out within that delay.
 _TLS_SLICE = 0.05
+# How long a failed TLS write waits for the alert that may say why (_alert).
+_ALERT_WAIT = 0.5
 
 
 def wait(gen: Gen[T]) -> T:
@@ -104,6 +106,24 @@ def dial(
         raise
 
 
+def _alert(sock: socket.socket) -> ssl.SSLError | None:
+    """The TLS alert that ended a connection a write found closed, if one came.
+
+    With TLS 1.3 the server judges the client's certificate after the client's
+    side of the handshake is over: a refused certificate shows up as an alert
+    waiting to be read, while the first write fails with a bare EOF or reset.
+    """
+    try:
+        sock.settimeout(_ALERT_WAIT)
+        sock.recv(1)
+    except ssl.SSLError as exc:
+        if not isinstance(exc, ssl.SSLEOFError | ssl.SSLZeroReturnError | ssl.SSLSyscallError):
+            return exc
+    except (OSError, ValueError):
+        pass
+    return None
+
+
 class SocketTransport:
     """A blocking socket (a TLS one too) as a :class:`~dqlitepy.client.needs.Transport`.
 
@@ -151,7 +171,13 @@ class SocketTransport:
                 data, self._urgent = self._urgent + data, b""
         sock.settimeout(_remaining(deadline))
         with self._lock:
-            sock.sendall(data)
+            try:
+                sock.sendall(data)
+            except (ssl.SSLError, ConnectionError) as exc:  # not a timeout: it would wait more
+                alert = _alert(sock) if self._tls else None
+                if alert is None:
+                    raise
+                raise alert from exc
 
     def recv(self, deadline: float | None) -> bytes:
         """Read what arrives before ``deadline``: at least one byte, or ``b""`` at EOF."""

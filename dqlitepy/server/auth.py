@@ -6,18 +6,24 @@ else in the protocol stays open to any client, as in dqlite.  A connection is tr
 
 - it proved, on the connection itself, that it holds the cluster key (AUTH_CHALLENGE then
   AUTH_PROOF, ``dqlitepy/wire/auth.py``); or
+- it presented a TLS client certificate that chains to a CA the node trusts for membership
+  changes (``--tls-admin-ca``, by default the ``--tls-ca`` of mutual TLS; ``server/tls.py``
+  checks the chain OpenSSL verified) and that has not expired; or
 - it comes from this host and the node trusts local clients: ``trust_loopback`` — by default
   (``None``, "auto") exactly when the node listens on a loopback address or an abstract Unix
   socket, so that nothing outside the host can reach it anyway.  "From this host" is a
   loopback peer address for TCP, and the node's own user (or root) for a Unix socket, read
   with ``SO_PEERCRED``.  A loopback TCP peer may be any user of the host: on a shared host,
-  turn loopback trust off and give the key to those who administer the cluster.
+  turn loopback trust off and give the key (or a certificate) to those who administer the
+  cluster.
 
 The decision is taken per connection: :meth:`AdminPolicy.session` when the connection is
 accepted (from what the node knows of the peer, :class:`Peer`), then
-:meth:`AdminSession.prove` when it proves the key.  A trusted TLS client certificate, once the
-node speaks TLS, plugs in at the same point: the TLS layer fills in :class:`Peer` and
-:meth:`AdminPolicy.session` grants :attr:`Trust.CERTIFICATE`.
+:meth:`AdminSession.prove` when it proves the key.  A client certificate is known only once
+the TLS handshake has run, which happens on the connection's first read, after the session
+exists: :attr:`Peer.certificate` asks the TLS layer then, when a membership request comes,
+and the connection is then trusted for :attr:`Trust.CERTIFICATE`.  It is asked again at each
+request, so a certificate that expires while its connection is open stops authorizing.
 
 Refusals raise :class:`NotAuthorized`; the gateway answers FAILURE 23 (``SQLITE_AUTH``, the
 code SQLite's authorizer uses) with its message, and nothing changes.
@@ -33,6 +39,7 @@ import os
 import secrets
 import socket
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from ..wire import MECHANISM_HMAC_SHA256, NONCE_SIZE, check_admin_proof
@@ -40,6 +47,7 @@ from ..wire import MECHANISM_HMAC_SHA256, NONCE_SIZE, check_admin_proof
 __all__ = [
     "AdminPolicy",
     "AdminSession",
+    "ClientCertificate",
     "NotAuthorized",
     "Peer",
     "Trust",
@@ -64,8 +72,28 @@ class Trust(enum.Enum):
     LOCAL = "local client"
     #: It proved the cluster key on this connection.
     CLUSTER_KEY = "cluster key"
-    #: Reserved: a TLS client certificate the node trusts (not implemented yet).
+    #: It presented a TLS client certificate the node trusts for membership changes.
     CERTIFICATE = "client certificate"
+
+
+@dataclass(frozen=True, slots=True)
+class ClientCertificate:
+    """The TLS client certificate a connection presented, as its handshake verified it.
+
+    Attributes:
+        subject: the certificate's subject (``CN=admin,O=ops``), for logs.
+        trusted: it chains to a CA the node trusts for membership changes, and has
+            not expired.
+        why_not: when not trusted, why (for the log and the refusal).
+    """
+
+    subject: str
+    trusted: bool
+    why_not: str = ""
+
+
+def _no_certificate() -> ClientCertificate | None:
+    return None
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,10 +104,14 @@ class Peer:
         name: how logs name the peer (``host:port``, or the Unix peer's pid and uid).
         local: the peer runs on this host: a loopback TCP address, or a Unix socket
             peer running as the node's user or as root.
+        certificate: the client certificate the peer presented (None: none), asked
+            for when needed: the TLS handshake runs after the peer is described
+            (:meth:`dqlitepy.server.tls.NodeTLS.client_certificate`).
     """
 
     name: str
     local: bool
+    certificate: Callable[[], ClientCertificate | None] = _no_certificate
 
     @classmethod
     def of(cls, sock: socket.socket) -> Peer:
@@ -160,20 +192,40 @@ class AdminSession:
     @property
     def trust(self) -> Trust:
         """Why this connection may change the cluster (``Trust.NONE``: it may not)."""
+        if self._trust is Trust.NONE:
+            certificate = self.peer.certificate()
+            if certificate is not None and certificate.trusted:
+                return Trust.CERTIFICATE
         return self._trust
 
     def require(self, what: str) -> None:
         """Refuse ``what`` (a request's name) unless the connection is trusted.
+
+        A request a client certificate authorizes is logged with its subject: who
+        changed the cluster, for the operator who wonders later.
 
         Raises:
             NotAuthorized: the connection neither proved the key nor is trusted.
         """
         if self._trust is not Trust.NONE:
             return
+        certificate = self.peer.certificate()
+        if certificate is not None and certificate.trusted:
+            log.info(
+                "%s from %s authorized by its client certificate %s",
+                what,
+                self.peer.name,
+                certificate.subject,
+            )
+            return
+        reason = "not authorized"
+        if certificate is not None:
+            reason = f"not authorized: {certificate.why_not}"
         if not self._refused:  # once per connection: a stranger cannot flood the log
-            log.warning("refused %s from %s: not authorized", what, self.peer.name)
+            shown = "" if certificate is None else f" (client certificate {certificate.subject})"
+            log.warning("refused %s from %s%s: %s", what, self.peer.name, shown, reason)
             self._refused = True
-        raise NotAuthorized("not authorized")
+        raise NotAuthorized(reason)
 
     def challenge(self, mechanism: int) -> bytes:
         """Return a fresh nonce for one proof; it replaces any earlier one.

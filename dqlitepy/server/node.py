@@ -12,6 +12,8 @@ it keeps its voters online (``membership.py``).  Each client connection's
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import logging
 import os
 import socket
@@ -311,9 +313,27 @@ class NodeServer:
 
     # ---------------------------------------------------- ConnectionHandler
 
+    def _admin_policy(self, listener: socket.socket) -> AdminPolicy:
+        """Who may change the cluster through ``listener``; logged for the operator."""
+        trust_loopback = self._trust_loopback_admin
+        if trust_loopback is None:
+            trust_loopback = listens_locally(listener)
+        needed = ["the cluster key"]
+        if self.tls is not None and self.tls.admin_cas:
+            needed.append("a client certificate of the admin CA")
+        if trust_loopback:
+            needed.append("a client on this host")
+        log.info("membership requests need %s", " or ".join(needed))
+        return AdminPolicy(self.cluster_key, trust_loopback=trust_loopback)
+
     def gateway(self, sock: socket.socket) -> Gateway:
         """A gateway for a new client connection, trusted as the admin policy says."""
-        return Gateway(self, self._admin.session(Peer.of(sock)))
+        peer = Peer.of(sock)
+        if self.tls is not None:  # its certificate is known once the handshake has run
+            peer = dataclasses.replace(
+                peer, certificate=functools.partial(self.tls.client_certificate, sock)
+            )
+        return Gateway(self, self._admin.session(peer))
 
     def adopt(self, sock: socket.socket, node_id: int, address: str, data: bytes) -> bool:
         """Hand a connection that sent CONNECT to Raft; False when there is none here."""
@@ -343,14 +363,7 @@ class NodeServer:
             sock.close()
             raise
         self._cluster = self._local_cluster()  # at the bound (or advertised) address
-        trust_loopback = self._trust_loopback_admin
-        if trust_loopback is None:
-            trust_loopback = listens_locally(sock)
-        self._admin = AdminPolicy(self.cluster_key, trust_loopback=trust_loopback)
-        log.info(
-            "membership requests need %s",
-            "the cluster key or a client on this host" if trust_loopback else "the cluster key",
-        )
+        self._admin = self._admin_policy(sock)
         if self.tls is not None:
             sock = self.tls.wrap_listener(sock)
         elif not is_loopback(self._listen_address):  # who can reach it: the bind decides

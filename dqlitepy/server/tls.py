@@ -35,6 +35,29 @@ Who is trusted (``docs/server.md``, "TLS"):
   certificates against its own certificate file, which suits the usual dqlite
   set-up of one self-signed certificate shared by the whole cluster.
 
+Who may change the cluster with a certificate (``server/auth.py``): a client
+whose certificate chains to an *admin CA* may send ADD, ASSIGN, REMOVE and
+TRANSFER without proving the cluster key.  The admin CA is ``--tls-admin-ca``,
+or else the ``--tls-ca`` of mutual TLS, whose certificates already make a node a
+member (go-dqlite trusts them for everything); without either, no certificate
+authorizes anything.
+
+* ``--tls-admin-ca`` without ``--tls-ca``: the node asks every client for a
+  certificate, optionally.  A client without one connects as before (plain SQL
+  needs none); one whose certificate does not verify (another CA, self-signed,
+  expired) is refused at the handshake, with an alert that says why, rather
+  than served as a stranger.  Peers present their node certificate when asked,
+  so the listener also trusts what they are verified against (the certificate
+  file).
+* With both: a connection may present a certificate of either CA; only one of
+  the admin CA authorizes membership changes.
+
+Which CA signed a certificate is read from the chain OpenSSL verified
+(:meth:`NodeTLS.client_certificate`), compared byte for byte with the admin CA
+file's certificates, not from names the certificate claims.  Such a node hands
+out no TLS session tickets: a resumed session has no verified chain, and every
+connection's certificate must be checked.
+
 Host names are not checked between nodes: the CA (or the shared certificate)
 is what makes a peer a member, as with a cluster certificate carrying one name
 for every node.  TLS 1.2 is the oldest version accepted (as go-dqlite) and
@@ -65,6 +88,7 @@ from ..wire import (
     ServerConnection,
 )
 from ..wire.address import parse_node_address
+from .auth import ClientCertificate
 
 __all__ = [
     "PLAINTEXT_REFUSED_CODE",
@@ -88,6 +112,8 @@ _TLS_HANDSHAKE_RECORD: Final = 0x16
 _PLAINTEXT_TIMEOUT: Final = 2.0
 _PLAINTEXT_LIMIT: Final = 64 * 1024
 _LOG_INTERVAL: Final = 60.0
+# _ssl.ENCODING_DER, the argument of _ssl.Certificate.public_bytes (not re-exported by ssl).
+_ENCODING_DER: Final = 2
 
 
 def is_loopback(address: str) -> bool:
@@ -144,12 +170,20 @@ class _ServerTLSSocket(ssl.SSLSocket):
 
     def do_handshake(self, block: bool = False) -> None:
         self._check_tls()
-        super().do_handshake(block)
+        try:
+            super().do_handshake(block)
+        except ssl.SSLCertVerificationError as exc:
+            self._refused_certificate(exc)
+            raise
 
     def recv(self, buflen: int = 1024, flags: int = 0) -> bytes:
         self._check_tls()
         if not flags & socket.MSG_DONTWAIT:
-            return super().recv(buflen, flags)
+            try:
+                return super().recv(buflen, flags)
+            except ssl.SSLCertVerificationError as exc:  # the first recv runs the handshake
+                self._refused_certificate(exc)
+                raise
         timeout = self.gettimeout()
         self.settimeout(0.0)
         try:
@@ -170,6 +204,18 @@ class _ServerTLSSocket(ssl.SSLSocket):
         if first and first[0] != _TLS_HANDSHAKE_RECORD:
             _refuse_plaintext(self)
             raise _RefusedPlaintext("a plain-text dqlite peer on a TLS node")
+
+    def _refused_certificate(self, exc: ssl.SSLCertVerificationError) -> None:
+        # The client was told by an alert; the operator hears of it here.
+        peer = "?"
+        with contextlib.suppress(OSError, TypeError, ValueError):
+            host, port = self.getpeername()[:2]
+            peer = f"{host}:{port}"
+        _log_limited(
+            logging.INFO,
+            "certificate",
+            f"refused the TLS client certificate of {peer}: {exc.verify_message}",
+        )
 
 
 _last_logged: dict[str, float] = {}
@@ -237,6 +283,47 @@ def _log_limited(level: int, kind: str, text: str) -> None:
     log.log(level, "%s", text)
 
 
+_SHORT_NAMES: Final = {
+    "commonName": "CN",
+    "organizationName": "O",
+    "organizationalUnitName": "OU",
+    "countryName": "C",
+    "stateOrProvinceName": "ST",
+    "localityName": "L",
+    "emailAddress": "emailAddress",
+}
+
+
+def _subject(cert: dict[str, Any]) -> str:
+    """``CN=admin,O=ops`` from ``getpeercert()``; characters a log line cannot hold are escaped."""
+    parts = [
+        f"{_SHORT_NAMES.get(name, name)}={value}"
+        for rdn in cert.get("subject", ())
+        for name, value in rdn
+    ]
+    text = ",".join(parts) or "(no subject)"
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
+def _verified_chain(sock: ssl.SSLSocket) -> list[bytes]:
+    """The peer's certificate chain as OpenSSL verified it (DER, leaf first); [] if unknown."""
+    public = getattr(sock, "get_verified_chain", None)
+    if public is not None:  # Python 3.13: DER bytes
+        return list(public() or ())
+    # Python 3.10 to 3.12 have the same method on the socket's OpenSSL object only.
+    private = getattr(getattr(sock, "_sslobj", None), "get_verified_chain", None)
+    if private is None:
+        return []
+    return [cert.public_bytes(_ENCODING_DER) for cert in private() or ()]
+
+
+def _certificates(path: str | os.PathLike[str]) -> frozenset[bytes]:
+    """The certificates of a PEM file, DER-encoded."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.load_verify_locations(path)
+    return frozenset(context.get_ca_certs(binary_form=True))
+
+
 @dataclass(frozen=True)
 class NodeTLS:
     """A node's TLS settings: the context its listener serves with, the one it dials with.
@@ -249,11 +336,14 @@ class NodeTLS:
             certificate and verifies the peer's against the CA (or the node's
             certificate file), without checking host names.
         mutual: True when every connection must present a certificate signed by the CA.
+        admin_cas: the certificates (DER) of the CAs whose client certificates may
+            change the cluster; empty: no certificate may.
     """
 
     server: ssl.SSLContext
     client: ssl.SSLContext
     mutual: bool
+    admin_cas: frozenset[bytes] = frozenset()
 
     @classmethod
     def from_files(
@@ -261,8 +351,9 @@ class NodeTLS:
         cert: str | os.PathLike[str],
         key: str | os.PathLike[str],
         ca: str | os.PathLike[str] | None = None,
+        admin_ca: str | os.PathLike[str] | None = None,
     ) -> NodeTLS:
-        """Load a node's certificate and key, and optionally the CA of mutual TLS.
+        """Load a node's certificate and key, and optionally the CAs it trusts for clients.
 
         Args:
             cert: the node's certificate (PEM; the chain may follow it).
@@ -270,10 +361,15 @@ class NodeTLS:
             ca: the CA certificates every peer's and client's certificate must
                 chain to (mutual TLS); None: clients need no certificate, and
                 peers must present one that ``cert`` itself vouches for.
+            admin_ca: the CA certificates a client certificate must chain to for
+                the client to change the cluster; None: ``ca`` (None too: no
+                certificate authorizes that).  Without ``ca``, clients are asked
+                for a certificate but need none.
 
         Raises:
             ValueError: a file cannot be read or does not hold what it should.
         """
+        admin = admin_ca if admin_ca is not None else ca
         try:
             server = _harden(ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER))
             server.load_cert_chain(cert, key)
@@ -285,11 +381,53 @@ class NodeTLS:
             if ca is not None:
                 server.verify_mode = ssl.CERT_REQUIRED
                 server.load_verify_locations(ca)
+            if admin_ca is not None:
+                server.load_verify_locations(admin_ca)
+                if ca is None:
+                    server.verify_mode = ssl.CERT_OPTIONAL
+                    # Peers, asked too, present their node certificate.
+                    server.load_verify_locations(cert)
+            admin_cas = _certificates(admin) if admin is not None else frozenset[bytes]()
         except (OSError, ssl.SSLError) as exc:
-            files = ", ".join(os.fspath(f) for f in (cert, key, ca) if f is not None)
+            files = ", ".join(os.fspath(f) for f in (cert, key, ca, admin_ca) if f is not None)
             raise ValueError(f"cannot load the TLS files ({files}): {exc}") from exc
+        if admin_cas:
+            # A resumed session has no verified chain to read the admin CA from.
+            server.num_tickets = 0
+            server.options |= ssl.OP_NO_TICKET
         server.sslsocket_class = _ServerTLSSocket
-        return cls(server, client, ca is not None)
+        return cls(server, client, ca is not None, admin_cas)
+
+    def client_certificate(self, sock: socket.socket) -> ClientCertificate | None:
+        """The certificate the client of ``sock`` presented, and whether it authorizes.
+
+        Call it once the handshake has run (after a request was read).  None: the
+        client presented none (or ``sock`` is not a TLS connection).
+        """
+        if not isinstance(sock, ssl.SSLSocket):
+            return None
+        cert = sock.getpeercert()
+        if not cert:  # none presented, or the handshake has not run
+            return None
+        subject = _subject(cert)
+        if not self.admin_cas:
+            why = "no client certificate authorizes membership changes on this node"
+            return ClientCertificate(subject, False, why)
+        chain = _verified_chain(sock)
+        if not chain:
+            why = "the node cannot tell which CA signed this client certificate"
+            return ClientCertificate(subject, False, why)
+        if self.admin_cas.isdisjoint(chain):
+            why = "this client certificate is not signed by the admin CA"
+            return ClientCertificate(subject, False, why)
+        expires = str(cert.get("notAfter", ""))
+        try:
+            expired = bool(expires) and ssl.cert_time_to_seconds(expires) < time.time()
+        except ValueError:  # OpenSSL found it valid at the handshake; keep to that
+            expired = False
+        if expired:
+            return ClientCertificate(subject, False, f"the client certificate expired ({expires})")
+        return ClientCertificate(subject, True)
 
     def wrap_listener(self, listener: socket.socket) -> socket.socket:
         """Wrap a bound, listening socket: ``accept()`` then returns TLS sockets.

@@ -7,6 +7,8 @@ The multi-process behaviour is in ``tests/server/test_membership_auth.py``.
 
 from __future__ import annotations
 
+import dataclasses
+import logging
 import os
 import socket
 import threading
@@ -18,6 +20,7 @@ from dqlitepy.replication.replicator import NotLeader, PeerHealth
 from dqlitepy.server.auth import (
     AdminPolicy,
     AdminSession,
+    ClientCertificate,
     NotAuthorized,
     Peer,
     Trust,
@@ -188,6 +191,65 @@ def test_no_key_no_proof_and_no_unknown_mechanism() -> None:
     with pytest.raises(NotAuthorized):
         session.prove(2, bytes(32), admin_proof(KEY, nonce, bytes(32)))
     assert AdminSession.refusing().trust is Trust.NONE
+
+
+def _presenting(*certificates: ClientCertificate | None) -> Peer:
+    """REMOTE, presenting each certificate in turn, then the last one for ever."""
+    left = list(certificates)
+
+    def certificate() -> ClientCertificate | None:
+        return left.pop(0) if len(left) > 1 else left[0]
+
+    return dataclasses.replace(REMOTE, certificate=certificate)
+
+
+ADMIN_CERT = ClientCertificate("CN=alice,O=ops", True)
+OTHER_CERT = ClientCertificate(
+    "CN=app", False, "this client certificate is not signed by the admin CA"
+)
+
+
+def test_a_trusted_client_certificate_authorizes_and_is_logged(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO, logger="dqlitepy.server")
+    session = AdminPolicy(KEY, trust_loopback=False).session(_presenting(ADMIN_CERT))
+    assert session.trust is Trust.CERTIFICATE
+    session.require("REMOVE")
+    assert "REMOVE from 10.0.0.9:5000 authorized by its client certificate CN=alice,O=ops" in [
+        r.getMessage() for r in caplog.records if r.levelno == logging.INFO
+    ]
+
+
+def test_an_untrusted_client_certificate_is_refused_and_says_why(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO, logger="dqlitepy.server")
+    session = AdminPolicy(KEY, trust_loopback=False).session(_presenting(OTHER_CERT))
+    assert session.trust is Trust.NONE
+    for _ in range(3):
+        with pytest.raises(
+            NotAuthorized, match=r"^not authorized: this client certificate is not signed by"
+        ):
+            session.require("ADD")
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert warnings == [  # once per connection
+        "refused ADD from 10.0.0.9:5000 (client certificate CN=app): not authorized: "
+        "this client certificate is not signed by the admin CA"
+    ]
+
+
+def test_a_certificate_is_judged_at_each_request() -> None:
+    # One that expires while its connection is open stops authorizing.
+    expired = ClientCertificate("CN=alice,O=ops", False, "the client certificate expired")
+    session = AdminPolicy(KEY, trust_loopback=False).session(_presenting(ADMIN_CERT, expired))
+    session.require("ASSIGN")
+    with pytest.raises(NotAuthorized, match="expired"):
+        session.require("ASSIGN")
+    # The key proved still counts, whatever the certificate.
+    _prove(session)
+    session.require("ASSIGN")
+    assert session.trust is Trust.CLUSTER_KEY
 
 
 # -- learner first ---------------------------------------------------------------------------

@@ -1,13 +1,8 @@
 """TLS on a node's one address: clients, Raft links, joining, mutual TLS, the Go shell.
 
-Certificates are made once per module with the ``openssl`` command:
-
-* ``ca`` and ``otherca``: two CAs;
-* ``node`` and ``client``: leaves the first CA signed (``localhost`` and 127.0.0.1);
-* ``rogue``: a leaf the other CA signed;
-* ``cluster``: one self-signed certificate with a DNS name, the set-up of go-dqlite's
-  ``SimpleTLSConfig`` and of the Go ``dqlite`` shell (which trusts only the certificate
-  it presents itself and checks the server against its first DNS name).
+Certificates are made once per module with the ``openssl`` command (``tests/tls_certs.py``
+lists them).  Who may change the cluster with a client certificate is tested in
+``test_tls_admin.py``.
 
 Every wait is bounded: a client that does not speak the node's TLS must fail at
 once with a message that says so, never retry until its deadline.
@@ -28,7 +23,6 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -37,11 +31,12 @@ from dqlite_cluster import DQLITE_SHELL
 from dqlitepy_server import CLUSTER_KEY, DqlitepyCluster, DqlitepyServer
 from raft_acceptor import ConnectAcceptor
 from raft_counter import Counter
+from tls_certs import Certs, make_certs
 from waiting import wait_until
 
 import dqlitepy
 import dqlitepy.aio
-from dqlitepy.client.tls import client_context, context_from_url
+from dqlitepy.client.tls import context_from_url
 from dqlitepy.replication.transport import (
     SecureTransport,
     secure_transport_class,
@@ -61,69 +56,9 @@ _LONG_QUERY = (
 # ----------------------------------------------------------------------------- certificates
 
 
-@dataclass(frozen=True)
-class Certs:
-    root: Path
-
-    def crt(self, name: str) -> str:
-        return str(self.root / f"{name}.crt")
-
-    def key(self, name: str) -> str:
-        return str(self.root / f"{name}.key")
-
-    def server_options(self, name: str, ca: str | None = None) -> list[str]:
-        options = ["--tls-cert", self.crt(name), "--tls-key", self.key(name)]
-        return options + (["--tls-ca", self.crt(ca)] if ca else [])
-
-    def client(self, name: str | None = None, ca: str = "ca") -> ssl.SSLContext:
-        cert = self.crt(name) if name else None
-        key = self.key(name) if name else None
-        return client_context(ca=self.crt(ca), cert=cert, key=key)
-
-
-_EC = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
-
-
-def _openssl(root: Path, *args: str) -> None:
-    subprocess.run(["openssl", *args], cwd=root, check=True, capture_output=True, timeout=30)
-
-
-def _self_signed(root: Path, name: str, *extensions: str) -> None:
-    ext = [arg for e in extensions for arg in ("-addext", e)]
-    _openssl(
-        root,
-        "req", "-x509", *_EC, "-days", "2", "-subj", f"/CN={name}",
-        "-keyout", f"{name}.key", "-out", f"{name}.crt", *ext,
-    )  # fmt: skip
-
-
-def _leaf(root: Path, name: str, ca: str) -> None:
-    (root / f"{name}.ext").write_text(
-        "subjectAltName=DNS:localhost,IP:127.0.0.1\nbasicConstraints=CA:FALSE\n"
-        "extendedKeyUsage=serverAuth,clientAuth\n"
-    )
-    _openssl(
-        root, "req", *_EC, "-subj", f"/CN={name}", "-keyout", f"{name}.key", "-out", f"{name}.csr"
-    )
-    _openssl(
-        root,
-        "x509", "-req", "-in", f"{name}.csr", "-CA", f"{ca}.crt", "-CAkey", f"{ca}.key",
-        "-CAcreateserial", "-days", "2", "-extfile", f"{name}.ext", "-out", f"{name}.crt",
-    )  # fmt: skip
-
-
 @pytest.fixture(scope="module")
 def certs(tmp_path_factory: pytest.TempPathFactory) -> Certs:
-    root = tmp_path_factory.mktemp("certs")
-    for ca in ("ca", "otherca"):
-        _self_signed(
-            root, ca, "basicConstraints=critical,CA:TRUE", "keyUsage=critical,keyCertSign,cRLSign"
-        )
-    _leaf(root, "node", "ca")
-    _leaf(root, "client", "ca")
-    _leaf(root, "rogue", "otherca")
-    _self_signed(root, "cluster", "subjectAltName=DNS:dqlite,IP:127.0.0.1")
-    return Certs(root)
+    return make_certs(tmp_path_factory.mktemp("certs"))
 
 
 def _fails_fast(call: Callable[[], object], match: str, within: float = 5.0) -> str:
@@ -464,6 +399,12 @@ def test_server_refuses_half_a_tls_configuration(tmp_path: Path, certs: Certs) -
     assert done.returncode == 2 and "--tls-key" in done.stderr
     done = server("--tls-cert", certs.crt("node"), "--tls-key", certs.crt("node"))
     assert done.returncode == 2 and "cannot load the TLS files" in done.stderr
+    done = server("--tls-admin-ca", certs.crt("adminca"))
+    assert done.returncode == 2 and "--tls-key" in done.stderr
+    tls = ["--tls-cert", certs.crt("node"), "--tls-key", certs.key("node")]
+    done = server(*tls, "--tls-admin-ca", certs.key("adminca"))
+    assert done.returncode == 2 and "cannot load the TLS files" in done.stderr
+    assert certs.key("adminca") in done.stderr
 
 
 # ----------------------------------------------------------------------------- a cluster

@@ -30,6 +30,7 @@ import errno
 import logging
 import math
 import socket
+import struct
 import threading
 import time
 from typing import Protocol
@@ -68,6 +69,8 @@ _ACCEPT_RETRY_DELAY = 0.1
 _EVICTED_CLOSE_DELAY = 0.005
 # Warnings a flood of clients would repeat are logged at most this often (seconds).
 _LOG_EVERY = 60.0
+# SO_LINGER on, 0 s: close() resets the connection and drops unsent data.
+_RESET = struct.pack("ii", 1, 0)
 # A connection waiting for request memory looks this often whether it should stop waiting.
 _RESERVE_SLICE = 0.25
 
@@ -293,6 +296,10 @@ class _Connection:
                 "(--request-timeout)",
                 self._limits.request_timeout,
             )
+            # A reset, not a FIN behind the unsent rest: the kernel drops that rest now
+            # instead of holding it for a client that does not read.
+            with contextlib.suppress(OSError):
+                self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _RESET)
         except OSError as exc:
             log.debug("client connection failed: %s", exc)
         finally:

@@ -7,8 +7,11 @@ the wait to the response's :class:`~dqlitepy.server.limits.SendAllowance`: for e
 (``SO_SNDTIMEO``) would not do: it starts again with every partial send, so a client
 taking in a trickle, or the few bytes TCP lets through a zero window, held its
 connection for minutes.  A wait longer than :data:`_STALL_GRACE` first calls the
-connection's ``stalled`` hook, which makes its session drop the cached pages its
-statement does not hold: a client that stops reading keeps little memory.
+connection's ``shed`` hook, which makes its session drop the cached pages its
+statement does not hold: a client that stops reading keeps little memory.  The hook
+also runs after every :data:`_SHED_EVERY` bytes of a response, so that a large result
+streaming to many clients at once does not fill each one's page cache first (a scan
+never reads those pages again).
 
 TLS sockets take the same path: ``ssl`` refuses ``MSG_DONTWAIT``, so one write at a
 time runs non-blocking, at most :data:`_TLS_WRITE` bytes of it (OpenSSL reports a
@@ -36,6 +39,8 @@ __all__ = ["Sender", "SocketTimeouts", "Stalled", "send_nowait"]
 
 # A send that waits this long for the client releases the session's cached pages first.
 _STALL_GRACE = 0.05
+# A response sheds the session's unused cached pages after this many bytes, too.
+_SHED_EVERY = 256 * 1024
 # The most one TLS write takes: OpenSSL reports a write's progress only when it is done.
 _TLS_WRITE = 64 * 1024
 
@@ -50,16 +55,18 @@ class Sender:
     Args:
         sock: the connection (plain or TLS), blocking.
         timeout: the request timeout: the waits allowed per window of the response.
-        stalled: called when a send has waited :data:`_STALL_GRACE` (frees memory).
+        shed: frees the connection's spare memory; called when a send has waited
+            :data:`_STALL_GRACE`, and every :data:`_SHED_EVERY` bytes.
     """
 
-    def __init__(self, sock: socket.socket, timeout: float, stalled: Callable[[], None]) -> None:
+    def __init__(self, sock: socket.socket, timeout: float, shed: Callable[[], None]) -> None:
         self._sock = sock
         self._tls = isinstance(sock, ssl.SSLSocket)
         self._poll = select.poll()
         self._poll.register(sock.fileno(), select.POLLOUT)
         self._allowance = SendAllowance(timeout)
-        self._stalled = stalled
+        self._shed = shed
+        self._unshed = 0  # bytes sent since the last shed
 
     def start(self) -> None:
         """A new response begins."""
@@ -78,6 +85,10 @@ class Sender:
             if sent:
                 self._allowance.sent(sent)
                 view = view[sent:]
+                self._unshed += sent
+                if self._unshed >= _SHED_EVERY:
+                    self._shed()
+                    self._unshed = 0
             else:
                 self._wait()
 
@@ -89,7 +100,8 @@ class Sender:
         started = time.monotonic()
         ready = self._poll.poll(_milliseconds(min(left, _STALL_GRACE)))
         if not ready and left > _STALL_GRACE:
-            self._stalled()
+            self._shed()
+            self._unshed = 0
             ready = self._poll.poll(_milliseconds(left - (time.monotonic() - started)))
         self._allowance.waited(time.monotonic() - started)
         if not ready and self._allowance.left <= 0:

@@ -20,7 +20,10 @@ the same bytes, as OpenSSL requires.
 
 Receives keep a blocking socket with a kernel timeout (:class:`SocketTimeouts`), so
 that the ``MSG_DONTWAIT`` reads of the listener's interrupt watch never wait.
-Everything here runs on the connection's own thread and takes no lock.
+Everything here runs on the connection's own thread and takes no lock of its own; the
+``shed`` hook takes the session's lock (level 2 of the hierarchy in
+``docs/replication.md``) for one call into SQLite, with no other lock held, and nothing
+is held while :class:`Sender` waits for the client.
 """
 
 from __future__ import annotations

@@ -27,6 +27,7 @@ from raw_client import Raw
 from waiting import wait_until
 
 import dqlitepy
+from dqlitepy.server.limits import SendAllowance
 from dqlitepy.wire import (
     NEED_DATA,
     PROTOCOL_VERSION,
@@ -47,6 +48,21 @@ _CUT = "kept a response waiting"
 #: The documented bound (docs/server.md): a stalled response costs about what an idle
 #: connection does; 1,000 of them stay within 256 MiB.
 _PER_STALLED_CLIENT = 256 * _KIB
+
+
+def test_allowance_counts_waits_per_window_of_the_response() -> None:
+    allowance = SendAllowance(2.0, window=100)
+    allowance.waited(1.5)
+    allowance.sent(99)  # a trickle within the window: the waits still add up
+    allowance.waited(0.4)
+    assert allowance.left == pytest.approx(0.1)
+    allowance.sent(1)  # the window is complete: the next gets the whole allowance
+    assert allowance.left == 2.0
+    allowance.sent(250)  # two more windows and a half
+    allowance.waited(2.5)
+    assert allowance.left < 0
+    allowance.start()  # a new response
+    assert allowance.left == 2.0
 
 
 def _pid(server: DqlitepyServer) -> int:
@@ -300,7 +316,7 @@ def test_tls_client_that_stops_reading_is_cut(certificate: tuple[Path, Path]) ->
             assert isinstance(client.next_event(), DbResponse)
             started = time.monotonic()
             sock.sendall(client.send(QuerySqlRequest(0, "SELECT b FROM t")))
-            wait_until(lambda: _threads(pid) <= base_threads, "the stalled TLS client to be cut", 30)
+            wait_until(lambda: _threads(pid) <= base_threads, "the TLS client to be cut", 30)
             took = time.monotonic() - started
         print(f"the stalled TLS client was cut after {took:.1f} s")
         assert took < timeout + 15

@@ -19,7 +19,10 @@ write's progress only once it is whole), and an unfinished write is retried with
 the same bytes, as OpenSSL requires.
 
 Receives keep a blocking socket with a kernel timeout (:class:`SocketTimeouts`), so
-that the ``MSG_DONTWAIT`` reads of the listener's interrupt watch never wait.
+that the ``MSG_DONTWAIT`` reads of the listener's interrupt watch never wait.  Over
+TLS a kernel timeout does not end a read either (the ``ssl`` module retries a blocking
+read that timed out, so neither the request timeout nor the idle timeout ever fired):
+a TLS read waits with ``poll`` and reads without blocking.
 Everything here runs on the connection's own thread and takes no lock of its own; the
 ``shed`` hook takes the session's lock (level 2 of the hierarchy in
 ``docs/replication.md``) for one call into SQLite, with no other lock held, and nothing
@@ -138,6 +141,29 @@ def send_nowait(sock: socket.socket, data: memoryview) -> int:
         sock.settimeout(timeout)
 
 
+def _recv_tls(sock: ssl.SSLSocket, size: int, seconds: float | None) -> bytes | None:
+    """``recv(size)`` of a TLS socket within ``seconds``; None if nothing came in time.
+
+    The node's TLS sockets read ``MSG_DONTWAIT`` without blocking (``server/tls.py``);
+    the handshake runs inside these reads.  Bytes OpenSSL already decrypted are taken
+    at once.
+    """
+    deadline = None if seconds is None else time.monotonic() + seconds
+    poller = select.poll()
+    poller.register(sock.fileno(), select.POLLIN)
+    while True:
+        if not sock.pending():
+            left = None if deadline is None else deadline - time.monotonic()
+            if left is not None and left <= 0:
+                return None
+            if not poller.poll(None if left is None else _milliseconds(left)):
+                continue  # the deadline, checked above
+        try:
+            return sock.recv(size, socket.MSG_DONTWAIT)
+        except BlockingIOError:
+            continue  # not a whole TLS record yet, or a handshake step
+
+
 class SocketTimeouts:
     """SO_RCVTIMEO on a blocking socket (0 = none), set only when changed.
 
@@ -166,6 +192,8 @@ class SocketTimeouts:
         if seconds != self._receive:
             self._set(socket.SO_RCVTIMEO, seconds)
             self._receive = seconds
+        if isinstance(self._sock, ssl.SSLSocket):
+            return _recv_tls(self._sock, size, seconds)
         try:
             return self._sock.recv(size)
         except BlockingIOError:

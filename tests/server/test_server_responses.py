@@ -34,6 +34,7 @@ from dqlitepy.wire import (
     ClientConnection,
     DbResponse,
     ExecSqlRequest,
+    FailureResponse,
     OpenRequest,
     QuerySqlRequest,
     ResultResponse,
@@ -326,4 +327,41 @@ def test_tls_client_that_stops_reading_is_cut(certificate: tuple[Path, Path]) ->
             assert check.execute("SELECT count(*) FROM t").fetchone() == (2048,)
         finally:
             check.close()
+        assert "Traceback" not in server.log()
+
+
+def test_tls_request_that_never_arrives_gets_a_failure(certificate: tuple[Path, Path]) -> None:
+    # A kernel receive timeout does not end a TLS read either: a TLS client sending part
+    # of a request was never cut, and neither was an idle one. Now both are, in time.
+    cert, key = certificate
+    timeout = 2
+    options = ["--tls-cert", str(cert), "--tls-key", str(key), "--request-timeout", str(timeout)]
+    context = ssl.create_default_context(cafile=str(cert))
+    with DqlitepyServer(options=[*options, "--idle-timeout", "2", "-v"], ssl=context) as server:
+        host, _, port = server.address.rpartition(":")
+        plain = socket.create_connection((host, int(port)), timeout=20)
+        with contextlib.closing(context.wrap_socket(plain, server_hostname=host)) as sock:
+            client = ClientConnection()
+            started = time.monotonic()
+            sock.sendall(client.handshake() + encode_message(OpenRequest("tls"))[:10])
+            client.send(OpenRequest("tls"))
+            with contextlib.suppress(ConnectionResetError, ssl.SSLError):
+                while data := sock.recv(4096):
+                    client.receive_data(data)
+            took = time.monotonic() - started
+            failure = client.next_event()
+        assert isinstance(failure, FailureResponse), failure
+        assert failure.message == f"request not received within {timeout} s (--request-timeout)"
+        assert took < timeout + 10
+        # An idle TLS connection is closed by the idle timeout.
+        plain = socket.create_connection((host, int(port)), timeout=20)
+        with contextlib.closing(context.wrap_socket(plain, server_hostname=host)) as sock:
+            client = ClientConnection()
+            started = time.monotonic()
+            sock.sendall(client.handshake() + client.send(OpenRequest("tls")))
+            with contextlib.suppress(ConnectionResetError, ssl.SSLError):
+                while sock.recv(4096):
+                    pass
+            took = time.monotonic() - started
+        assert 1.5 < took < timeout + 10
         assert "Traceback" not in server.log()

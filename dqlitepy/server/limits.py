@@ -25,11 +25,13 @@ Theory of operation (``docs/architecture.md``, "Operating safely"):
   the response. The rule (:class:`SendAllowance`): for each :data:`RESPONSE_WINDOW`
   bytes of a response (1 MiB), the node waits at most ``request_timeout`` in all for the
   client to take them in. A client that stops reading is cut at most
-  ``request_timeout`` after the node started waiting for it (once the kernel's socket
-  buffers are full), however little it trickles; one that reads steadily is served
-  however long its result, as long as it takes in 1 MiB per ``request_timeout`` of
-  waiting (17 KiB/s with the default 60 s). A cut connection is closed like any lost
-  connection: its transaction is rolled back and its slot freed.
+  ``request_timeout`` after the node started waiting for it (the stall, once the
+  kernel's socket buffers are full, not the start of the response); one that trickles
+  is cut once the node has waited that long for a MiB it has not finished taking in;
+  one that reads steadily is served however long its result, as long as it takes in
+  1 MiB per ``request_timeout`` of waiting (17 KiB/s with the default 60 s). A cut
+  connection is reset (the kernel drops its unsent data) and ends like any lost
+  connection: its statement stops, its transaction is rolled back, its slot is freed.
 * **Memory.** A connection buffers at most one message of ``max_message_size`` bytes.
   Across the node, bodies larger than :data:`SMALL_BODY` reserve their announced size
   from a budget of ``request_memory`` bytes before they are read, and keep it until
@@ -40,10 +42,11 @@ Theory of operation (``docs/architecture.md``, "Operating safely"):
   large uploads still serves ordinary clients. A response is produced batch by batch
   as it is sent: a connection holds one ROWS batch (:data:`~dqlitepy.wire.ROWS_BATCH_SIZE`
   bytes, or one row when a row is larger) and the statement's session. When a send
-  waits, the session drops the cached pages its statement does not hold
-  (``sqlite3_db_release_memory``): a client that stops reading keeps little more than
-  an idle connection does (about 200 KiB, most of it the SQLite connection), so that
-  times ``max_connections`` bounds the node's response memory (``docs/server.md``).
+  waits, and every 256 KiB of a response, the session drops the cached pages its
+  statement does not hold (``sqlite3_db_release_memory``): a client that stops reading
+  keeps little more than an idle connection does (about 200 KiB, most of it the SQLite
+  connection), so that times ``max_connections`` bounds the node's response memory
+  (``docs/server.md``; measured: 1,000 such clients add 190-200 MiB, 1,000 idle ones 196).
 * **Descriptors.** Each connection holds a socket and, once it opened a database, that
   database's file, WAL and shared memory. :func:`connections_within_open_files` raises
   the process's soft ``RLIMIT_NOFILE`` to its hard limit (as Go's runtime does) and caps

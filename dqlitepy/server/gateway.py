@@ -238,7 +238,8 @@ class Gateway:
 
     def release_memory(self) -> None:
         """Free the session's cache pages that nothing holds (the listener calls it
-        between two batches of a result whose client does not take them in)."""
+        between two batches of a result its client is slow to take in, and every
+        256 KiB of a result)."""
         if self._session is not None:
             self._session.release_memory()
 

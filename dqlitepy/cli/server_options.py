@@ -174,7 +174,8 @@ SERVER_OPTIONS: tuple[Option, ...] = (
         "request-timeout",
         seconds(),
         DEFAULT_REQUEST_TIMEOUT,
-        "time a request may take to arrive after its first byte, and a response may stall",
+        "time a request may take to arrive after its first byte, and a response may wait "
+        "for its client per MiB",
         metavar="SECONDS",
         group=_LIMITS,
     ),

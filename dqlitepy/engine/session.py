@@ -456,6 +456,19 @@ class Session:
             with contextlib.suppress(apsw.Error):
                 self._db.interrupt()
 
+    def release_memory(self) -> None:
+        """Free the page cache pages nothing uses now (``sqlite3_db_release_memory``).
+
+        Safe mid-query: the pages a running statement holds stay.  The server calls
+        it when a client stops taking in a result (and every 256 KiB of one), so that
+        a stalled response holds a few pages, not up to ``cache_size`` of them.  A
+        closed session is left alone.
+        """
+        with self._lock:
+            if not self._closed:
+                with contextlib.suppress(apsw.Error):
+                    self._db.release_memory()
+
     @property
     def closed(self) -> bool:
         """True once :meth:`close` ran (possibly on another thread)."""

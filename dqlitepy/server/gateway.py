@@ -13,7 +13,7 @@ place where a committed transaction is handed to replication.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterator, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -236,6 +236,13 @@ class Gateway:
         if self._session is not None:
             self._session.interrupt()
 
+    def release_memory(self) -> None:
+        """Free the session's cache pages that nothing holds (the listener calls it
+        between two batches of a result its client is slow to take in, and every
+        256 KiB of a result)."""
+        if self._session is not None:
+            self._session.release_memory()
+
     @property
     def in_transaction(self) -> bool:
         """True if the connection's session has a transaction open.
@@ -244,7 +251,7 @@ class Gateway:
         """
         return self._session is not None and bool(self._session.in_transaction)
 
-    def handle(self, request: Request) -> Iterator[Response | RowsChunk]:
+    def handle(self, request: Request) -> Generator[Response | RowsChunk, None, None]:
         """Serve one request, yielding its response(s).
 
         Every failure becomes a FAILURE response; nothing escapes but bugs.

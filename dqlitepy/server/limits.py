@@ -1,4 +1,4 @@
-"""Bounds on what client connections may hold: slots, time and request memory.
+"""Bounds on what client connections may hold: slots, time, request and response memory.
 
 Theory of operation (``docs/architecture.md``, "Operating safely"):
 
@@ -15,11 +15,23 @@ Theory of operation (``docs/architecture.md``, "Operating safely"):
   others out: they lose their slots to newcomers, oldest first, while a connection
   that just arrived keeps its slot until ``max_connections`` newer ones came after it.
 * **Time.** A message (and a new connection's protocol version) must arrive whole
-  within ``request_timeout`` of its first byte (of the connection, for the version),
-  and a response may stall at most as long. ``idle_timeout`` closes connections idle
+  within ``request_timeout`` of its first byte (of the connection, for the version);
+  responses follow the rule below. ``idle_timeout`` closes connections idle
   between requests; it is off by default because go-dqlite (1.11 and today) keeps
   pooled connections open indefinitely and sends no heartbeat (its heartbeat code is
   commented out), and a pooled connection the server closed fails its next query.
+* **Responses.** A response is sent without blocking; when the client's socket is full
+  the node waits for it (``poll``), and counts that wait, not the time spent producing
+  the response. The rule (:class:`SendAllowance`): for each :data:`RESPONSE_WINDOW`
+  bytes of a response (1 MiB), the node waits at most ``request_timeout`` in all for the
+  client to take them in. A client that stops reading is cut at most
+  ``request_timeout`` after the node started waiting for it (the stall, once the
+  kernel's socket buffers are full, not the start of the response); one that trickles
+  is cut once the node has waited that long for a MiB it has not finished taking in;
+  one that reads steadily is served however long its result, as long as it takes in
+  1 MiB per ``request_timeout`` of waiting (17 KiB/s with the default 60 s). A cut
+  connection is reset (the kernel drops its unsent data) and ends like any lost
+  connection: its statement stops, its transaction is rolled back, its slot is freed.
 * **Memory.** A connection buffers at most one message of ``max_message_size`` bytes.
   Across the node, bodies larger than :data:`SMALL_BODY` reserve their announced size
   from a budget of ``request_memory`` bytes before they are read, and keep it until
@@ -27,7 +39,14 @@ Theory of operation (``docs/architecture.md``, "Operating safely"):
   request timeout runs out is answered with a FAILURE and closed; while it waits it
   reads nothing, so its bytes stay in the kernel's socket buffers and the sender is
   slowed down by TCP. Small requests never wait, so a node whose budget is taken by
-  large uploads still serves ordinary clients.
+  large uploads still serves ordinary clients. A response is produced batch by batch
+  as it is sent: a connection holds one ROWS batch (:data:`~dqlitepy.wire.ROWS_BATCH_SIZE`
+  bytes, or one row when a row is larger) and the statement's session. When a send
+  waits, and every 256 KiB of a response, the session drops the cached pages its
+  statement does not hold (``sqlite3_db_release_memory``): a client that stops reading
+  keeps little more than an idle connection does (about 200 KiB, most of it the SQLite
+  connection), so that times ``max_connections`` bounds the node's response memory
+  (``docs/server.md``; measured: 1,000 such clients add 190-200 MiB, 1,000 idle ones 196).
 * **Descriptors.** Each connection holds a socket and, once it opened a database, that
   database's file, WAL and shared memory. :func:`connections_within_open_files` raises
   the process's soft ``RLIMIT_NOFILE`` to its hard limit (as Go's runtime does) and caps
@@ -57,6 +76,7 @@ __all__ = [
     "DEFAULT_MAX_CONNECTIONS",
     "DEFAULT_REQUEST_MEMORY",
     "DEFAULT_REQUEST_TIMEOUT",
+    "RESPONSE_WINDOW",
     "SMALL_BODY",
     "FDS_PER_CONNECTION",
     "FD_RESERVE",
@@ -64,6 +84,7 @@ __all__ = [
     "Limits",
     "MemoryBudget",
     "Phase",
+    "SendAllowance",
     "Slot",
     "connections_within_open_files",
     "raise_open_file_limit",
@@ -73,7 +94,8 @@ log = logging.getLogger("dqlitepy.server")
 
 #: Client connections served at once.
 DEFAULT_MAX_CONNECTIONS = 1024
-#: Seconds a message may take to arrive whole (and a response to be taken in).
+#: Seconds a message may take to arrive whole (and a client may make the node wait
+#: while taking in each RESPONSE_WINDOW bytes of a response).
 #: Generous: a 64 MiB request crosses a 10 Mbit/s link in under a minute.
 DEFAULT_REQUEST_TIMEOUT = 60.0
 #: Request bytes the whole node buffers at once: four messages of the largest size.
@@ -81,6 +103,8 @@ DEFAULT_REQUEST_MEMORY = 4 * DEFAULT_MAX_MESSAGE_SIZE
 #: Bodies up to this size are read without a reservation (at most this much per
 #: connection, i.e. 64 MiB for 1,024 connections).
 SMALL_BODY = 64 * 1024
+#: Response bytes a client must take in per ``request_timeout`` the node waits for it.
+RESPONSE_WINDOW = 1 << 20
 #: Descriptors one client connection may hold: its socket, and its database's
 #: file, WAL and shared memory.
 FDS_PER_CONNECTION = 4
@@ -149,7 +173,8 @@ class Limits:
         idle_timeout: seconds a connection may stay idle between requests, or None
             for no limit.
         request_timeout: seconds a message may take to arrive whole after its first
-            byte, and a response may stall before the client takes it in.
+            byte, and the node may wait for a client to take in each
+            :data:`RESPONSE_WINDOW` bytes of a response.
         request_memory: request body bytes the node buffers at once.
     """
 
@@ -227,6 +252,49 @@ class MemoryBudget:
             self._in_use -= size
             assert self._in_use >= 0, "released more request memory than was reserved"
             self._changed.notify_all()
+
+
+class SendAllowance:
+    """How long the node may still wait for a client to take in the response it sends.
+
+    For each ``window`` bytes of a response, the waits for the client add up to at most
+    ``timeout`` seconds (see the module docs).  Not thread-safe: one connection's
+    thread drives it.
+
+    Args:
+        timeout: seconds of waiting allowed per window (``request_timeout``).
+        window: bytes per window (:data:`RESPONSE_WINDOW`).
+    """
+
+    __slots__ = ("_sent", "_timeout", "_waited", "_window")
+
+    def __init__(self, timeout: float, window: int = RESPONSE_WINDOW) -> None:
+        self._timeout = timeout
+        self._window = window
+        self._sent = 0
+        self._waited = 0.0
+
+    def start(self) -> None:
+        """A new response begins: a fresh window."""
+        self._sent = 0
+        self._waited = 0.0
+
+    def sent(self, size: int) -> None:
+        """The client's socket took ``size`` more bytes of the response."""
+        self._sent += size
+        if self._sent >= self._window:
+            # A window completed: the next one gets the whole allowance again.
+            self._sent %= self._window
+            self._waited = 0.0
+
+    def waited(self, seconds: float) -> None:
+        """The node waited ``seconds`` for the client's socket to take more."""
+        self._waited += seconds
+
+    @property
+    def left(self) -> float:
+        """Seconds the node may still wait in the current window (<= 0: cut the client)."""
+        return self._timeout - self._waited
 
 
 class Phase(enum.Enum):

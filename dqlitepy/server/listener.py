@@ -11,9 +11,16 @@ A connection that sends CONNECT is handed over to Raft.
 
 The bounds of :mod:`dqlitepy.server.limits` are enforced here, where the I/O
 is: the connection table (a newcomer past ``max_connections`` takes the slot of
-the connection idle longest), the idle and request timeouts (kernel socket
+the connection idle longest), the idle and request timeouts (kernel receive
 timeouts, so that the socket stays blocking), and the request memory a large
 request reserves before its body is read.
+
+Responses are never sent with a blocking ``sendall`` (a kernel send timeout
+starts again with every partial send): :class:`~dqlitepy.server.sockio.Sender`
+sends without blocking and charges its waits for the client to the response's
+:class:`~dqlitepy.server.limits.SendAllowance`; a ROWS batch is produced only
+once the previous one was taken, and a send that waits makes the session drop
+its unused cached pages first.
 """
 
 from __future__ import annotations
@@ -45,6 +52,7 @@ from ..wire import (
 from ..wire.connection import ServerEvent
 from .gateway import Gateway, RowsChunk
 from .limits import SMALL_BODY, ConnectionTable, Limits, MemoryBudget, Phase, Slot
+from .sockio import Sender, SocketTimeouts, Stalled, send_nowait
 from .stats import INVALID, OK, RequestStats, outcome_of, slot_of
 
 __all__ = ["ConnectionHandler", "Listener", "bind"]
@@ -61,6 +69,8 @@ _ACCEPT_RETRY_DELAY = 0.1
 _EVICTED_CLOSE_DELAY = 0.005
 # Warnings a flood of clients would repeat are logged at most this often (seconds).
 _LOG_EVERY = 60.0
+# SO_LINGER on, 0 s: close() resets the connection and drops unsent data.
+_RESET = struct.pack("ii", 1, 0)
 # A connection waiting for request memory looks this often whether it should stop waiting.
 _RESERVE_SLICE = 0.25
 
@@ -255,7 +265,8 @@ class _Connection:
         self._slot = slot
         self._conn = ServerConnection(self._limits.max_message_size)
         self._gateway = listener.handler.gateway(sock)
-        self._timeouts = _SocketTimeouts(sock)
+        self._timeouts = SocketTimeouts(sock)
+        self._sender = Sender(sock, self._limits.request_timeout, self._gateway.release_memory)
         # Its own object: the gateway holds it, and must not hold this one (a
         # cycle would keep the connection's buffers until the garbage collector runs).
         self._watch = _InterruptWatch(sock, self._conn)
@@ -270,9 +281,7 @@ class _Connection:
         self._gateway.set_interrupt_check(self._watch.requested)
         try:
             # Kernel timeouts, not settimeout(): the socket stays blocking, so the
-            # MSG_DONTWAIT reads of _InterruptWatch never wait.  A response may
-            # stall this long.
-            self._timeouts.send(self._limits.request_timeout)
+            # MSG_DONTWAIT reads of _InterruptWatch never wait.
             while not self._listener.closing.is_set():
                 self._step(self._conn.next_event())
         except _Closed:
@@ -281,11 +290,16 @@ class _Connection:
             _fail_and_close(self._sock, f"{exc} (--max-message-size)", self._conn.legacy)
         except ProtocolError as exc:
             log.debug("closing a client connection: %s", exc)
-        except BlockingIOError:
+        except Stalled:
             log.debug(
-                "closing a client connection that took no response for %g s",
+                "closing a client connection that kept a response waiting for %g s "
+                "(--request-timeout)",
                 self._limits.request_timeout,
             )
+            # A reset, not a FIN behind the unsent rest: the kernel drops that rest now
+            # instead of holding it for a client that does not read.
+            with contextlib.suppress(OSError):
+                self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _RESET)
         except OSError as exc:
             log.debug("client connection failed: %s", exc)
         finally:
@@ -305,7 +319,8 @@ class _Connection:
         elif self._watch.gone:
             raise _Closed
         elif isinstance(event, BadRequest):
-            self._sock.sendall(self._conn.send(FailureResponse(event.code, event.message)))
+            self._sender.start()
+            self._sender.send(self._conn.send(FailureResponse(event.code, event.message)))
             self._release()
             self._stats.record(INVALID, outcome_of(event.code), 0.0)
         elif isinstance(event, ConnectRequest):
@@ -384,15 +399,23 @@ class _Connection:
         # Lost its slot while the request arrived: it did not run.
         self._enter(Phase.HANDLING)
         outcome = OK
-        for item in self._gateway.handle(request):
-            if isinstance(item, RowsChunk):
-                self._sock.sendall(self._conn.send_encoded_rows(item.data, done=item.done))
-                if not item.done and self._watch.requested():
-                    self._gateway.interrupt()
-            else:
-                if isinstance(item, FailureResponse):
-                    outcome = outcome_of(item.code)
-                self._sock.sendall(self._conn.send(item))
+        send = self._sender.send
+        self._sender.start()
+        responses = self._gateway.handle(request)
+        try:
+            for item in responses:
+                if isinstance(item, RowsChunk):
+                    # The next batch is produced only once this one was taken.
+                    send(self._conn.send_encoded_rows(item.data, done=item.done))
+                    if not item.done and self._watch.requested():
+                        self._gateway.interrupt()
+                else:
+                    if isinstance(item, FailureResponse):
+                        outcome = outcome_of(item.code)
+                    send(self._conn.send(item))
+        finally:
+            # Cut mid-result: the statement ends here, not when the generator is collected.
+            responses.close()
         self._release()
         self._in_transaction = self._gateway.in_transaction
         # Counted once answered: a request whose client left first has no outcome.
@@ -464,44 +487,6 @@ def _fail_and_close(sock: socket.socket, message: str, legacy: bool = False) -> 
     log.debug("closing a client connection: %s", message)
     failure = encode_message(FailureResponse(ErrorCode.SQLITE_ERROR, message), legacy=legacy)
     with contextlib.suppress(OSError):
-        sock.send(failure, socket.MSG_DONTWAIT)
+        send_nowait(sock, memoryview(failure))
     with contextlib.suppress(OSError):
         sock.shutdown(socket.SHUT_RDWR)
-
-
-class _SocketTimeouts:
-    """SO_RCVTIMEO / SO_SNDTIMEO on a blocking socket (0 = none), set only when changed."""
-
-    _TIMEVAL = struct.Struct("@ll")
-
-    def __init__(self, sock: socket.socket) -> None:
-        self._sock = sock
-        self._receive: float | None = None
-
-    def _set(self, option: int, seconds: float | None) -> None:
-        if seconds is None:
-            value = self._TIMEVAL.pack(0, 0)
-        else:
-            micros = max(1, math.ceil(seconds * 1e6))  # 0 would mean "no timeout"
-            value = self._TIMEVAL.pack(*divmod(micros, 1_000_000))
-        self._sock.setsockopt(socket.SOL_SOCKET, option, value)
-
-    def send(self, seconds: float | None) -> None:
-        self._set(socket.SO_SNDTIMEO, seconds)
-
-    def recv(self, size: int, seconds: float | None) -> bytes | None:
-        """``recv(size)`` waiting at most ``seconds`` (None: forever); None if it timed out."""
-        if seconds is not None and seconds <= 0:
-            return None
-        if seconds != self._receive:
-            self._set(socket.SO_RCVTIMEO, seconds)
-            self._receive = seconds
-        try:
-            return self._sock.recv(size)
-        except BlockingIOError:
-            return None
-
-    def clear(self) -> None:
-        self._set(socket.SO_RCVTIMEO, None)
-        self._set(socket.SO_SNDTIMEO, None)
-        self._receive = None

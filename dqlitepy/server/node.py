@@ -71,7 +71,7 @@ class NodeServer:
         idle_timeout: seconds a client connection may stay idle between
             requests (None: no limit).
         request_timeout: seconds a request may take to arrive, and a response
-            may stall before the client takes it in.
+            may wait for its client per MiB (see :mod:`dqlitepy.server.limits`).
         request_memory: request body bytes the node buffers at once, over all
             connections (see :mod:`dqlitepy.server.limits`).
         cluster_key: the key every member shares; with it the node replicates.

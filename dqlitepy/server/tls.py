@@ -190,6 +190,9 @@ class _ServerTLSSocket(ssl.SSLSocket):
             return super().recv(buflen, flags & ~socket.MSG_DONTWAIT)
         except (ssl.SSLWantReadError, ssl.SSLWantWriteError):
             raise BlockingIOError(errno.EAGAIN, "no TLS application data available") from None
+        except ssl.SSLCertVerificationError as exc:  # the handshake runs in these reads too
+            self._refused_certificate(exc)
+            raise
         finally:
             self.settimeout(timeout)
 

@@ -391,4 +391,21 @@ async def _embedded(name: str) -> tuple[list[str], str, Callable[[], None] | Non
     """The embedded node's address for ``name``, starting it in a worker thread if needed."""
     from .. import node  # the server loads only when a node starts
 
-    return await asyncio.to_thread(node.default_target, name)
+    starting = asyncio.ensure_future(asyncio.to_thread(node.default_target, name))
+    try:
+        return await asyncio.shield(starting)
+    except asyncio.CancelledError:
+        # The thread goes on: what it opens for this connection (a private
+        # :memory: database) is released once it is done.
+        starting.add_done_callback(_release_target)
+        raise
+
+
+def _release_target(
+    done: asyncio.Future[tuple[list[str], str, Callable[[], None] | None]],
+) -> None:
+    if done.cancelled() or done.exception() is not None:
+        return
+    on_close = done.result()[2]
+    if on_close is not None:
+        on_close()

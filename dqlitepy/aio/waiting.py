@@ -131,11 +131,39 @@ async def dial(
         assert isinstance(sockaddr, tuple)
         host, port = sockaddr
         opening = loop.create_connection(lambda: stream, host, port, ssl=ssl_context, family=family)
+    # Not asyncio.wait_for: on Python 3.11 it returns the connection, swallowing
+    # the cancellation, when the caller is cancelled just as the connection is
+    # made; the task would go on connecting although it was cancelled.
+    task = loop.create_task(opening)
+    expired = False
+
+    def expire() -> None:
+        nonlocal expired
+        expired = True
+        task.cancel()
+
+    timer = loop.call_later(timeout, expire)
     try:
-        await asyncio.wait_for(opening, timeout)
-    except asyncio.TimeoutError:
-        raise TimeoutError(f"timed out connecting to {address}") from None
+        await task
+    except BaseException as exc:
+        # A connection made just before the cancellation is ours to close: the
+        # task's result is lost with it (asyncio closes what it had not finished).
+        if stream.transport is not None:
+            stream.transport.close()
+        if not task.done():
+            task.cancel()
+        if expired and isinstance(exc, asyncio.CancelledError) and not _cancelling():
+            raise TimeoutError(f"timed out connecting to {address}") from None
+        raise
+    finally:
+        timer.cancel()
     return AsyncTransport(stream, address, ssl_context is not None)
+
+
+def _cancelling() -> int:
+    """How many cancellations of the current task are pending (the caller's, not ours)."""
+    task = asyncio.current_task()
+    return 0 if task is None else task.cancelling()
 
 
 def _unix_server_name(context: ssl.SSLContext) -> str:

@@ -11,6 +11,10 @@ interrupted on the server; a write whose outcome is unknown is never re-sent
 from __future__ import annotations
 
 import asyncio
+import os
+import random
+import subprocess
+import sys
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from typing import Any, TypeVar
@@ -226,6 +230,67 @@ def test_a_cancelled_write_in_a_transaction_reports_the_transaction_lost(
             assert await conn.execute_fetchall("SELECT count(*) FROM big") == [(0,)]
 
     _run(main)
+
+
+@pytest.fixture(scope="module")
+def silent_server() -> Iterator[str]:
+    """A server that accepts connections and never answers (a hung node), in a process."""
+    program = (
+        "import socket\n"
+        "s = socket.socket(); s.bind(('127.0.0.1', 0)); s.listen(1024)\n"
+        "print(s.getsockname()[1], flush=True)\n"
+        "held = []\n"
+        "while True: held.append(s.accept())\n"
+    )
+    process = subprocess.Popen([sys.executable, "-c", program], stdout=subprocess.PIPE, text=True)
+    try:
+        assert process.stdout is not None
+        yield f"127.0.0.1:{int(process.stdout.readline())}"
+    finally:
+        process.kill()
+        process.wait(timeout=10)
+        if process.stdout is not None:
+            process.stdout.close()
+
+
+def _open_fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+@pytest.mark.parametrize("target", ["node", "silent"])
+def test_a_cancelled_connect_closes_everything(
+    target: str, node: DqlitepyServer, silent_server: str
+) -> None:
+    """100 connects cancelled at random points (dialing, handshaking, asking for the
+    leader, opening the database) each end with the cancellation and leave no socket open."""
+    address = node.address if target == "node" else silent_server
+
+    async def main() -> int:
+        rng = random.Random(12)
+        before = _open_fds()
+        completed = 0
+        for i in range(100):
+            task = asyncio.create_task(aio.connect(f"dqlite://{address}/cancelled_connect"))
+            if i % 2:
+                for _ in range(rng.randrange(60)):
+                    await asyncio.sleep(0)  # a few turns of the loop: early points
+            else:
+                await asyncio.sleep(rng.uniform(0, 0.01))  # later points
+            if task.cancel():
+                with pytest.raises(asyncio.CancelledError):
+                    await task
+            else:  # it had connected already
+                completed += 1
+                await (task.result()).close()
+        deadline = time.monotonic() + 10
+        while _open_fds() > before and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)  # a closed transport lets go of its socket soon after
+        assert _open_fds() == before, os.listdir("/proc/self/fd")
+        return completed
+
+    completed = _run(main, timeout=120)
+    if target == "silent":
+        assert completed == 0
 
 
 def _count(node: DqlitepyServer, database: str, table: str) -> int:

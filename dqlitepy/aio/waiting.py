@@ -135,35 +135,22 @@ async def dial(
     # the cancellation, when the caller is cancelled just as the connection is
     # made; the task would go on connecting although it was cancelled.
     task = loop.create_task(opening)
-    expired = False
-
-    def expire() -> None:
-        nonlocal expired
-        expired = True
-        task.cancel()
-
-    timer = loop.call_later(timeout, expire)
+    timer = loop.call_later(timeout, task.cancel)
     try:
-        await task
-    except BaseException as exc:
+        await asyncio.wait((task,))  # a cancellation of ours leaves the task running
+    except BaseException:
+        task.cancel()  # asyncio closes what it had not finished
         # A connection made just before the cancellation is ours to close: the
-        # task's result is lost with it (asyncio closes what it had not finished).
+        # task's result is lost with it.
         if stream.transport is not None:
             stream.transport.close()
-        if not task.done():
-            task.cancel()
-        if expired and isinstance(exc, asyncio.CancelledError) and not _cancelling():
-            raise TimeoutError(f"timed out connecting to {address}") from None
         raise
     finally:
         timer.cancel()
+    if task.cancelled():  # by the timer
+        raise TimeoutError(f"timed out connecting to {address}")
+    task.result()  # raises what connecting raised
     return AsyncTransport(stream, address, ssl_context is not None)
-
-
-def _cancelling() -> int:
-    """How many cancellations of the current task are pending (the caller's, not ours)."""
-    task = asyncio.current_task()
-    return 0 if task is None else task.cancelling()
 
 
 def _unix_server_name(context: ssl.SSLContext) -> str:

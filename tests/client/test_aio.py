@@ -17,7 +17,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Awaitable, Callable, Iterator
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import pytest
 from dqlitepy_server import DqlitepyServer
@@ -302,56 +302,136 @@ def _count(node: DqlitepyServer, database: str, table: str) -> int:
         conn.close()
 
 
-class _Pool:
-    """The smallest connection pool: a queue of open connections."""
-
-    def __init__(self) -> None:
-        self._idle: asyncio.Queue[aio.Connection] = asyncio.Queue()
-        self.all: list[aio.Connection] = []
-
-    async def fill(self, size: int, url: str, **kwargs: Any) -> None:
-        for _ in range(size):
-            conn = await aio.connect(url, **kwargs)
-            self.all.append(conn)
-            self._idle.put_nowait(conn)
-
-    async def run(self, work: Callable[[aio.Connection], Awaitable[T]]) -> T:
-        conn = await self._idle.get()
-        try:
-            return await work(conn)
-        finally:
-            self._idle.put_nowait(conn)
-
-    async def close(self) -> None:
-        for conn in self.all:
-            await conn.close()
-
-
 def test_a_thousand_tasks_share_a_pool(shared_dqlitepy_node: DqlitepyServer) -> None:
     tasks = 1000
 
     async def main() -> float:
-        pool = _Pool()
-        await pool.fill(16, _url(shared_dqlitepy_node, "thousand"), isolation_level=None)
-        try:
-            await pool.run(lambda c: c.execute("CREATE TABLE t (task INTEGER PRIMARY KEY)"))
+        url = _url(shared_dqlitepy_node, "thousand")
+        async with aio.create_pool(url, size=16, isolation_level=None) as pool:
+            async with pool.connection() as conn:
+                await conn.execute("CREATE TABLE t (task INTEGER PRIMARY KEY)")
 
             async def one(i: int) -> int:
-                await pool.run(lambda c: c.execute("INSERT INTO t VALUES (?)", (i,)))
-                rows = await pool.run(
-                    lambda c: c.execute_fetchall("SELECT task FROM t WHERE task = ?", (i,))
-                )
+                async with pool.connection() as conn:
+                    await conn.execute("INSERT INTO t VALUES (?)", (i,))
+                async with pool.connection() as conn:
+                    rows = await conn.execute_fetchall("SELECT task FROM t WHERE task = ?", (i,))
                 return int(rows[0][0])
 
             started = time.monotonic()
             done = await asyncio.gather(*(one(i) for i in range(tasks)))
             elapsed = time.monotonic() - started
             assert sorted(done) == list(range(tasks))
-            rows = await pool.run(lambda c: c.execute_fetchall("SELECT count(*) FROM t"))
-            assert rows == [(tasks,)]
-            return elapsed
-        finally:
-            await pool.close()
+            assert pool.open_connections == 16 and pool.idle == 16
+            async with pool.connection() as conn:
+                assert await conn.execute_fetchall("SELECT count(*) FROM t") == [(tasks,)]
+        assert pool.closed and pool.open_connections == 0
+        return elapsed
 
     elapsed = _run(main, timeout=120)
     print(f"\n{tasks} tasks over 16 connections: {elapsed:.2f}s")
+
+
+def test_the_pool_ends_each_loan_idle(node: DqlitepyServer) -> None:
+    """A block that succeeds is committed, one that raises is rolled back (psycopg_pool)."""
+
+    async def main() -> None:
+        async with aio.create_pool(_url(node, "pool_loans"), size=1) as pool:
+            async with pool.connection() as conn:
+                await conn.execute("CREATE TABLE t (x)")
+                await conn.execute("INSERT INTO t VALUES (1)")
+                assert conn.in_transaction
+            assert not conn.in_transaction
+            with pytest.raises(ZeroDivisionError):
+                async with pool.connection() as again:
+                    assert again is conn  # one connection, lent again
+                    await again.execute("INSERT INTO t VALUES (2)")
+                    1 / 0  # noqa: B018
+            assert not conn.in_transaction
+            async with pool.connection() as conn:
+                assert await conn.execute_fetchall("SELECT x FROM t") == [(1,)]
+        assert _count(node, "pool_loans", "t") == 1
+
+    _run(main)
+
+
+def test_the_pool_discards_broken_connections(node: DqlitepyServer) -> None:
+    async def main() -> None:
+        async with aio.create_pool(_url(node, "pool_broken"), size=2) as pool:
+            async with pool.connection() as first:
+                await first.close()  # closed by the task: discarded, the slot freed
+            assert (pool.open_connections, pool.idle) == (0, 0)
+            async with pool.connection() as second:
+                assert second is not first and not second.closed
+                second.terminate()
+            assert pool.open_connections == 0
+            # A commit that fails at the end of the block: raised, and the
+            # connection (of unknown state) is discarded.
+            with pytest.raises(aio.ConnectionLostError):
+                async with pool.connection() as third:
+                    await third.execute("CREATE TABLE IF NOT EXISTS t (x)")
+                    await third.execute("INSERT INTO t VALUES (1)")
+                    proto = third._session.proto
+                    assert proto is not None
+                    proto.close()  # the server session is lost with its transaction
+            assert third.closed and pool.open_connections == 0
+            async with pool.connection() as fourth:
+                assert await fourth.execute_fetchall("SELECT 7") == [(7,)]
+
+    _run(main)
+
+
+def test_a_closed_pool_refuses_loans(node: DqlitepyServer) -> None:
+    async def main() -> None:
+        pool = await aio.create_pool(_url(node, "pool_closed"), size=1)
+        lent = await pool.acquire()
+        waiting = asyncio.create_task(pool.acquire())
+        await asyncio.sleep(0.05)
+        await pool.close()
+        with pytest.raises(aio.InterfaceError, match="pool is closed"):
+            await waiting  # in line when the pool closed
+        with pytest.raises(aio.InterfaceError, match="pool is closed"):
+            async with pool.connection():
+                pass
+        await pool.release(lent)
+        assert lent.closed and pool.open_connections == 0  # closed as it came back
+
+    _run(main)
+
+
+def test_cancelling_a_task_in_line_for_a_connection(node: DqlitepyServer) -> None:
+    async def main() -> None:
+        async with aio.create_pool(_url(node, "pool_cancel"), size=1) as pool:
+            held = await pool.acquire()
+            with pytest.raises(TimeoutError):
+                await pool.acquire(timeout=0.1)
+            cancelled = asyncio.create_task(pool.acquire())
+            await asyncio.sleep(0.05)
+            cancelled.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await cancelled
+            # The connection is handed to the first task in line, which is cancelled
+            # before it runs: it passes the connection on to the next one.
+            first = asyncio.create_task(pool.acquire())
+            second = asyncio.create_task(pool.acquire())
+            await asyncio.sleep(0.05)
+            await pool.release(held)
+            first.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await first
+            conn = await asyncio.wait_for(second, 10)
+            assert conn is held and pool.open_connections == 1
+            await pool.release(conn)
+            assert pool.idle == 1
+
+    _run(main)
+
+
+def test_a_pool_to_nowhere_fails_at_once() -> None:
+    async def main() -> None:
+        with pytest.raises(aio.NoLeaderError):
+            await aio.create_pool("dqlite://127.0.0.1:1/x", timeout=0.5)
+        with pytest.raises(aio.ProgrammingError, match="size"):
+            await aio.create_pool("dqlite://127.0.0.1:1/x", size=0)
+
+    _run(main)

@@ -108,6 +108,45 @@ def test_the_aiosqlite_surface(node: DqlitepyServer) -> None:
     _run(main)
 
 
+def test_the_rest_of_aiosqlites_connection(node: DqlitepyServer) -> None:
+    """execute_insert, iterdump as an async iterator, create_function, limits, None parameters."""
+
+    async def main() -> None:
+        async with aio.connect(_url(node, "rest")) as conn:
+            await conn.execute("CREATE TABLE t (k INTEGER PRIMARY KEY, v TEXT)", None)
+            assert await conn.execute_insert("INSERT INTO t (v) VALUES (?)", ("a",)) == (1,)
+            assert await conn.execute_insert("INSERT INTO t VALUES (7, 'b')") == (7,)
+            conn.row_factory = aio.Row
+            row = await conn.execute_insert("INSERT INTO t (v) VALUES ('c')", None)
+            assert row.keys() == ["last_insert_rowid()"] and row[0] == 8
+            conn.row_factory = None
+            await conn.commit()
+            dump = [line async for line in conn.iterdump()]
+            blocking = dqlitepy.connect(_url(node, "rest"))
+            try:
+                assert dump == list(blocking.iterdump())
+            finally:
+                blocking.close()
+            assert dump[0] == "BEGIN TRANSACTION;" and "INSERT INTO \"t\" VALUES(7,'b');" in dump
+            await conn.create_function("twice", 1, lambda x: 2 * x, deterministic=True)
+            with pytest.raises(aio.OperationalError, match="no such function: twice"):
+                await conn.execute("SELECT twice(1)")
+            await conn.create_function("twice", 1, None)
+            variables = dqlitepy.SQLITE_LIMIT_VARIABLE_NUMBER
+            default = await conn.getlimit(variables)
+            assert await conn.setlimit(variables, 1) == default
+            with pytest.raises(aio.OperationalError, match="too many SQL variables"):
+                await conn.execute("SELECT ?, ?", (1, 2))
+            assert await conn.setlimit(variables, -1) == 1 == await conn.getlimit(variables)
+            assert issubclass(conn.OperationalError, conn.Error)
+        with pytest.raises(aio.ProgrammingError, match="closed database"):
+            conn.iterdump()
+        with pytest.raises(aio.ProgrammingError, match="closed database"):
+            await conn.getlimit(variables)
+
+    _run(main)
+
+
 def test_transaction_control_needs_await_only_when_it_sends(node: DqlitepyServer) -> None:
     async def main() -> None:
         async with aio.connect(_url(node, "control")) as conn:

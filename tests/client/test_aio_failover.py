@@ -94,8 +94,8 @@ def test_a_hundred_tasks_write_through_a_leader_kill(connections: str) -> None:
         rows = Counter(check.execute("SELECT task, seq FROM t").fetchall())
         check.close()
         print(
-            f"\n{TASKS} tasks ({connections}): {len(acked)} writes acknowledged, {len(unknown)} of unknown "
-            f"outcome; all failed over within {elapsed:.1f}s of the kill"
+            f"\n{TASKS} tasks ({connections}): {len(acked)} writes acknowledged, "
+            f"{len(unknown)} of unknown outcome; all failed over within {elapsed:.1f}s of the kill"
         )
         assert all(n == 1 for n in rows.values()), "a write was applied twice"
         assert not set(acked) - set(rows), "an acknowledged write was lost"

@@ -466,6 +466,34 @@ def test_cancelling_a_task_in_line_for_a_connection(node: DqlitepyServer) -> Non
     _run(main)
 
 
+def test_a_block_cancelled_mid_write_is_neither_committed_nor_lost(node: DqlitepyServer) -> None:
+    """The pool ends a cancelled block with a rollback: the write of unknown outcome is not
+    committed by the pool, the cancellation is what the task sees, and the connection (its
+    server session gone with the transaction) serves the next task."""
+
+    async def main() -> None:
+        async with aio.create_pool(_url(node, "pool_cancel_write"), size=1) as pool:
+            async with pool.connection() as conn:
+                await conn.execute("CREATE TABLE big (i)")
+
+            async def write() -> None:
+                async with pool.connection() as conn:
+                    await conn.execute(_LONG_WRITE)  # in an implicit transaction
+
+            task = asyncio.create_task(write())
+            await _wait_running(node)
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            assert pool.open_connections == 1
+            async with pool.connection() as again:
+                assert again is conn and not again.in_transaction
+                await _wait_idle(node, within=30)
+                assert await again.execute_fetchall("SELECT count(*) FROM big") == [(0,)]
+
+    _run(main)
+
+
 def test_a_pool_to_nowhere_fails_at_once() -> None:
     async def main() -> None:
         with pytest.raises(aio.NoLeaderError):

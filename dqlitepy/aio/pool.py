@@ -191,6 +191,10 @@ class Pool:
 
     def _give_back(self, conn: Connection) -> None:
         """Hand an idle ``conn`` to the first task in line, or keep it for the next one."""
+        if self._closed:  # passed on by a task cancelled as the pool closed
+            self._count -= 1
+            conn.terminate()
+            return
         while self._waiters:
             waiter = self._waiters.popleft()
             if not waiter.done():

@@ -108,6 +108,36 @@ def test_the_aiosqlite_surface(node: DqlitepyServer) -> None:
     _run(main)
 
 
+#: What the blocking connection has and dqlitepy.aio leaves out (docs/asyncio.md, "The
+#: surface"): sqlite3's, not aiosqlite's, and refused by the blocking driver anyway.
+_LEFT_OUT = {
+    "blobopen",
+    "create_aggregate",
+    "create_collation",
+    "create_window_function",
+    "deserialize",
+    "serialize",
+    "set_authorizer",
+}
+
+
+def test_the_asyncio_connection_has_the_blocking_ones_surface() -> None:
+    """A name added to dqlitepy.Connection must be added to dqlitepy.aio's (or left out
+    here and in the docs on purpose), so that the two surfaces cannot drift apart."""
+
+    def public(cls: type) -> set[str]:
+        return {name for name in dir(cls) if not name.startswith("_")}
+
+    assert public(dqlitepy.Connection) - public(aio.Connection) == _LEFT_OUT
+    assert public(dqlitepy.Cursor) <= public(aio.Cursor)
+    # What sends a request (or might) is a coroutine; the rest is plain.
+    plain = {"cursor", "execute", "executemany", "executescript", "iterdump", "terminate"}
+    for name in public(dqlitepy.Connection) & public(aio.Connection):
+        member = getattr(aio.Connection, name)
+        if callable(member) and not isinstance(member, type) and name not in plain:
+            assert asyncio.iscoroutinefunction(member), name
+
+
 def test_the_rest_of_aiosqlites_connection(node: DqlitepyServer) -> None:
     """execute_insert, iterdump as an async iterator, create_function, limits, None parameters."""
 

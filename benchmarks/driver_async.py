@@ -1,14 +1,18 @@
 """The asyncio driver next to the blocking one: point reads and writes, 1 to 256 at a time.
 
-Starts one ``dqlitepy server`` (a single node, or ``--cluster``: three replicating
-nodes), loads a 1,000-row table, then measures operations per second for each
-concurrency level: the blocking driver with that many threads (one connection each)
-and ``dqlitepy.aio`` with that many tasks on one event loop (one connection each),
-in alternated rounds; the best round of each is printed.  The issue's target: the
-asyncio driver at 256 tasks does at least as well as the blocking one at 16 threads.
+Starts a ``dqlitepy server`` cluster (one node, or ``--nodes 3``: three replicating
+nodes, as ``python -m benchmarks`` does), loads a 1,000-row table, then measures
+operations per second for each concurrency level: the blocking driver with that many
+threads (one connection each) and ``dqlitepy.aio`` with that many tasks on one event
+loop (one connection each), in alternated rounds; the best round of each is printed.
+The issue's target: the asyncio driver at 256 tasks does at least as well as the
+blocking one at 16 threads.
 
-Run: ``python benchmarks/driver_async.py [--seconds 3] [--levels 1,16,256] [--rounds 2]``.
-The server is stopped by PID.
+``python -m benchmarks`` runs it too (after the dqlite comparison; ``--no-async-driver``
+skips it) and ``--write-docs`` puts its table into ``docs/performance.md``.
+
+Run alone: ``python benchmarks/driver_async.py [--seconds 3] [--levels 1,16,256]
+[--rounds 2] [--nodes 1]``.  The servers are stopped by PID.
 """
 
 from __future__ import annotations
@@ -19,17 +23,42 @@ import random
 import sys
 import threading
 import time
-from collections.abc import Callable
+from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(REPO / "tests"))
-
-from dqlitepy_server import DqlitepyCluster, DqlitepyServer  # noqa: E402
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
 
 import dqlitepy  # noqa: E402
 import dqlitepy.aio  # noqa: E402
+from benchmarks.systems import dqlitepy_cluster  # noqa: E402
+
+LEVELS = (1, 16, 256)
+#: The issue's target: async at TARGET[1] tasks >= sync at TARGET[0] threads.
+TARGET = (16, 256)
+
+
+@dataclass(frozen=True)
+class Row:
+    """One measurement: the best sync and async ops/s over the rounds."""
+
+    nodes: int
+    workload: str  # "read" or "write"
+    level: int  # threads (sync) and tasks (async)
+    sync_ops: float
+    async_ops: float
+
+    def to_json(self) -> dict[str, Any]:
+        """The row as JSON (``docs/performance/results.json``)."""
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Row:
+        """The row :meth:`to_json` wrote."""
+        return cls(**data)
+
 
 ROWS = 1000
 READ = "SELECT v FROM kv WHERE k = ?"
@@ -100,8 +129,8 @@ async def _async_round(url: str, kind: str, tasks: int, seconds: float) -> float
 
 
 def run(
-    url: str, levels: list[int], seconds: float, rounds: int
-) -> list[tuple[str, int, float, float]]:
+    url: str, levels: list[int], seconds: float, rounds: int, nodes: int = 1
+) -> list[Row]:
     """Measure each (workload, level): the best sync and async ops/s over ``rounds``."""
     results = []
     for kind in ("read", "write"):
@@ -114,56 +143,33 @@ def run(
                 f"{kind:5} {level:4}   sync {best_sync:8.0f} ops/s   async {best_async:8.0f} ops/s",
                 flush=True,
             )
-            results.append((kind, level, best_sync, best_async))
+            results.append(Row(nodes, kind, level, best_sync, best_async))
     return results
 
 
-def _verdict(results: list[tuple[str, int, float, float]]) -> None:
-    by = {(k, lvl): (s, a) for k, lvl, s, a in results}
-    for kind in ("read", "write"):
-        if (kind, 256) in by and (kind, 16) in by:
-            target, got = by[kind, 16][0], by[kind, 256][1]
-            verdict = "met" if got >= target else "NOT met"
-            print(
-                f"{kind}: async at 256 tasks {got:.0f} ops/s vs sync at 16 threads "
-                f"{target:.0f} ops/s: target {verdict}"
-            )
+def measure(nodes: int, levels: list[int], seconds: float, rounds: int) -> list[Row]:
+    """Start a cluster of ``nodes``, load the table and :func:`run`; stop the cluster."""
+    with dqlitepy_cluster(nodes) as cluster:
+        url = f"dqlite://{','.join(cluster.addresses)}/driver_async"
+        _setup(url)
+        return run(url, levels, seconds, rounds, nodes)
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--seconds", type=float, default=3.0)
-    parser.add_argument("--levels", default="1,16,256")
+    parser.add_argument("--levels", default=",".join(map(str, LEVELS)))
     parser.add_argument("--rounds", type=int, default=2)
-    parser.add_argument("--cluster", action="store_true", help="three replicating nodes")
+    parser.add_argument("--nodes", type=int, default=1, help="cluster size (default 1)")
+    parser.add_argument("--cluster", action="store_true", help="three nodes (--nodes 3)")
     args = parser.parse_args(argv)
     levels = [int(x) for x in args.levels.split(",")]
-    with _servers(args.cluster) as addresses:
-        url = f"dqlite://{','.join(addresses)}/driver_async"
-        _setup(url)
-        _verdict(run(url, levels, args.seconds, args.rounds))
+    nodes = 3 if args.cluster else args.nodes
+    from benchmarks.report import target_lines
+
+    for line in target_lines(measure(nodes, levels, args.seconds, args.rounds)):
+        print(line)
     return 0
-
-
-class _servers:
-    """One node or a formed cluster, stopped at the end; yields the addresses."""
-
-    def __init__(self, cluster: bool) -> None:
-        self._cluster = cluster
-        self._close: Callable[[], None] = lambda: None
-
-    def __enter__(self) -> list[str]:
-        if self._cluster:
-            manager = DqlitepyCluster.formed()
-            cluster = manager.__enter__()
-            self._close = lambda: manager.__exit__(None, None, None)
-            return cluster.addresses
-        node = DqlitepyServer().start()
-        self._close = node.close
-        return [node.address]
-
-    def __exit__(self, *exc: object) -> None:
-        self._close()
 
 
 if __name__ == "__main__":

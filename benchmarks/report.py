@@ -21,10 +21,21 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .driver_async import TARGET, Row
 from .measure import Sample
 from .workloads import WORKLOADS
 
-__all__ = ["Figures", "Results", "markdown", "plot", "text_table", "to_json"]
+__all__ = [
+    "Figures",
+    "Results",
+    "driver_async_markdown",
+    "driver_async_text",
+    "markdown",
+    "plot",
+    "target_lines",
+    "text_table",
+    "to_json",
+]
 
 Key = tuple[int, str, int, str]  # nodes, workload, clients, system
 REFERENCE = "dqlite"  # the ratios are system / REFERENCE
@@ -54,6 +65,8 @@ class Results:
     def __init__(self) -> None:
         self.samples: dict[Key, list[Sample]] = defaultdict(list)
         self.loaded: dict[Key, Figures] = {}  # figures read back from results.json
+        #: The asyncio driver next to the blocking one (benchmarks/driver_async.py).
+        self.driver_async: list[Row] = []
 
     @classmethod
     def from_json(cls, text: str) -> tuple[Results, dict[str, Any]]:
@@ -71,6 +84,7 @@ class Results:
                 errors=Counter(row["errors"]),
                 rounds=row["rounds"],
             )
+        results.driver_async = [Row.from_json(r) for r in data.get("driver_async", [])]
         return results, data["meta"]
 
     def measured(self) -> set[Key]:
@@ -255,7 +269,78 @@ def to_json(results: Results, meta: dict[str, object]) -> str:
                     "rounds": f.rounds,
                 }
             )
-    return json.dumps({"meta": meta, "rows": rows}, indent=1, allow_nan=True) + "\n"
+    document = {
+        "meta": meta,
+        "rows": rows,
+        "driver_async": [r.to_json() for r in results.driver_async],
+    }
+    return json.dumps(document, indent=1, allow_nan=True) + "\n"
+
+
+def _async_rows(results: Results) -> list[Row]:
+    return sorted(results.driver_async, key=lambda r: (r.nodes, r.workload, r.level))
+
+
+def target_lines(rows: list[Row]) -> list[str]:
+    """The issue's target (async at 256 tasks >= sync at 16 threads), per cluster and workload."""
+    by = {(r.nodes, r.workload, r.level): r for r in rows}
+    threads, tasks = TARGET
+    lines = []
+    for nodes in sorted({r.nodes for r in rows}):
+        for kind in ("read", "write"):
+            sync_row, async_row = by.get((nodes, kind, threads)), by.get((nodes, kind, tasks))
+            if sync_row is not None and async_row is not None:
+                got, target = async_row.async_ops, sync_row.sync_ops
+                lines.append(
+                    f"{nodes} node{'s' if nodes > 1 else ''}, point {kind}s: async at {tasks} "
+                    f"tasks {_num(got)} ops/s, sync at {threads} threads {_num(target)} ops/s "
+                    f"(target {'met' if got >= target else 'not met'})"
+                )
+    return lines
+
+
+def driver_async_text(results: Results) -> str:
+    """The asyncio driver's table, as printed at the end of a run ("" if not measured)."""
+    if not results.driver_async:
+        return ""
+    out = [
+        "\ndqlitepy.aio (tasks) and the blocking driver (threads), one connection each; "
+        "best round",
+        f"{'nodes':>5} {'workload':<8} {'level':>5} {'sync ops/s':>10} {'async ops/s':>11} "
+        f"{'async/sync':>10}",
+    ]
+    for r in _async_rows(results):
+        out.append(
+            f"{r.nodes:>5} {r.workload:<8} {r.level:>5} {_num(r.sync_ops, 10)} "
+            f"{_num(r.async_ops, 11)} {_num(_ratio(r.async_ops, r.sync_ops), 10)}"
+        )
+    out.extend(target_lines(results.driver_async))
+    return "\n".join(out)
+
+
+def driver_async_markdown(results: Results) -> str:
+    """The asyncio driver's table in Markdown ("" if not measured)."""
+    if not results.driver_async:
+        return ""
+    out = [
+        "#### The asyncio driver\n",
+        "Point reads and writes on a dqlitepy cluster: `dqlitepy.aio` with N tasks on one "
+        "event loop next to the blocking driver with N threads, one connection each "
+        "(`benchmarks/driver_async.py`; the best of the rounds).\n",
+        "| nodes | workload | tasks / threads | sync ops/s | async ops/s | async ÷ sync |",
+        "|--:|---|--:|--:|--:|--:|",
+    ]
+    for r in _async_rows(results):
+        out.append(
+            f"| {r.nodes} | point {r.workload}s | {r.level} | {_num(r.sync_ops)} "
+            f"| {_num(r.async_ops)} | {_num(_ratio(r.async_ops, r.sync_ops))} |"
+        )
+    targets = target_lines(results.driver_async)
+    if targets:
+        out.append("")
+        out.extend(f"- {line}" for line in targets)
+    out.append("")
+    return "\n".join(out)
 
 
 _PLOTTED = ("kvwrite", "kvreadwrite", "read")

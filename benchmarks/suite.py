@@ -19,15 +19,17 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import importlib.util
 import os
 import platform
 import signal
 import sys
 import time
+from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from . import go_client, report
+from . import driver_async, go_client, report
 from .measure import Sample, measure
 from .report import Results
 from .systems import REPO, SINGLE_NODE, SYSTEMS, missing_programs
@@ -42,6 +44,9 @@ END_MARK = "<!-- results:end -->"
 
 QUICK_SECONDS = 1.0
 QUICK_CLIENTS = (1, 16)
+#: The asyncio driver's concurrency levels (tasks, and threads for the blocking driver).
+ASYNC_LEVELS = driver_async.LEVELS
+QUICK_ASYNC_LEVELS = (1, 16)
 
 
 def _ints(text: str) -> list[int]:
@@ -122,6 +127,26 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "in one process) for kvwrite and kvreadwrite, as a baseline",
     )
     parser.add_argument(
+        "--async-levels",
+        type=_ints,
+        default=None,
+        help="tasks (and threads) for the asyncio driver against the blocking one "
+        f"(default {','.join(map(str, ASYNC_LEVELS))}; quick "
+        f"{','.join(map(str, QUICK_ASYNC_LEVELS))})",
+    )
+    parser.add_argument(
+        "--no-async-driver",
+        action="store_true",
+        help="skip the asyncio driver's comparison (benchmarks/driver_async.py), which "
+        "runs on dqlitepy clusters of each --nodes size after the systems' workloads",
+    )
+    parser.add_argument(
+        "--async-driver-only",
+        action="store_true",
+        help="measure only the asyncio driver's comparison; with --write-docs its table "
+        "replaces the one in docs/performance/results.json, the systems' figures are kept",
+    )
+    parser.add_argument(
         "--replot",
         action="store_true",
         help="measure nothing: rewrite docs/performance.md and the plots from "
@@ -139,9 +164,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.rounds = 1 if args.quick else 3
     if args.nodes is None:
         args.nodes = [1] if args.quick else [1, 3]
+    if args.async_levels is None:
+        args.async_levels = list(QUICK_ASYNC_LEVELS if args.quick else ASYNC_LEVELS)
     args.systems = [s.strip() for s in args.systems.split(",") if s.strip()]
     if not args.systems or any(s not in SYSTEMS for s in args.systems):
         parser.error(f"--systems: choose among {', '.join(SYSTEMS)}")
+    if args.async_driver_only and args.no_async_driver:
+        parser.error("--async-driver-only and --no-async-driver exclude each other")
     if args.seconds <= 0 or args.rounds < 1 or args.processes < 1:
         parser.error("--seconds, --rounds and --processes must be positive")
     return args
@@ -169,8 +198,8 @@ def _raise_interrupt(signum: int, frame: FrameType | None) -> None:
 
 def run(args: argparse.Namespace, results: Results) -> None:
     """Every round of every cluster size; ``results`` fills as measurements finish."""
-    pairs = plan(args)
-    for nodes in args.nodes:
+    pairs = [] if args.async_driver_only else plan(args)
+    for nodes in args.nodes if pairs else []:
         for round_ in range(args.rounds):
             for system in args.systems:
                 if nodes > 1 and system in SINGLE_NODE:
@@ -182,6 +211,12 @@ def run(args: argparse.Namespace, results: Results) -> None:
                         sample = go_client.run(workload, clients, args.seconds)
                         results.add(nodes, workload, clients, go_client.SYSTEM, sample)
                         _progress(workload, clients, go_client.SYSTEM, sample)
+    if not args.no_async_driver:
+        for nodes in args.nodes:
+            print(f"# {nodes} node(s): dqlitepy.aio against the blocking driver", file=sys.stderr)
+            results.driver_async += driver_async.measure(
+                nodes, args.async_levels, args.seconds, args.rounds
+            )
 
 
 def _progress(workload: str, clients: int, system: str, sample: Sample) -> None:
@@ -245,14 +280,24 @@ def _settings(args: argparse.Namespace) -> dict[str, object]:
         "processes": args.processes,
         "quick": args.quick,
         "go_client": args.go_client,
+        "async_levels": None if args.no_async_driver else args.async_levels,
     }
 
 
-def write_docs(results: Results, meta: dict[str, Any]) -> None:
-    """Replace the generated part of docs/performance.md; write the plots and the JSON."""
+def write_docs(results: Results, meta: dict[str, Any], *, keep_plots: bool = False) -> None:
+    """Replace the generated part of docs/performance.md; write the plots and the JSON.
+
+    ``keep_plots``: the systems' figures did not change (``--async-driver-only``), so
+    the plots there are still theirs: link them as they are.
+    """
     FIGURES.mkdir(parents=True, exist_ok=True)
     (FIGURES / "results.json").write_text(report.to_json(results, meta))
-    plots = report.plot(results, FIGURES)
+    plots: list[Path] | str
+    if keep_plots:
+        plots = [FIGURES / f"{n}.svg" for n in ("throughput", "p99")]
+        plots = [p for p in plots if p.exists()]
+    else:
+        plots = report.plot(results, FIGURES)
     machine = meta["machine"]
     body = [
         START_MARK,
@@ -270,6 +315,16 @@ def write_docs(results: Results, meta: dict[str, Any]) -> None:
         print(plots, file=sys.stderr)
     else:
         body += [f"![{p.stem}](performance/{p.name})\n" for p in plots]
+    if results.driver_async:
+        separate = meta.get("driver_async")
+        if separate:  # measured on its own (--async-driver-only), later than the rest
+            m = separate["machine"]
+            body.append(
+                f"The asyncio driver's table was measured {m['date']} with "
+                f"`{separate['command']}` (load average {m['load_average_before']} before and "
+                f"{m['load_average_after']} after).\n"
+            )
+        body.append(report.driver_async_markdown(results))
     body.append(END_MARK)
     text = DOC.read_text() if DOC.exists() else f"# Performance\n\n{START_MARK}\n{END_MARK}\n"
     if START_MARK not in text or END_MARK not in text:
@@ -287,7 +342,9 @@ def _replot() -> int:
         return 2
     results, meta = Results.from_json(path.read_text())
     print(report.text_table(results))
-    write_docs(results, meta)
+    print(report.driver_async_text(results))
+    # Without matplotlib the plots there are kept (they are of the same figures).
+    write_docs(results, meta, keep_plots=importlib.util.find_spec("matplotlib") is None)
     return 0
 
 
@@ -296,7 +353,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.replot:
         return _replot()
     missing = missing_programs()
-    if missing and "dqlite" in args.systems:
+    if missing and "dqlite" in args.systems and not args.async_driver_only:
         print(f"missing: {', '.join(missing)}", file=sys.stderr)
         return 2
     if args.go_client and not go_client.available():
@@ -320,13 +377,24 @@ def main(argv: list[str] | None = None) -> int:
         print("\ninterrupted: every process stopped; results so far:", file=sys.stderr)
     machine = _machine(load_before, time.monotonic() - started)
     command = "python -m benchmarks " + " ".join(argv if argv is not None else sys.argv[1:])
-    meta = {"machine": machine, "settings": _settings(args), "command": command.strip()}
+    meta: dict[str, Any] = {
+        "machine": machine,
+        "settings": _settings(args),
+        "command": command.strip(),
+    }
+    if args.async_driver_only and (FIGURES / "results.json").exists():
+        # Keep the systems' figures (and their meta); replace the asyncio driver's.
+        measured = results.driver_async
+        results, meta = Results.from_json((FIGURES / "results.json").read_text())
+        results.driver_async = measured
+        meta["driver_async"] = {"machine": machine, "command": command.strip()}
     print(report.text_table(results))
+    print(report.driver_async_text(results))
     print(
         f"\nmedians over {args.rounds} round(s) of {args.seconds:g} s; load average "
         f"{machine['load_average_before']} before, {machine['load_average_after']} after; "
         f"{machine['cpus']} CPUs"
     )
     if args.write_docs and not interrupted:
-        write_docs(results, meta)
+        write_docs(results, meta, keep_plots=args.async_driver_only)
     return 130 if interrupted else 0

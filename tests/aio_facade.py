@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import threading
-from collections.abc import Coroutine, Iterable
+from collections.abc import Coroutine, Iterable, Iterator
 from types import TracebackType
 from typing import Any, TypeVar
 
@@ -119,6 +119,35 @@ class SyncOverAsync:
 
     def interrupt(self) -> None:
         run(self.aio.interrupt())
+
+    def create_function(
+        self, name: str, narg: int, func: Any, *, deterministic: bool = False
+    ) -> None:
+        run(self.aio.create_function(name, narg, func, deterministic))
+
+    def getlimit(self, category: int, /) -> int:
+        return run(self.aio.getlimit(category))
+
+    def setlimit(self, category: int, limit: int, /) -> int:
+        return run(self.aio.setlimit(category, limit))
+
+    def iterdump(self) -> Iterator[str]:
+        async def collect() -> list[str]:
+            return [line async for line in self.aio.iterdump()]
+
+        return iter(run(collect()))
+
+    def set_progress_handler(self, handler: Any, n: int) -> None:
+        run(self.aio.set_progress_handler(handler, n))
+
+    def enable_load_extension(self, enabled: bool, /) -> None:
+        run(self.aio.enable_load_extension(enabled))
+
+    def load_extension(self, name: str, /) -> None:
+        run(self.aio.load_extension(name))
+
+    def backup(self, target: Any, **kwargs: Any) -> None:
+        run(self.aio.backup(target, **kwargs))
 
     def __enter__(self) -> SyncOverAsync:
         return self

@@ -40,6 +40,8 @@ def test_quick_run_prints_both_systems_and_a_ratio() -> None:
             "1",
             "--nodes",
             "1",
+            "--async-levels",
+            "1",
         ],
         cwd=REPO,
         env=env,
@@ -55,6 +57,30 @@ def test_quick_run_prints_both_systems_and_a_ratio() -> None:
     assert ["kvwrite", "1", "dqlite"] in [r[:3] for r in rows], run.stdout
     ours = [r for r in rows if r[:1] == ["dqlitepy"]]
     assert ours and "ratio:" in ours[0], run.stdout
+    # The asyncio driver's comparison runs too, on a dqlitepy node.
+    assert ["1", "read", "1"] in [r[:3] for r in rows], run.stdout
+    assert ["1", "write", "1"] in [r[:3] for r in rows], run.stdout
+
+
+def test_the_async_driver_rows_survive_results_json() -> None:
+    """``--replot`` rebuilds the asyncio driver's table from results.json."""
+    from benchmarks import report
+    from benchmarks.driver_async import Row
+
+    results = report.Results()
+    results.driver_async = [
+        Row(1, "read", 16, 1000.0, 900.0),
+        Row(1, "read", 256, 1.0, 1500.0),
+        Row(3, "write", 1, 50.0, 60.0),
+    ]
+    table = report.driver_async_markdown(results)
+    assert "| 1 | point reads | 256 | 1.00 | 1500 | 1500 |" in table
+    assert "async at 256 tasks 1500 ops/s, sync at 16 threads 1000 ops/s (target met)" in table
+    again, _meta = report.Results.from_json(report.to_json(results, {"machine": {}}))
+    assert report.driver_async_markdown(again) == table
+    assert report.driver_async_text(again) == report.driver_async_text(results)
+    empty, _meta = report.Results.from_json(report.to_json(report.Results(), {}))
+    assert empty.driver_async == [] and report.driver_async_markdown(empty) == ""
 
 
 def test_driver_async_benchmark_runs() -> None:

@@ -16,7 +16,7 @@ import ssl
 import textwrap
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, ClassVar, Protocol
 
@@ -434,9 +434,38 @@ def cluster(request: pytest.FixtureRequest) -> Iterator[_Cluster]:
         yield dqlite_cluster
 
 
-def _cluster_engine(cluster: _Cluster, **kwargs: Any) -> sa.Engine:
+@pytest.fixture(params=["sync", "async"])
+def dialect_api(request: pytest.FixtureRequest) -> str:
+    """``sync``: ``create_engine("sqlite+dqlitepy://...")``; ``async``:
+    ``create_async_engine("sqlite+dqlitepy_async://...")`` driven through its ``sync_engine``
+    in SQLAlchemy's greenlet, as SQLAlchemy's own suite runs asyncio dialects: the same test
+    body checks both dialects' disconnect handling."""
+    return str(request.param)
+
+
+def _in_api(api: str, body: Callable[[], None]) -> None:
+    """Run ``body`` as it is (sync), or in a greenlet on a fresh event loop (async)."""
+    if api == "sync":
+        body()
+        return
+    from sqlalchemy.util.concurrency import greenlet_spawn
+
+    async def main() -> None:
+        await greenlet_spawn(body)
+
+    asyncio.run(asyncio.wait_for(main(), 180))
+
+
+def _cluster_engine(cluster: _Cluster, api: str = "sync", **kwargs: Any) -> sa.Engine:
     hosts = "&".join(f"host={address}" for address in cluster.addresses)
-    engine = sa.create_engine(f"sqlite+dqlitepy:///failover.db?{hosts}", **kwargs)
+    if api == "async":
+        from sqlalchemy.ext.asyncio import create_async_engine
+
+        url = f"sqlite+dqlitepy_async:///failover.db?{hosts}"
+        engine = create_async_engine(url, **kwargs).sync_engine
+        assert engine.dialect.is_async
+    else:
+        engine = sa.create_engine(f"sqlite+dqlitepy:///failover.db?{hosts}", **kwargs)
     with engine.begin() as conn:
         conn.exec_driver_sql("CREATE TABLE t (x INTEGER)")
     return engine
@@ -451,10 +480,18 @@ def _leader(engine: sa.Engine) -> dqlitepy.NodeInfo:
 
 
 class FailoverTest(fixtures.TestBase):
-    """Leader changes on a 3-node C dqlite cluster: the pool must let go of the old leader."""
+    """Leader changes on a 3-node cluster: the pool must let go of the old leader.
 
-    def test_pool_drops_connections_to_a_killed_leader(self, cluster: _Cluster) -> None:
-        engine = _cluster_engine(cluster)
+    Each test runs with both dialects (``dialect_api``).
+    """
+
+    def test_pool_drops_connections_to_a_killed_leader(
+        self, cluster: _Cluster, dialect_api: str
+    ) -> None:
+        _in_api(dialect_api, lambda: self._killed_leader(cluster, dialect_api))
+
+    def _killed_leader(self, cluster: _Cluster, api: str) -> None:
+        engine = _cluster_engine(cluster, api)
         conn = engine.connect()
         conn.exec_driver_sql("INSERT INTO t VALUES (1)")  # a transaction is open
         idle = engine.connect()
@@ -476,10 +513,15 @@ class FailoverTest(fixtures.TestBase):
             assert conn.exec_driver_sql("SELECT x FROM t").scalars().all() == [3]
         engine.dispose()
 
-    def test_pool_drops_connections_to_a_deposed_leader(self, cluster: _Cluster) -> None:
+    def test_pool_drops_connections_to_a_deposed_leader(
+        self, cluster: _Cluster, dialect_api: str
+    ) -> None:
+        _in_api(dialect_api, lambda: self._deposed_leader(cluster, dialect_api))
+
+    def _deposed_leader(self, cluster: _Cluster, api: str) -> None:
         # Leadership moves while the old leader stays up: its sockets still work, it
         # only answers "not leader".
-        engine = _cluster_engine(cluster)
+        engine = _cluster_engine(cluster, api)
         conn = engine.connect()
         conn.exec_driver_sql("INSERT INTO t VALUES (1)")
         old = _leader(engine)
@@ -504,10 +546,12 @@ class FailoverTest(fixtures.TestBase):
         engine.dispose()
 
     def test_pre_ping_moves_pooled_connections_to_the_new_leader(
-        self,
-        cluster: _Cluster,
+        self, cluster: _Cluster, dialect_api: str
     ) -> None:
-        engine = _cluster_engine(cluster, pool_pre_ping=True)
+        _in_api(dialect_api, lambda: self._pre_ping(cluster, dialect_api))
+
+    def _pre_ping(self, cluster: _Cluster, api: str) -> None:
+        engine = _cluster_engine(cluster, api, pool_pre_ping=True)
         with engine.connect() as conn:
             conn.exec_driver_sql("SELECT 1")
         cluster.kill(_leader(engine).address)

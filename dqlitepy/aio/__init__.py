@@ -15,7 +15,8 @@ transaction rules, the error classes: :mod:`dqlitepy.client`, written once as
 generators) on the event loop with an asyncio waiter: no thread per connection
 and no blocking call in the loop.  A task cancelled (or timed out) during a
 request leaves its connection clean or closed, never half-read; a query it
-cancels is interrupted on the server.  :class:`Client` is the admin client.
+cancels is interrupted on the server.  :func:`create_pool` makes a pool of
+connections shared by many tasks; :class:`Client` is the admin client.
 
 Importing ``dqlitepy`` does not import this package (nor asyncio).
 """
@@ -44,6 +45,7 @@ from ..client.types import PARSE_COLNAMES, PARSE_DECLTYPES, Row
 from .admin import Client
 from .connection import Connection, connect
 from .cursor import Cursor
+from .pool import Pool, create_pool
 
 __all__ = [
     "LEGACY_TRANSACTION_CONTROL",
@@ -65,8 +67,10 @@ __all__ = [
     "NotLeaderError",
     "NotSupportedError",
     "OperationalError",
+    "Pool",
     "ProgrammingError",
     "Row",
     "Warning",
     "connect",
+    "create_pool",
 ]

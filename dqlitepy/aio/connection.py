@@ -18,29 +18,24 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import operator
 import os
 import ssl as _ssl
-from collections.abc import Callable, Coroutine, Generator, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Coroutine, Generator, Iterable, Sequence
 from types import TracebackType
 from typing import Any, TypeVar
 
-from ..client import errors as _errors
 from ..client.connection import (
     DEFAULT_ATTEMPT_TIMEOUT,
     DEFAULT_LEADER_TIMEOUT,
     DEFAULT_REQUEST_TIMEOUT,
+    NO_BACKUP,
+    NO_EXTENSIONS,
+    ConnectionErrors,
+    not_over_the_wire,
 )
-from ..client.errors import (
-    DatabaseError,
-    DataError,
-    Error,
-    IntegrityError,
-    InterfaceError,
-    InternalError,
-    NotSupportedError,
-    OperationalError,
-    ProgrammingError,
-)
+from ..client.dump import Query, dump_steps
+from ..client.errors import NotSupportedError, ProgrammingError
 from ..client.failover import Settings
 from ..client.needs import Gen
 from ..client.session import Session
@@ -63,24 +58,13 @@ A = TypeVar("A")
 _NEEDS_AWAIT = "{what} would send a request: use 'await conn.{method}(...)' instead"
 
 
-class Connection:
+class Connection(ConnectionErrors):
     """An asyncio connection to one database of a dqlite cluster.
 
     Made by :func:`connect`.  ``async with`` closes it at the end (as
     aiosqlite's does).  The exception classes are attributes too
     (``conn.Error`` …), as in ``sqlite3``.
     """
-
-    Warning = _errors.Warning
-    Error = Error
-    InterfaceError = InterfaceError
-    DatabaseError = DatabaseError
-    DataError = DataError
-    OperationalError = OperationalError
-    IntegrityError = IntegrityError
-    InternalError = InternalError
-    ProgrammingError = ProgrammingError
-    NotSupportedError = NotSupportedError
 
     def __init__(self, session: Session, on_close: Callable[[], None] | None = None) -> None:
         self._session = session
@@ -200,6 +184,25 @@ class Connection:
         cursor = await self._execute(sql, parameters)
         return await cursor.fetchall()
 
+    async def execute_insert(self, sql: str, parameters: Any = (), /) -> Any:
+        """Execute one statement; return the row of ``last_insert_rowid()`` (aiosqlite's).
+
+        As in aiosqlite, the row is ``SELECT last_insert_rowid()``'s, read in
+        the same turn on the connection (no other task's statement between),
+        and made by ``row_factory``.
+        """
+        if parameters is None:
+            parameters = ()
+        cursor = Cursor(self)
+        session = self._checked_session()
+
+        def execute_then_ask() -> Gen[None]:
+            yield from cursor._run_execute(session, sql, parameters)
+            yield from cursor._run_execute(session, "SELECT last_insert_rowid()", ())
+
+        await self._run(execute_then_ask)
+        return await cursor.fetchone()
+
     async def commit(self) -> None:
         """Commit the open transaction, if any."""
         session = self._checked_session()
@@ -218,6 +221,89 @@ class Connection:
     async def set_trace_callback(self, trace_callback: Callable[[str], object] | None) -> None:
         """Call ``trace_callback`` with the text of every SQL statement sent."""
         self._checked_session().trace = trace_callback
+
+    async def create_function(
+        self,
+        name: str,
+        num_params: int,
+        func: Callable[..., Any] | None,
+        deterministic: bool = False,
+    ) -> None:
+        """Record a user function, as :meth:`dqlitepy.Connection.create_function` does.
+
+        The function runs nowhere: SQL is executed on the leader, which cannot
+        call back into this process, so SQL that uses it fails there with
+        ``no such function``.  It is accepted (not refused) because libraries
+        such as SQLAlchemy register functions on every new connection.
+        """
+        self._checked_session().record_function(name, num_params, func)
+
+    async def getlimit(self, category: int, /) -> int:
+        """The server session's run-time limit ``category`` (``SQLITE_LIMIT_*``).
+
+        As :meth:`dqlitepy.Connection.getlimit`: needs a dqlitepy server.
+
+        Raises:
+            ProgrammingError: ``category`` is not a limit.
+            NotSupportedError: the server is C dqlite.
+        """
+        session = self._checked_session()
+        category = operator.index(category)
+        return await self._run(lambda: session.getlimit(category))
+
+    async def setlimit(self, category: int, limit: int, /) -> int:
+        """Set a run-time limit of the server session; return the previous value.
+
+        As :meth:`dqlitepy.Connection.setlimit`: a negative ``limit`` changes
+        nothing, and the limit is set again on a new leader after a failover.
+        """
+        session = self._checked_session()
+        category = operator.index(category)
+        limit = operator.index(limit)
+        return await self._run(lambda: session.setlimit(category, limit))
+
+    def iterdump(self) -> AsyncIterator[str]:
+        """``async for line in conn.iterdump()``: the SQL text that recreates the database.
+
+        The same text as ``dqlitepy.Connection.iterdump()`` (and ``sqlite3``'s).
+        """
+        self._checked_session()
+        return self._iterdump()
+
+    async def _iterdump(self) -> AsyncIterator[str]:
+        cursor = Cursor(self)
+        steps = dump_steps()
+        answer: list[Any] | None = None
+        while True:
+            try:
+                step = steps.send(answer)
+            except StopIteration:
+                return
+            answer = None
+            if isinstance(step, Query):
+                answer = await (await cursor.execute(step.sql)).fetchall()
+            else:
+                yield step
+
+    async def set_progress_handler(self, handler: Any, n: int) -> None:
+        """Not supported over a network connection (as the blocking driver)."""
+        self._checked_session()
+        raise not_over_the_wire("set_progress_handler()")
+
+    async def enable_load_extension(self, value: bool) -> None:
+        """Not supported: extensions would load into the server."""
+        self._checked_session()
+        raise NotSupportedError(NO_EXTENSIONS)
+
+    async def load_extension(self, path: str) -> None:
+        """Not supported: extensions would load into the server."""
+        self._checked_session()
+        raise NotSupportedError(NO_EXTENSIONS)
+
+    async def backup(self, target: Any, **kwargs: Any) -> None:
+        """Not supported: use :meth:`dqlitepy.aio.Client.dump` to fetch a database's files."""
+        self._checked_session()
+        raise NotSupportedError(NO_BACKUP)
 
     async def interrupt(self) -> None:
         """Stop the query another task runs on this connection (``interrupted``).
@@ -391,4 +477,21 @@ async def _embedded(name: str) -> tuple[list[str], str, Callable[[], None] | Non
     """The embedded node's address for ``name``, starting it in a worker thread if needed."""
     from .. import node  # the server loads only when a node starts
 
-    return await asyncio.to_thread(node.default_target, name)
+    starting = asyncio.ensure_future(asyncio.to_thread(node.default_target, name))
+    try:
+        return await asyncio.shield(starting)
+    except asyncio.CancelledError:
+        # The thread goes on: what it opens for this connection (a private
+        # :memory: database) is released once it is done.
+        starting.add_done_callback(_release_target)
+        raise
+
+
+def _release_target(
+    done: asyncio.Future[tuple[list[str], str, Callable[[], None] | None]],
+) -> None:
+    if done.cancelled() or done.exception() is not None:
+        return
+    on_close = done.result()[2]
+    if on_close is not None:
+        on_close()

@@ -45,7 +45,9 @@ class Cursor(CursorBase):
         return session
 
     async def execute(self, sql: str, parameters: Any = (), /) -> Cursor:
-        """Execute one SQL statement with qmark or named parameters."""
+        """Execute one SQL statement with qmark or named parameters (None: none, as aiosqlite)."""
+        if parameters is None:
+            parameters = ()
         session = self._session()
         await self.connection._run(lambda: self._run_execute(session, sql, parameters))
         return self

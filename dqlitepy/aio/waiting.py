@@ -131,10 +131,25 @@ async def dial(
         assert isinstance(sockaddr, tuple)
         host, port = sockaddr
         opening = loop.create_connection(lambda: stream, host, port, ssl=ssl_context, family=family)
+    # Not asyncio.wait_for: on Python 3.11 it returns the connection, swallowing
+    # the cancellation, when the caller is cancelled just as the connection is
+    # made; the task would go on connecting although it was cancelled.
+    task = loop.create_task(opening)
+    timer = loop.call_later(timeout, task.cancel)
     try:
-        await asyncio.wait_for(opening, timeout)
-    except asyncio.TimeoutError:
-        raise TimeoutError(f"timed out connecting to {address}") from None
+        await asyncio.wait((task,))  # a cancellation of ours leaves the task running
+    except BaseException:
+        task.cancel()  # asyncio closes what it had not finished
+        # A connection made just before the cancellation is ours to close: the
+        # task's result is lost with it.
+        if stream.transport is not None:
+            stream.transport.close()
+        raise
+    finally:
+        timer.cancel()
+    if task.cancelled():  # by the timer
+        raise TimeoutError(f"timed out connecting to {address}")
+    task.result()  # raises what connecting raised
     return AsyncTransport(stream, address, ssl_context is not None)
 
 

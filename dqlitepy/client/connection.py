@@ -55,9 +55,13 @@ __all__ = [
     "DEFAULT_ATTEMPT_TIMEOUT",
     "DEFAULT_LEADER_TIMEOUT",
     "DEFAULT_REQUEST_TIMEOUT",
+    "NO_BACKUP",
+    "NO_EXTENSIONS",
     "Connection",
+    "ConnectionErrors",
     "Statement",
     "connect",
+    "not_over_the_wire",
 ]
 
 #: How long to keep looking for a leader before a call fails.
@@ -70,6 +74,37 @@ DEFAULT_REQUEST_TIMEOUT = 60.0
 _DEFAULT_FACTORY: Any = object()
 
 C = TypeVar("C", bound=Cursor)
+
+#: Why ``enable_load_extension()`` and ``load_extension()`` fail (both drivers).
+NO_EXTENSIONS = "loading extensions is not supported by dqlite"
+#: Why ``backup()`` fails (both drivers).
+NO_BACKUP = "backup() is not supported; use dqlitepy.Client.dump()"
+
+
+def not_over_the_wire(what: str) -> NotSupportedError:
+    """The error of a ``sqlite3`` feature that would need the server to call this process."""
+    return NotSupportedError(
+        f"{what} is not supported: dqlite runs SQL on the cluster's leader, "
+        "which cannot call back into this process"
+    )
+
+
+class ConnectionErrors:
+    """The exception classes as attributes of a connection (``conn.Error`` …), as in sqlite3.
+
+    Shared by the blocking and the asyncio connection.
+    """
+
+    Warning = _errors.Warning
+    Error = Error
+    InterfaceError = InterfaceError
+    DatabaseError = DatabaseError
+    DataError = DataError
+    OperationalError = OperationalError
+    IntegrityError = IntegrityError
+    InternalError = InternalError
+    ProgrammingError = ProgrammingError
+    NotSupportedError = NotSupportedError
 
 
 class Statement:
@@ -89,23 +124,12 @@ class Statement:
         return statement
 
 
-class Connection:
+class Connection(ConnectionErrors):
     """A connection to one database of a dqlite cluster (``sqlite3.Connection``-like).
 
     Use :func:`connect` to make one.  The exception classes are also available as
     attributes (``conn.Error`` …), as in ``sqlite3``.
     """
-
-    Warning = _errors.Warning
-    Error = Error
-    InterfaceError = InterfaceError
-    DatabaseError = DatabaseError
-    DataError = DataError
-    OperationalError = OperationalError
-    IntegrityError = IntegrityError
-    InternalError = InternalError
-    ProgrammingError = ProgrammingError
-    NotSupportedError = NotSupportedError
 
     #: True once ``__init__`` has succeeded; sqlite3 refuses every operation before.
     _initialized = False
@@ -160,7 +184,6 @@ class Connection:
             self._check_same_thread = bool(check_same_thread)
             self._thread_ident = threading.get_ident()
             self._closed = False
-            self._functions: dict[tuple[str, int], Callable[..., Any]] = {}
             self.row_factory: Callable[[Cursor, tuple[Any, ...]], Any] | None = None
             self.text_factory: Any = str
             # Fail fast, as sqlite3.connect does when it cannot open the file.
@@ -349,7 +372,7 @@ class Connection:
         *,
         deterministic: bool = False,
     ) -> None:
-        """Record a user function.
+        """Record a user function (:meth:`Session.record_function`: it runs nowhere).
 
         The function runs nowhere: SQL is executed on the leader, which cannot
         call back into this process, so SQL that uses it fails there with
@@ -357,10 +380,7 @@ class Connection:
         such as SQLAlchemy register functions on every new connection.
         """
         self._check()
-        if func is None:
-            self._functions.pop((name.casefold(), narg), None)
-        else:
-            self._functions[(name.casefold(), narg)] = func
+        self._session.record_function(name, narg, func)
 
     def getlimit(self, category: int, /) -> int:
         """Return the server session's run-time limit ``category`` (``SQLITE_LIMIT_*``).
@@ -415,46 +435,40 @@ class Connection:
                 wait(self._session.compile(sql))
         return Statement._make()
 
-    def _not_over_the_wire(self, what: str) -> _errors.NotSupportedError:
-        return _errors.NotSupportedError(
-            f"{what} is not supported: dqlite runs SQL on the cluster's leader, "
-            "which cannot call back into this process"
-        )
-
     def create_aggregate(self, name: str, n_arg: int, aggregate_class: Any) -> None:
         """Not supported over a network connection."""
         self._check()  # misuse is reported first, as by sqlite3
-        raise self._not_over_the_wire("create_aggregate()")
+        raise not_over_the_wire("create_aggregate()")
 
     def create_window_function(self, name: str, num_params: int, aggregate_class: Any) -> None:
         """Not supported over a network connection."""
         self._check()  # misuse is reported first, as by sqlite3
-        raise self._not_over_the_wire("create_window_function()")
+        raise not_over_the_wire("create_window_function()")
 
     def create_collation(self, name: str, callable: Any, /) -> None:
         """Not supported over a network connection."""
         self._check()  # misuse is reported first, as by sqlite3
-        raise self._not_over_the_wire("create_collation()")
+        raise not_over_the_wire("create_collation()")
 
     def set_authorizer(self, authorizer_callback: Any) -> None:
         """Not supported over a network connection."""
         self._check()  # misuse is reported first, as by sqlite3
-        raise self._not_over_the_wire("set_authorizer()")
+        raise not_over_the_wire("set_authorizer()")
 
     def set_progress_handler(self, progress_handler: Any, n: int) -> None:
         """Not supported over a network connection."""
         self._check()  # misuse is reported first, as by sqlite3
-        raise self._not_over_the_wire("set_progress_handler()")
+        raise not_over_the_wire("set_progress_handler()")
 
     def enable_load_extension(self, enabled: bool, /) -> None:
         """Not supported: extensions would load into the server."""
         self._check()  # misuse is reported first, as by sqlite3
-        raise NotSupportedError("loading extensions is not supported by dqlite")
+        raise NotSupportedError(NO_EXTENSIONS)
 
     def load_extension(self, name: str, /, **kwargs: Any) -> None:
         """Not supported: extensions would load into the server."""
         self._check()  # misuse is reported first, as by sqlite3
-        raise NotSupportedError("loading extensions is not supported by dqlite")
+        raise NotSupportedError(NO_EXTENSIONS)
 
     def blobopen(self, *args: Any, **kwargs: Any) -> Any:
         """Not supported: the protocol has no incremental blob I/O."""
@@ -464,7 +478,7 @@ class Connection:
     def backup(self, target: Any, **kwargs: Any) -> None:
         """Not supported: use :meth:`dqlitepy.Client.dump` to fetch a database's files."""
         self._check()  # misuse is reported first, as by sqlite3
-        raise NotSupportedError("backup() is not supported; use dqlitepy.Client.dump()")
+        raise NotSupportedError(NO_BACKUP)
 
     def serialize(self, **kwargs: Any) -> bytes:
         """Not supported: use :meth:`dqlitepy.Client.dump`."""

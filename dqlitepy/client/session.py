@@ -167,6 +167,8 @@ class Session:
         self.trace: Callable[[str], object] | None = None
         #: The server session's ``sqlite3_last_insert_rowid()``, as of the last result.
         self.last_insert_rowid = 0
+        #: User functions recorded by ``create_function`` (see :meth:`record_function`).
+        self.functions: dict[tuple[str, int], Callable[..., object]] = {}
         # Limits set with setlimit(), applied again to a new server session.
         self._limits: dict[int, int] = {}
         # SQLITE_LIMIT_SQL_LENGTH once known; like sqlite3, longer SQL is refused here.
@@ -508,6 +510,20 @@ class Session:
             # The schema changed between running the query and asking.
             return [None] * count
         return [d if isinstance(d, str) else None for d in decoded]
+
+    def record_function(self, name: str, narg: int, func: Callable[..., object] | None) -> None:
+        """``create_function``: record ``func`` (None removes it); it runs nowhere.
+
+        SQL runs on the leader, which cannot call back into this process, so
+        SQL that uses the function fails there with ``no such function``.  It
+        is accepted (not refused) because libraries such as SQLAlchemy register
+        functions on every new connection.
+        """
+        key = (name.casefold(), narg)
+        if func is None:
+            self.functions.pop(key, None)
+        else:
+            self.functions[key] = func
 
     # -------------------------------------------------------------------- limits
 

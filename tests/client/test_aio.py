@@ -11,9 +11,13 @@ interrupted on the server; a write whose outcome is unknown is never re-sent
 from __future__ import annotations
 
 import asyncio
+import os
+import random
+import subprocess
+import sys
 import time
 from collections.abc import Awaitable, Callable, Iterator
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import pytest
 from dqlitepy_server import DqlitepyServer
@@ -100,6 +104,75 @@ def test_the_aiosqlite_surface(node: DqlitepyServer) -> None:
         assert conn.closed
         with pytest.raises(aio.ProgrammingError, match="closed database"):
             await conn.execute("SELECT 1")
+
+    _run(main)
+
+
+#: What the blocking connection has and dqlitepy.aio leaves out (docs/asyncio.md, "The
+#: surface"): sqlite3's, not aiosqlite's, and refused by the blocking driver anyway.
+_LEFT_OUT = {
+    "blobopen",
+    "create_aggregate",
+    "create_collation",
+    "create_window_function",
+    "deserialize",
+    "serialize",
+    "set_authorizer",
+}
+
+
+def test_the_asyncio_connection_has_the_blocking_ones_surface() -> None:
+    """A name added to dqlitepy.Connection must be added to dqlitepy.aio's (or left out
+    here and in the docs on purpose), so that the two surfaces cannot drift apart."""
+
+    def public(cls: type) -> set[str]:
+        return {name for name in dir(cls) if not name.startswith("_")}
+
+    assert public(dqlitepy.Connection) - public(aio.Connection) == _LEFT_OUT
+    assert public(dqlitepy.Cursor) <= public(aio.Cursor)
+    # What sends a request (or might) is a coroutine; the rest is plain.
+    plain = {"cursor", "execute", "executemany", "executescript", "iterdump", "terminate"}
+    for name in public(dqlitepy.Connection) & public(aio.Connection):
+        member = getattr(aio.Connection, name)
+        if callable(member) and not isinstance(member, type) and name not in plain:
+            assert asyncio.iscoroutinefunction(member), name
+
+
+def test_the_rest_of_aiosqlites_connection(node: DqlitepyServer) -> None:
+    """execute_insert, iterdump as an async iterator, create_function, limits, None parameters."""
+
+    async def main() -> None:
+        async with aio.connect(_url(node, "rest")) as conn:
+            await conn.execute("CREATE TABLE t (k INTEGER PRIMARY KEY, v TEXT)", None)
+            assert await conn.execute_insert("INSERT INTO t (v) VALUES (?)", ("a",)) == (1,)
+            assert await conn.execute_insert("INSERT INTO t VALUES (7, 'b')") == (7,)
+            conn.row_factory = aio.Row
+            row = await conn.execute_insert("INSERT INTO t (v) VALUES ('c')", None)
+            assert row.keys() == ["last_insert_rowid()"] and row[0] == 8
+            conn.row_factory = None
+            await conn.commit()
+            dump = [line async for line in conn.iterdump()]
+            blocking = dqlitepy.connect(_url(node, "rest"))
+            try:
+                assert dump == list(blocking.iterdump())
+            finally:
+                blocking.close()
+            assert dump[0] == "BEGIN TRANSACTION;" and "INSERT INTO \"t\" VALUES(7,'b');" in dump
+            await conn.create_function("twice", 1, lambda x: 2 * x, deterministic=True)
+            with pytest.raises(aio.OperationalError, match="no such function: twice"):
+                await conn.execute("SELECT twice(1)")
+            await conn.create_function("twice", 1, None)
+            variables = dqlitepy.SQLITE_LIMIT_VARIABLE_NUMBER
+            default = await conn.getlimit(variables)
+            assert await conn.setlimit(variables, 1) == default
+            with pytest.raises(aio.OperationalError, match="too many SQL variables"):
+                await conn.execute("SELECT ?, ?", (1, 2))
+            assert await conn.setlimit(variables, -1) == 1 == await conn.getlimit(variables)
+            assert issubclass(conn.OperationalError, conn.Error)
+        with pytest.raises(aio.ProgrammingError, match="closed database"):
+            conn.iterdump()
+        with pytest.raises(aio.ProgrammingError, match="closed database"):
+            await conn.getlimit(variables)
 
     _run(main)
 
@@ -228,6 +301,67 @@ def test_a_cancelled_write_in_a_transaction_reports_the_transaction_lost(
     _run(main)
 
 
+@pytest.fixture(scope="module")
+def silent_server() -> Iterator[str]:
+    """A server that accepts connections and never answers (a hung node), in a process."""
+    program = (
+        "import socket\n"
+        "s = socket.socket(); s.bind(('127.0.0.1', 0)); s.listen(1024)\n"
+        "print(s.getsockname()[1], flush=True)\n"
+        "held = []\n"
+        "while True: held.append(s.accept())\n"
+    )
+    process = subprocess.Popen([sys.executable, "-c", program], stdout=subprocess.PIPE, text=True)
+    try:
+        assert process.stdout is not None
+        yield f"127.0.0.1:{int(process.stdout.readline())}"
+    finally:
+        process.kill()
+        process.wait(timeout=10)
+        if process.stdout is not None:
+            process.stdout.close()
+
+
+def _open_fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+@pytest.mark.parametrize("target", ["node", "silent"])
+def test_a_cancelled_connect_closes_everything(
+    target: str, node: DqlitepyServer, silent_server: str
+) -> None:
+    """100 connects cancelled at random points (dialing, handshaking, asking for the
+    leader, opening the database) each end with the cancellation and leave no socket open."""
+    address = node.address if target == "node" else silent_server
+
+    async def main() -> int:
+        rng = random.Random(12)
+        before = _open_fds()
+        completed = 0
+        for i in range(100):
+            task = asyncio.create_task(aio.connect(f"dqlite://{address}/cancelled_connect"))
+            if i % 2:
+                for _ in range(rng.randrange(60)):
+                    await asyncio.sleep(0)  # a few turns of the loop: early points
+            else:
+                await asyncio.sleep(rng.uniform(0, 0.01))  # later points
+            if task.cancel():
+                with pytest.raises(asyncio.CancelledError):
+                    await task
+            else:  # it had connected already
+                completed += 1
+                await (task.result()).close()
+        deadline = time.monotonic() + 10
+        while _open_fds() > before and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)  # a closed transport lets go of its socket soon after
+        assert _open_fds() == before, os.listdir("/proc/self/fd")
+        return completed
+
+    completed = _run(main, timeout=120)
+    if target == "silent":
+        assert completed == 0
+
+
 def _count(node: DqlitepyServer, database: str, table: str) -> int:
     conn = dqlitepy.connect(_url(node, database))
     try:
@@ -237,56 +371,164 @@ def _count(node: DqlitepyServer, database: str, table: str) -> int:
         conn.close()
 
 
-class _Pool:
-    """The smallest connection pool: a queue of open connections."""
-
-    def __init__(self) -> None:
-        self._idle: asyncio.Queue[aio.Connection] = asyncio.Queue()
-        self.all: list[aio.Connection] = []
-
-    async def fill(self, size: int, url: str, **kwargs: Any) -> None:
-        for _ in range(size):
-            conn = await aio.connect(url, **kwargs)
-            self.all.append(conn)
-            self._idle.put_nowait(conn)
-
-    async def run(self, work: Callable[[aio.Connection], Awaitable[T]]) -> T:
-        conn = await self._idle.get()
-        try:
-            return await work(conn)
-        finally:
-            self._idle.put_nowait(conn)
-
-    async def close(self) -> None:
-        for conn in self.all:
-            await conn.close()
-
-
 def test_a_thousand_tasks_share_a_pool(shared_dqlitepy_node: DqlitepyServer) -> None:
     tasks = 1000
 
     async def main() -> float:
-        pool = _Pool()
-        await pool.fill(16, _url(shared_dqlitepy_node, "thousand"), isolation_level=None)
-        try:
-            await pool.run(lambda c: c.execute("CREATE TABLE t (task INTEGER PRIMARY KEY)"))
+        url = _url(shared_dqlitepy_node, "thousand")
+        async with aio.create_pool(url, size=16, isolation_level=None) as pool:
+            async with pool.connection() as conn:
+                await conn.execute("CREATE TABLE t (task INTEGER PRIMARY KEY)")
 
             async def one(i: int) -> int:
-                await pool.run(lambda c: c.execute("INSERT INTO t VALUES (?)", (i,)))
-                rows = await pool.run(
-                    lambda c: c.execute_fetchall("SELECT task FROM t WHERE task = ?", (i,))
-                )
+                async with pool.connection() as conn:
+                    await conn.execute("INSERT INTO t VALUES (?)", (i,))
+                async with pool.connection() as conn:
+                    rows = await conn.execute_fetchall("SELECT task FROM t WHERE task = ?", (i,))
                 return int(rows[0][0])
 
             started = time.monotonic()
             done = await asyncio.gather(*(one(i) for i in range(tasks)))
             elapsed = time.monotonic() - started
             assert sorted(done) == list(range(tasks))
-            rows = await pool.run(lambda c: c.execute_fetchall("SELECT count(*) FROM t"))
-            assert rows == [(tasks,)]
-            return elapsed
-        finally:
-            await pool.close()
+            assert pool.open_connections == 16 and pool.idle == 16
+            async with pool.connection() as conn:
+                assert await conn.execute_fetchall("SELECT count(*) FROM t") == [(tasks,)]
+        assert pool.closed and pool.open_connections == 0
+        return elapsed
 
     elapsed = _run(main, timeout=120)
     print(f"\n{tasks} tasks over 16 connections: {elapsed:.2f}s")
+
+
+def test_the_pool_ends_each_loan_idle(node: DqlitepyServer) -> None:
+    """A block that succeeds is committed, one that raises is rolled back (psycopg_pool)."""
+
+    async def main() -> None:
+        async with aio.create_pool(_url(node, "pool_loans"), size=1) as pool:
+            async with pool.connection() as conn:
+                await conn.execute("CREATE TABLE t (x)")
+                await conn.execute("INSERT INTO t VALUES (1)")
+                assert conn.in_transaction
+            assert not conn.in_transaction
+            with pytest.raises(ZeroDivisionError):
+                async with pool.connection() as again:
+                    assert again is conn  # one connection, lent again
+                    await again.execute("INSERT INTO t VALUES (2)")
+                    1 / 0  # noqa: B018
+            assert not conn.in_transaction
+            async with pool.connection() as conn:
+                assert await conn.execute_fetchall("SELECT x FROM t") == [(1,)]
+        assert _count(node, "pool_loans", "t") == 1
+
+    _run(main)
+
+
+def test_the_pool_discards_broken_connections(node: DqlitepyServer) -> None:
+    async def main() -> None:
+        async with aio.create_pool(_url(node, "pool_broken"), size=2) as pool:
+            async with pool.connection() as first:
+                await first.close()  # closed by the task: discarded, the slot freed
+            assert (pool.open_connections, pool.idle) == (0, 0)
+            async with pool.connection() as second:
+                assert second is not first and not second.closed
+                second.terminate()
+            assert pool.open_connections == 0
+            # A commit that fails at the end of the block: raised, and the
+            # connection (of unknown state) is discarded.
+            with pytest.raises(aio.ConnectionLostError):
+                async with pool.connection() as third:
+                    await third.execute("CREATE TABLE IF NOT EXISTS t (x)")
+                    await third.execute("INSERT INTO t VALUES (1)")
+                    proto = third._session.proto
+                    assert proto is not None
+                    proto.close()  # the server session is lost with its transaction
+            assert third.closed and pool.open_connections == 0
+            async with pool.connection() as fourth:
+                assert await fourth.execute_fetchall("SELECT 7") == [(7,)]
+
+    _run(main)
+
+
+def test_a_closed_pool_refuses_loans(node: DqlitepyServer) -> None:
+    async def main() -> None:
+        pool = await aio.create_pool(_url(node, "pool_closed"), size=1)
+        lent = await pool.acquire()
+        waiting = asyncio.create_task(pool.acquire())
+        await asyncio.sleep(0.05)
+        await pool.close()
+        with pytest.raises(aio.InterfaceError, match="pool is closed"):
+            await waiting  # in line when the pool closed
+        with pytest.raises(aio.InterfaceError, match="pool is closed"):
+            async with pool.connection():
+                pass
+        await pool.release(lent)
+        assert lent.closed and pool.open_connections == 0  # closed as it came back
+
+    _run(main)
+
+
+def test_cancelling_a_task_in_line_for_a_connection(node: DqlitepyServer) -> None:
+    async def main() -> None:
+        async with aio.create_pool(_url(node, "pool_cancel"), size=1) as pool:
+            held = await pool.acquire()
+            with pytest.raises(TimeoutError):
+                await pool.acquire(timeout=0.1)
+            cancelled = asyncio.create_task(pool.acquire())
+            await asyncio.sleep(0.05)
+            cancelled.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await cancelled
+            # The connection is handed to the first task in line, which is cancelled
+            # before it runs: it passes the connection on to the next one.
+            first = asyncio.create_task(pool.acquire())
+            second = asyncio.create_task(pool.acquire())
+            await asyncio.sleep(0.05)
+            await pool.release(held)
+            first.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await first
+            conn = await asyncio.wait_for(second, 10)
+            assert conn is held and pool.open_connections == 1
+            await pool.release(conn)
+            assert pool.idle == 1
+
+    _run(main)
+
+
+def test_a_block_cancelled_mid_write_is_neither_committed_nor_lost(node: DqlitepyServer) -> None:
+    """The pool ends a cancelled block with a rollback: the write of unknown outcome is not
+    committed by the pool, the cancellation is what the task sees, and the connection (its
+    server session gone with the transaction) serves the next task."""
+
+    async def main() -> None:
+        async with aio.create_pool(_url(node, "pool_cancel_write"), size=1) as pool:
+            async with pool.connection() as conn:
+                await conn.execute("CREATE TABLE big (i)")
+
+            async def write() -> None:
+                async with pool.connection() as conn:
+                    await conn.execute(_LONG_WRITE)  # in an implicit transaction
+
+            task = asyncio.create_task(write())
+            await _wait_running(node)
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            assert pool.open_connections == 1
+            async with pool.connection() as again:
+                assert again is conn and not again.in_transaction
+                await _wait_idle(node, within=30)
+                assert await again.execute_fetchall("SELECT count(*) FROM big") == [(0,)]
+
+    _run(main)
+
+
+def test_a_pool_to_nowhere_fails_at_once() -> None:
+    async def main() -> None:
+        with pytest.raises(aio.NoLeaderError):
+            await aio.create_pool("dqlite://127.0.0.1:1/x", timeout=0.5)
+        with pytest.raises(aio.ProgrammingError, match="size"):
+            await aio.create_pool("dqlite://127.0.0.1:1/x", size=0)
+
+    _run(main)

@@ -1,5 +1,7 @@
 """dqlitepy.aio through a leader kill: 100 tasks write while the leader gets SIGKILL.
 
+The tasks use a connection each, or share a pool of 16 (``dqlitepy.aio.create_pool``).
+
 Every write the driver acknowledged must be in the database afterwards, none may be there
 twice (a write of unknown outcome is never re-sent), and the only errors the tasks may see
 are those of unknown outcome (``docs/driver.md``, "What became of the request").  A fresh
@@ -9,6 +11,7 @@ are those of unknown outcome (``docs/driver.md``, "What became of the request").
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import signal
 import time
 from collections import Counter
@@ -26,7 +29,8 @@ TASKS = 100
 AFTER_KILL = 3
 
 
-def test_a_hundred_tasks_write_through_a_leader_kill() -> None:
+@pytest.mark.parametrize("connections", ["one each", "a pool of 16"])
+def test_a_hundred_tasks_write_through_a_leader_kill(connections: str) -> None:
     with DqlitepyCluster.formed() as cluster:
         url = f"dqlite://{','.join(cluster.addresses)}/failover"
         setup = dqlitepy.connect(url, isolation_level=None)
@@ -37,24 +41,44 @@ def test_a_hundred_tasks_write_through_a_leader_kill() -> None:
         unknown: list[tuple[int, int]] = []
         killed = asyncio.Event()
 
-        async def writer(task: int) -> None:
-            async with aio.connect(url, isolation_level=None, attempt_timeout=1.0) as conn:
-                seq = after = 0
+        options = {"isolation_level": None, "attempt_timeout": 1.0}
+
+        async def write(conn: aio.Connection, task: int, seq: int) -> bool:
+            """One write: True if acknowledged."""
+            try:
+                await conn.execute("INSERT INTO t VALUES (?, ?)", (task, seq))
+            except (aio.ConnectionLostError, aio.LeadershipLostError) as exc:
+                assert exc.outcome == "unknown", exc
+                unknown.append((task, seq))
+                return False
+            acked.append((task, seq))
+            return True
+
+        async def writer(task: int, pool: aio.Pool | None) -> None:
+            seq = after = 0
+            async with contextlib.AsyncExitStack() as stack:
+                if pool is None:
+                    conn = await stack.enter_async_context(aio.connect(url, **options))
                 while after < AFTER_KILL:
                     seq += 1
-                    try:
-                        await conn.execute("INSERT INTO t VALUES (?, ?)", (task, seq))
-                    except (aio.ConnectionLostError, aio.LeadershipLostError) as exc:
-                        assert exc.outcome == "unknown", exc
-                        unknown.append((task, seq))
-                        continue
-                    acked.append((task, seq))
-                    if killed.is_set():
+                    if pool is None:
+                        done = await write(conn, task, seq)
+                    else:  # a connection of the pool for each write
+                        async with pool.connection() as conn:
+                            done = await write(conn, task, seq)
+                    if done and killed.is_set():
                         after += 1
                     await asyncio.sleep(0.01)
 
         async def main() -> float:
-            writers = [asyncio.create_task(writer(i)) for i in range(TASKS)]
+            async with contextlib.AsyncExitStack() as stack:
+                pool = None
+                if connections != "one each":
+                    pool = await stack.enter_async_context(aio.create_pool(url, 16, **options))
+                return await through_the_kill(pool)
+
+        async def through_the_kill(pool: aio.Pool | None) -> float:
+            writers = [asyncio.create_task(writer(i, pool)) for i in range(TASKS)]
             while len(acked) < 2 * TASKS:
                 await asyncio.sleep(0.05)
             cluster.node(leader).stop(signal.SIGKILL)
@@ -70,8 +94,8 @@ def test_a_hundred_tasks_write_through_a_leader_kill() -> None:
         rows = Counter(check.execute("SELECT task, seq FROM t").fetchall())
         check.close()
         print(
-            f"\n{TASKS} tasks: {len(acked)} writes acknowledged, {len(unknown)} of unknown "
-            f"outcome; all failed over within {elapsed:.1f}s of the kill"
+            f"\n{TASKS} tasks ({connections}): {len(acked)} writes acknowledged, "
+            f"{len(unknown)} of unknown outcome; all failed over within {elapsed:.1f}s of the kill"
         )
         assert all(n == 1 for n in rows.values()), "a write was applied twice"
         assert not set(acked) - set(rows), "an acknowledged write was lost"

@@ -383,12 +383,33 @@ def test_unsupported_features_raise_not_supported(connect: Connect) -> None:
     assert conn.execute("SELECT 1").fetchone() == (1,)
 
 
-@pytest.mark.sync_driver_only
 def test_create_function_exists_and_does_not_raise(connect: Connect) -> None:
     conn = connect()
     conn.create_function("double", 1, lambda x: x * 2)
     conn.create_function("double", 1, lambda x: x * 2, deterministic=True)
+    # Recorded, but it cannot run on the server: SQL that calls it fails there.
+    with pytest.raises(dqlitepy.OperationalError, match="no such function: double"):
+        conn.execute("SELECT double(2)")
     conn.create_function("double", 1, None)  # removing it is fine too
+    assert conn.execute("SELECT 1").fetchone() == (1,)
+    conn.close()
+    with pytest.raises(dqlitepy.ProgrammingError, match="closed database"):
+        conn.create_function("double", 1, None)
+
+
+def test_unsupported_features_of_both_drivers(connect: Connect) -> None:
+    """What aiosqlite has and dqlite cannot do: the same refusal from both drivers."""
+    conn = connect()
+    calls: list[tuple[Callable[[], Any], str]] = [
+        (lambda: conn.set_progress_handler(lambda: 0, 100), "call back"),
+        (lambda: conn.enable_load_extension(True), "extensions"),
+        (lambda: conn.load_extension("x"), "extensions"),
+        (lambda: conn.backup(sqlite3.connect(":memory:")), "Client.dump"),
+    ]
+    for call, why in calls:
+        exc = _error(call)
+        assert isinstance(exc, dqlitepy.NotSupportedError), exc
+        assert why in str(exc)
     assert conn.execute("SELECT 1").fetchone() == (1,)
 
 

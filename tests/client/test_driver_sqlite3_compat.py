@@ -111,6 +111,7 @@ def test_colnames_win_over_decltypes(
 # -- run-time limits -------------------------------------------------------------------------------
 
 
+@pytest.mark.both_drivers
 def test_getlimit_setlimit(connect: Connect, request: pytest.FixtureRequest) -> None:
     conn = connect()
     if _backend(request) == "dqlite":

@@ -500,7 +500,6 @@ SCHEMA = """
 """
 
 
-@pytest.mark.sync_driver_only
 def test_iterdump_matches_sqlite3_and_rebuilds_the_database(connect: Connect) -> None:
     conn = connect()
     conn.executescript(SCHEMA)
@@ -525,6 +524,5 @@ def test_iterdump_matches_sqlite3_and_rebuilds_the_database(connect: Connect) ->
         reference.close()
 
 
-@pytest.mark.sync_driver_only
 def test_iterdump_of_an_empty_database(connect: Connect) -> None:
     assert list(connect().iterdump()) == ["BEGIN TRANSACTION;", "COMMIT;"]

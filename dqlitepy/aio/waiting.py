@@ -252,10 +252,16 @@ class AsyncTransport:
             # Too late to ask the loop (a finalizer after asyncio.run ended): the
             # transport closes its socket when it is collected.
             return
+        # A TLS transport's close() sends close_notify and keeps the socket until the
+        # peer answers, which outlives an asyncio.run() that ends right after us (the
+        # socket then leaks).  Nothing is owed to the peer at this point (dqlite has no
+        # goodbye, and no request of ours is waiting to go out), so a TLS connection is
+        # aborted: its socket closes on the loop's next turn.
+        end = transport.abort if self._tls else transport.close
         if threading.get_ident() == self._thread:
-            transport.close()
+            end()
         else:  # a finalizer on another thread: asyncio transports belong to their loop
-            loop.call_soon_threadsafe(transport.close)
+            loop.call_soon_threadsafe(end)
 
     def _transport(self) -> asyncio.Transport:
         transport = self._stream.transport

@@ -47,6 +47,8 @@ import uuid
 from pathlib import Path
 from typing import Any, Final
 
+from ..replication.journal import JournalError, check_journal
+
 __all__ = [
     "IDENTITY_FILE",
     "LOCK_FILE",
@@ -54,6 +56,7 @@ __all__ = [
     "ClusterKeyRejected",
     "DataDirectory",
     "DataDirectoryInUse",
+    "JournalUnreadable",
     "StartupRefused",
     "key_fingerprint",
 ]
@@ -85,6 +88,10 @@ class ClusterIdentityError(StartupRefused):
 
 class ClusterKeyRejected(StartupRefused):
     """The cluster this node was asked to join holds another key than this node."""
+
+
+class JournalUnreadable(StartupRefused):
+    """The directory's Raft journal cannot be opened: damaged, truncated, or not a file."""
 
 
 def key_fingerprint(cluster_key: bytes) -> str:
@@ -318,6 +325,21 @@ class DataDirectory:
         }
         _write_atomically(self.path / IDENTITY_FILE, json.dumps(record, indent=2).encode() + b"\n")
         return record
+
+    def check_journal(self) -> None:
+        """Refuse a Raft journal that cannot be opened, before anything reads or moves a file.
+
+        Raises:
+            JournalUnreadable: with the file, the reason and what to do.
+        """
+        try:
+            check_journal(self.path / "raft" / "journal")
+        except JournalError as exc:
+            raise JournalUnreadable(
+                f"the Raft journal cannot be used: {exc}; nothing was changed. Restore the "
+                "data directory from a file-system backup, or rebuild this member: remove it "
+                "from the cluster (.remove) and join it again with an empty directory"
+            ) from exc
 
     @property
     def key_recorded(self) -> bool:

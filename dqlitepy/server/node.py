@@ -159,6 +159,8 @@ class NodeServer:
         self._directory = DataDirectory(self.data_dir, address=address, cluster_key=cluster_key)
         self.join = list(join)
         try:
+            if cluster_key is not None:
+                self._directory.check_journal()
             self._id = load_node_id(self.data_dir, bootstrap=not self.join)
             # The Raft log is a replicated node's durable copy: SQLite need not sync
             # its WAL then; a single node relies on SQLite alone.

@@ -193,6 +193,8 @@ def run(args: argparse.Namespace) -> int:
     where = node.listen_address
     if node.address != where:
         where += f", advertised as {node.address}"
+    if node.cluster_id is not None:
+        where += f"; cluster {node.cluster_id}"
     if node.metrics_address is not None:
         where += f"; metrics on http://{node.metrics_address}/metrics"
     print(f"dqlitepy node {node.id:x} serving on {where}", file=sys.stderr, flush=True)

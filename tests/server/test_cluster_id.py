@@ -93,9 +93,10 @@ def test_every_member_records_its_clusters_id_and_two_clusters_differ(
     assert f"cluster {id_a}" in a.nodes[1].log()
     assert f"member of cluster {id_a}" in a.nodes[1].log()
     # The key's fingerprint is the same, the key itself nowhere.
-    assert _record(a.nodes[0].data_dir)["key_fingerprint"] == _record(b.nodes[0].data_dir)[
-        "key_fingerprint"
-    ]
+    assert (
+        _record(a.nodes[0].data_dir)["key_fingerprint"]
+        == _record(b.nodes[0].data_dir)["key_fingerprint"]
+    )
     assert CLUSTER_KEY not in (a.nodes[0].data_dir / "cluster.json").read_text()
 
 
@@ -228,9 +229,7 @@ def test_a_directory_without_a_cluster_id_takes_its_clusters(tmp_path: Path) -> 
         with DqlitepyServer(
             tmp_path / "new", address, cluster_key=CLUSTER_KEY, join=[node.address]
         ) as joiner:
-            wait_until(
-                lambda: joiner.address in _members(node.address), "the join", timeout=30
-            )
+            wait_until(lambda: joiner.address in _members(node.address), "the join", timeout=30)
             assert _cluster_id(joiner.data_dir) == cluster_id
     finally:
         node.close()

@@ -52,6 +52,18 @@ def _stopped_while_starting(signum: int, join: list[str]) -> str:
     return f"Stopped by {name} while starting: the node shut down before it was up"
 
 
+def _serving(node: dqlitepy.Node) -> str:
+    """The line a started node prints: where it serves, its cluster, its metrics."""
+    where = node.listen_address
+    if node.address != where:
+        where += f", advertised as {node.address}"
+    if node.cluster_id is not None:
+        where += f"; cluster {node.cluster_id}"
+    if node.metrics_address is not None:
+        where += f"; metrics on http://{node.metrics_address}/metrics"
+    return f"dqlitepy node {node.id:x} serving on {where}"
+
+
 def _cluster_key(args: argparse.Namespace) -> bytes | None:
     """The cluster key from its file or ``DQLITEPY_CLUSTER_KEY``; None: no replication."""
     path: str | None = args.cluster_key_file
@@ -190,14 +202,7 @@ def run(args: argparse.Namespace) -> int:
     except (OSError, ValueError, RuntimeError) as exc:
         print(f"Error: cannot start node on {args.address}: {exc}", file=sys.stderr)
         return 1
-    where = node.listen_address
-    if node.address != where:
-        where += f", advertised as {node.address}"
-    if node.cluster_id is not None:
-        where += f"; cluster {node.cluster_id}"
-    if node.metrics_address is not None:
-        where += f"; metrics on http://{node.metrics_address}/metrics"
-    print(f"dqlitepy node {node.id:x} serving on {where}", file=sys.stderr, flush=True)
+    print(_serving(node), file=sys.stderr, flush=True)
     try:
         stop.wait()
     finally:

@@ -176,10 +176,12 @@ def run(args: argparse.Namespace) -> int:
 
     def on_signal(signum: int, frame: object) -> None:
         logging.getLogger("dqlitepy.cli").info("signal %d: shutting down", signum)
+        again = stop.is_set()
         stop.set()
-        if starting:
+        if starting and not again:
             # The start may wait long (a join retries for 30 s, a call waits for a silent
-            # peer): interrupt it where it stands; Node.start closes what it opened.
+            # peer): interrupt it where it stands; Node.start closes what it opened (a
+            # second signal does not interrupt that).
             raise _StopRequested(signum)
 
     for signum in (signal.SIGINT, signal.SIGTERM):

@@ -175,6 +175,8 @@ class Joiner:
             ClusterIdMismatch: a seed names another cluster id than this node's.
         """
         for seed in seeds:
+            if seed == self.address:
+                continue  # one join list for every node names this one too
             with contextlib.suppress(OSError):
                 self._check_key(seed, timeout=_SEED_CHECK_TIMEOUT)
 

@@ -4,9 +4,10 @@ See ``docs/architecture.md``, "Operating safely".
 
 A data directory belongs to one process and one cluster: a second process on a
 live directory, a member restarted without its key or with another one, a
-standalone directory given a key, and a node joining with the wrong key are all
-refused at once (exit status 2, one line on stderr), and leave every byte of
-data where it was.
+standalone directory given a key, a node joining with the wrong key and a Raft
+journal that cannot be read are all refused at once (exit status 2, one line on
+stderr), and leave every byte of data where it was.  A node waiting to join stops
+at once on SIGTERM or SIGINT (exit 0).  Two clusters sharing a key: ``test_cluster_id.py``.
 """
 
 from __future__ import annotations

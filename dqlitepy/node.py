@@ -143,6 +143,15 @@ class Node:
         return self._server.data_dir
 
     @property
+    def cluster_id(self) -> str | None:
+        """The id of the node's cluster, as its data directory records it.
+
+        None for a standalone node, and for a member whose directory was made by a
+        version before cluster ids until its log names the id (see ``docs/server.md``).
+        """
+        return self._server.cluster_id
+
+    @property
     def metrics_address(self) -> str | None:
         """Where ``/metrics`` is served (the real port once started), or None."""
         return self._server.metrics_address

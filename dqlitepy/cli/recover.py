@@ -52,6 +52,8 @@ def _report(recovery: MemberRecovery, dry_run: bool, data_dir: str) -> None:
         f"{before.commit_index}"
     )
     print(f"configuration: {_roles(recovery, after=False)}")
+    if recovery.cluster_id is not None:
+        print(f"cluster: {recovery.cluster_id} (kept)")
     if dry_run:
         print("dry run: nothing changed")
         return

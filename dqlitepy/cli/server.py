@@ -6,7 +6,9 @@ reads them) and are checked here (their types, TLS files, the cluster key, the
 client connection limits) so that an operator's mistake exits 2 with a message
 before anything starts.  A node that refuses to start
 because of one (its data directory in use, a missing or wrong cluster key: see
-``docs/server.md``) exits 2 too; any other failure to start exits 1.
+``docs/server.md``) exits 2 too; any other failure to start exits 1.  SIGINT or SIGTERM
+stops the node at once even while it starts (a ``--join`` that waits for its cluster): it
+shuts down and exits 0, as after a stop of a running node (systemd counts both as clean).
 """
 
 from __future__ import annotations
@@ -28,6 +30,38 @@ from .config import ConfigError, add_options, resolve
 from .server_options import GROUPS, SERVER_OPTIONS
 
 __all__ = ["add_parser", "run"]
+
+
+class _StopRequested(BaseException):
+    """SIGINT or SIGTERM arrived while the node was starting (a BaseException: no
+    ``except Exception`` on the way, say in a join's retries, may swallow it)."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+def _stopped_while_starting(signum: int, join: list[str]) -> str:
+    """What the operator is told when a signal stopped the node before it was up."""
+    name = signal.Signals(signum).name
+    if join:
+        return (
+            f"Stopped by {name} while joining the cluster through {', '.join(join)}: the "
+            "node shut down before it finished joining; starting it again goes on joining"
+        )
+    return f"Stopped by {name} while starting: the node shut down before it was up"
+
+
+def _serving(node: dqlitepy.Node) -> str:
+    """The line a started node prints: where it serves, its cluster, its metrics."""
+    where = node.listen_address
+    if node.address != where:
+        where += f", advertised as {node.address}"
+    if node.cluster_id is not None:
+        where += f"; cluster {node.cluster_id}"
+    if node.metrics_address is not None:
+        where += f"; metrics on http://{node.metrics_address}/metrics"
+    return f"dqlitepy node {node.id:x} serving on {where}"
 
 
 def _cluster_key(args: argparse.Namespace) -> bytes | None:
@@ -138,15 +172,31 @@ def run(args: argparse.Namespace) -> int:
         _print_errors(exc)
         return 2
     stop = threading.Event()
+    starting = True
 
     def on_signal(signum: int, frame: object) -> None:
         logging.getLogger("dqlitepy.cli").info("signal %d: shutting down", signum)
+        again = stop.is_set()
         stop.set()
+        if starting and not again:
+            # The start may wait long (a join retries for 30 s, a call waits for a silent
+            # peer): interrupt it where it stands; Node.start closes what it opened (a
+            # second signal does not interrupt that).
+            raise _StopRequested(signum)
 
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, on_signal)
+    node: dqlitepy.Node | None = None
     try:
-        node = dqlitepy.Node(args.address, args.data_dir, **options).start()
+        node = dqlitepy.Node(args.address, args.data_dir, **options)
+        node.start()
+        starting = False
+    except _StopRequested as exc:
+        starting = False
+        if node is not None:
+            node.close()
+        print(_stopped_while_starting(exc.signum, options["join"]), file=sys.stderr)
+        return 0
     except StartupRefused as exc:
         # The operator's mistake (a busy directory, a missing or wrong key): nothing changed.
         print(f"Error: cannot start node on {args.address}: {exc}", file=sys.stderr)
@@ -154,12 +204,7 @@ def run(args: argparse.Namespace) -> int:
     except (OSError, ValueError, RuntimeError) as exc:
         print(f"Error: cannot start node on {args.address}: {exc}", file=sys.stderr)
         return 1
-    where = node.listen_address
-    if node.address != where:
-        where += f", advertised as {node.address}"
-    if node.metrics_address is not None:
-        where += f"; metrics on http://{node.metrics_address}/metrics"
-    print(f"dqlitepy node {node.id:x} serving on {where}", file=sys.stderr, flush=True)
+    print(_serving(node), file=sys.stderr, flush=True)
     try:
         stop.wait()
     finally:

@@ -116,6 +116,8 @@ class Replicator:
             connections handed over by :meth:`adopt` are then TLS sockets too.
         read_lease: let :meth:`read_barrier` serve reads under the leader's
             lease (no message); False confirms every read with a ReadIndex round.
+        cluster_id: returns this node's cluster id (None while it knows none): the
+            transport refuses peers that name another one.
     """
 
     def __init__(
@@ -134,8 +136,10 @@ class Replicator:
         snapshot_entries: int = DEFAULT_SNAPSHOT_ENTRIES,
         ssl_context: ssl.SSLContext | None = None,
         read_lease: bool = True,
+        cluster_id: Callable[[], str | None] | None = None,
     ) -> None:
         self.address = address
+        self._cluster_id = cluster_id
         self._read_lease = read_lease
         self._ssl_context = ssl_context
         self._raft_dir = Path(data_dir) / "raft"
@@ -177,6 +181,7 @@ class Replicator:
             node_id=self._node_id,
             on_created=created,
             ssl_context=self._ssl_context,
+            cluster_id=self._cluster_id,
         )
         options: dict[str, Any] = {}
         snapshots = self._snapshots

@@ -231,11 +231,15 @@ class Replicating:
         tls: NodeTLS | None,
         snapshot_entries: int | None = None,
         read_lease: bool | None = None,
+        cluster_id: Callable[[], str | None] | None = None,
+        on_cluster_id: Callable[[str], None] | None = None,
     ) -> Replicating:
         """Start Raft on ``engine``'s databases, from ``configuration`` (or the log).
 
         ``snapshot_entries`` and ``read_lease`` default to ``DQLITEPY_SNAPSHOT_ENTRIES``
-        and ``DQLITEPY_READ_LEASE`` (see :func:`raft_tuning`).
+        and ``DQLITEPY_READ_LEASE`` (see :func:`raft_tuning`).  ``cluster_id`` returns
+        the id this node's directory records (the transport refuses peers naming
+        another); ``on_cluster_id`` is told the id the log names.
         """
         entries, lease = raft_tuning(snapshot_entries, read_lease)
         replicated: Replicated | None = None
@@ -265,9 +269,10 @@ class Replicating:
                 snapshot_entries=entries,
                 ssl_context=None if tls is None else tls.client,
                 read_lease=lease,
+                cluster_id=cluster_id,
             )
 
-        replicated = Replicated(engine, factory, node_id)
+        replicated = Replicated(engine, factory, node_id, on_cluster_id)
         replicated.start()
         return cls(replicated, node_id, address)
 
@@ -359,6 +364,10 @@ class Replicating:
     def register_self(self, closing: threading.Event) -> None:
         """Once this node leads, record its id if the cluster does not know it yet."""
         self._replicated.register_self(self._id, self._address, closing)
+
+    def register_cluster_id(self, candidate: str, closing: threading.Event) -> None:
+        """Once this node leads, put ``candidate`` in the log if it names no cluster id yet."""
+        self._replicated.register_cluster_id(candidate, closing)
 
     def keep_voters(self, voters: int, closing: threading.Event) -> None:
         """While leading, keep ``voters`` voters online (``membership.keep_voters``)."""

@@ -14,6 +14,9 @@ Every command is a cbor2 map with ``v`` (:data:`COMMAND_VERSION`) and ``t`` (its
   of ``parts``.
 - ``member``: a member's dqlite ``id`` and ``address``, or its removal
   (``removed``; entries written before roles moved into Raft say ``role`` -1).
+- ``cluster``: the cluster's ``id`` (``datadir.py``), which every member
+  records in its ``cluster.json``; the first one in the log counts, later
+  ones are ignored.  Versions before it skip it as a kind they do not know.
 
 The empty command is the no-op entry each new leader appends (its barrier).
 """
@@ -29,12 +32,14 @@ from ..engine.wal import Transaction
 
 __all__ = [
     "COMMAND_VERSION",
+    "ClusterId",
     "PART_BYTES",
     "Frames",
     "InvalidCommand",
     "Member",
     "Page",
     "decode",
+    "encode_cluster_id",
     "encode_frames",
     "encode_member",
     "split_pages",
@@ -81,7 +86,14 @@ class Member:
     removed: bool
 
 
-def decode(command: bytes) -> Frames | Member | None:
+@dataclass(frozen=True, slots=True)
+class ClusterId:
+    """A ``cluster`` command: the cluster's id."""
+
+    cluster_id: str
+
+
+def decode(command: bytes) -> Frames | Member | ClusterId | None:
     """Decode a non-empty command; None for a kind this version does not know.
 
     Raises:
@@ -98,6 +110,11 @@ def decode(command: bytes) -> Frames | Member | None:
         # Entries written before roles moved into Raft mark a removal with role -1.
         removed = bool(decoded.get("removed")) or int(decoded.get("role", 0)) < 0
         return Member(str(decoded["address"]), 0 if removed else int(decoded["id"]), removed)
+    if kind == "cluster":
+        cluster_id = decoded.get("id")
+        if not isinstance(cluster_id, str) or not cluster_id or "\0" in cluster_id:
+            raise InvalidCommand("names no valid cluster id")
+        return ClusterId(cluster_id)
     if kind == "frames":
         after = decoded.get("after")
         return Frames(
@@ -161,3 +178,8 @@ def encode_member(node_id: int, address: str, *, removed: bool = False) -> bytes
     if removed:
         fields["removed"] = True
     return cbor2.dumps({"v": COMMAND_VERSION, "t": "member", **fields})
+
+
+def encode_cluster_id(cluster_id: str) -> bytes:
+    """A ``cluster`` command: the cluster's id."""
+    return cbor2.dumps({"v": COMMAND_VERSION, "t": "cluster", "id": cluster_id})

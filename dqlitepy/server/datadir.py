@@ -33,6 +33,15 @@ A node joining a cluster with a fresh directory also proves, before it asks to
 be added, that the cluster holds the same key (``join.py``, with
 :func:`~dqlitepy.replication.transport.check_cluster_key`); only then is the
 key recorded here.
+
+The record also holds the **cluster id** (``cluster_id``), so that two clusters
+sharing a key (one key file for staging and production) stay apart: the first
+node of a cluster draws it at random; a joining node takes the one its
+cluster's leader names in the key check; the leader puts it in the Raft log,
+so every member (and a directory of a version without ids, at its first start
+that replays or receives that entry) records it.  A member never joins, nor
+talks Raft with, a cluster naming another id (:class:`ClusterIdMismatch`, and
+the transport's ``ClusterMismatch``).
 """
 
 from __future__ import annotations
@@ -42,20 +51,26 @@ import hashlib
 import hmac
 import json
 import os
+import threading
 import time
 import uuid
 from pathlib import Path
 from typing import Any, Final
 
+from ..replication.journal import JournalError, check_journal
+
 __all__ = [
     "IDENTITY_FILE",
     "LOCK_FILE",
+    "ClusterIdMismatch",
     "ClusterIdentityError",
     "ClusterKeyRejected",
     "DataDirectory",
     "DataDirectoryInUse",
+    "JournalUnreadable",
     "StartupRefused",
     "key_fingerprint",
+    "new_cluster_id",
 ]
 
 LOCK_FILE: Final = "LOCK"
@@ -83,8 +98,19 @@ class ClusterIdentityError(StartupRefused):
     """The data directory belongs to another cluster, or to none, than the node was given."""
 
 
+class ClusterIdMismatch(ClusterIdentityError):
+    """The cluster this node was asked to join (or met) is another cluster than its own.
+
+    Both hold the same key; their cluster ids differ.
+    """
+
+
 class ClusterKeyRejected(StartupRefused):
     """The cluster this node was asked to join holds another key than this node."""
+
+
+class JournalUnreadable(StartupRefused):
+    """The directory's Raft journal cannot be opened: damaged, truncated, or not a file."""
 
 
 def key_fingerprint(cluster_key: bytes) -> str:
@@ -95,6 +121,11 @@ def key_fingerprint(cluster_key: bytes) -> str:
     """
     mac = hmac.new(cluster_key, _FINGERPRINT_LABEL, hashlib.sha256).digest()
     return mac[:_FINGERPRINT_BYTES].hex()
+
+
+def new_cluster_id() -> str:
+    """A random cluster id (128 bits, hex), drawn by the first node of a cluster."""
+    return uuid.uuid4().hex
 
 
 def _write_atomically(path: Path, data: bytes) -> None:
@@ -183,6 +214,8 @@ class DataDirectory:
         self._key = cluster_key
         self._address = address
         self._fd = -1  # LOCK, once it exists
+        # Serialises rewrites of the record (start-up, and Raft's thread adopting an id).
+        self._record_lock = threading.Lock()
         self._dir_fd = self._lock()
         try:
             self._record = self._check()
@@ -306,18 +339,71 @@ class DataDirectory:
             )
         return record
 
-    def _new_record(self, *, replicated: bool, origin: str) -> dict[str, Any]:
+    def _new_record(
+        self, *, replicated: bool, origin: str, cluster_id: str | None = None
+    ) -> dict[str, Any]:
         record: dict[str, Any] = {
             "version": _IDENTITY_VERSION,
             "replicated": replicated,
             "key_fingerprint": key_fingerprint(self._key) if replicated and self._key else None,
-            # This directory's own id (the cluster's is not known to a joining node yet).
+            # The cluster's id: None until known (older versions wrote no such field).
+            "cluster_id": cluster_id,
+            # This directory's own id.
             "id": uuid.uuid4().hex,
             "origin": origin,
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         }
-        _write_atomically(self.path / IDENTITY_FILE, json.dumps(record, indent=2).encode() + b"\n")
+        self._write_record(record)
         return record
+
+    def _write_record(self, record: dict[str, Any]) -> None:
+        _write_atomically(self.path / IDENTITY_FILE, json.dumps(record, indent=2).encode() + b"\n")
+
+    @property
+    def cluster_id(self) -> str | None:
+        """The id of the cluster the directory belongs to, None while it records none."""
+        record = self._record
+        value = None if record is None else record.get("cluster_id")
+        return value if isinstance(value, str) and value else None
+
+    def adopt_cluster_id(self, cluster_id: str) -> bool:
+        """Record ``cluster_id`` if the directory records none yet; True if it did.
+
+        Raises:
+            ClusterIdMismatch: the directory records another id (nothing is changed).
+        """
+        with self._record_lock:
+            recorded = self.cluster_id
+            if recorded == cluster_id:
+                return False
+            if recorded is not None:
+                raise ClusterIdMismatch(
+                    f"data directory {str(self.path.absolute())!r} belongs to cluster "
+                    f"{recorded}, not to cluster {cluster_id}"
+                )
+            if self._record is None or self._dir_fd < 0:
+                raise ValueError("the directory records no replicated cluster")
+            record = dict(self._record)
+            record["cluster_id"] = cluster_id
+            record["cluster_id_adopted"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+            self._write_record(record)
+            self._record = record
+            return True
+
+    def check_journal(self) -> None:
+        """Refuse a Raft journal that cannot be opened, before anything reads or moves a file.
+
+        Raises:
+            JournalUnreadable: with the file, the reason and what to do.
+        """
+        try:
+            check_journal(self.path / "raft" / "journal")
+        except JournalError as exc:
+            raise JournalUnreadable(
+                f"the Raft journal cannot be used: {exc}; nothing was changed. Restore the "
+                "data directory from a file-system backup, or rebuild this member: remove it "
+                "from the cluster (.remove) and join it again with an empty directory"
+            ) from exc
 
     @property
     def key_recorded(self) -> bool:
@@ -330,15 +416,19 @@ class DataDirectory:
         has_journal = (self.path / "raft").is_dir()
         return not has_journal and (self._record is None or not self._record["replicated"])
 
-    def record_cluster(self, origin: str) -> None:
+    def record_cluster(self, origin: str, cluster_id: str | None = None) -> None:
         """Record that the directory belongs to the cluster of this node's key.
 
         Call it once the key is known to be the cluster's: when the node starts
         a cluster, joins one after checking the key, or restarts an existing
-        member (``origin`` says which, for the operator reading the file).
+        member (``origin`` says which, for the operator reading the file), with
+        the cluster's id if it is known.
         """
         if self._key is None:
             raise ValueError("a standalone node has no cluster to record")
         if self.key_recorded:
+            if cluster_id is not None:
+                self.adopt_cluster_id(cluster_id)
             return
-        self._record = self._new_record(replicated=True, origin=origin)
+        with self._record_lock:
+            self._record = self._new_record(replicated=True, origin=origin, cluster_id=cluster_id)

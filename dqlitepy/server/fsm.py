@@ -32,7 +32,7 @@ from ..engine import Engine, EngineError
 from ..engine.wal import Transaction
 from ..replication.replicator import Replicator
 from ..wire import ErrorCode
-from .commands import Frames, InvalidCommand, Member, Page, decode
+from .commands import ClusterId, Frames, InvalidCommand, Member, Page, decode
 from .database import Database, Databases, Origin, Position
 
 __all__ = ["ReplicatorFactory", "StateMachine", "is_storage_error"]
@@ -139,7 +139,11 @@ class StateMachine:
     """
 
     def __init__(
-        self, engine: Engine, databases: Databases, replicator_factory: ReplicatorFactory
+        self,
+        engine: Engine,
+        databases: Databases,
+        replicator_factory: ReplicatorFactory,
+        on_cluster_id: Callable[[str], None] | None = None,
     ) -> None:
         self.engine = engine
         self._databases = databases
@@ -147,6 +151,9 @@ class StateMachine:
         self._applied: dict[str, _Applied] = {}
         #: Member address -> dqlite node id: readers copy it (dict(...)) before iterating.
         self.members: dict[str, int] = {}
+        #: The cluster's id, once the log (or a snapshot) named it: the first one counts.
+        self.cluster_id: str | None = None
+        self._on_cluster_id = on_cluster_id
         # Commands this node submitted, by origin, with the WAL position after them:
         # their pages are in the WAL already (if its epoch did not change).
         self._own: dict[Origin, Position] = {}
@@ -257,7 +264,20 @@ class StateMachine:
             return "applied"
         if isinstance(decoded, Frames):
             return self._apply_frames(index, decoded)
+        if isinstance(decoded, ClusterId):
+            if self.cluster_id is None:  # two leaders may both have proposed one
+                self._learn_cluster_id(decoded.cluster_id)
+            return "applied"
         return "invalid"
+
+    def _learn_cluster_id(self, cluster_id: str) -> None:
+        self.cluster_id = cluster_id
+        if self._on_cluster_id is not None:
+            try:
+                self._on_cluster_id(cluster_id)
+            except Exception:
+                # Recording it is the node's business; Raft's thread must go on applying.
+                log.exception("could not record the cluster id %s", cluster_id)
 
     def _apply_barrier(self, index: int) -> None:
         # A leader's first entry: parts of a transaction begun before it will
@@ -448,7 +468,8 @@ class StateMachine:
     def capture_snapshot(self) -> Callable[[BinaryIO], None]:
         """Capture the state at the last applied entry (Raft's thread); return its writer.
 
-        The writer (run on another thread) emits cbor2 state — members and each
+        The writer (run on another thread) emits cbor2 state — members, the
+        cluster id and each
         database's last applied FRAMES index, as of now — then per database a
         u64 size and the file's bytes.  The files are copied while writes go
         on, so they may already hold entries applied after now; that is safe
@@ -467,6 +488,7 @@ class StateMachine:
         state = cbor2.dumps(
             {
                 "members": dict(self.members),
+                "cluster_id": self.cluster_id,
                 "databases": [
                     [db.name, applied.index, applied.origin and list(applied.origin)]
                     for db in databases
@@ -523,4 +545,7 @@ class StateMachine:
         self.members = {
             str(a): int(v[0] if isinstance(v, list) else v) for a, v in state["members"].items()
         }
+        cluster_id = state.get("cluster_id")  # absent from older snapshots
+        if isinstance(cluster_id, str) and cluster_id != self.cluster_id:
+            self._learn_cluster_id(cluster_id)
         self._enqueue(_Install(files))

@@ -26,7 +26,9 @@ from typing import Any, Final
 
 import cbor2
 
-__all__ = ["BOOTSTRAP_ID", "InitialConfiguration", "load_node_id"]
+from .datadir import StartupRefused
+
+__all__ = ["BOOTSTRAP_ID", "InitialConfiguration", "UnreadableRecord", "load_node_id"]
 
 #: The id go-dqlite's app gives the first node of a cluster; we do the same.
 BOOTSTRAP_ID: Final = 0x2DC171858C3155BE
@@ -35,6 +37,10 @@ _IDENTITY_FILE: Final = "node-identity.cbor"
 _IDENTITY_VERSION: Final = 1
 _CONFIGURATION_FILE: Final = Path("raft") / "initial-voters.cbor"
 _CONFIGURATION_VERSION: Final = 1
+
+
+class UnreadableRecord(StartupRefused):
+    """A record of the node's identity or first configuration cannot be read."""
 
 
 def _write(path: Path, record: dict[str, Any]) -> None:
@@ -86,11 +92,21 @@ class InitialConfiguration:
         path = data_dir / _CONFIGURATION_FILE
         if not path.exists():
             return None
-        with path.open("rb") as f:
-            record = cbor2.load(f)
+        try:
+            with path.open("rb") as f:
+                record = cbor2.load(f)
+            voters = record["voters"] if isinstance(record, dict) else None
+            if not isinstance(voters, list):
+                raise ValueError("no list of voters")
+        except (OSError, ValueError, cbor2.CBORDecodeError) as exc:
+            # Guessing the configuration could start Raft as a cluster of its own.
+            raise UnreadableRecord(
+                f"{str(path)!r} cannot be read ({exc}); nothing was changed: restore it from "
+                "a backup, or rebuild this member (remove it, join with an empty directory)"
+            ) from exc
         address = record.get("address")
         return cls(
-            tuple(str(a) for a in record["voters"]),
+            tuple(str(a) for a in voters),
             bool(record.get("voting", True)),
             address if isinstance(address, str) else None,
         )

@@ -13,24 +13,37 @@ the cluster holds the same key
 key must never be added, since the cluster would count a member that can never
 reach it (a voter that breaks its quorum).
 
+The same check tells the cluster's id (``datadir.py``): a fresh node records
+its leader's; a node whose directory records an id is refused by a cluster
+naming another one (:class:`~dqlitepy.server.datadir.ClusterIdMismatch`), before
+Raft starts when a seed answers (:meth:`Joiner.check_seeds`), and in any case
+before ADD, which is only ever sent to a leader of the node's own cluster.
+
 Every step is retried until its deadline, except what asking again cannot cure:
-a cluster holding another key (:class:`~dqlitepy.server.datadir.ClusterKeyRejected`)
-and TLS set-ups that do not match (every node refused ours, or we theirs).
+a cluster holding another key (:class:`~dqlitepy.server.datadir.ClusterKeyRejected`),
+another cluster (:class:`~dqlitepy.server.datadir.ClusterIdMismatch`) and TLS
+set-ups that do not match (every node refused ours, or we theirs).
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from ..client.admin import Client
 from ..client.errors import DatabaseError, Error, NoLeaderError
-from ..replication.transport import FrameMacError, SessionError, check_cluster_key
+from ..replication.transport import (
+    ClusterMismatch,
+    FrameMacError,
+    SessionError,
+    check_cluster_key,
+)
 from ..wire import ErrorCode, NodeInfo, NodeRole, ProtocolError
-from .datadir import ClusterKeyRejected
+from .datadir import ClusterIdMismatch, ClusterKeyRejected
 from .membership import role_for_joiner
 from .tls import PLAINTEXT_REFUSED_CODE, NodeTLS, is_tls_mismatch
 
@@ -51,6 +64,12 @@ _RETRY_DELAY = 0.5
 _MIN_CALL_TIMEOUT = 5.0
 # What a failed attempt raises: the client's errors, and the wire's for a peer out of step.
 _ATTEMPT_ERRORS = (Error, ProtocolError, OSError)
+# How long the check of one seed's cluster id may take before Raft starts.
+_SEED_CHECK_TIMEOUT = 3.0
+
+
+def _no_cluster_id() -> str | None:
+    return None
 
 
 def _tls_mismatch(exc: BaseException) -> bool:
@@ -86,6 +105,7 @@ class Joiner:
         tls: dial the other nodes with TLS.
         voters: join as a voter while the cluster has fewer...
         standbys: ... else as a standby while it has fewer, else stay a spare.
+        cluster_id: returns the id of this node's cluster, None while it knows none.
     """
 
     node_id: int
@@ -94,6 +114,7 @@ class Joiner:
     tls: NodeTLS | None = None
     voters: int = 3
     standbys: int = 3
+    cluster_id: Callable[[], str | None] = field(default=_no_cluster_id)
 
     def _client(self, seeds: Sequence[str], deadline: float) -> Client:
         timeout = max(deadline - time.monotonic(), _MIN_CALL_TIMEOUT)
@@ -120,11 +141,15 @@ class Joiner:
             raise NoLeaderError("no node knows a leader")
         return leader.address
 
-    def prove_key(self, seeds: Sequence[str], timeout: float = JOIN_TIMEOUT) -> None:
+    def prove_key(self, seeds: Sequence[str], timeout: float = JOIN_TIMEOUT) -> str | None:
         """Check that the cluster holds this node's key before asking it to add this node.
+
+        Returns:
+            The id of the cluster, as its leader names it (None: it names none yet).
 
         Raises:
             ClusterKeyRejected: the cluster's leader holds another key.
+            ClusterIdMismatch: this node knows its cluster's id and the leader names another.
             RuntimeError: no leader found, TLS does not match, or the check kept failing.
         """
         deadline = time.monotonic() + timeout
@@ -132,28 +157,56 @@ class Joiner:
             try:
                 with self._client(seeds, deadline) as client:
                     leader = self._leader(client)
-                self._check_key(leader)
-                return
+                return self._check_key(leader)
             except _ATTEMPT_ERRORS as exc:
                 self._give_up(seeds, exc, deadline)
             time.sleep(_RETRY_DELAY)
 
-    def _check_key(self, leader: str) -> None:
+    def check_seeds(self, seeds: Sequence[str]) -> None:
+        """Refuse to go on if a seed belongs to another cluster than this node's.
+
+        For a member restarted with ``--join``, before its Raft starts: each seed's Raft
+        port is asked once, briefly.  A seed that cannot tell (unreachable, not
+        running Raft yet, named otherwise than it names itself) is passed over: the
+        leader is checked again before ADD.
+
+        Raises:
+            ClusterKeyRejected: a seed holds another key.
+            ClusterIdMismatch: a seed names another cluster id than this node's.
+        """
+        for seed in seeds:
+            if seed == self.address:
+                continue  # one join list for every node names this one too
+            with contextlib.suppress(OSError):
+                self._check_key(seed, timeout=_SEED_CHECK_TIMEOUT)
+
+    def _check_key(self, member: str, timeout: float = _MIN_CALL_TIMEOUT) -> str | None:
+        ours = self.cluster_id()
         try:
-            check_cluster_key(
-                leader,
+            theirs = check_cluster_key(
+                member,
                 self.key,
                 node_id=self.node_id,
                 own_address=self.address,
+                timeout=timeout,
                 ssl_context=None if self.tls is None else self.tls.client,
+                cluster_id=ours,
             )
         except FrameMacError as exc:
             raise ClusterKeyRejected(
-                f"the cluster rejected this node's key: its leader {leader} holds another "
+                f"the cluster rejected this node's key: its leader {member} holds another "
                 "cluster key; give this node the key of the cluster it joins"
             ) from exc
+        except ClusterMismatch as exc:
+            raise ClusterIdMismatch(
+                f"this node belongs to cluster {exc.ours}, but {member} belongs to cluster "
+                f"{exc.theirs} (the two clusters share a key): a member of one cluster "
+                "cannot join another; nothing was changed. To move this machine to the "
+                "other cluster, remove it from its own and join with an empty data directory"
+            ) from exc
         except (OSError, SessionError) as exc:
-            raise OSError(f"could not check the cluster key with {leader}: {exc}") from exc
+            raise OSError(f"could not check the cluster key with {member}: {exc}") from exc
+        return theirs
 
     def voters_of(self, seeds: Sequence[str], timeout: float = JOIN_TIMEOUT) -> list[str]:
         """The addresses of the cluster's voters, from its leader.
@@ -199,6 +252,9 @@ class Joiner:
         self, seeds: Sequence[str], deadline: float, timeout: float, attempt: _Attempt
     ) -> None:
         with self._client(seeds, deadline) as client:
+            if self.cluster_id() is not None:
+                # ADD goes to a leader of this node's own cluster only.
+                self._check_key(self._leader(client))
             try:
                 client.add(self.node_id, self.address)
             except DatabaseError as exc:

@@ -34,7 +34,7 @@ from ..replication.replicator import (
     StorageError,
 )
 from ..wire import ErrorCode
-from .commands import encode_frames, encode_member, split_pages
+from .commands import encode_cluster_id, encode_frames, encode_member, split_pages
 from .database import Database, Databases, Locked, NotServing, Origin, Position
 from .fsm import StateMachine, is_storage_error
 from .gateway import GatewayFailure
@@ -474,6 +474,10 @@ class Leader:
     def record_member(self, node_id: int, address: str) -> None:
         """Replicate a member's id (its role is Raft's: ``replicator.roles()``)."""
         self._submit_member(encode_member(node_id, address))
+
+    def record_cluster_id(self, cluster_id: str) -> None:
+        """Replicate the cluster's id (the first one in the log counts)."""
+        self._submit_member(encode_cluster_id(cluster_id))
 
     def forget_member(self, address: str) -> None:
         """Replicate a member's removal."""

@@ -31,7 +31,7 @@ from ..wire.framing import DEFAULT_MAX_MESSAGE_SIZE
 from .advertise import check_addresses, is_wildcard
 from .auth import AdminPolicy, Peer, listens_locally
 from .cluster import Cluster, Replicating, Standalone, Starting
-from .datadir import ClusterIdentityError, DataDirectory
+from .datadir import ClusterIdentityError, ClusterIdMismatch, DataDirectory, new_cluster_id
 from .gateway import Gateway, GatewayFailure
 from .identity import BOOTSTRAP_ID, InitialConfiguration, load_node_id
 from .join import Joiner
@@ -161,6 +161,8 @@ class NodeServer:
         self._directory = DataDirectory(self.data_dir, address=address, cluster_key=cluster_key)
         self.join = list(join)
         try:
+            if cluster_key is not None:
+                self._directory.check_journal()
             self._id = load_node_id(self.data_dir, bootstrap=not self.join)
             # The Raft log is a replicated node's durable copy: SQLite need not sync
             # its WAL then; a single node relies on SQLite alone.
@@ -359,6 +361,7 @@ class NodeServer:
                 self._address = self._listen_address
         try:
             self._check_raft_identity()
+            self._check_join_seeds()
         except BaseException:
             sock.close()
             raise
@@ -398,13 +401,23 @@ class NodeServer:
             self._start_replication(self.cluster_key)
 
     def _start_replication(self, key: bytes) -> None:
-        joiner = Joiner(self._id, self._address, key, self.tls, *self._join_roles)
         directory = self._directory
+        joiner = self._joiner(key)
+        learned: str | None = None
         if directory.fresh and self.join:
-            joiner.prove_key(self.join)
+            learned = joiner.prove_key(self.join)
         if not directory.key_recorded:
             origin = "upgrade" if not directory.fresh else "join" if self.join else "bootstrap"
-            directory.record_cluster(origin)
+            if origin == "bootstrap":
+                learned = new_cluster_id()
+            directory.record_cluster(origin, learned)
+        if directory.cluster_id is None:
+            log.info(
+                "this node's data directory records no cluster id yet (made by an older "
+                "version): it takes the one its cluster's log names"
+            )
+        else:
+            log.info("member of cluster %s", directory.cluster_id)
         configuration = InitialConfiguration.load(self.data_dir)
         if configuration is None:
             # The first node of a cluster starts alone, as a voter; a joining node
@@ -425,6 +438,8 @@ class NodeServer:
             tls=self.tls,
             snapshot_entries=self._raft_tuning[0],
             read_lease=self._raft_tuning[1],
+            cluster_id=lambda: directory.cluster_id,
+            on_cluster_id=self._adopt_cluster_id,
         )
         self._cluster = cluster
         if self.join:
@@ -432,7 +447,50 @@ class NodeServer:
         else:
             self._background("rejoin", joiner.rejoin, cluster.peers, self._closing)
         self._background("register", cluster.register_self, self._closing)
+        candidate = directory.cluster_id or new_cluster_id()
+        self._background("cluster-id", cluster.register_cluster_id, candidate, self._closing)
         self._background("roles", cluster.keep_voters, self._join_roles[0], self._closing)
+
+    def _joiner(self, key: bytes) -> Joiner:
+        directory = self._directory
+        return Joiner(
+            self._id,
+            self._address,
+            key,
+            self.tls,
+            *self._join_roles,
+            cluster_id=lambda: directory.cluster_id,
+        )
+
+    def _check_join_seeds(self) -> None:
+        """Refuse a member of one cluster started with ``--join`` to another (join.py).
+
+        Before the node writes anything: its directory stays as it was.
+        """
+        key, directory = self.cluster_key, self._directory
+        if key is None or not self.join or directory.fresh or directory.cluster_id is None:
+            return
+        self._joiner(key).check_seeds(self.join)
+
+    def _adopt_cluster_id(self, cluster_id: str) -> None:
+        """The log (or a snapshot) names the cluster's id: record it (Raft's thread)."""
+        try:
+            if self._directory.adopt_cluster_id(cluster_id):
+                log.info("member of cluster %s (recorded from the Raft log)", cluster_id)
+        except ClusterIdMismatch as exc:
+            # The transport keeps the two clusters apart; only an edited cluster.json or a
+            # directory copied between clusters gets here.
+            log.error(
+                "the Raft log names cluster %s but %s; stop this node and find out which "
+                "cluster its directory belongs to",
+                cluster_id,
+                exc,
+            )
+
+    @property
+    def cluster_id(self) -> str | None:
+        """The id of this node's cluster (None: standalone, or not known yet)."""
+        return self._directory.cluster_id
 
     def _check_raft_identity(self) -> None:
         """Refuse to restart a member under another address than its cluster knows.

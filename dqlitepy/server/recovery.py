@@ -8,8 +8,9 @@ the ``member`` records of the members it drops removed in the same go, so that
 ``.cluster`` then lists this node alone.  Every entry the node holds is kept.
 Started again (``dqlitepy server`` with the same address and key, without
 ``--join``), the node elects itself, commits its whole log and serves; new nodes
-can ``--join`` it.  The procedure and its dangers are in ``docs/backup.md``,
-"Disaster recovery".
+can ``--join`` it.  The cluster keeps its id (``cluster.json`` is not touched,
+and the log names the same one): the new nodes take it when they join.  The
+procedure and its dangers are in ``docs/backup.md``, "Disaster recovery".
 
 With ``apply=False`` nothing is changed: the result says what the node holds,
 so that the operator can pick the survivor with the most recent log.
@@ -42,12 +43,15 @@ class MemberRecovery:
         address: its address (its identity in the cluster).
         before: its log and configuration as they were.
         after: as they are now (the same as ``before`` when nothing was applied).
+        cluster_id: the id of its cluster, which the recovery keeps (None: the directory
+            records none yet, made by an older version).
     """
 
     node_id: int
     address: str
     before: LogSummary
     after: LogSummary
+    cluster_id: str | None = None
 
     @property
     def changed(self) -> bool:
@@ -120,7 +124,7 @@ def recover_member(
             ) as raft_log:
                 before = raft_log.summary()
                 if not apply:
-                    return MemberRecovery(node_id, own, before, before)
+                    return MemberRecovery(node_id, own, before, before, directory.cluster_id)
                 # The removed members' ids go too, so the cluster lists this node alone.
                 forget = [encode_member(0, a, removed=True) for a in before.roles if a != own]
                 after = raft_log.make_sole_voter(forget)
@@ -128,6 +132,6 @@ def recover_member(
             raise RecoveryRefused(f"cannot recover {str(path)!r}: {exc}") from exc
         # Later starts begin from this configuration too (the log's entries then agree).
         InitialConfiguration((), voting=True, address=own).save(path)
-        return MemberRecovery(node_id, own, before, after)
+        return MemberRecovery(node_id, own, before, after, directory.cluster_id)
     finally:
         directory.close()

@@ -191,13 +191,21 @@ class Replicated:
         replicator_factory: builds the node's Raft participation from the apply
             and leadership callbacks of this object (started by :meth:`start`).
         node_id: this node's id (tags the commands it originates).
+        on_cluster_id: called (on Raft's thread) with the cluster id once the
+            log or a snapshot names it.
     """
 
-    def __init__(self, engine: Engine, replicator_factory: ReplicatorFactory, node_id: int) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        replicator_factory: ReplicatorFactory,
+        node_id: int,
+        on_cluster_id: Callable[[str], None] | None = None,
+    ) -> None:
         self.engine = engine
         self.node_id = node_id
         self.databases = Databases(engine)
-        self.fsm = StateMachine(engine, self.databases, replicator_factory)
+        self.fsm = StateMachine(engine, self.databases, replicator_factory, on_cluster_id)
         self.replicator = self.fsm.replicator
         self.leader = Leader(engine, self.databases, self.fsm, node_id)
 
@@ -256,6 +264,21 @@ class Replicated:
             if self.is_caught_up_leader():
                 with contextlib.suppress(GatewayFailure):
                     self.record_member(node_id, address)
+            closing.wait(0.1)
+
+    def register_cluster_id(self, candidate: str, closing: threading.Event) -> None:
+        """Once this node leads, put a cluster id in the log if it holds none yet.
+
+        ``candidate`` is the id this node's directory records, or a new one for a
+        cluster whose members were all made before cluster ids: the first id the
+        log holds is every member's (``fsm.py``).
+        """
+        while not closing.is_set():
+            if self.fsm.cluster_id is not None:
+                return
+            if self.is_caught_up_leader():
+                with contextlib.suppress(GatewayFailure):
+                    self.leader.record_cluster_id(candidate)
             closing.wait(0.1)
 
     # ------------------------------------------------------------- every node's side

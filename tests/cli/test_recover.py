@@ -10,6 +10,7 @@ that two fresh nodes can join it and receive the data.  The operator's mistakes 
 
 from __future__ import annotations
 
+import json
 import signal
 import threading
 import uuid
@@ -156,9 +157,11 @@ def test_recover_a_survivor_after_losing_quorum(
     assert "dry run: nothing changed" in out
     assert out.count(" voter") == 3  # the configuration it has: three voters
     assert ", snapshot at " in out
+    cluster_id = json.loads((survivor.data_dir / "cluster.json").read_text())["cluster_id"]
     status, out, err = _run(capsys, "recover", "-d", str(survivor.data_dir), *key)
     assert status == 0, err
     assert f"{survivor.address} is the only voter now" in out
+    assert f"cluster: {cluster_id} (kept)" in out
     assert "2 member(s) removed" in out
     status, out, err = _run(capsys, "recover", "-d", str(survivor.data_dir), *key)
     assert (status, "is the only member already" in out) == (0, True), err
@@ -188,5 +191,8 @@ def test_recover_a_survivor_after_losing_quorum(
             return -1 if copy is None else len(copy["rows"]["t"])
 
         wait_until(lambda: rows() == ROWS + 1, f"{node.address} to hold every row", timeout=30)
+    # The cluster kept its id through the recovery: the new nodes took it.
+    for node in cluster.nodes:
+        assert json.loads((node.data_dir / "cluster.json").read_text())["cluster_id"] == cluster_id
     # The survivor's log starts at its snapshot: the new nodes were sent the snapshot.
     assert all("installed a snapshot" in node.log() for node in cluster.nodes[1:])

@@ -36,6 +36,7 @@ from waiting import wait_until
 from dqlitepy.replication.transport import (
     APPEND_CHUNK_TARGET,
     MAX_HANDSHAKE_FRAME,
+    ClusterMismatch,
     FrameKind,
     FrameMacError,
     LocalSessionError,
@@ -594,6 +595,37 @@ def test_a_node_can_check_its_key_and_gets_nothing_more(
     assert transport.connections() == {}
 
 
+def test_a_node_of_another_cluster_sharing_the_key_is_refused_by_the_transport() -> None:
+    ours, theirs = "a" * 32, "b" * 32
+    known: list[str | None] = [None]
+    acceptor = ConnectAcceptor("127.0.0.1:0")
+    transport_class = secure_transport_class(
+        KEY, on_created=acceptor.attach, cluster_id=lambda: known[0]
+    )
+    node = Counter(acceptor.address, ["127.0.0.1:1"], transport_class)
+    try:
+        # A node that knows no id yet is taken on the key, and names none.
+        assert check_cluster_key(acceptor.address, KEY, node_id=7, own_address="x:1") is None
+        assert (
+            check_cluster_key(
+                acceptor.address, KEY, node_id=7, own_address="x:1", cluster_id=theirs
+            )
+            is None
+        )
+        known[0] = ours  # learned from the log: read for every new link
+        assert check_cluster_key(acceptor.address, KEY, node_id=7, own_address="x:1") == ours
+        with pytest.raises(ClusterMismatch) as caught:
+            check_cluster_key(
+                acceptor.address, KEY, node_id=7, own_address="x:1", cluster_id=theirs
+            )
+        assert (caught.value.ours, caught.value.theirs) == (theirs, ours)
+        assert ours in str(caught.value) and theirs in str(caught.value)
+    finally:
+        acceptor.attach(None)
+        node.destroy_synchronous()
+        acceptor.close()
+
+
 def test_a_stranger_is_disconnected_right_after_its_hello_is_answered(
     lone_node: tuple[Counter, SecureTransport, str, str],
 ) -> None:
@@ -1002,3 +1034,56 @@ def test_factory_and_addresses_are_checked() -> None:
             RaftNode(bad)
     with pytest.raises(TypeError, match="secure_transport_class"):
         SecureTransport(None, None, [])
+
+
+def _id_pair(dialer_id: str | None, acceptor_id: str | None) -> tuple[SecureSession, SecureSession]:
+    dialer = SecureSession(
+        KEY,
+        dialer=True,
+        dialer_address="10.0.0.1:9001",
+        acceptor_address="10.0.0.2:9001",
+        cluster_id=dialer_id,
+    )
+    acceptor = SecureSession(
+        KEY,
+        dialer=False,
+        dialer_address="10.0.0.1:9001",
+        acceptor_address="10.0.0.2:9001",
+        cluster_id=acceptor_id,
+    )
+    return dialer, acceptor
+
+
+def test_session_refuses_a_peer_of_another_cluster_sharing_the_key() -> None:
+    # The dialer learns it from the acceptor's AUTH frame and sends nothing more.
+    dialer, acceptor = _id_pair("a" * 32, "b" * 32)
+    _pump(dialer, acceptor)
+    with pytest.raises(ClusterMismatch) as caught:
+        _pump(acceptor, dialer)
+    assert (caught.value.ours, caught.value.theirs) == ("a" * 32, "b" * 32)
+    assert dialer.state is SessionState.BROKEN and dialer.other_cluster
+    assert dialer.data_to_send() == []  # no AUTH frame of ours: the acceptor gets no session
+    # The acceptor checks the dialer's AUTH frame too (a dialer that did not check, say).
+    dialer, acceptor = _id_pair(None, "b" * 32)
+    dialer._auth_body += b"\0" + b"a" * 32  # what a dialer of cluster A sends
+    _pump(dialer, acceptor)
+    assert _pump(acceptor, dialer) == [SessionEvent.AUTHENTICATED]
+    with pytest.raises(ClusterMismatch):
+        _pump(dialer, acceptor)
+    assert acceptor.state is SessionState.BROKEN and acceptor.other_cluster
+
+
+@pytest.mark.parametrize(
+    ("dialer_id", "acceptor_id"), [("a" * 32, "a" * 32), (None, "a" * 32), ("a" * 32, None)]
+)
+def test_session_takes_the_same_cluster_or_a_peer_without_an_id(
+    dialer_id: str | None, acceptor_id: str | None
+) -> None:
+    dialer, acceptor = _id_pair(dialer_id, acceptor_id)
+    assert _pump(dialer, acceptor) == []
+    assert _pump(acceptor, dialer) == [SessionEvent.AUTHENTICATED]
+    assert _pump(dialer, acceptor) == [SessionEvent.AUTHENTICATED]
+    assert dialer.peer_cluster_id == acceptor_id and acceptor.peer_cluster_id == dialer_id
+    for data in dialer.seal(FrameKind.RAFT, b"raft"):
+        acceptor.receive_data(data)
+    assert acceptor.next_event() == b"raft"

@@ -4,19 +4,22 @@ See ``docs/architecture.md``, "Operating safely".
 
 A data directory belongs to one process and one cluster: a second process on a
 live directory, a member restarted without its key or with another one, a
-standalone directory given a key, and a node joining with the wrong key are all
-refused at once (exit status 2, one line on stderr), and leave every byte of
-data where it was.
+standalone directory given a key, a node joining with the wrong key and a Raft
+journal that cannot be read are all refused at once (exit status 2, one line on
+stderr), and leave every byte of data where it was.  A node waiting to join stops
+at once on SIGTERM or SIGINT (exit 0).  Two clusters sharing a key: ``test_cluster_id.py``.
 """
 
 from __future__ import annotations
 
 import os
+import signal
+import socket
 import subprocess
 import sys
 import textwrap
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -482,35 +485,132 @@ def test_the_engine_sets_files_aside_and_keeps_the_first_copy(tmp_path: Path) ->
     assert not previous.exists()
 
 
-def test_a_restart_deletes_nothing_before_the_log_can_rebuild_it(
-    keyed_node: DqlitepyServer, node_dir: Path
+def _garbage_header(raft: Path) -> None:
+    with (raft / "journal").open("r+b") as f:
+        f.write(b"GARBAGE!")
+
+
+def _truncated_header(raft: Path) -> None:
+    os.truncate(raft / "journal", 5)
+
+
+def _emptied_journal(raft: Path) -> None:
+    # Once taken for a new, empty log: the node came up having lost its entries.
+    os.truncate(raft / "journal", 0)
+
+
+def _directory_for_journal(raft: Path) -> None:
+    (raft / "journal").unlink()
+    (raft / "journal").mkdir()
+
+
+def _garbage_metadata(raft: Path) -> None:
+    (raft / "journal.meta").write_bytes(b"\xa5" * 8192)
+
+
+def _garbage_configuration(raft: Path) -> None:
+    (raft / "initial-voters.cbor").write_bytes(b"not cbor at all")
+
+
+@pytest.mark.parametrize(
+    ("damage", "named"),
+    [
+        (_garbage_header, "journal is not a dqlitepy Raft journal"),
+        (_truncated_header, "journal is not a dqlitepy Raft journal"),
+        (_emptied_journal, "journal is missing or empty"),
+        (_directory_for_journal, "journal is not a regular file"),
+        (_garbage_metadata, "journal.meta: both metadata slots are damaged"),
+        (_garbage_configuration, "initial-voters.cbor' cannot be read"),
+    ],
+)
+def test_a_raft_journal_that_cannot_be_read_refuses_and_changes_nothing(
+    keyed_node: DqlitepyServer, node_dir: Path, damage: Callable[[Path], None], named: str
 ) -> None:
     keyed_node.stop()
-    journal = node_dir / "raft" / "journal"
-    kept = journal.with_name("journal.kept")
-    journal.rename(kept)
-    journal.mkdir()  # a journal that cannot be opened: the start fails
-    try:
-        # Its own address: under another one the member is refused before Raft starts.
-        address = keyed_node.address
-        process = subprocess.run(
-            [sys.executable, "-m", "dqlitepy", "server", "-a", address, "-d", str(node_dir)],
-            capture_output=True,
-            text=True,
-            env=_env(CLUSTER_KEY),
-            timeout=30,
-        )
-        assert process.returncode != 0
-        files = [p.name for p in (node_dir / "databases.previous").glob("db-app.sqlite*")]
-        assert "db-app.sqlite" in files, process.stderr
-    finally:
-        journal.rmdir()
-        kept.rename(journal)
-    keyed_node.start(timeout=30)
-    wait_until(
-        lambda: not (node_dir / "databases.previous").exists(),
-        "the last run's files to be discarded",
-        timeout=20,
-        interval=0.1,
+    raft = node_dir / "raft"
+    saved = {p.name: p.read_bytes() for p in raft.iterdir() if p.is_file()}
+    damage(raft)
+    before = _snapshot(node_dir)
+    # Its own address: under another one the member is refused before Raft is looked at.
+    address = keyed_node.address
+    process = subprocess.run(
+        [sys.executable, "-m", "dqlitepy", "server", "-a", address, "-d", str(node_dir)],
+        capture_output=True,
+        text=True,
+        env=_env(CLUSTER_KEY),
+        timeout=30,
     )
+    assert process.returncode == 2, process.stderr
+    assert "Traceback" not in process.stderr, process.stderr
+    errors = [line for line in process.stderr.splitlines() if line.startswith("Error:")]
+    assert len(errors) == 1 and named in errors[0] and "nothing was changed" in errors[0], errors
+    assert str(raft) in errors[0], errors  # the file, by its full name
+    # Nothing moved, nothing written: the databases are where they were, not set aside.
+    assert _snapshot(node_dir) == before
+    assert not (node_dir / "databases.previous").exists()
+    for path in raft.iterdir():
+        if path.is_dir():
+            path.rmdir()
+    for name, data in saved.items():
+        (raft / name).write_bytes(data)
+    keyed_node.start(timeout=30)
     assert _read_rows(keyed_node.address) == ROWS
+
+
+# -- a stop request during a join -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_a_signal_stops_a_node_waiting_to_join_at_once(
+    keyed_node: DqlitepyServer, tmp_path: Path, signum: signal.Signals
+) -> None:
+    # A "cluster" that accepts connections and never answers: the join waits on it.
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(16)
+    silent_address = f"127.0.0.1:{silent.getsockname()[1]}"
+    data_dir = tmp_path / "joiner"
+    address = f"127.0.0.1:{free_port()}"
+    args = [sys.executable, "-m", "dqlitepy", "server", "-a", address, "-d", str(data_dir)]
+    process = subprocess.Popen(
+        [*args, "-j", silent_address],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=_env(CLUSTER_KEY),
+    )
+    try:
+        # LOCK is written once the node serves, right before it starts joining.
+        wait_until(lambda: (data_dir / "LOCK").exists(), "the joiner to serve", timeout=30)
+        time.sleep(1.0)  # well inside the join, which waits 30 s for an answer
+        assert process.poll() is None, process.communicate()
+        asked = time.monotonic()
+        process.send_signal(signum)
+        try:
+            _, err = process.communicate(timeout=15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            _, err = process.communicate()
+            pytest.fail(f"the node ignored {signum.name} for 15 s:\n{err}")
+        took = time.monotonic() - asked
+    finally:
+        silent.close()
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
+    assert process.returncode == 0, (process.returncode, err)
+    assert f"Stopped by {signum.name} while joining the cluster through {silent_address}" in err
+    assert "Traceback" not in err, err
+    assert took < 10, took  # about 0.1 s when idle; the join alone would take 30 s
+    # The directory is fit for a later start: the same node joins a real cluster.
+    with DqlitepyServer(
+        data_dir, address, cluster_key=CLUSTER_KEY, join=[keyed_node.address]
+    ) as joiner:
+        with dqlitepy.Client([keyed_node.address], timeout=5) as client:
+            wait_until(
+                lambda: joiner.address in {n.address for n in client.cluster()},
+                "the node to join after its interrupted start",
+                timeout=30,
+                interval=0.1,
+            )
+        assert _read_rows(joiner.address) == ROWS

@@ -26,7 +26,7 @@ Plugging it into PySyncObj: ``SyncObj.__init__`` creates its log with
 
 from __future__ import annotations
 
-from .durable import DurableJournal
+from .durable import DurableJournal, check_journal
 from .errors import JournalCorruptError, JournalError, JournalWriteError
 from .factory import durable_journal_for_syncobj, make_syncobj_journal_factory
 from .records import FORMAT_VERSION, HEADER_SIZE, Entry
@@ -42,6 +42,7 @@ __all__ = [
     "JournalError",
     "JournalState",
     "JournalWriteError",
+    "check_journal",
     "durable_journal_for_syncobj",
     "make_syncobj_journal_factory",
 ]

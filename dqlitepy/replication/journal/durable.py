@@ -62,11 +62,58 @@ from .meta import SLOT_SIZE, Meta, encode_slot, read_meta_file
 from .records import FILE_HEADER, HEADER_SIZE, Entry, check_header, scan_records
 from .states import DEFAULT_PROBE_BYTES, JournalState
 
-__all__ = ["DurableJournal"]
+__all__ = ["DurableJournal", "check_journal"]
 
 log = logging.getLogger("dqlitepy.replication.journal")
 
 _COPY_CHUNK = 1 << 20  # compaction copies the kept records in pieces of this size
+
+
+def _missing_log(path: str, meta_path: str) -> bool:
+    """True if the journal file is gone or empty while its metadata file exists.
+
+    The journal is created (with its header, by an atomic rename) before its metadata file,
+    and never rewritten without a header: an empty or missing journal beside a metadata file
+    is a log that was truncated or deleted, which must not be taken for a new, empty one.
+    """
+    if not os.path.lexists(meta_path):
+        return False
+    return not os.path.lexists(path) or (os.path.isfile(path) and os.path.getsize(path) == 0)
+
+
+def check_journal(path: str | os.PathLike[str]) -> None:
+    """Check, reading only, that the journal at ``path`` can be opened; change nothing.
+
+    What :class:`DurableJournal` would refuse at open (a bad header, damage inside the log,
+    unreadable metadata, a directory where a file belongs) is raised here, before anything
+    else on the node touches its files.  A torn last record passes: opening cuts it off.
+    No journal at all passes too (a new node).
+
+    Raises:
+        JournalError: the journal cannot be used, with the file and the reason.
+    """
+    path = os.path.abspath(os.fspath(path))
+    meta_path = path + ".meta"
+    if _missing_log(path, meta_path):
+        raise JournalCorruptError(
+            f"{path} is missing or empty but {meta_path} exists: the log was truncated or deleted"
+        )
+    try:
+        for name in (path + ".lock", path, meta_path):
+            if os.path.lexists(name) and not os.path.isfile(name):
+                raise JournalError(f"{name} is not a regular file")
+        if os.path.exists(path):
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                data = read_all(fd)
+            finally:
+                os.close(fd)
+            check_header(data, path)
+            scan_records(data, path)
+        if os.path.exists(meta_path):
+            read_meta_file(meta_path)
+    except OSError as exc:
+        raise JournalError(f"{exc.filename or path} cannot be read: {exc.strerror}") from exc
 
 
 class DurableJournal(JournalAppends, Journal):  # type: ignore[misc]  # pysyncobj is untyped
@@ -151,6 +198,11 @@ class DurableJournal(JournalAppends, Journal):  # type: ignore[misc]  # pysyncob
         for leftover in (self._path + ".tmp", self._meta_path + ".tmp", self._probe_path):
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(leftover)
+        if _missing_log(self._path, self._meta_path):
+            raise JournalCorruptError(
+                f"{self._path} is missing or empty but {self._meta_path} exists: "
+                "the log was truncated or deleted"
+            )
         if not os.path.exists(self._path) or os.path.getsize(self._path) == 0:
             # Files are created atomically, so an empty one was made by someone else (touch):
             # there is nothing to lose by giving it a header.

@@ -25,7 +25,8 @@ and AUTH frame, and is disconnected right after: that is how a node about to joi
 itself that the cluster holds its key before it asks to be added
 (:func:`.keycheck.check_cluster_key`).  The AUTH frame is bound to both nonces and to the
 direction, so it is worth nothing in any other session (a claim of a member's address gets
-as much).
+as much).  Two clusters sharing a key are strangers too: a peer whose AUTH frame names
+another cluster id is refused like a wrong key (``session.py``, :class:`.ClusterMismatch`).
 """
 
 from __future__ import annotations
@@ -92,6 +93,7 @@ class _Settings:
     max_frame_size: int
     on_created: Callable[[SecureTransport], None] | None
     ssl_context: ssl.SSLContext | None = None
+    cluster_id: Callable[[], str | None] | None = None
 
 
 _Adopted = tuple[socket.socket, int, str, bytes]
@@ -119,6 +121,9 @@ class SecureTransport(Transport):  # type: ignore[misc]  # PySyncObj is untyped
         if selfNode is None:
             raise ValueError("read-only PySyncObj nodes are not supported by SecureTransport")
         self._cluster_key = settings.cluster_key
+        # Read for every new link: a node of an older directory learns its cluster's id
+        # from the log while it runs (session.py, ClusterMismatch).
+        self._cluster_id = settings.cluster_id or (lambda: None)
         self.node_id = settings.node_id
         self.max_frame_size = settings.max_frame_size
         self.self_address = str(selfNode.id)
@@ -135,7 +140,7 @@ class SecureTransport(Transport):  # type: ignore[misc]  # PySyncObj is untyped
         #: Accept authenticated peers missing from the configuration (set on
         #: nodes that do not vote: a stranger cannot disrupt their elections).
         self.accept_strangers = False
-        self._last_warning: dict[str, float] = {}
+        self._last_warning: dict[tuple[str, str], float] = {}
         # All a link may use of this transport (instead of its private members).
         self._link_owner = LinkOwner(
             poller=self._poller,
@@ -312,6 +317,7 @@ class SecureTransport(Transport):  # type: ignore[misc]  # PySyncObj is untyped
             dialer_address=peer_address,
             acceptor_address=self.self_address,
             max_frame_size=self.max_frame_size,
+            cluster_id=self._cluster_id(),
         )
         try:
             tune_socket(sock, self._keepalive)
@@ -376,6 +382,7 @@ class SecureTransport(Transport):  # type: ignore[misc]  # PySyncObj is untyped
             dialer_address=self.self_address,
             acceptor_address=address,
             max_frame_size=self.max_frame_size,
+            cluster_id=self._cluster_id(),
         )
         link = Link(self._link_owner, sock, session, address=address, peer_id=None, connecting=True)
         self._links.add(link)
@@ -425,7 +432,9 @@ class SecureTransport(Transport):  # type: ignore[misc]  # PySyncObj is untyped
         self._links.discard(link)
         address = link.address
         if rejected:
-            self._rejected(address, f"rejected raft connection {link!r}: {reason}")
+            # A peer of another cluster is told apart from a stranger of a minute ago.
+            kind = "cluster" if link.session.other_cluster else ""
+            self._rejected(address, f"rejected raft connection {link!r}: {reason}", kind)
         else:
             log.debug("closed raft connection %r: %s", link, reason)
         if self._dialing.get(address) is link:
@@ -438,13 +447,14 @@ class SecureTransport(Transport):  # type: ignore[misc]  # PySyncObj is untyped
                 self._onNodeDisconnected(node)
                 self._maybe_dial(address, time.monotonic())
 
-    def _rejected(self, address: str, text: str) -> None:
+    def _rejected(self, address: str, text: str, kind: str = "") -> None:
         self.rejected_connections += 1
         # A wrong key or a stranger retrying must not flood the log: one warning per claimed
-        # address per interval, the rest at debug level.
+        # address (and kind) per interval, the rest at debug level.
         now = time.monotonic()
-        if now - self._last_warning.get(address, -_WARNING_INTERVAL) >= _WARNING_INTERVAL:
-            self._last_warning[address] = now
+        key = (address, kind)
+        if now - self._last_warning.get(key, -_WARNING_INTERVAL) >= _WARNING_INTERVAL:
+            self._last_warning[key] = now
             log.warning(
                 "%s (further rejections for %s in the next %d s at debug level)",
                 text,
@@ -474,6 +484,7 @@ def secure_transport_class(
     max_frame_size: int = DEFAULT_MAX_FRAME_SIZE,
     on_created: Callable[[SecureTransport], None] | None = None,
     ssl_context: ssl.SSLContext | None = None,
+    cluster_id: Callable[[], str | None] | None = None,
 ) -> type[SecureTransport]:
     """Return a :class:`SecureTransport` subclass bound to a cluster key, for ``transportClass=``.
 
@@ -486,6 +497,8 @@ def secure_transport_class(
             to hand sockets over with :meth:`SecureTransport.adopt`).
         ssl_context: a client context to dial peers with TLS (the node's: it presents
             the node's certificate); None: dial in plain text.
+        cluster_id: returns this node's cluster id (None while it knows none), read for
+            each new link: a peer naming another id is refused (session.py).
 
     Raises:
         ValueError: a short key, a node id outside u64, or a frame limit below 64 KiB.
@@ -496,7 +509,9 @@ def secure_transport_class(
         raise ValueError(f"node id {node_id!r} is not a u64")
     if not 64 * 1024 <= max_frame_size < 1 << 32:
         raise ValueError(f"max_frame_size {max_frame_size!r} is out of range")
-    bound_settings = _Settings(cluster_key, node_id, max_frame_size, on_created, ssl_context)
+    bound_settings = _Settings(
+        cluster_key, node_id, max_frame_size, on_created, ssl_context, cluster_id
+    )
 
     class BoundSecureTransport(SecureTransport):
         _settings = bound_settings

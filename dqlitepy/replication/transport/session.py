@@ -25,8 +25,13 @@ sender; fresh nonces from *both* sides make frames of one session worthless in a
 sequence number is implicit (each side counts), so a replayed, dropped or reordered frame
 fails its MAC.  An AUTH body is ``dialer address | NUL | acceptor address`` as each side
 understands them, which binds the plaintext CONNECT identity to the key: whoever cannot
-produce it is a stranger.  A RAFT body is one cbor2-encoded PySyncObj message; a PING body is
-empty (keeps idle follower↔follower links provably alive).
+produce it is a stranger; a side that knows its cluster's id appends ``NUL | cluster id``.
+Two sides that both name an id and name different ones belong to two clusters sharing a key:
+the session is refused (:class:`ClusterMismatch`) before any Raft frame is taken, so two
+clusters never exchange Raft messages.  A side without an id (a directory of a version
+before cluster ids, until its log names one) is taken on the key alone.  A RAFT body is one
+cbor2-encoded PySyncObj message; a PING body is empty (keeps idle follower↔follower links
+provably alive).
 
 A bad HELLO, a bad MAC, an oversized length (:data:`MAX_HANDSHAKE_FRAME` before
 authentication, ``max_frame_size`` after) or garbage closes the connection *before* anything
@@ -50,6 +55,7 @@ from typing import Any, Final
 
 __all__ = [
     "DEFAULT_MAX_FRAME_SIZE",
+    "ClusterMismatch",
     "MAX_HANDSHAKE_FRAME",
     "MIN_KEY_SIZE",
     "FrameKind",
@@ -91,6 +97,28 @@ class RemoteSessionError(SessionError):
 
 class FrameMacError(RemoteSessionError):
     """A frame failed its MAC: the peer holds another key, or the frame was replayed or altered."""
+
+
+class ClusterMismatch(RemoteSessionError):
+    """The peer holds the key but belongs to another cluster (its AUTH frame names another id).
+
+    Attributes:
+        ours: this side's cluster id.
+        theirs: the peer's.
+    """
+
+    def __init__(self, ours: str, theirs: str) -> None:
+        super().__init__(
+            f"the peer belongs to cluster {theirs}, this node to cluster {ours} "
+            "(two clusters sharing a key)"
+        )
+        self.ours = ours
+        self.theirs = theirs
+
+
+def _auth_body(dialer_address: str, acceptor_address: str, cluster_id: str | None) -> bytes:
+    body = dialer_address.encode() + b"\0" + acceptor_address.encode()
+    return body if cluster_id is None else body + b"\0" + cluster_id.encode()
 
 
 class LocalSessionError(SessionError):
@@ -148,6 +176,7 @@ class SecureSession:
         acceptor_address: the acceptor's address (the one that was dialled).
         max_frame_size: largest payload accepted once authenticated.
         nonce: this side's nonce (tests only; random by default).
+        cluster_id: this side's cluster id, None if it knows none (see the module docstring).
     """
 
     def __init__(
@@ -159,6 +188,7 @@ class SecureSession:
         acceptor_address: str,
         max_frame_size: int = DEFAULT_MAX_FRAME_SIZE,
         nonce: bytes | None = None,
+        cluster_id: str | None = None,
     ) -> None:
         if len(cluster_key) < MIN_KEY_SIZE:
             raise LocalSessionError(f"the cluster key must have at least {MIN_KEY_SIZE} bytes")
@@ -167,7 +197,13 @@ class SecureSession:
         self._nonce = os.urandom(_NONCE_SIZE) if nonce is None else bytes(nonce)
         if len(self._nonce) != _NONCE_SIZE:
             raise LocalSessionError(f"a nonce has {_NONCE_SIZE} bytes")
-        self._auth_body = dialer_address.encode() + b"\0" + acceptor_address.encode()
+        if cluster_id is not None and (not cluster_id or "\0" in cluster_id):
+            raise LocalSessionError(f"bad cluster id {cluster_id!r}")
+        self._cluster_id = cluster_id
+        #: The cluster id the peer named in its AUTH frame (None: it named none).
+        self.peer_cluster_id: str | None = None
+        self._addresses = _auth_body(dialer_address, acceptor_address, None)
+        self._auth_body = _auth_body(dialer_address, acceptor_address, cluster_id)
         self._max_frame_size = max_frame_size
         self._state = SessionState.HELLO
         self._rbuf = bytearray()
@@ -187,6 +223,12 @@ class SecureSession:
     @property
     def dialer(self) -> bool:
         return self._dialer
+
+    @property
+    def other_cluster(self) -> bool:
+        """True once the peer proved the key but named another cluster id than ours."""
+        ours, theirs = self._cluster_id, self.peer_cluster_id
+        return ours is not None and theirs is not None and ours != theirs
 
     def _set_state(self, new: SessionState) -> None:
         if new not in _SESSION_TRANSITIONS[self._state]:
@@ -254,8 +296,20 @@ class SecureSession:
         if frame is None:
             return SessionEvent.NEED_DATA
         kind, body = frame
-        if kind != FrameKind.AUTH or body != self._auth_body:
+        # Addresses hold no NUL: a third field is the peer's cluster id.
+        fields = body.split(b"\0")
+        addresses = b"\0".join(fields[:2])
+        if (
+            kind != FrameKind.AUTH
+            or addresses != self._addresses
+            or len(fields) > 3
+            or (len(fields) == 3 and not fields[2])
+        ):
             raise RemoteSessionError("the peer's identity does not match its CONNECT")
+        if len(fields) == 3:
+            self.peer_cluster_id = fields[2].decode(errors="replace")
+        if self.other_cluster:
+            raise ClusterMismatch(str(self._cluster_id), str(self.peer_cluster_id))
         if self._dialer:
             self._out.extend(self._seal(FrameKind.AUTH, self._auth_body))
         self._set_state(SessionState.OPEN)

@@ -56,6 +56,7 @@ __all__ = [
     "Setting",
     "Source",
     "add_options",
+    "read_cluster_key",
     "resolve",
 ]
 
@@ -67,6 +68,27 @@ CONFIG_ENV = "DQLITEPY_CONFIG"
 
 class ConfigError(ValueError):
     """Values that cannot be used; the message has one line per problem, each saying where."""
+
+
+def read_cluster_key(path: str | None, value: str | None) -> bytes | None:
+    """The cluster key: the content of the file ``path``, else ``value``; None: neither.
+
+    Every command that takes the key (``server``, ``recover``) reads it here, so that
+    the same file or variable means the same key to each of them.
+
+    Raises:
+        ConfigError: the file cannot be read or holds nothing but blanks.
+    """
+    if path is None:
+        return None if not value else value.encode()
+    try:
+        with open(path, "rb") as f:
+            key = f.read().strip()
+    except OSError as exc:
+        raise ConfigError(f"cannot read the cluster key file {path}: {exc.strerror}") from None
+    if not key:
+        raise ConfigError(f"the cluster key file {path} is empty")
+    return key
 
 
 # -- options -------------------------------------------------------------------------------------

@@ -26,16 +26,9 @@ import sys
 from dqlitepy.node import StartupRefused
 from dqlitepy.server.recovery import MemberRecovery, recover_member
 
+from .config import ConfigError, read_cluster_key
+
 __all__ = ["add_parser", "run"]
-
-
-def _cluster_key(path: str | None) -> bytes | None:
-    """The cluster key from a file or ``DQLITEPY_CLUSTER_KEY`` (as ``dqlitepy server`` reads it)."""
-    if path:
-        with open(path, "rb") as f:
-            return f.read().strip()
-    value = os.environ.get("DQLITEPY_CLUSTER_KEY", "")
-    return value.encode() if value else None
 
 
 def _roles(recovery: MemberRecovery, after: bool) -> str:
@@ -75,9 +68,12 @@ def _report(recovery: MemberRecovery, dry_run: bool, data_dir: str) -> None:
 def run(args: argparse.Namespace) -> int:
     """Run ``dqlitepy recover``; returns the exit status."""
     try:
-        key = _cluster_key(args.cluster_key_file)
-    except OSError as exc:
-        print(f"Error: cannot read the cluster key file: {exc}", file=sys.stderr)
+        key = read_cluster_key(
+            args.cluster_key_file or os.environ.get("DQLITEPY_CLUSTER_KEY_FILE") or None,
+            os.environ.get("DQLITEPY_CLUSTER_KEY"),
+        )
+    except ConfigError as exc:
+        print(f"Error: {exc}", file=sys.stderr)
         return 2
     try:
         recovery = recover_member(
@@ -111,7 +107,10 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     parser.add_argument(
         "-k",
         "--cluster-key-file",
-        help="file holding the cluster key (default: DQLITEPY_CLUSTER_KEY)",
+        help=(
+            "file holding the cluster key (default: DQLITEPY_CLUSTER_KEY_FILE, "
+            "else the key in DQLITEPY_CLUSTER_KEY)"
+        ),
     )
     parser.add_argument(
         "--dry-run", action="store_true", help="change nothing; show what the member's log holds"

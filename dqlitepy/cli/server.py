@@ -26,7 +26,7 @@ from dqlitepy.node import StartupRefused
 from dqlitepy.server.limits import Limits
 from dqlitepy.server.tls import NodeTLS
 
-from .config import ConfigError, add_options, resolve
+from .config import ConfigError, add_options, read_cluster_key, resolve
 from .server_options import GROUPS, SERVER_OPTIONS
 
 __all__ = ["add_parser", "run"]
@@ -64,21 +64,6 @@ def _serving(node: dqlitepy.Node) -> str:
     return f"dqlitepy node {node.id:x} serving on {where}"
 
 
-def _cluster_key(args: argparse.Namespace) -> bytes | None:
-    """The cluster key from its file or ``DQLITEPY_CLUSTER_KEY``; None: no replication."""
-    path: str | None = args.cluster_key_file
-    if path is None:
-        return None if args.cluster_key is None else str(args.cluster_key).encode()
-    try:
-        with open(path, "rb") as f:
-            key = f.read().strip()
-    except OSError as exc:
-        raise ConfigError(f"cannot read the cluster key file {path}: {exc.strerror}") from None
-    if not key:
-        raise ConfigError(f"the cluster key file {path} is empty")
-    return key
-
-
 def _tls(args: argparse.Namespace) -> NodeTLS | None:
     if not (args.tls_cert or args.tls_key or args.tls_ca or args.tls_admin_ca):
         return None
@@ -97,7 +82,9 @@ def _node_options(args: argparse.Namespace) -> dict[str, Any]:
         ConfigError: they contradict each other, or a file they name is unusable.
     """
     join = list(args.join)
-    key = _cluster_key(args)
+    key = read_cluster_key(
+        args.cluster_key_file, None if args.cluster_key is None else str(args.cluster_key)
+    )
     if join and key is None:
         raise ConfigError(
             "joining a cluster needs its key: --cluster-key-file FILE or "

@@ -121,7 +121,12 @@ def _mistakes(
     wrong.write_text("another-cluster-key-0123456789abcdef\n")
     fresh = tmp_path / "fresh"
     fresh.mkdir()
+    empty = tmp_path / "empty.key"
+    empty.write_text(" \n")
     for argv, message in [
+        # The key file is read as dqlitepy server reads it (cli/config.read_cluster_key).
+        (["-d", data_dir, "-k", str(empty)], f"the cluster key file {empty} is empty"),
+        (["-d", data_dir, "-k", str(tmp_path / "missing.key")], "cannot read the cluster key file"),
         (["-d", data_dir], "belongs to a replicated cluster; start the node with the cluster key"),
         (["-d", data_dir, "-k", str(wrong)], "the cluster key does not match"),
         (["-d", data_dir, "-k", str(key_file), "-a", "127.0.0.1:1"], "not 127.0.0.1:1"),

@@ -338,6 +338,11 @@ class ServerState(enum.Enum):
     #: The peer broke the protocol; close the connection.
     BROKEN = "broken"
 
+    # Members are singletons compared by identity: the identity hash is consistent
+    # with that and is C code, where Enum's own __hash__ is a Python call (two
+    # transition checks per request).
+    __hash__ = object.__hash__
+
 
 _SERVER_TRANSITIONS: dict[ServerState, frozenset[ServerState]] = {
     ServerState.HANDSHAKE: frozenset({ServerState.IDLE, ServerState.BROKEN}),

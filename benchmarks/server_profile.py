@@ -99,7 +99,7 @@ def _write_op(conn: dqlitepy.Connection, rng: random.Random) -> object:
 
     def op() -> None:
         conn.execute(
-            "INSERT OR REPLACE INTO kv (k, v) VALUES (?, ?)", (f"{rng.randrange(1000):032d}", value)
+            "INSERT OR REPLACE INTO model (key, value) VALUES (?, ?)", (f"{rng.randrange(1000):032d}", value)
         )
 
     return op

@@ -83,9 +83,7 @@ def _top(path: Path, count: int, cumulative: bool) -> str:
     total = sum(entry[2] for entry in raw.values()) or 1.0
     column = 3 if cumulative else 2
     calls = sum(entry[1] for entry in raw.values())
-    items = [
-        item for item in raw.items() if not cumulative or "dqlitepy" in item[0][0]
-    ]
+    items = [item for item in raw.items() if not cumulative or "dqlitepy" in item[0][0]]
     rows = sorted(items, key=lambda item: item[1][column], reverse=True)[:count]
     lines = []
     for (file, line, name), entry in rows:
@@ -99,7 +97,8 @@ def _write_op(conn: dqlitepy.Connection, rng: random.Random) -> object:
 
     def op() -> None:
         conn.execute(
-            "INSERT OR REPLACE INTO model (key, value) VALUES (?, ?)", (f"{rng.randrange(1000):032d}", value)
+            "INSERT OR REPLACE INTO model (key, value) VALUES (?, ?)",
+            (f"{rng.randrange(1000):032d}", value),
         )
 
     return op

@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import os
 import random
+import shutil
 import signal
 import sys
 import tempfile
@@ -116,6 +117,13 @@ def main() -> None:
     )
     args = parser.parse_args()
     out_dir = Path(tempfile.mkdtemp(prefix="dqlitepy-server-profile-"))
+    try:
+        _run(args, out_dir)
+    finally:
+        shutil.rmtree(out_dir, ignore_errors=True)
+
+
+def _run(args: argparse.Namespace, out_dir: Path) -> None:
     if args.profile:
         _process._LAUNCHER = _PROFILING + _process._LAUNCHER  # type: ignore[attr-defined]
         os.environ["DQLITEPY_PROFILE_DIR"] = str(out_dir)

@@ -21,7 +21,6 @@ from __future__ import annotations
 import atexit
 import os
 import secrets
-import ssl
 import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -32,6 +31,10 @@ from .client import dbapi as _dbapi
 from .client.admin import Client
 from .client.errors import OperationalError
 from .wire import NodeInfo
+
+if TYPE_CHECKING:
+    import ssl
+
 
 if TYPE_CHECKING:
     from .server import NodeServer
@@ -221,9 +224,7 @@ class Node:
 
     def client(self) -> Client:
         """An admin :class:`~dqlitepy.Client` pointed at this node (its key and TLS, if any)."""
-        return Client(
-            [self.address], cluster_key=self._server.cluster_key, ssl=self._client_tls()
-        )
+        return Client([self.address], cluster_key=self._server.cluster_key, ssl=self._client_tls())
 
     def connect(self, database: str, **kwargs: Any) -> Connection:
         """Open a DB-API connection to ``database`` through this node.

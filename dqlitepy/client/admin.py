@@ -18,12 +18,10 @@ from __future__ import annotations
 
 import os
 import secrets
-import ssl as _ssl
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
 from types import TracebackType
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 from ..wire import (
     NONCE_SIZE,
@@ -51,6 +49,7 @@ from ..wire import (
     WeightRequest,
     admin_proof,
 )
+from ..wire.record import record
 from .discovery import find_leader
 from .errors import (
     ConnectionLostError,
@@ -62,6 +61,10 @@ from .errors import (
 from .needs import Gen
 from .protocol import Protocol
 from .waiting import wait
+
+if TYPE_CHECKING:
+    import ssl as _ssl
+
 
 __all__ = ["Client", "ClientBase", "NodeMetadata"]
 
@@ -75,7 +78,7 @@ _ROLE_NAMES = {
 }
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class NodeMetadata:
     """What DESCRIBE reports about a node."""
 

@@ -19,11 +19,10 @@ from __future__ import annotations
 import contextlib
 import operator
 import os
-import ssl as _ssl
 import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from types import TracebackType
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from ..wire import DEFAULT_MAX_MESSAGE_SIZE
 from . import errors as _errors
@@ -50,6 +49,9 @@ from .transaction import (
 )
 from .url import resolve_target
 from .waiting import wait
+
+if TYPE_CHECKING:
+    import ssl as _ssl
 
 __all__ = [
     "DEFAULT_ATTEMPT_TIMEOUT",

@@ -16,9 +16,9 @@ from __future__ import annotations
 
 import logging
 import socket
-import ssl
 import time
 from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING
 
 from ..wire import (
     PROTOCOL_VERSION_LEGACY,
@@ -38,6 +38,10 @@ from .errors import (
 )
 from .needs import Gen, Sleep
 from .protocol import Protocol, is_tls_failure
+
+if TYPE_CHECKING:
+    import ssl
+
 
 __all__ = ["find_leader"]
 

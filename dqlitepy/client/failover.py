@@ -27,13 +27,12 @@ from __future__ import annotations
 
 import logging
 import operator
-import ssl as _ssl
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 from ..wire import OPEN_BUSY_TIMEOUT_SHIFT, DbResponse, OpenRequest
+from ..wire.record import record
 from .address import parse_address
 from .discovery import find_leader
 from .errors import (
@@ -55,6 +54,10 @@ from .needs import Gen, Sleep
 from .protocol import Protocol
 from .transaction import Transaction
 
+if TYPE_CHECKING:
+    import ssl as _ssl
+
+
 __all__ = ["Link", "Settings"]
 
 log = logging.getLogger("dqlitepy.client")
@@ -65,7 +68,7 @@ T = TypeVar("T")
 _MAX_OPEN_DELAY = 0.25
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Settings:
     """What a connection reaches, and how patiently (``connect()``'s arguments).
 

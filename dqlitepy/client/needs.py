@@ -31,9 +31,12 @@ another thread or task.
 
 from __future__ import annotations
 
-import ssl
 from collections.abc import Generator
-from typing import Any, Protocol, TypeAlias, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeAlias, TypeVar
+
+if TYPE_CHECKING:
+    import ssl
+
 
 __all__ = ["Conversation", "Dial", "Gen", "Need", "Recv", "Send", "Sleep", "Transport"]
 

@@ -27,11 +27,9 @@ resetting the connection.
 
 from __future__ import annotations
 
-import dataclasses
-import ssl
 import threading
 import time
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 from ..wire import (
     DEFAULT_MAX_MESSAGE_SIZE,
@@ -49,6 +47,7 @@ from ..wire import (
     RowsResponse,
     ValueTuple,
 )
+from ..wire.record import fields, is_record
 from .errors import (
     ConnectionLostError,
     DataError,
@@ -57,6 +56,11 @@ from .errors import (
     make_error,
 )
 from .needs import Dial, Gen, Recv, Send, Transport
+from .tls import loaded_ssl
+
+if TYPE_CHECKING:
+    import ssl
+
 
 __all__ = [
     "ConnectionLostError",
@@ -77,9 +81,17 @@ def is_tls_failure(exc: BaseException) -> bool:
     gives too.
     """
     cause = exc.__cause__ if exc.__cause__ is not None else exc
-    return isinstance(cause, ssl.SSLError) and not isinstance(
-        cause, ssl.SSLEOFError | ssl.SSLZeroReturnError | ssl.SSLSyscallError
+    ssl = loaded_ssl()
+    return (
+        ssl is not None
+        and isinstance(cause, ssl.SSLError)
+        and not isinstance(cause, ssl.SSLEOFError | ssl.SSLZeroReturnError | ssl.SSLSyscallError)
     )
+
+
+def _is_tls_eof(exc: BaseException) -> bool:
+    ssl = loaded_ssl()
+    return ssl is not None and isinstance(exc, ssl.SSLEOFError)
 
 
 class Protocol:
@@ -119,7 +131,7 @@ class Protocol:
         except (OSError, ValueError) as exc:
             if is_tls_failure(exc):
                 text = f"TLS handshake failed with {address}: {exc}"
-            elif ssl_context is not None and isinstance(exc, ssl.SSLEOFError):
+            elif ssl_context is not None and _is_tls_eof(exc):
                 # What a node without TLS does to a ClientHello (or a busy node to anyone).
                 text = f"{address} closed the connection during the TLS handshake: is TLS on there?"
             else:
@@ -322,8 +334,8 @@ def _size_bound(value: object) -> int:
     if isinstance(value, ValueTuple):
         # A count byte and a type byte per value, padded, then the values.
         return 16 + len(value.values) + sum(_size_bound(v) for v in value.values)
-    if isinstance(value, Request) and dataclasses.is_dataclass(value):
-        return 16 + sum(_size_bound(getattr(value, f.name)) for f in dataclasses.fields(value))
+    if isinstance(value, Request) and is_record(value):
+        return 16 + sum(_size_bound(getattr(value, name)) for name in fields(value))
     return 1 << 62
 
 

@@ -30,10 +30,10 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
 from functools import lru_cache
 from typing import NamedTuple
 
+from ..wire.record import record
 from .errors import OperationalError, ProgrammingError, make_error
 
 __all__ = [
@@ -52,36 +52,42 @@ _SPACE = r"\t\n\v\f\r\x20"
 _ID_START = r"A-Za-z_\x80-\U0010ffff"
 _ID_CHAR = r"A-Za-z0-9_$\x80-\U0010ffff"
 
-_TOKEN_RE = re.compile(
-    "|".join(
-        [
-            # "/*" only opens a comment if a character follows it (tokenize.c);
-            # the body stops at the first "*/" or at the end of the text.
-            r"(?P<comment>--[^\n]*|/\*(?=.)(?:[^*]|\*(?!/))*(?:\*/|\Z))",
-            r"(?P<literal>"
-            + "|".join(
-                [
-                    r"[xX]'[^']*'?",  # blob: ends at the next quote, no escapes
-                    r"'[^']*(?:''[^']*)*'?",
-                    r'"[^"]*(?:""[^"]*)*"?',
-                    r"`[^`]*(?:``[^`]*)*`?",
-                    r"\[[^\]]*\]?",  # no escape: the first "]" ends it
-                ]
-            )
-            + ")",
-            rf"(?P<word>[{_ID_START}][{_ID_CHAR}]*)",
-            # "?NNN", or a prefix and at least one identifier character, with
-            # the Tcl-style "::" separators and "(...)" suffix SQLite accepts.
-            rf"(?P<param>\?[0-9]*|[:@$#](?:::)*[{_ID_CHAR}](?:[{_ID_CHAR}]|::)*"
-            rf"(?:\([^{_SPACE})]*\))?)",
-            r"(?P<semi>;)",
-            # Anything else (numbers, operators, a lone ":" or "-"), which
-            # matters only as "the statement is not empty".
-            rf"(?P<other>[^{_SPACE}'\"`\[;?:@$#/\-{_ID_START}]+|[^{_SPACE}])",
-        ]
-    ),
-    re.DOTALL,
+# Compiled on first use, not at import: SQLite's non-ASCII identifier ranges make
+# this the costliest pattern to compile in the driver (tens of ms), and a program
+# that imports dqlitepy without running SQL should not pay for it.
+_TOKEN_PATTERN = "|".join(
+    [
+        # "/*" only opens a comment if a character follows it (tokenize.c);
+        # the body stops at the first "*/" or at the end of the text.
+        r"(?P<comment>--[^\n]*|/\*(?=.)(?:[^*]|\*(?!/))*(?:\*/|\Z))",
+        r"(?P<literal>"
+        + "|".join(
+            [
+                r"[xX]'[^']*'?",  # blob: ends at the next quote, no escapes
+                r"'[^']*(?:''[^']*)*'?",
+                r'"[^"]*(?:""[^"]*)*"?',
+                r"`[^`]*(?:``[^`]*)*`?",
+                r"\[[^\]]*\]?",  # no escape: the first "]" ends it
+            ]
+        )
+        + ")",
+        rf"(?P<word>[{_ID_START}][{_ID_CHAR}]*)",
+        # "?NNN", or a prefix and at least one identifier character, with
+        # the Tcl-style "::" separators and "(...)" suffix SQLite accepts.
+        rf"(?P<param>\?[0-9]*|[:@$#](?:::)*[{_ID_CHAR}](?:[{_ID_CHAR}]|::)*"
+        rf"(?:\([^{_SPACE})]*\))?)",
+        r"(?P<semi>;)",
+        # Anything else (numbers, operators, a lone ":" or "-"), which
+        # matters only as "the statement is not empty".
+        rf"(?P<other>[^{_SPACE}'\"`\[;?:@$#/\-{_ID_START}]+|[^{_SPACE}])",
+    ]
 )
+
+
+@lru_cache(maxsize=1)
+def _token_re() -> re.Pattern[str]:
+    return re.compile(_TOKEN_PATTERN, re.DOTALL)
+
 
 # SQLite's default SQLITE_MAX_VARIABLE_NUMBER since 3.32.0, the limit of both
 # the Debian-built dqlite and our own engine.  Checking it here also keeps a
@@ -105,7 +111,7 @@ _TRIGGER_SEMI = 1
 _TRIGGER_SEMI_END = 2
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class ParsedSQL:
     """What the driver needs to know about an SQL text before sending it.
 
@@ -204,7 +210,7 @@ def _scan(sql: str, pos: int, want_params: bool) -> _Statement:
     last_end = pos
     words = _Words()
     params: list[str] = []
-    for match in _TOKEN_RE.finditer(sql, pos):
+    for match in _token_re().finditer(sql, pos):
         kind = match.lastgroup
         if kind == "comment":
             continue
@@ -333,7 +339,7 @@ def has_more_statements(tail: str) -> bool:
         semicolons.  (CPython's ``sqlite3`` also counts a stray ``;`` as a second
         statement; being lenient there breaks no program that works with it.)
     """
-    for match in _TOKEN_RE.finditer(tail):
+    for match in _token_re().finditer(tail):
         kind = match.lastgroup
         if kind != "comment" and kind != "semi":
             # A "/*" that ends the text is an empty unterminated comment to
@@ -392,7 +398,7 @@ def is_complete(sql: str) -> bool:
         pos = statement.end
     # What follows the last statement is whitespace, comments and empty
     # statements; an empty statement's ";" completes the text too.
-    for match in _TOKEN_RE.finditer(sql, after_last):
+    for match in _token_re().finditer(sql, after_last):
         token = match.group()
         if match.lastgroup == "semi":
             saw_semi = True

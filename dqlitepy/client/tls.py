@@ -15,11 +15,16 @@ the server name.  This module builds the usual ones:
 from __future__ import annotations
 
 import os
-import ssl
+import sys
 from collections.abc import Mapping
-from typing import Final
+from types import ModuleType
+from typing import TYPE_CHECKING, Final
 
-__all__ = ["URL_OPTIONS", "client_context", "context_from_url"]
+if TYPE_CHECKING:
+    import ssl
+
+
+__all__ = ["URL_OPTIONS", "client_context", "context_from_url", "loaded_ssl"]
 
 #: The query-string parameters of a ``dqlite://`` URL that configure TLS.
 URL_OPTIONS: Final = ("tls", "tls_ca", "tls_cert", "tls_key", "tls_check_hostname")
@@ -53,6 +58,8 @@ def client_context(
     """
     if key is not None and cert is None:
         raise ValueError("a TLS key needs its certificate")
+    import ssl  # here, not at import: a client without TLS never loads it (~20 ms)
+
     try:
         context = ssl.create_default_context(cafile=ca)
         context.minimum_version = ssl.TLSVersion.TLSv1_2
@@ -63,6 +70,17 @@ def client_context(
         files = ", ".join(os.fspath(f) for f in (ca, cert, key) if f is not None)
         raise ValueError(f"cannot load the TLS files ({files}): {exc}") from exc
     return context
+
+
+def loaded_ssl() -> ModuleType | None:
+    """The ``ssl`` module if something loaded it, else None.
+
+    The driver imports ``ssl`` only when TLS is asked for.  An object that is an
+    ``ssl`` class (a TLS socket, an ``SSLError``) cannot exist before the module
+    is loaded, so code that only *recognises* such objects asks this instead of
+    importing it.
+    """
+    return sys.modules.get("ssl")
 
 
 def _flag(name: str, value: str) -> bool:

@@ -15,13 +15,16 @@ from __future__ import annotations
 
 import os
 import re
-import ssl as _ssl
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 from urllib.parse import parse_qsl, unquote
 
 from .address import parse_address
 from .errors import ProgrammingError
 from .tls import context_from_url
+
+if TYPE_CHECKING:
+    import ssl as _ssl
 
 __all__ = ["is_url", "parse_url", "resolve_target", "servers_from_env"]
 

@@ -20,13 +20,17 @@ from __future__ import annotations
 import logging
 import select
 import socket
-import ssl
 import threading
 import time
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from .address import parse_address
 from .needs import Dial, Gen, Recv, Send, Sleep
+from .tls import loaded_ssl
+
+if TYPE_CHECKING:
+    import ssl
+
 
 __all__ = ["SocketTransport", "dial", "wait"]
 
@@ -135,7 +139,8 @@ class SocketTransport:
     def __init__(self, sock: socket.socket, address: str) -> None:
         self.address = address
         self._sock: socket.socket | None = sock
-        self._tls = isinstance(sock, ssl.SSLSocket)
+        ssl = loaded_ssl()  # a TLS socket exists only once ssl is loaded
+        self._tls = ssl is not None and isinstance(sock, ssl.SSLSocket)
         # An INTERRUPT another thread asked for, sent by the owner's thread (TLS only).
         self._urgent = b""
         # Serialises writes: send_urgent() runs on another thread while the owner sends.
@@ -234,8 +239,11 @@ class SocketTransport:
                 try:
                     # TLS has no MSG_PEEK; what it reads is discarded anyway.
                     data = sock.recv(1) if self._tls else sock.recv(1, socket.MSG_PEEK)
-                except ssl.SSLWantReadError:
-                    return True  # a TLS record with nothing for us (a session ticket)
+                except OSError as exc:
+                    ssl = loaded_ssl()
+                    if self._tls and ssl is not None and isinstance(exc, ssl.SSLWantReadError):
+                        return True  # a TLS record with nothing for us (a session ticket)
+                    raise
                 finally:
                     sock.setblocking(True)
         except (OSError, ValueError):

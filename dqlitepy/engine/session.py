@@ -179,8 +179,11 @@ class QueryResult:
 
     def close(self) -> None:
         """Stop the statement (resetting it) before all rows were read."""
-        with self._session._lock, contextlib.suppress(apsw.Error):
-            self._cursor.close(True)
+        with self._session._lock:
+            try:  # noqa: SIM105 - suppress() would cost an object per query
+                self._cursor.close(True)
+            except apsw.Error:
+                pass  # the statement's error was reported when it was stepped
 
 
 def _authorizer(

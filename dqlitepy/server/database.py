@@ -175,6 +175,16 @@ class Database:
             Locked: the gate stayed closed for ``timeout``.
         """
         with self._mutex:
+            if (
+                self._phase is Phase.SERVING
+                and self._gate_holder is None
+                and not self._in_flight
+                and session in self._sessions
+            ):
+                # The usual case: nothing to wait for, so nobody to tell that this
+                # reader stopped waiting (no notify_all on the condition).
+                self._starting_readers += 1
+                return
             self._waiting_readers += 1
             try:
                 admitted = self._changed.wait_for(
@@ -195,7 +205,9 @@ class Database:
         """A reader admitted by :meth:`admit_reader` began its read transaction."""
         with self._mutex:
             self._starting_readers -= 1
-            self._changed.notify_all()
+            # Only a writer waiting for "no reader starting" cares (acquire_writer).
+            if self._starting_readers == 0:
+                self._changed.notify_all()
 
     # ------------------------------------------------------------ the writer
 

@@ -204,6 +204,10 @@ class StateMachine:
 
         Lets a just-elected leader finish its barrier rather than send clients away.
         """
+        if self._caught_up_leader():
+            # The usual case, without the lock: the lock orders waiting, not this
+            # check, which reads three values another thread may change either way.
+            return True
         deadline = time.monotonic() + timeout
         with self._progress:
             while not self._caught_up_leader():
@@ -217,6 +221,8 @@ class StateMachine:
 
     def wait_idle(self, timeout: float) -> bool:
         """Wait until the applier has done every queued task."""
+        if self._backlog == 0:
+            return True  # the usual case, without the lock (as wait_caught_up_leader)
         with self._progress:
             return self._progress.wait_for(lambda: self._backlog == 0, timeout)
 

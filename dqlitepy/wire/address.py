@@ -10,8 +10,9 @@ socket address is the caller's business (this layer does no I/O).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Final
+
+from .record import record
 
 __all__ = ["NodeAddress", "parse_node_address"]
 
@@ -20,7 +21,7 @@ MAX_PORT: Final = 65535
 MAX_ADDRESS_LENGTH: Final = 255
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class NodeAddress:
     """A parsed node address: TCP ``host``/``port``, or an abstract socket ``name``."""
 

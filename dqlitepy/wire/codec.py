@@ -13,10 +13,10 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
 
 from .constants import MARKER_DONE, MARKER_PART, ValueType
 from .errors import LocalProtocolError, RemoteProtocolError
+from .record import record
 
 __all__ = [
     "Reader",
@@ -73,7 +73,7 @@ def infer_type(value: object) -> ValueType:
     raise LocalProtocolError(f"cannot encode a value of type {type(value).__name__!r}")
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class ValueTuple:
     """Values with their wire types, as carried by a parameter tuple (§4.3)."""
 

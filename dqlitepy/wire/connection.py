@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import enum
 import struct
-from dataclasses import dataclass
 from typing import Final
 
 from .constants import (
@@ -47,6 +46,7 @@ from .messages import (
     RowsResponse,
     ServersResponse,
 )
+from .record import record
 
 __all__ = [
     "NEED_DATA",
@@ -286,7 +286,7 @@ class ClientConnection:
 # ----------------------------------------------------------------------------- server
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Handshake:
     """Event: the client sent its protocol version."""
 
@@ -297,7 +297,7 @@ class Handshake:
         return self.version == PROTOCOL_VERSION_LEGACY
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class BadRequest:
     """Event: a whole request arrived that cannot be served (unknown type, bad body).
 
@@ -310,7 +310,7 @@ class BadRequest:
     message: str
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Incoming:
     """What has arrived of a message not yet whole (see :meth:`ServerConnection.incoming`)."""
 
@@ -337,6 +337,11 @@ class ServerState(enum.Enum):
     HANDED_OVER = "handed_over"
     #: The peer broke the protocol; close the connection.
     BROKEN = "broken"
+
+    # Members are singletons compared by identity: the identity hash is consistent
+    # with that and is C code, where Enum's own __hash__ is a Python call (two
+    # transition checks per request).
+    __hash__ = object.__hash__
 
 
 _SERVER_TRANSITIONS: dict[ServerState, frozenset[ServerState]] = {

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import mmap
 import struct
-from dataclasses import dataclass
 
 from .constants import HEADER_SIZE, WORD_SIZE
 from .errors import LocalProtocolError, MessageTooLarge, RemoteProtocolError
+from .record import record
 
 __all__ = [
     "DEFAULT_MAX_MESSAGE_SIZE",
@@ -33,7 +33,7 @@ _HEADER = struct.Struct("<IBBH")
 _MAX_WORDS = 0xFFFF_FFFF
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Frame:
     """One message as it travels: header fields and the raw body."""
 

@@ -1,4 +1,4 @@
-"""Every request of the dqlite protocol (``protocol.md`` §2), as frozen dataclasses.
+"""Every request of the dqlite protocol (``protocol.md`` §2), as frozen records (:mod:`.record`).
 
 A client sends these; a server decodes them by type code through
 :data:`~.messages.REQUESTS`.  Section numbers in the docstrings cite
@@ -7,7 +7,6 @@ A client sends these; a server decodes them by type code through
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import ClassVar
 
 from .auth import MECHANISM_HMAC_SHA256, NONCE_SIZE
@@ -15,6 +14,7 @@ from .body import Message, check_nonce
 from .codec import Reader, ValueTuple, Writer
 from .constants import NodeRole, RequestType
 from .errors import LocalProtocolError, RemoteProtocolError
+from .record import field, record
 
 __all__ = [
     "AddRequest",
@@ -50,7 +50,7 @@ class Request(Message):
     TYPE: ClassVar[RequestType]
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class LeaderRequest(Request):
     """LEADER (§2.2): ask which node is the leader; the body word is unused."""
 
@@ -65,7 +65,7 @@ class LeaderRequest(Request):
         return cls()
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class ClientRequest(Request):
     """CLIENT (§2.2): register a client; answered by WELCOME."""
 
@@ -80,7 +80,7 @@ class ClientRequest(Request):
         return cls(r.u64())
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class HeartbeatRequest(Request):
     """HEARTBEAT (§2.4): never answered by 1.11.1; clients should not send it."""
 
@@ -95,7 +95,7 @@ class HeartbeatRequest(Request):
         return cls(r.u64())
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class OpenRequest(Request):
     """OPEN (§2.2): open or create a database.
 
@@ -123,7 +123,7 @@ def _check_stmt_schema(schema: int) -> None:
         raise RemoteProtocolError("unrecognized schema version", recoverable=True)
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class PrepareRequest(Request):
     """PREPARE (§2.2): compile the first statement; schema 1 asks for the tail offset."""
 
@@ -150,7 +150,7 @@ def _params_schema(params: ValueTuple, wide: bool) -> int:
     return 1 if wide or len(params) > 255 else 0
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class _StatementRequest(Request):
     """EXEC and QUERY: a prepared statement's ids, then an optional parameter tuple."""
 
@@ -176,21 +176,21 @@ class _StatementRequest(Request):
         return cls(db_id, stmt_id, r.params(schema), schema == 1)
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class ExecRequest(_StatementRequest):
     """EXEC (§2.2): run a prepared statement that yields no rows."""
 
     TYPE: ClassVar[RequestType] = RequestType.EXEC
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class QueryRequest(_StatementRequest):
     """QUERY (§2.2): run a prepared statement and stream its rows."""
 
     TYPE: ClassVar[RequestType] = RequestType.QUERY
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class FinalizeRequest(Request):
     """FINALIZE (§2.2): release a prepared statement."""
 
@@ -206,7 +206,7 @@ class FinalizeRequest(Request):
         return cls(*r.u32_pair())
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class _SqlRequest(Request):
     """EXEC_SQL and QUERY_SQL: a database id, SQL text, then an optional parameter tuple."""
 
@@ -232,21 +232,21 @@ class _SqlRequest(Request):
         return cls(r.u64(), r.text(), r.params(schema), schema == 1)
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class ExecSqlRequest(_SqlRequest):
     """EXEC_SQL (§2.2, §6.1): run every statement of a SQL text."""
 
     TYPE: ClassVar[RequestType] = RequestType.EXEC_SQL
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class QuerySqlRequest(_SqlRequest):
     """QUERY_SQL (§2.2): run the first statement of a SQL text and stream its rows."""
 
     TYPE: ClassVar[RequestType] = RequestType.QUERY_SQL
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class InterruptRequest(Request):
     """INTERRUPT (§2.2, §5.4): stop a streaming result; always answered by EMPTY."""
 
@@ -261,7 +261,7 @@ class InterruptRequest(Request):
         return cls(r.u64())
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class _NodeAddressRequest(Request):
     """CONNECT and ADD: a node id, then its address."""
 
@@ -277,7 +277,7 @@ class _NodeAddressRequest(Request):
         return cls(r.u64(), r.text())
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class ConnectRequest(_NodeAddressRequest):
     """CONNECT (§2.2): a peer node hands this socket over to Raft; never answered.
 
@@ -287,14 +287,14 @@ class ConnectRequest(_NodeAddressRequest):
     TYPE: ClassVar[RequestType] = RequestType.CONNECT
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class AddRequest(_NodeAddressRequest):
     """ADD (§2.2): add a node to the cluster as a spare."""
 
     TYPE: ClassVar[RequestType] = RequestType.ADD
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class AssignRequest(Request):
     """ASSIGN (§2.2): change a node's role; ``role=None`` is the old one-word PROMOTE."""
 
@@ -313,7 +313,7 @@ class AssignRequest(Request):
         return cls(node_id, None if r.at_end() else r.u64())
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class RemoveRequest(Request):
     """REMOVE (§2.2): remove a node from the cluster."""
 
@@ -328,7 +328,7 @@ class RemoveRequest(Request):
         return cls(r.u64())
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class DumpRequest(Request):
     """DUMP (§2.2, §5.6): fetch a database's files."""
 
@@ -343,7 +343,7 @@ class DumpRequest(Request):
         return cls(r.text())
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class ClusterRequest(Request):
     """CLUSTER (§2.2): list the members; format 1 includes roles."""
 
@@ -358,7 +358,7 @@ class ClusterRequest(Request):
         return cls(r.u64())
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class TransferRequest(Request):
     """TRANSFER (§2.2): move leadership to a node (0: let Raft pick)."""
 
@@ -373,7 +373,7 @@ class TransferRequest(Request):
         return cls(r.u64())
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class DescribeRequest(Request):
     """DESCRIBE (§2.2): a node's failure domain and weight.
 
@@ -394,7 +394,7 @@ class DescribeRequest(Request):
         return cls(r.u64())
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class WeightRequest(Request):
     """WEIGHT (§2.2): set the receiving node's weight, in memory."""
 
@@ -409,7 +409,7 @@ class WeightRequest(Request):
         return cls(r.u64())
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class AuthChallengeRequest(Request):
     """AUTH_CHALLENGE (dqlitepy, ``wire/auth.py``): ask for a nonce to prove the cluster key."""
 
@@ -424,7 +424,7 @@ class AuthChallengeRequest(Request):
         return cls(r.u64())
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class AuthProofRequest(Request):
     """AUTH_PROOF (dqlitepy, ``wire/auth.py``): the client's nonce and its MAC of the challenge."""
 

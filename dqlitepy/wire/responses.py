@@ -1,4 +1,4 @@
-"""Every response of the dqlite protocol (``protocol.md`` §3), as frozen dataclasses.
+"""Every response of the dqlite protocol (``protocol.md`` §3), as frozen records (:mod:`.record`).
 
 A server sends these; a client decodes them by type code through
 :data:`~.messages.RESPONSES`.  Section numbers in the docstrings cite
@@ -7,7 +7,6 @@ A server sends these; a client decodes them by type code through
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import ClassVar
 
 from .auth import MECHANISM_HMAC_SHA256, NONCE_SIZE
@@ -15,6 +14,7 @@ from .body import Message, check_nonce
 from .codec import Reader, Value, Writer
 from .constants import DEFAULT_HEARTBEAT_TIMEOUT_MS, NodeRole, ResponseType
 from .errors import LocalProtocolError, RemoteProtocolError
+from .record import record
 
 __all__ = [
     "ChallengeResponse",
@@ -41,7 +41,7 @@ class Response(Message):
     TYPE: ClassVar[ResponseType]
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class FailureResponse(Response):
     """FAILURE (§3.1): a SQLite or dqlite error code and its message."""
 
@@ -90,7 +90,7 @@ def _stale_batch_failure(r: Reader) -> FailureResponse | None:
     return None
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class ServerResponse(Response):
     """SERVER (§3.2): the leader's id and address; id 0 and "" when unknown.
 
@@ -113,7 +113,7 @@ class ServerResponse(Response):
         return cls(r.u64(), r.text())
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class WelcomeResponse(Response):
     """WELCOME (§3.3): the server's heartbeat timeout in milliseconds."""
 
@@ -128,7 +128,7 @@ class WelcomeResponse(Response):
         return cls(r.u64())
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class NodeInfo:
     """One member of a cluster, as listed by SERVERS."""
 
@@ -137,7 +137,7 @@ class NodeInfo:
     role: int = NodeRole.VOTER
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class ServersResponse(Response):
     """SERVERS (§3.4): the cluster members; format 0 leaves the roles out."""
 
@@ -175,7 +175,7 @@ class ServersResponse(Response):
         raise NotImplementedError  # decode_body is overridden
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class DbResponse(Response):
     """DB (§3.5): the id of the opened database (always 0)."""
 
@@ -190,7 +190,7 @@ class DbResponse(Response):
         return cls(r.u32_pair()[0])
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class StmtResponse(Response):
     """STMT (§3.6): a prepared statement's id and parameter count.
 
@@ -221,7 +221,7 @@ class StmtResponse(Response):
         return cls(db_id, stmt_id, count, offset)
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class ResultResponse(Response):
     """RESULT (§3.7): last insert rowid and rows changed by the last statement."""
 
@@ -239,7 +239,7 @@ class ResultResponse(Response):
         return cls(r.i64(), r.i64())
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class RowsResponse(Response):
     """ROWS (§3.8): one batch of a result.
 
@@ -278,7 +278,7 @@ class RowsResponse(Response):
         return cls(columns, tuple(rows), tuple(row_types), done)
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class EmptyResponse(Response):
     """EMPTY (§3.9): success with nothing to say (one zero word)."""
 
@@ -293,7 +293,7 @@ class EmptyResponse(Response):
         return cls()
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class FilesResponse(Response):
     """FILES (§3.10): named files; the raw bytes follow each size unpadded."""
 
@@ -324,7 +324,7 @@ class FilesResponse(Response):
         return cls(tuple(files))
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class MetadataResponse(Response):
     """METADATA (§3.11): the answering node's failure domain and weight."""
 
@@ -341,7 +341,7 @@ class MetadataResponse(Response):
         return cls(r.u64(), r.u64())
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class ChallengeResponse(Response):
     """CHALLENGE (dqlitepy, ``wire/auth.py``): the node's nonce, good for one proof."""
 

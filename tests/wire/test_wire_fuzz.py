@@ -31,7 +31,6 @@ otherwise.
 
 from __future__ import annotations
 
-import dataclasses
 import struct
 
 import pytest
@@ -94,6 +93,8 @@ from dqlitepy.wire import (
     WelcomeResponse,
     encode_message,
 )
+from dqlitepy.wire.record import fields as record_fields
+from dqlitepy.wire.record import is_record
 
 SETTINGS = settings(
     max_examples=150,
@@ -111,8 +112,8 @@ def _canon(obj: object) -> object:
     """A comparable form: floats by bit pattern so that nan equals itself."""
     if isinstance(obj, float):
         return struct.pack("<d", obj)
-    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        fields = (_canon(getattr(obj, f.name)) for f in dataclasses.fields(obj))
+    if is_record(obj):
+        fields = (_canon(getattr(obj, name)) for name in record_fields(obj))
         return (type(obj).__name__, *fields)
     if isinstance(obj, (tuple, list)):
         return tuple(_canon(x) for x in obj)

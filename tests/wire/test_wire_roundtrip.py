@@ -15,7 +15,6 @@ INTERRUPT mid-stream, illegal transitions, mismatched and unsolicited responses.
 
 from __future__ import annotations
 
-import dataclasses
 import itertools
 import math
 import struct
@@ -87,6 +86,8 @@ from dqlitepy.wire import (
     encode_message,
 )
 from dqlitepy.wire.codec import Reader, Value, Writer
+from dqlitepy.wire.record import fields as record_fields
+from dqlitepy.wire.record import is_record
 
 SETTINGS = settings(
     max_examples=60,
@@ -106,8 +107,8 @@ def canon(obj: object) -> object:
     """A comparable form: floats by bit pattern (nan == nan, -0.0 != 0.0)."""
     if isinstance(obj, float):
         return ("float", struct.pack("<d", obj))
-    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        fields = ((f.name, canon(getattr(obj, f.name))) for f in dataclasses.fields(obj))
+    if is_record(obj):
+        fields = ((name, canon(getattr(obj, name))) for name in record_fields(obj))
         return (type(obj).__name__, *fields)
     if isinstance(obj, (tuple, list)):
         return tuple(canon(x) for x in obj)

@@ -49,6 +49,7 @@ class RaftBase:
     _SyncObj__lastResponseTime: dict[Any, float]
     _SyncObj__commandsQueue: Any
     _SyncObj__commandsWaitingCommit: Any  # index -> [(term, callback)]
+    _SyncObj__newAppendEntriesTime: float  # when the leader sends AppendEntries next
     conf: Any
     selfNode: Any
 

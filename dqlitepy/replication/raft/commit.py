@@ -23,14 +23,33 @@ would still be safe).
 What a failure between the two steps means for the submitters is in
 :mod:`.commands`; a journal without ``durable_index`` (PySyncObj's
 MemoryJournal) counts as durable throughout.
+
+**Announcing a commit.**  PySyncObj (without batching) sends every follower an
+AppendEntries as soon as the leader applied newly committed entries, only to
+carry the new commit index; each follower answers it.  With one writer that
+doubled the messages of every commit (four sent and four received by a 3-node
+leader instead of two and two), each one checked, encoded, MAC'd and decoded
+in Python.  Here the announcement waits :data:`COMMIT_ANNOUNCE_DELAY`: the
+AppendEntries of the next write, when one comes sooner, carries the commit
+index instead (as in C Raft, where followers learn it from the next append or
+heartbeat).  Submitters are not affected (the leader answers them when it
+applies); a follower applies a commit at most that much later, and a read
+served by a follower (ReadIndex) may wait that much longer for it.
 """
 
 from __future__ import annotations
 
+import time
+
+from pysyncobj import SyncObj
+
 from .base import RaftBase
 from .config import LEADER
 
-__all__ = ["CommitMixin"]
+__all__ = ["COMMIT_ANNOUNCE_DELAY", "CommitMixin"]
+
+#: How long a leader holds back a message whose only news is the commit index (seconds).
+COMMIT_ANNOUNCE_DELAY = 0.02
 
 
 class CommitMixin(RaftBase):
@@ -52,6 +71,16 @@ class CommitMixin(RaftBase):
         if index > self._commit_index and getattr(self, "_SyncObj__raftState", None) == LEADER:
             index = self._countable_commit(self._commit_index, index)
         self._commit_index = index
+
+    def _SyncObj__applyLogEntries(self) -> bool:
+        # PySyncObj's answer True means "send AppendEntries now" (see the module docstring).
+        announce = bool(SyncObj._SyncObj__applyLogEntries(self))
+        if announce and getattr(self, "_SyncObj__raftState", None) == LEADER:
+            due = time.monotonic() + COMMIT_ANNOUNCE_DELAY
+            if due < self._SyncObj__newAppendEntriesTime:
+                self._SyncObj__newAppendEntriesTime = due
+            return False
+        return announce
 
     def _countable_commit(self, current: int, proposed: int) -> int:
         """The highest index up to ``proposed`` that a majority holds durably, else ``current``.

@@ -62,8 +62,11 @@ def test_quick_run_prints_both_systems_and_a_ratio() -> None:
     assert ["1", "write", "1"] in [r[:3] for r in rows], run.stdout
 
 
-def test_the_async_driver_rows_survive_results_json() -> None:
+def test_the_async_driver_rows_survive_results_json(monkeypatch: pytest.MonkeyPatch) -> None:
     """``--replot`` rebuilds the asyncio driver's table from results.json."""
+    # benchmarks/ is no installed package: tox runs the tests against the installed
+    # dqlitepy, from the checkout, with only tests/ on the import path.
+    monkeypatch.syspath_prepend(str(REPO))
     from benchmarks import report
     from benchmarks.driver_async import Row
 

@@ -173,9 +173,13 @@ def test_clients_that_stop_reading_are_cut_and_hold_little_memory() -> None:
             f"them); a well-behaved client took at most {max(served):.2f} s"
         )
         assert server.log().count(_CUT) == clients, server.log()[-3000:]
-        assert cut_after < timeout + 30
+        # Cut by the rule, not served: each stall begins only once the node has produced
+        # enough rows to fill the socket buffers, CPU time that a loaded 2-core CI machine
+        # stretches (40 s seen beside the SQLAlchemy suite).  The old code fails the memory
+        # bound below, and the trickling client's test times the rule itself.
+        assert cut_after < timeout + 90
         assert growth < clients * _PER_STALLED_CLIENT + 32 * _MIB
-        assert served and max(served) < 30  # served: under load, not fast (200 queries run)
+        assert served and max(served) < 60  # served: under load, not fast (200 queries run)
         assert "Traceback" not in server.log()
 
 

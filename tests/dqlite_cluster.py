@@ -30,6 +30,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import dataclasses
+import os
 import shutil
 import signal
 import socket
@@ -40,7 +41,10 @@ import time
 from pathlib import Path
 from types import TracebackType
 
+import pytest
+
 __all__ = [
+    "require_go_shell",
     "DQLITE_DEMO",
     "DQLITE_SHELL",
     "ClusterError",
@@ -99,6 +103,17 @@ class _Node:
     @property
     def running(self) -> bool:
         return self.process is not None and self.process.poll() is None
+
+
+def require_go_shell() -> None:
+    """Skip the test if DQLITEPY_NO_DQLITE=1, else fail it if the Go shell is missing.
+
+    As conftest.py does for dqlite-demo: nothing is skipped silently.
+    """
+    if os.environ.get("DQLITEPY_NO_DQLITE") == "1":
+        pytest.skip("DQLITEPY_NO_DQLITE=1: tests that need the Go dqlite shell are skipped")
+    if not os.access(DQLITE_SHELL, os.X_OK):
+        pytest.fail(f"{DQLITE_SHELL} not found: install Debian's go-dqlite package", pytrace=False)
 
 
 def _free_ports(count: int) -> list[int]:

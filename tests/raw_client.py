@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import socket
+from collections.abc import Iterator
 
 from dqlitepy.wire import (
     NEED_DATA,
@@ -15,7 +17,7 @@ from dqlitepy.wire import (
     RowsResponse,
 )
 
-__all__ = ["Raw"]
+__all__ = ["Raw", "open_sockets"]
 
 
 class Raw:
@@ -65,3 +67,14 @@ class Raw:
 
     def open(self, name: str) -> None:
         assert isinstance(self.call(OpenRequest(name)), DbResponse)
+
+
+@contextlib.contextmanager
+def open_sockets() -> Iterator[list[socket.socket]]:
+    """A list to put sockets in; every one of them is closed at the end of the block."""
+    opened: list[socket.socket] = []
+    try:
+        yield opened
+    finally:
+        for sock in opened:
+            sock.close()

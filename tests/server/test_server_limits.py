@@ -17,11 +17,10 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
 
 import pytest
 from dqlitepy_server import CLUSTER_KEY, DqlitepyServer
-from raw_client import Raw
+from raw_client import Raw, open_sockets
 from waiting import busy_threads, wait_until
 
 import dqlitepy
@@ -251,16 +250,6 @@ def _abort(sock: socket.socket) -> None:
     sock.close()
 
 
-@contextlib.contextmanager
-def _sockets() -> Iterator[list[socket.socket]]:
-    opened: list[socket.socket] = []
-    try:
-        yield opened
-    finally:
-        for sock in opened:
-            sock.close()
-
-
 # -- idle connections ----------------------------------------------------------------------------
 
 
@@ -272,7 +261,7 @@ def test_2000_idle_sockets_do_not_lock_a_client_out() -> None:
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft < 2500:
         resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, 4096), hard))
-    with DqlitepyServer() as server, _sockets() as idle:
+    with DqlitepyServer() as server, open_sockets() as idle:
         pid = _pid(server)
         started = time.monotonic()
         pooled = encode_message(LeaderRequest())
@@ -328,7 +317,7 @@ def test_idle_sockets_past_the_open_file_limit_leave_the_node_its_files(
     # for its databases, WAL and Raft journal. With soft = hard = 1,024, 2,000 idle sockets
     # used to lock every client out and fail a leader's WAL writes with EMFILE.
     server = DqlitepyServer(cluster_key=key, prefix=["prlimit", f"--nofile=256:{hard}", "--"])
-    with server, _sockets() as idle:
+    with server, open_sockets() as idle:
         pid = _pid(server)
         assert _open_files(pid) == (hard, hard)  # raised to the hard limit
         expected = max(1, (hard - max(128, hard // 8)) // 4)
@@ -354,7 +343,7 @@ def test_idle_sockets_past_the_open_file_limit_leave_the_node_its_files(
 def test_pooled_idle_connections_are_kept_by_default() -> None:
     # go-dqlite keeps pooled connections idle indefinitely and sends no heartbeat: with
     # no --idle-timeout, an idle connection outlives the request timeout.
-    with DqlitepyServer(options=["--request-timeout", "1"]) as server, _sockets() as opened:
+    with DqlitepyServer(options=["--request-timeout", "1"]) as server, open_sockets() as opened:
         raw = Raw(server.address)
         opened.append(raw.sock)
         # The control: a connection silent since it connected is cut by the request timeout
@@ -383,7 +372,7 @@ def test_idle_timeout_closes_idle_connections() -> None:
 
 
 def test_in_transaction_connection_outlives_idle_ones_at_the_limit() -> None:
-    with DqlitepyServer(options=["--max-connections", "3"]) as server, _sockets() as opened:
+    with DqlitepyServer(options=["--max-connections", "3"]) as server, open_sockets() as opened:
         tx = Raw(server.address)
         opened.append(tx.sock)
         assert isinstance(tx.call(OpenRequest("tx")), DbResponse)
@@ -406,7 +395,7 @@ def test_in_transaction_connection_outlives_idle_ones_at_the_limit() -> None:
 
 
 def test_connection_refused_with_a_failure_while_all_are_serving() -> None:
-    with DqlitepyServer(options=["--max-connections", "2"]) as server, _sockets() as opened:
+    with DqlitepyServer(options=["--max-connections", "2"]) as server, open_sockets() as opened:
         for _ in range(2):
             raw = Raw(server.address)
             opened.append(raw.sock)
@@ -440,7 +429,7 @@ def test_connection_refused_with_a_failure_while_all_are_serving() -> None:
 
 
 def test_slow_loris_is_cut_after_the_request_timeout() -> None:
-    with DqlitepyServer(options=["--request-timeout", "2"]) as server, _sockets() as opened:
+    with DqlitepyServer(options=["--request-timeout", "2"]) as server, open_sockets() as opened:
         message = encode_message(ExecSqlRequest(0, "SELECT 1"))
         loris = _connect(server.address)
         opened.append(loris)
@@ -507,7 +496,7 @@ def test_32_unfinished_64_mib_bodies_stay_within_the_request_memory() -> None:
         _query(server.address)
         before = _status(pid, "VmRSS")
         sent = [0] * 32
-        with _sockets() as opened:
+        with open_sockets() as opened:
             for _ in range(32):
                 sock = _connect(server.address, timeout=timeout + 20)
                 opened.append(sock)
@@ -568,7 +557,7 @@ def test_request_waiting_for_memory_gets_a_failure() -> None:
     # A body that must wait for request memory and never gets it: a clear FAILURE once
     # its request timeout ran out (nothing of it was read, so the client reads it cleanly).
     options = ["--max-message-size", "1M", "--request-memory", "1M", "--request-timeout", "2"]
-    with DqlitepyServer(options=options) as server, _sockets() as opened:
+    with DqlitepyServer(options=options) as server, open_sockets() as opened:
         # A request of 600 KiB keeps its memory while it is served: a statement that runs
         # until its client hangs up.
         hog = Raw(server.address)

@@ -18,12 +18,11 @@ import struct
 import subprocess
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from dqlitepy_server import DqlitepyServer
-from raw_client import Raw
+from raw_client import Raw, open_sockets
 from waiting import wait_until
 
 import dqlitepy
@@ -130,16 +129,6 @@ def _stall(address: str, database: str, rcvbuf: int) -> socket.socket:
     return sock
 
 
-@contextlib.contextmanager
-def _sockets() -> Iterator[list[socket.socket]]:
-    opened: list[socket.socket] = []
-    try:
-        yield opened
-    finally:
-        for sock in opened:
-            sock.close()
-
-
 def test_clients_that_stop_reading_are_cut_and_hold_little_memory() -> None:
     # 200 clients each query an 8 MiB table and never read. Each is cut once the node
     # waited --request-timeout for it, the node's memory grows by less than the documented
@@ -152,7 +141,7 @@ def test_clients_that_stop_reading_are_cut_and_hold_little_memory() -> None:
         _query(server.address, "big")
         before, base_threads = _rss(pid), _threads(pid)
         peak, served = before, []
-        with _sockets() as stalled:
+        with open_sockets() as stalled:
             started = time.monotonic()
             for _ in range(clients):
                 stalled.append(_stall(server.address, "big", 512 * _KIB))

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from dqlite_cluster import DQLITE_SHELL
+from dqlite_cluster import DQLITE_SHELL, require_go_shell
 from dqlitepy_server import CLUSTER_KEY, DqlitepyCluster, DqlitepyServer
 from raft_acceptor import ConnectAcceptor
 from raft_counter import Counter
@@ -484,14 +484,6 @@ def test_mutual_tls_cluster_forms_replicates_fails_over_and_refuses_strangers(
 # ----------------------------------------------------------------------------- Go shell
 
 
-def _require_go_shell() -> None:
-    # As conftest.py: nothing is skipped silently.
-    if os.environ.get("DQLITEPY_NO_DQLITE") == "1":
-        pytest.skip("DQLITEPY_NO_DQLITE=1: tests that need the Go dqlite shell are skipped")
-    if not os.access(DQLITE_SHELL, os.X_OK):
-        pytest.fail(f"{DQLITE_SHELL} not found: install Debian's go-dqlite package", pytrace=False)
-
-
 def _go_shell(
     address: str, database: str, command: str, *tls: str, timeout: float = 30
 ) -> subprocess.CompletedProcess[str]:
@@ -505,7 +497,7 @@ def test_go_shell_with_the_cluster_certificate(certs: Certs, mutual: bool) -> No
     # go-dqlite's shell: SimpleDialTLSConfig(cert, pool of that same cert), server name
     # = the certificate's first DNS name.  With the cluster's shared self-signed
     # certificate as the node's certificate (and as its CA for mutual TLS) it works.
-    _require_go_shell()
+    require_go_shell()
     options = certs.server_options("cluster", ca="cluster" if mutual else None)
     tls = ["-c", certs.crt("cluster"), "-k", certs.key("cluster")]
     database = f"go_{uuid.uuid4().hex[:8]}"
@@ -532,7 +524,7 @@ def test_go_shell_cannot_use_a_separate_client_certificate(certs: Certs) -> None
     # The 1.11 shell has no CA flag: it trusts only the certificate it presents, so a
     # client certificate other than the node's never verifies the node.  The shell
     # then looks for a leader for ever; bounded here.
-    _require_go_shell()
+    require_go_shell()
     with DqlitepyServer(options=certs.server_options("node", ca="ca")) as node:
         client_tls = ["-c", certs.crt("client"), "-k", certs.key("client")]
         with pytest.raises(subprocess.TimeoutExpired):

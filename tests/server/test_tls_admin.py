@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import gc
-import os
 import socket
 import ssl
 import subprocess
@@ -31,7 +30,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from dqlite_cluster import DQLITE_SHELL
+from dqlite_cluster import DQLITE_SHELL, require_go_shell
 from dqlitepy_server import CLUSTER_KEY, DqlitepyCluster, DqlitepyServer, free_port
 from tls_certs import Certs, make_certs
 from waiting import wait_until
@@ -78,13 +77,6 @@ def _shell(servers: list[str], command: str, *tls: str) -> subprocess.CompletedP
     return subprocess.run(
         [*argv, command], capture_output=True, text=True, timeout=60, check=False, cwd=_REPO
     )
-
-
-def _require_go_shell() -> None:
-    if os.environ.get("DQLITEPY_NO_DQLITE") == "1":
-        pytest.skip("DQLITEPY_NO_DQLITE=1: tests that need the Go dqlite shell are skipped")
-    if not os.access(DQLITE_SHELL, os.X_OK):
-        pytest.fail(f"{DQLITE_SHELL} not found: install Debian's go-dqlite package", pytrace=False)
 
 
 def _go_shell(
@@ -297,7 +289,7 @@ def test_an_admin_certificate_changes_the_cluster(certs: Certs, cluster: Dqlitep
 def test_the_go_shell_removes_a_node_with_an_admin_certificate(
     certs: Certs, cluster: DqlitepyCluster
 ) -> None:
-    _require_go_shell()
+    require_go_shell()
     plain = certs.client()
     before = _members(cluster.addresses, plain)
     leader = cluster.leader()
@@ -327,7 +319,7 @@ def test_the_go_shell_removes_a_node_with_an_admin_certificate(
 
 @pytest.mark.dqlite
 def test_with_mutual_tls_the_clusters_ca_authorizes_by_default(certs: Certs) -> None:
-    _require_go_shell()
+    require_go_shell()
     options = [*certs.server_options("node", ca="ca"), *_GUARDED]
     with DqlitepyServer(cluster_key=CLUSTER_KEY, options=options) as node:
         servers = [node.address]

@@ -117,12 +117,15 @@ def _alert(sock: socket.socket) -> ssl.SSLError | None:
     side of the handshake is over: a refused certificate shows up as an alert
     waiting to be read, while the first write fails with a bare EOF or reset.
     """
+    tls = loaded_ssl()  # a TLS socket exists: ssl is loaded
+    assert tls is not None
     try:
         sock.settimeout(_ALERT_WAIT)
         sock.recv(1)
-    except ssl.SSLError as exc:
-        if not isinstance(exc, ssl.SSLEOFError | ssl.SSLZeroReturnError | ssl.SSLSyscallError):
-            return exc
+    except tls.SSLError as exc:
+        if not isinstance(exc, tls.SSLEOFError | tls.SSLZeroReturnError | tls.SSLSyscallError):
+            alert: ssl.SSLError = exc
+            return alert
     except (OSError, ValueError):
         pass
     return None
@@ -178,7 +181,9 @@ class SocketTransport:
         with self._lock:
             try:
                 sock.sendall(data)
-            except (ssl.SSLError, ConnectionError) as exc:  # not a timeout: it would wait more
+            except TimeoutError:
+                raise  # the deadline: waiting for an alert would wait past it
+            except OSError as exc:  # a reset, or an ssl.SSLError (ssl may not be loaded)
                 alert = _alert(sock) if self._tls else None
                 if alert is None:
                     raise

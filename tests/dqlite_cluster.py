@@ -43,6 +43,8 @@ from types import TracebackType
 
 import pytest
 
+from dqlitepy.testing._support import accepts, process_state
+
 __all__ = [
     "require_go_shell",
     "DQLITE_DEMO",
@@ -158,25 +160,6 @@ def _tail(path: Path, lines: int = _LOG_TAIL_LINES) -> str:
         return f"(cannot read {path}: {exc})"
     text = data.decode("utf-8", errors="replace").rstrip("\n")
     return "\n".join(text.splitlines()[-lines:]) or "(empty)"
-
-
-def _accepts(address: str) -> bool:
-    host, port = address.rsplit(":", 1)
-    try:
-        with socket.create_connection((host, int(port)), timeout=0.5):
-            return True
-    except OSError:
-        return False
-
-
-def _process_state(pid: int) -> str | None:
-    """The one-letter state from /proc/PID/stat ("T" = stopped), or None if unknown."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    # The command name is in parentheses and may contain spaces; the state follows it.
-    return stat.rpartition(")")[2].split()[0]
 
 
 class DqliteDemoCluster:
@@ -544,7 +527,7 @@ class DqliteDemoCluster:
             if process is None or process.poll() is not None:
                 status = None if process is None else process.returncode
                 raise ClusterError(f"dqlite node {address} exited with status {status}")
-            if _accepts(node.api_address):
+            if accepts(node.api_address):
                 return
             if time.monotonic() >= deadline:
                 raise ClusterError(f"dqlite node {address} did not come up in time")
@@ -554,7 +537,7 @@ class DqliteDemoCluster:
     def _wait_state(pid: int, *, stopped: bool, timeout: float) -> None:
         deadline = time.monotonic() + timeout
         while True:
-            state = _process_state(pid)
+            state = process_state(pid)
             if state is None or (state == "T") == stopped:
                 return
             if time.monotonic() >= deadline:

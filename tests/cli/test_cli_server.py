@@ -17,6 +17,7 @@ from dqlitepy_server import DqlitepyServer, free_port
 from waiting import busy_threads, wait_until
 
 import dqlitepy
+from dqlitepy.testing._support import accepts
 from dqlitepy.wire import (
     NEED_DATA,
     ClientConnection,
@@ -47,15 +48,6 @@ def _dqlitepy(*args: str, cwd: Path | None = None) -> subprocess.CompletedProces
         timeout=60,
         check=False,
     )
-
-
-def _accepts(address: str) -> bool:
-    host, _, port = address.rpartition(":")
-    try:
-        with socket.create_connection((host, int(port)), timeout=0.5):
-            return True
-    except OSError:
-        return False
 
 
 def _port_free(address: str) -> bool:
@@ -132,7 +124,7 @@ def test_defaults_in_an_empty_directory(tmp_path: Path) -> None:
 
         def accepting() -> bool:
             assert process.poll() is None, log_path.read_text()
-            return _accepts(address)
+            return accepts(address)
 
         wait_until(
             accepting,

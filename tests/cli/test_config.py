@@ -35,6 +35,7 @@ from dqlitepy.cli import main
 from dqlitepy.cli.config import ConfigError, Option, resolve
 from dqlitepy.cli.kinds import ADDRESSES, PATH, SIZE, TEXT
 from dqlitepy.cli.server_options import SERVER_OPTIONS
+from dqlitepy.testing._support import accepts
 from dqlitepy.wire import (
     PROTOCOL_VERSION,
     ClientConnection,
@@ -409,15 +410,6 @@ def _env(**variables: str) -> dict[str, str]:
     return env
 
 
-def _accepts(address: str) -> bool:
-    host, _, port = address.rpartition(":")
-    try:
-        with socket.create_connection((host, int(port)), timeout=0.5):
-            return True
-    except OSError:
-        return False
-
-
 def _failure_after_header(address: str, words: int) -> FailureResponse:
     """Announce an EXEC_SQL body of ``words`` words; the FAILURE the node answers with."""
     host, _, port = address.rpartition(":")
@@ -480,7 +472,7 @@ def test_a_node_configured_by_a_file_and_variables_alone(
 
     def accepting() -> bool:
         assert process.poll() is None, log_path.read_text()
-        return _accepts(address)
+        return accepts(address)
 
     wait_until(accepting, lambda: f"the node on {address}:\n{log_path.read_text()}", timeout=30)
 
@@ -553,4 +545,4 @@ def test_a_bad_config_file_starts_nothing(tmp_path: Path) -> None:
         "got 'ten'\n"
     )
     assert [p.name for p in tmp_path.iterdir()] == ["node.toml"]
-    assert not _accepts(address)
+    assert not accepts(address)

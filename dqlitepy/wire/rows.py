@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Callable, Iterator, Sequence
+from itertools import chain
 from typing import Any, Final
 
 from .codec import Value, Writer, pad8
@@ -352,33 +353,36 @@ class RowsBatchEncoder:
 
     def _fill(self, rows: Iterator[tuple[Any, ...]]) -> bool:
         # Rows of the shape last seen go through that shape's compiled encoder,
-        # which runs the loop itself; a row of another shape comes back here,
-        # is encoded alone, and its shape's encoder takes over from the next row.
+        # which runs the loop itself; a row of another shape comes back here, and
+        # its shape's encoder goes on from it.  A row comes back only when taken
+        # below the size (or as a batch's first), so it is always encoded.
         append = self._parts.append
         size = self._size
         count = self._rows
         limit = self._batch_size
         encode = self._encode
+        source = rows
         try:
             while count == 0 or size < limit:
-                if encode is not None:
-                    stopped, size, count = encode(rows, append, size, limit, count)
-                    if stopped is _FULL:
-                        return False
-                    if stopped is _END:
-                        return True
-                    row: tuple[Any, ...] = stopped  # type: ignore[assignment]
-                else:
+                if encode is None:
                     first = next(rows, None)
                     if first is None:
                         return True
                     row = first
+                else:
+                    stopped, size, count = encode(source, append, size, limit, count)
+                    if stopped is _FULL:
+                        return False
+                    if stopped is _END:
+                        return True
+                    row = stopped  # type: ignore[assignment]
                 encode = self._encoder_for(row)
                 if encode is None:  # encoded the reference way
                     size += len(self._parts[-1])
                     count += 1
-                    continue
-                _, size, count = encode(iter((row,)), append, size, limit, count)
+                    source = rows
+                else:
+                    source = chain((row,), rows)
             return False
         finally:
             self._size = size

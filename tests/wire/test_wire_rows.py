@@ -220,3 +220,12 @@ def test_a_full_batch_stops_stepping_and_the_next_fill_goes_on() -> None:
     assert not encoder.fill(rows)
     taken = encoder.rows
     assert next(rows) == (taken, "v" * 20)
+
+
+def test_text_holding_escaped_bytes_is_sent_as_those_bytes() -> None:
+    """Text read from SQLite that is not UTF-8 arrives as surrogate escapes (\\udcXX):
+    strict UTF-8 refuses it, and the encoder sends the original bytes, as the reference."""
+    rows: list[tuple[Any, ...]] = [("ok",), ("a\udcffb",), ("\udc80",), ("é",)]
+    messages = _fast(["t"], [None], rows, 4096)
+    assert messages == _reference(["t"], [None], rows, 4096)
+    assert b"a\xffb\x00" in messages[0]

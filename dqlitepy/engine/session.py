@@ -21,6 +21,7 @@ import threading
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from operator import itemgetter
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -75,6 +76,8 @@ _GUARDED_PRAGMAS = frozenset(
 _FORBIDDEN_PRAGMAS = frozenset({"wal_checkpoint", "temp_store_directory", "data_store_directory"})
 
 _STATEMENT_CACHE_SIZE = 256
+# A result's column names and declared types from its description (C, no generator).
+_first, _second = itemgetter(0), itemgetter(1)
 # Longer texts are not cached: EXEC_SQL walks a script through ever shorter tails, and
 # keeping 256 of a big script's tails would hold hundreds of megabytes per session.
 _MAX_CACHED_SQL = 8192
@@ -449,8 +452,8 @@ class Session:
         except UnicodeEncodeError as exc:
             cursor.close(True)
             raise EngineError(SQLITE_ERROR, _PARAM_NOT_UTF8) from exc
-        columns = tuple(d[0] for d in description)
-        decltypes = tuple(d[1] for d in description)
+        columns = tuple(map(_first, description))
+        decltypes = tuple(map(_second, description))
         return QueryResult(self, cursor, columns, decltypes, rows)
 
     def interrupt(self) -> None:

@@ -184,8 +184,13 @@ class NodeContext(Protocol):
         """SQLite reported a full disk or an I/O error here (never raises, never waits)."""
 
 
-def _bind_values(params: ValueTuple) -> list[Any]:
+_BOOLEAN = int(ValueType.BOOLEAN)
+
+
+def _bind_values(params: ValueTuple) -> Sequence[Any]:
     """Turn a parameter tuple into SQLite bindings (§4.1)."""
+    if _BOOLEAN not in params.types:
+        return params.values  # already what SQLite takes (the common case: no loop)
     values: list[Any] = []
     for type_, value in zip(params.types, params.values, strict=True):
         if type_ == ValueType.BOOLEAN:
@@ -331,7 +336,7 @@ class Gateway:
         yield RowsChunk(final, True)
 
     def _check_tail(self, info: StatementInfo) -> None:
-        if not is_blank(info.tail):
+        if info.tail and not is_blank(info.tail):
             raise GatewayFailure.error("nonempty statement tail")
 
     # ------------------------------------------------------------- handlers
@@ -381,8 +386,10 @@ class Gateway:
         yield self._exec(session, info, _bind_values(request.params))
 
     def handle_query(self, request: QueryRequest) -> Iterator[RowsChunk]:
+        # Not a generator itself (nor is handle_querysql): one generator fewer per
+        # query; what fails before the rows is raised inside handle() all the same.
         session, info = self._statement(request.db_id, request.stmt_id)
-        yield from self._rows(session, info, _bind_values(request.params))
+        return self._rows(session, info, _bind_values(request.params))
 
     def handle_finalize(self, request: FinalizeRequest) -> Iterator[Response]:
         self._statement(request.db_id, request.stmt_id)
@@ -415,7 +422,7 @@ class Gateway:
         if info.empty:
             raise GatewayFailure(ErrorCode.EMPTY_STATEMENT, "empty statement")
         self._check_tail(info)
-        yield from self._rows(session, info, _bind_values(request.params))
+        return self._rows(session, info, _bind_values(request.params))
 
     def handle_interrupt(self, request: InterruptRequest) -> Iterator[Response]:
         # Results are streamed whole before the next request is read, so there

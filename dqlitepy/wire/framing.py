@@ -30,6 +30,8 @@ DEFAULT_MAX_MESSAGE_SIZE = 64 * 1024 * 1024
 LARGE_BODY = 1024 * 1024
 
 _HEADER = struct.Struct("<IBBH")
+# Bodies up to this size are copied out through a slice (see next_frame).
+_SMALL_BODY = 4096
 _MAX_WORDS = 0xFFFF_FFFF
 
 
@@ -193,9 +195,12 @@ class FrameBuffer:
             if size >= LARGE_BODY:
                 self._start_large(size)
             return None
-        # One copy of the body, not two (a slice of a bytearray is a copy already).
-        with memoryview(buf) as view:
-            body = bytes(view[HEADER_SIZE:end])
+        if size <= _SMALL_BODY:
+            body = bytes(buf[HEADER_SIZE:end])  # two small copies cost less than a view
+        else:
+            # One copy of the body, not two (a slice of a bytearray is a copy already).
+            with memoryview(buf) as view:
+                body = bytes(view[HEADER_SIZE:end])
         del buf[:end]
         return Frame(type_, schema, body, extra)
 

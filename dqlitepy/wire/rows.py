@@ -8,9 +8,11 @@ no rows at all.
 
 Rows as SQLite returns them (plain Python values) go through :meth:`RowsBatchEncoder.fill`,
 the server's hot path: it picks each value's wire type from its Python type and
-its column's declared type (§4.2) and encodes it without a method call per value.
-Rows of a given shape (the Python types of their values) share one plan, built
-once per result, and every part of a batch is joined once at the end.
+its column's declared type (§4.2).  Rows of a given shape (the Python types of
+their values) share one plan, from which an encoder for that shape is compiled
+once (:func:`_compile`): it steps the rows itself and encodes each with one
+``struct`` call per run of one-word values, and every part of a batch is joined
+once at the end.
 :meth:`RowsBatchEncoder.add_row` encodes rows whose wire types are given, with
 :class:`~dqlitepy.wire.codec.Writer` (the reference encoding).
 """
@@ -18,8 +20,9 @@ once per result, and every part of a batch is joined once at the end.
 from __future__ import annotations
 
 import struct
-from collections.abc import Iterator, Sequence
-from typing import Any
+from collections.abc import Callable, Iterator, Sequence
+from itertools import chain
+from typing import Any, Final
 
 from .codec import Value, Writer, pad8
 from .constants import (
@@ -44,10 +47,7 @@ _PLAIN, _DATE, _BOOLEAN = 0, 1, 2
 # How a value is encoded, decided once per row shape.
 _OP_INT, _OP_U64, _OP_FLOAT, _OP_TEXT, _OP_BLOB, _OP_NULL = range(6)
 
-_pack_i64 = struct.Struct("<q").pack
 _pack_u64 = struct.Struct("<Q").pack
-_pack_f64 = struct.Struct("<d").pack
-_NULL_WORD = bytes(8)
 # Text is NUL-terminated and padded to a word: 8 - (n % 8) zeros, at least one.
 _TEXT_PAD = tuple(bytes(8 - k) for k in range(8))
 # Blob data is padded to a word: (8 - n % 8) % 8 zeros.
@@ -144,12 +144,118 @@ def _plan(shape: tuple[type, ...], kinds: tuple[int, ...]) -> _Plan:
     return bytes(header), tuple(ops), fixed
 
 
+# What a compiled encoder returns instead of a row: the batch is full, the rows ran out.
+_FULL: Final = object()
+_END: Final = object()
+
+# encode(rows, append, size, limit, count) -> (row, size, count): appends the rows of
+# one shape to a batch until it is full (_FULL) or ``rows`` ran out (_END); a row of
+# another shape is returned, not encoded.  ``size`` and ``count`` are the batch's.
+_Encode = Callable[
+    [Iterator[tuple[Any, ...]], Callable[[bytes], None], int, int, int],
+    tuple[object, int, int],
+]
+
+_FIXED_FORMATS = {_OP_INT: "q", _OP_U64: "Q", _OP_FLOAT: "d", _OP_NULL: "8x"}
+
+
+def _compile(plan: _Plan) -> _Encode:
+    """A function encoding rows of one shape, its loop and values inline.
+
+    Written out as Python source for the plan and compiled once per shape (shared
+    by every result), so that a row costs one tuple unpacking, one class check per
+    value and one ``struct`` call per run of one-word values (the row header
+    included), instead of a loop over the values that dispatches on each one's
+    operation.  The source holds only generated names and numbers, never data.
+    """
+    header, ops, fixed = plan
+    names = [f"v{i}" for i in range(len(ops))]
+    namespace: dict[str, Any] = {
+        "_FULL": _FULL,
+        "_END": _END,
+        "_H": header,
+        "_TP": _TEXT_PAD,
+        "_BP": _BLOB_PAD,
+        "_M": _U64_MASK,
+    }
+    checks: list[str] = []
+    prepare: list[str] = []
+    pieces: list[str] = []
+    sizes = [str(fixed)]
+    run_format, run_args = f"<{len(header)}s", ["_H"]
+
+    def flush() -> None:
+        nonlocal run_format, run_args
+        if run_format != "<":
+            packer = f"_S{len(pieces)}"
+            namespace[packer] = struct.Struct(run_format).pack
+            pieces.append(f"{packer}({', '.join(run_args)})")
+        run_format, run_args = "<", []
+
+    for name, op in zip(names, ops, strict=True):
+        if op == _OP_NULL:
+            checks.append(f"{name} is not None")
+        elif op == _OP_TEXT:
+            checks.append(f"type({name}) is not str")
+        elif op == _OP_BLOB:
+            checks.append(f"type({name}) is not bytes")
+        else:
+            checks.append(f"type({name}) is not {'float' if op == _OP_FLOAT else 'int'}")
+        if op == _OP_TEXT:
+            flush()
+            # The protocol's text ends at the first NUL, as dqlite's does.
+            # Strict UTF-8 first: the same bytes whenever it succeeds, and cheaper.
+            prepare += [
+                f'if "\\x00" in {name}:',
+                f'    {name} = {name}.split("\\x00", 1)[0]',
+                "try:",
+                f"    d{name} = {name}.encode()",
+                "except UnicodeEncodeError:",
+                f'    d{name} = {name}.encode("utf-8", "surrogateescape")',
+                f"n{name} = len(d{name})",
+            ]
+            pieces += [f"d{name}", f"_TP[n{name} & 7]"]
+            sizes.append(f"(n{name} | 7) + 1")
+        elif op == _OP_BLOB:
+            run_format += "Q"
+            run_args.append(f"len({name})")
+            flush()
+            pieces += [name, f"_BP[len({name}) & 7]"]
+            sizes.append(f"((len({name}) + 7) & -8)")
+        else:
+            run_format += _FIXED_FORMATS[op]
+            if op != _OP_NULL:
+                run_args.append(f"{name} & _M" if op == _OP_U64 else name)
+    flush()
+    joined = " + ".join(pieces) if len(pieces) <= 4 else f"b''.join(({', '.join(pieces)},))"
+    body = [
+        "def encode(rows, append, size, limit, count):",
+        "    for row in rows:",
+        "        try:",
+        f"            {', '.join(names)}, = row",
+        "        except (TypeError, ValueError):",
+        "            return row, size, count",
+        f"        if {' or '.join(checks)}:",
+        "            return row, size, count",
+        *(f"        {line}" for line in prepare),
+        f"        append({joined})",
+        f"        size += {' + '.join(sizes)}",
+        "        count += 1",
+        "        if size >= limit:",
+        "            return _FULL, size, count",
+        "    return _END, size, count",
+    ]
+    exec(compile("\n".join(body), f"<rows encoder {len(ops)} columns>", "exec"), namespace)
+    encode: _Encode = namespace["encode"]
+    return encode
+
+
 # Caches shared by every result: a point read builds no names, kinds or plan of
 # its own.  Bounded by clearing (a server seeing endless new shapes or column
 # names just rebuilds them); each entry is immutable, so threads may share them.
 _CACHE_SIZE = 1024
 _prefixes: dict[tuple[tuple[str, ...], tuple[str | None, ...]], tuple[bytes, tuple[int, ...]]] = {}
-_plans: dict[tuple[tuple[type, ...], tuple[int, ...]], _Plan] = {}
+_encoders: dict[tuple[tuple[type, ...], tuple[int, ...]], _Encode] = {}
 
 
 def _prefix(
@@ -187,10 +293,11 @@ class RowsBatchEncoder:
     __slots__ = (
         "_batch_size",
         "_columns",
+        "_encode",
+        "_encoders",
         "_kinds",
         "_names",
         "_parts",
-        "_plans",
         "_rows",
         "_size",
     )
@@ -207,7 +314,9 @@ class RowsBatchEncoder:
             self._columns,
             tuple(decltypes) if decltypes is not None else (None,) * len(self._columns),
         )
-        self._plans: dict[tuple[type, ...], _Plan] = {}
+        # This result's encoder per row shape, and the one of the last row.
+        self._encoders: dict[tuple[type, ...], _Encode] = {}
+        self._encode: _Encode | None = None
         self._parts: list[bytes] = []
         self._rows = 0
         self._size = 0
@@ -248,86 +357,67 @@ class RowsBatchEncoder:
             raise LocalProtocolError(f"row does not fit the wire protocol: {exc}") from exc
 
     def _fill(self, rows: Iterator[tuple[Any, ...]]) -> bool:
-        # One loop without a call per value, everything it uses in locals: this
-        # is where a scan's time goes.  A plan's fixed size covers its header and
-        # every one-word value; text and blobs add their own length.
-        parts = self._parts
-        append = parts.append
-        plans = self._plans
+        # Rows of the shape last seen go through that shape's compiled encoder,
+        # which runs the loop itself; a row of another shape comes back here, and
+        # its shape's encoder goes on from it.  A row comes back only when taken
+        # below the size (or as a batch's first), so it is always encoded.
+        append = self._parts.append
         size = self._size
-        limit = self._batch_size
         count = self._rows
-        pack_i64, pack_u64, pack_f64 = _pack_i64, _pack_u64, _pack_f64
-        text_pad, blob_pad, null_word, u64_mask = _TEXT_PAD, _BLOB_PAD, _NULL_WORD, _U64_MASK
-        op_int, op_text, op_float, op_null, op_blob = (
-            _OP_INT,
-            _OP_TEXT,
-            _OP_FLOAT,
-            _OP_NULL,
-            _OP_BLOB,
-        )
+        limit = self._batch_size
+        encode = self._encode
+        source = rows
         try:
             while count == 0 or size < limit:
-                row = next(rows, None)
-                if row is None:
-                    return True
-                shape = tuple(map(type, row))
-                plan = plans.get(shape)
-                if plan is None:
-                    plan = self._new_plan(shape, row)
-                    if plan is None:
-                        size += len(parts[-1])
-                        count += 1
-                        continue
-                header, ops, fixed = plan
-                append(header)
-                size += fixed
-                # The plan was made for this row's shape: as many ops as values.
-                for op, value in zip(ops, row, strict=False):
-                    if op == op_int:
-                        append(pack_i64(value))
-                    elif op == op_text:
-                        if "\x00" in value:
-                            # The protocol's text ends at the first NUL, as dqlite's does.
-                            value = value.split("\x00", 1)[0]
-                        data = value.encode("utf-8", "surrogateescape")
-                        append(data)
-                        append(text_pad[len(data) & 7])
-                        size += (len(data) | 7) + 1
-                    elif op == op_float:
-                        append(pack_f64(value))
-                    elif op == op_null:
-                        append(null_word)
-                    elif op == op_blob:
-                        append(pack_u64(len(value)))
-                        append(value)
-                        append(blob_pad[len(value) & 7])
-                        size += (len(value) + 7) & ~7
-                    else:
-                        append(pack_u64(value & u64_mask))
-                count += 1
+                if encode is None:
+                    first = next(rows, None)
+                    if first is None:
+                        return True
+                    row = first
+                else:
+                    stopped, size, count = encode(source, append, size, limit, count)
+                    if stopped is _FULL:
+                        return False
+                    if stopped is _END:
+                        return True
+                    row = stopped  # type: ignore[assignment]
+                encode = self._encoder_for(row)
+                if encode is None:  # encoded the reference way
+                    size += len(self._parts[-1])
+                    count += 1
+                    source = rows
+                else:
+                    source = chain((row,), rows)
             return False
         finally:
             self._size = size
             self._rows = count
+            self._encode = encode
 
-    def _new_plan(self, shape: tuple[type, ...], row: tuple[Any, ...]) -> _Plan | None:
-        """The plan for rows of ``shape``; None if ``row`` went the reference way instead."""
+    def _encoder_for(self, row: tuple[Any, ...]) -> _Encode | None:
+        """The encoder of ``row``'s shape; None if ``row`` went the reference way instead."""
+        shape = tuple(map(type, row))
+        encode = self._encoders.get(shape)
+        if encode is not None:
+            return encode
         key = (shape, self._kinds)
-        try:
-            plan = _plans.get(key) or _plan(shape, self._kinds)
-        except KeyError:
-            # A value of an unexpected class (a subclass, a memoryview): encoded
-            # as the reference does it, which may convert it or refuse it.
-            types, values = _wire_types(row, self._kinds)
-            w = Writer()
-            w.row(types, values)
-            self._parts.append(bytes(w.buf))
-            return None
-        if len(_plans) >= _CACHE_SIZE:
-            _plans.clear()
-        _plans[key] = self._plans[shape] = plan
-        return plan
+        encode = _encoders.get(key)
+        if encode is None:
+            try:
+                encode = _compile(_plan(shape, self._kinds))
+            except KeyError:
+                # A value of an unexpected class (a subclass, a memoryview): encoded
+                # as the reference does it, which may convert it or refuse it.
+                types, values = _wire_types(row, self._kinds)
+                w = Writer()
+                w.row(types, values)
+                self._parts.append(bytes(w.buf))
+                return None
+            if len(_encoders) >= _CACHE_SIZE:
+                _encoders.clear()
+            _encoders[key] = encode
+        self._encoders[shape] = encode
+        return encode
 
     def finish(self, *, done: bool) -> bytes:
         """Return the whole message for the current batch and start a new one."""

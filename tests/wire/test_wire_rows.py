@@ -184,3 +184,48 @@ def test_client_decoding_refuses_unknown_types_as_the_reference() -> None:
     fast, slow = Reader(body), Reader(body)
     assert _outcome(lambda: fast.rows(1)) == _outcome(lambda: _rows_one_by_one_reader(slow, 1))
     assert "unknown value type 7" in str(_outcome(lambda: Reader(body).rows(1)))
+
+
+def test_rows_changing_shape_mid_batch_match_the_reference() -> None:
+    """Each row shape gets its own compiled encoder; switching back and forth (NULLs,
+    a float among integers, a blob among texts) keeps the bytes and the batch cuts."""
+    rows: list[tuple[Any, ...]] = []
+    for i in range(300):
+        rows.append(
+            (
+                i if i % 7 else None,
+                f"t{i}\x00cut" if i % 11 == 0 else ("x" * (i % 17) if i % 5 else b"b" * (i % 9)),
+                float(i) if i % 3 == 0 else i,
+                True if i % 13 == 0 else i - 150,
+            )
+        )
+    decltypes: list[str | None] = [None, "TEXT", None, "BOOLEAN"]
+    for size in (8, 100, 4096):
+        assert _fast(["a", "b", "c", "d"], decltypes, rows, size) == _reference(
+            ["a", "b", "c", "d"], decltypes, rows, size
+        )
+
+
+def test_a_row_with_a_different_number_of_values_is_refused() -> None:
+    """The compiled encoder of a 2-value shape hands a 1-value row back, which is refused."""
+    encoder = RowsBatchEncoder(["a", "b"], decltypes=[None, None])
+    with pytest.raises(LocalProtocolError, match="1 values for 2 columns"):
+        encoder.fill(iter([(1, 2), (3,)]))
+
+
+def test_a_full_batch_stops_stepping_and_the_next_fill_goes_on() -> None:
+    """fill takes no row past a full batch: the iterator is left at the next row."""
+    rows = iter([(i, "v" * 20) for i in range(50)])
+    encoder = RowsBatchEncoder(["k", "v"], batch_size=100, decltypes=[None, None])
+    assert not encoder.fill(rows)
+    taken = encoder.rows
+    assert next(rows) == (taken, "v" * 20)
+
+
+def test_text_holding_escaped_bytes_is_sent_as_those_bytes() -> None:
+    """Text read from SQLite that is not UTF-8 arrives as surrogate escapes (\\udcXX):
+    strict UTF-8 refuses it, and the encoder sends the original bytes, as the reference."""
+    rows: list[tuple[Any, ...]] = [("ok",), ("a\udcffb",), ("\udc80",), ("é",)]
+    messages = _fast(["t"], [None], rows, 4096)
+    assert messages == _reference(["t"], [None], rows, 4096)
+    assert b"a\xffb\x00" in messages[0]

@@ -35,6 +35,7 @@ import contextlib
 import errno
 import ipaddress
 import logging
+import math
 import os
 import socket
 import ssl
@@ -340,6 +341,19 @@ class SecureTransport(Transport):  # type: ignore[misc]  # PySyncObj is untyped
         link.feed(initial)
 
     # -- dialling and timers (tick thread)
+
+    def next_dial(self) -> float:
+        """When a peer is next due to be dialled (``time.monotonic()``), inf if none is.
+
+        Raft's adaptive tick (``raft/tick.py``) sleeps no longer than this;
+        everything else a link waits for is a socket event, or a timeout of
+        seconds that a tick every 0.1 s checks in time.
+        """
+        due = math.inf
+        for address in self._nodes:
+            if address not in self._open and address not in self._dialing:
+                due = min(due, self._last_dial.get(address, -self._retry) + self._retry)
+        return due
 
     def _on_tick(self) -> None:
         self._last_encoded = None

@@ -162,6 +162,8 @@ class HardenedSyncObj(
             notifier.notify()
 
     def _run_tick_calls(self) -> None:
+        if self._tick_calls.empty():
+            return  # most ticks: without raising and catching queue.Empty
         while True:
             try:
                 call = self._tick_calls.get_nowait()

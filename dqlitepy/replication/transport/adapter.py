@@ -70,6 +70,8 @@ log = logging.getLogger("dqlitepy.replication")
 _WARNING_INTERVAL: Final = 60
 _READ: Final[int] = POLL_EVENT_TYPE.READ
 _ERROR: Final[int] = POLL_EVENT_TYPE.ERROR
+#: How often a tick checks the links' timers and dials missing peers (seconds).
+TIMER_CHECK: Final = 0.02
 
 
 def keep_newer_link(
@@ -161,6 +163,7 @@ class SecureTransport(Transport):  # type: ignore[misc]  # PySyncObj is untyped
         self._last_dial: dict[str, float] = {}
         # The last AppendEntries encoded (tick thread), for its other followers.
         self._last_encoded: tuple[dict[str, Any], list[bytes]] | None = None
+        self._next_timer_check = 0.0  # tick thread
 
         # The only state shared with other threads: sockets handed over by ``adopt``.
         self._adopt_lock = threading.Lock()
@@ -185,6 +188,7 @@ class SecureTransport(Transport):  # type: ignore[misc]  # PySyncObj is untyped
         split_address(address)
         if address != self.self_address:
             self._nodes[address] = node
+            self._next_timer_check = 0.0  # dialled at the very next tick
 
     def dropNode(self, node: Any) -> None:
         """Forget a peer and close its connections."""
@@ -358,6 +362,12 @@ class SecureTransport(Transport):  # type: ignore[misc]  # PySyncObj is untyped
     def _on_tick(self) -> None:
         self._last_encoded = None
         now = time.monotonic()
+        # Dials, handshake and silence timeouts, pings: timers of a second or
+        # more, checked at most every TIMER_CHECK rather than at each tick (a
+        # leader ticks two or three times per commit).
+        if now < self._next_timer_check:
+            return
+        self._next_timer_check = now + TIMER_CHECK
         for address in list(self._nodes):
             self._maybe_dial(address, now)
         for link in list(self._links):

@@ -104,3 +104,45 @@ def test_the_wait_ends_by_the_next_heartbeat_and_can_be_turned_off(trio: Replica
     assert time.monotonic() + wait <= leader._SyncObj__newAppendEntriesTime + period + 1e-3
     leader._adaptive_tick = False
     assert leader._tick_wait(period) == period
+
+
+def test_followers_in_step_get_one_encoding_per_append_entries(
+    trio: Replicators, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One ``sent_at`` per round of AppendEntries: the transport encodes it once, not per follower.
+
+    A time per message (as before) made every follower's message differ, and the
+    transport's cache of the last encoding never hit.  An earlier ``sent_at``
+    than the real sending only shortens the lease, so the lease still holds.
+    """
+    from dqlitepy.replication.transport import adapter
+
+    leader_node = trio.leader()
+    leader = _settled(trio)
+    sent: list[dict[str, Any]] = []
+    encoded: list[int] = []
+    encode = adapter.SecureTransport._encode
+    split = adapter.split_append_entries
+
+    def counting_encode(self: Any, message: Any) -> Any:
+        if message.get("type") == "append_entries" and message.get("entries"):
+            sent.append(dict(message))
+        return encode(self, message)
+
+    def counting_split(message: Any, target: int) -> Any:
+        if message.get("type") == "append_entries" and message.get("entries"):
+            encoded.append(1)
+        return split(message, target)
+
+    monkeypatch.setattr(adapter.SecureTransport, "_encode", counting_encode)
+    monkeypatch.setattr(adapter, "split_append_entries", counting_split)
+    for i in range(30):
+        leader_node.submit(b"command %d" % i, WAIT)
+    assert len(sent) >= 60, "each command reached both followers"
+    # Followers in step: most rounds encoded once for two messages.
+    assert len(encoded) <= 0.75 * len(sent), (len(encoded), len(sent))
+    by_round: dict[float, int] = {}
+    for message in sent:
+        by_round[message["sent_at"]] = by_round.get(message["sent_at"], 0) + 1
+    assert max(by_round.values()) == 2, "the two messages of a round share their sending time"
+    assert leader.lease_valid

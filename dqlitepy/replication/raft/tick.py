@@ -2,7 +2,7 @@
 
 PySyncObj's tick thread runs a whole tick (timers, commit rule, apply, queued
 commands, log compaction, callbacks) and then waits in ``poll`` for at most
-``autoTickPeriod`` (10 ms): an idle node ran 100 ticks a second, 25-40 ms of
+``autoTickPeriod`` (10 ms): an idle node ran 100 ticks a second, 26-41 ms of
 CPU per second per node on this machine, on 2 cores shared with the clients.
 Everything that needs the thread *now* wakes ``poll`` anyway: a message from a
 peer (its socket), a submitted command, a read, :meth:`~.node.HardenedSyncObj.on_tick`

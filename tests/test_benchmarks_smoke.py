@@ -111,3 +111,29 @@ def test_driver_async_benchmark_runs() -> None:
     rows = [line.split() for line in run.stdout.splitlines()]
     assert [r[:2] for r in rows] == [["read", "1"], ["read", "2"], ["write", "1"], ["write", "2"]]
     assert all("sync" in r and "async" in r for r in rows), run.stdout
+
+
+@pytest.mark.dqlite
+@pytest.mark.skipif(
+    os.environ.get("DQLITEPY_NO_DQLITE") == "1", reason="DQLITEPY_NO_DQLITE=1: no dqlite-demo"
+)
+def test_read_floor_serves_real_rows_next_to_both_systems() -> None:
+    """``benchmarks/read_floor.py``: its floor server answers the real client with the rows.
+
+    The script checks every answer (one ROWS message with the row), so a floor server that
+    cut a corner the protocol needs would fail here instead of looking fast.
+    """
+    env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    run = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / "read_floor.py"), "--reads", "200"]
+        + ["--rounds", "1"],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=180,
+        check=False,
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    systems = [line.split()[0] for line in run.stdout.splitlines()[2:]]
+    assert systems == ["dqlite", "dqlitepy", "python"], run.stdout

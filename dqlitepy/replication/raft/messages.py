@@ -182,6 +182,11 @@ class MessagesMixin(RaftBase):
         start = self._first_missing(entries)
         if not self._store_entries(node, entries[start:]):
             return
+        if start < len(entries) and not self._SyncObj__transferInProgress:
+            # Storing (a 16 MiB part, fdatasync'd) may have outlasted the election
+            # timeout: it runs from now, or the next tick would stand for election
+            # before reading the heartbeats that arrived meanwhile.
+            self.postpone_election()
 
         # Only what this message proved matches the leader's log.
         verified = prev_index + len(entries)

@@ -3,7 +3,8 @@
 Starts ``dqlitepy server`` processes on loopback (``--nodes``), loads the ``read``
 table of :mod:`benchmarks.workloads`, then runs one client in this process doing
 ``--ops`` operations of each workload (``read``: a point read by key; ``write``:
-one autocommitted INSERT OR REPLACE) and prints, per node, the process's CPU time
+one autocommitted INSERT OR REPLACE; ``idle``: nothing for 10 ms, so that
+µs/op × 100 is an idle node's CPU per second) and prints, per node, the process's CPU time
 (``/proc/PID/stat``: user + system) per operation, and this client's own CPU per
 operation.  CPU time, not wall time, so that a busy machine disturbs it less.
 
@@ -105,6 +106,19 @@ def _write_op(conn: dqlitepy.Connection, rng: random.Random) -> object:
     return op
 
 
+def _idle_op() -> None:
+    """``--workloads idle``: no request, 10 ms of wall time (CPU µs/op × 100 = µs per second)."""
+    time.sleep(0.01)
+
+
+def _make_op(name: str, conn: dqlitepy.Connection, rng: random.Random) -> object:
+    if name == "idle":
+        return _idle_op
+    if name == "write":
+        return _write_op(conn, rng)
+    return WORKLOADS[name].make_op(conn, rng)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--nodes", type=int, default=1)
@@ -138,7 +152,7 @@ def _run(args: argparse.Namespace, out_dir: Path) -> None:
         WORKLOADS["read"].setup(conn)
         for name in args.workloads.split(","):
             rng = random.Random(1)
-            op = _write_op(conn, rng) if name == "write" else WORKLOADS[name].make_op(conn, rng)
+            op = _make_op(name, conn, rng)
             for _ in range(200):
                 op()  # type: ignore[operator]  # warm: statement caches, lease
             pids = [n.process.pid for n in nodes if n.process is not None]

@@ -125,8 +125,14 @@ def test_read_floor_serves_real_rows_next_to_both_systems() -> None:
     """
     env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     run = subprocess.run(
-        [sys.executable, str(REPO / "benchmarks" / "read_floor.py"), "--reads", "200"]
-        + ["--rounds", "1"],
+        [
+            sys.executable,
+            str(REPO / "benchmarks" / "read_floor.py"),
+            "--reads",
+            "200",
+            "--rounds",
+            "1",
+        ],
         cwd=REPO,
         env=env,
         capture_output=True,

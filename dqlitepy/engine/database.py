@@ -9,6 +9,7 @@ setting the files aside while a node rebuilds them from the Raft log.
 
 from __future__ import annotations
 
+import functools
 import os
 import shutil
 from pathlib import Path
@@ -27,6 +28,7 @@ _SAFE_NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWX
 _MAX_FILENAME = 200
 
 
+@functools.lru_cache(maxsize=1024)  # a follower asks for every commit it applies
 def database_filename(name: str) -> str:
     """Return the file name a database name is stored under.
 
@@ -101,10 +103,16 @@ class Engine:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.busy_timeout_ms = busy_timeout_ms
         self.synchronous = synchronous
+        # name -> file; the directory's path never changes (set_aside renames the
+        # directory's contents away and makes a new one at the same path).
+        self._paths: dict[str, Path] = {}
 
     def path(self, name: str) -> Path:
         """The file of database ``name``; always inside the data directory."""
-        return self.data_dir / database_filename(name)
+        path = self._paths.get(name)
+        if path is None:
+            path = self._paths[name] = self.data_dir / database_filename(name)
+        return path
 
     def exists(self, name: str) -> bool:
         """True if database ``name`` has been created."""
@@ -194,6 +202,10 @@ class Engine:
         WAL is empty, so pages can be written into the file directly.
         """
         path = self.path(name)
+        if not os.path.exists(f"{path}-wal") and not os.path.exists(f"{path}-shm"):
+            # What a follower finds at each commit it applies (the last one left
+            # no WAL): nothing to cut, remove or fold.
+            return
         wal = Path(str(path) + "-wal")
         if wal.exists():
             os.truncate(wal, min(committed_prefix(wal, salts, frames), wal.stat().st_size))

@@ -26,6 +26,7 @@ docstring explains it; each has a test in ``tests/replication/test_replication_r
                           ignore early votes (§4.2.3)
 :mod:`.storage`           **Storage failures**: a node that cannot write its log steps aside
 :mod:`.stats`             figures for monitoring, read from any thread
+:mod:`.tick`              **Adaptive tick**: an idle tick thread sleeps until its next timer
 :mod:`.snapshot`          **Snapshot at start**: a log a stop left uncompacted after its
                           snapshot is compacted, not replaced (defect 8)
 :mod:`.node`              :class:`HardenedSyncObj` itself, composing them

@@ -3,7 +3,7 @@
 :class:`HardenedSyncObj` is PySyncObj's ``SyncObj`` plus one mixin per fix
 (:mod:`.entries`, :mod:`.messages`, :mod:`.roles`, :mod:`.commands`,
 :mod:`.transfer`, :mod:`.storage`, :mod:`.reads`, :mod:`.lease`, :mod:`.remote`,
-:mod:`.stats`).  Each mixin is written
+:mod:`.stats`, :mod:`.tick`).  Each mixin is written
 against :class:`RaftBase`, which only *declares* what they share: PySyncObj's
 private state and methods (name-mangled there: ``SyncObj.__x`` is
 ``_SyncObj__x``), and the attributes and methods one mixin defines and another
@@ -68,6 +68,14 @@ class RaftBase:
     _elections: int
     _elections_won: int
     _batch_entries: Histogram
+    #: Reads in progress (owner: reads), remote reads waiting (owner: remote), the
+    #: journal's probe state (owner: storage): the adaptive tick (owner: tick) reads them.
+    _read_round: Any
+    _read_queue: list[Any]
+    _read_applying: list[Any]
+    _remote_waiting: dict[int, Any]
+    _storage_down: bool
+    _probe_requested: bool
 
     if TYPE_CHECKING:
         # -- PySyncObj's methods --
@@ -122,3 +130,4 @@ class RaftBase:
         def _lease_answer(self, node: Any, message: dict[str, Any]) -> None: ...  # lease
         def _lease_read_index(self) -> int | None: ...  # lease
         def _count_lease_read(self) -> None: ...  # lease
+        def _tick_wait(self, period: float) -> float: ...  # tick

@@ -162,6 +162,8 @@ class CommandsMixin(RaftBase):
         if self._transfer is not None and self.raft_state == LEADER:
             return  # held until the transfer ends (a new entry would delay the target)
         commands = self._SyncObj__commandsQueue
+        if not getattr(commands, "_FastQueue__queue", True):
+            return  # most ticks (an answer, a heartbeat): no command queued
         started = time.monotonic()
         batch: list[tuple[bytes, Any]] = []
         size = 0

@@ -29,6 +29,7 @@ from .roles import RolesMixin
 from .snapshot import SnapshotHead, SnapshotMixin
 from .stats import StatsMixin
 from .storage import StorageMixin
+from .tick import TickMixin
 from .transfer import TransferMixin
 
 __all__ = ["HardenedSyncObj", "PeerHealth"]
@@ -64,6 +65,7 @@ class HardenedSyncObj(
     LeaseMixin,
     CommitMixin,
     StatsMixin,
+    TickMixin,
     SyncObj,  # type: ignore[misc]  # pysyncobj is untyped
 ):
     """A PySyncObj node with the fixes of this package; commands are opaque bytes.
@@ -89,6 +91,8 @@ class HardenedSyncObj(
             cannot write (see "Storage failures" in :mod:`.storage`).
         read_lease: serve reads under a leader lease when it holds one
             (:mod:`.lease`); False confirms every read with a ReadIndex round.
+        adaptive_tick: let the tick thread sleep until its next timer while
+            idle (:mod:`.tick`); False ticks every ``autoTickPeriod`` as PySyncObj does.
         **kwargs: passed to ``SyncObj`` (``transportClass``...).
     """
 
@@ -104,6 +108,7 @@ class HardenedSyncObj(
         snapshot_head: SnapshotHead | None = None,
         storage_probe_interval: float = 1.0,
         read_lease: bool = True,
+        adaptive_tick: bool = True,
         **kwargs: Any,
     ) -> None:
         # Every part's state is set before SyncObj.__init__, which starts the
@@ -120,6 +125,7 @@ class HardenedSyncObj(
         self._init_commit()
         self._init_remote_reads()
         self._init_stats()
+        self._init_tick(adaptive_tick)
         self._tick_calls: queue.SimpleQueue[Callable[[], None]] = queue.SimpleQueue()
         self_node = PeerNode(self_address) if self_address is not None else None
         others = [PeerNode(p) for p in peers]
@@ -156,6 +162,8 @@ class HardenedSyncObj(
             notifier.notify()
 
     def _run_tick_calls(self) -> None:
+        if self._tick_calls.empty():
+            return  # most ticks: without raising and catching queue.Empty
         while True:
             try:
                 call = self._tick_calls.get_nowait()

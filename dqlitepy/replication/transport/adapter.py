@@ -35,6 +35,7 @@ import contextlib
 import errno
 import ipaddress
 import logging
+import math
 import os
 import socket
 import ssl
@@ -69,6 +70,8 @@ log = logging.getLogger("dqlitepy.replication")
 _WARNING_INTERVAL: Final = 60
 _READ: Final[int] = POLL_EVENT_TYPE.READ
 _ERROR: Final[int] = POLL_EVENT_TYPE.ERROR
+#: How often a tick checks the links' timers and dials missing peers (seconds).
+TIMER_CHECK: Final = 0.02
 
 
 def keep_newer_link(
@@ -160,6 +163,7 @@ class SecureTransport(Transport):  # type: ignore[misc]  # PySyncObj is untyped
         self._last_dial: dict[str, float] = {}
         # The last AppendEntries encoded (tick thread), for its other followers.
         self._last_encoded: tuple[dict[str, Any], list[bytes]] | None = None
+        self._next_timer_check = 0.0  # tick thread
 
         # The only state shared with other threads: sockets handed over by ``adopt``.
         self._adopt_lock = threading.Lock()
@@ -184,6 +188,7 @@ class SecureTransport(Transport):  # type: ignore[misc]  # PySyncObj is untyped
         split_address(address)
         if address != self.self_address:
             self._nodes[address] = node
+            self._next_timer_check = 0.0  # dialled at the very next tick
 
     def dropNode(self, node: Any) -> None:
         """Forget a peer and close its connections."""
@@ -341,9 +346,28 @@ class SecureTransport(Transport):  # type: ignore[misc]  # PySyncObj is untyped
 
     # -- dialling and timers (tick thread)
 
+    def next_dial(self) -> float:
+        """When a peer is next due to be dialled (``time.monotonic()``), inf if none is.
+
+        Raft's adaptive tick (``raft/tick.py``) sleeps no longer than this;
+        everything else a link waits for is a socket event, or a timeout of
+        seconds that a tick every 0.1 s checks in time.
+        """
+        due = math.inf
+        for address in self._nodes:
+            if address not in self._open and address not in self._dialing:
+                due = min(due, self._last_dial.get(address, -self._retry) + self._retry)
+        return due
+
     def _on_tick(self) -> None:
         self._last_encoded = None
         now = time.monotonic()
+        # Dials, handshake and silence timeouts, pings: timers of a second or
+        # more, checked at most every TIMER_CHECK rather than at each tick (a
+        # leader ticks two or three times per commit).
+        if now < self._next_timer_check:
+            return
+        self._next_timer_check = now + TIMER_CHECK
         for address in list(self._nodes):
             self._maybe_dial(address, now)
         for link in list(self._links):

@@ -87,6 +87,18 @@ _HEAD = struct.Struct("<IB")  # length prefix and kind byte, sent as one small b
 _SEQ = struct.Struct("<Q")
 
 
+
+def _c_mac(mac: hmac.HMAC) -> Any:
+    """The OpenSSL HMAC object inside ``mac`` when there is one, else ``mac`` itself.
+
+    Both have ``copy``, ``update`` and ``digest`` and compute the same MAC; the
+    inner one's are C calls, where ``hmac.HMAC``'s are Python methods wrapping
+    them (five Python calls per frame sealed or checked, two frames per message
+    on each side of a commit).
+    """
+    inner = getattr(mac, "_hmac", None)
+    return mac if inner is None else inner
+
 class SessionError(Exception):
     """Base of the session protocol's errors."""
 
@@ -347,11 +359,11 @@ class SecureSession:
         )
         # The common prefix is absorbed once; each frame copies the state (cheap) and adds
         # its sequence number and payload.
-        self._send_mac = hmac.new(
-            self._key, _MAC_LABEL + out_dir + nonce_d + nonce_a, hashlib.sha256
+        self._send_mac = _c_mac(
+            hmac.new(self._key, _MAC_LABEL + out_dir + nonce_d + nonce_a, hashlib.sha256)
         )
-        self._recv_mac = hmac.new(
-            self._key, _MAC_LABEL + in_dir + nonce_d + nonce_a, hashlib.sha256
+        self._recv_mac = _c_mac(
+            hmac.new(self._key, _MAC_LABEL + in_dir + nonce_d + nonce_a, hashlib.sha256)
         )
 
     def _seal(self, kind: FrameKind, body: bytes) -> list[bytes]:
@@ -362,8 +374,7 @@ class SecureSession:
             )
         head = _HEAD.pack(size, kind)
         mac = self._send_mac.copy()
-        mac.update(_SEQ.pack(self._send_seq))
-        mac.update(head[_LENGTH.size :])
+        mac.update(_SEQ.pack(self._send_seq) + head[_LENGTH.size :])
         mac.update(body)
         self._send_seq += 1
         return [head, body, mac.digest()]

@@ -180,6 +180,25 @@ class QueryResult:
             except UnicodeDecodeError as exc:
                 raise EngineError(SQLITE_ERROR, _NOT_UTF8) from exc
 
+    def fill_first(self, fill: Callable[[Iterator[tuple[Any, ...]]], bool]) -> bool:
+        """:meth:`feed` ``fill``; if it says the rows ran out, :meth:`close` too (one lock).
+
+        The read fast path's call for a result that usually fits one batch.
+        """
+        with self._session._using():
+            try:
+                done = fill(self._rows)
+            except apsw.Error as exc:
+                raise translate(exc, self._session._db) from exc
+            except UnicodeDecodeError as exc:
+                raise EngineError(SQLITE_ERROR, _NOT_UTF8) from exc
+            if done:
+                try:  # noqa: SIM105 - as in close()
+                    self._cursor.close(True)
+                except apsw.Error:
+                    pass
+            return done
+
     def close(self) -> None:
         """Stop the statement (resetting it) before all rows were read."""
         with self._session._lock:
@@ -353,6 +372,17 @@ class Session:
         """
         with self._using():
             return self._describe(sql)
+
+    def cached(self, sql: str) -> StatementInfo | None:
+        """What :meth:`statement` said about ``sql`` before, if it is still cached.
+
+        Compiles nothing and takes no lock: call it on the thread that owns the
+        session (the cache is that thread's alone).
+        """
+        info = self._statements.get(sql)
+        if info is not None:
+            self._statements.move_to_end(sql)
+        return info
 
     def _describe(self, sql: str) -> StatementInfo:
         info = self._statements.get(sql)

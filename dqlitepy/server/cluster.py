@@ -76,6 +76,11 @@ class Cluster(Protocol):
     ) -> AbstractContextManager[Callable[[], None]]:
         """Run one statement under the write path (see ``gateway.NodeContext``)."""
 
+    def begin_read(
+        self, owner: object, name: str, session: Session, info: StatementInfo, timeout: float
+    ) -> Callable[[], None] | None:
+        """Admit a plain read without a context manager (see ``gateway.NodeContext``)."""
+
     def dump(self, name: str) -> list[tuple[str, bytes]]:
         """The files of database ``name``."""
 
@@ -120,6 +125,11 @@ class _Local:
         self, owner: object, name: str, session: Session, info: StatementInfo, timeout: float
     ) -> AbstractContextManager[Callable[[], None]]:
         return contextlib.nullcontext(_nothing)
+
+    def begin_read(
+        self, owner: object, name: str, session: Session, info: StatementInfo, timeout: float
+    ) -> Callable[[], None] | None:
+        return _nothing  # no Raft: every read is plain
 
     def dump(self, name: str) -> list[tuple[str, bytes]]:
         return self._engine.dump(name)
@@ -312,6 +322,11 @@ class Replicating:
         self, owner: object, name: str, session: Session, info: StatementInfo, timeout: float
     ) -> AbstractContextManager[Callable[[], None]]:
         return self._replicated.execution(owner, name, session, info, timeout)
+
+    def begin_read(
+        self, owner: object, name: str, session: Session, info: StatementInfo, timeout: float
+    ) -> Callable[[], None] | None:
+        return self._replicated.begin_read(owner, name, session, info, timeout)
 
     def dump(self, name: str) -> list[tuple[str, bytes]]:
         return self._replicated.dump(name)

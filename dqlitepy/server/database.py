@@ -205,8 +205,9 @@ class Database:
         """A reader admitted by :meth:`admit_reader` began its read transaction."""
         with self._mutex:
             self._starting_readers -= 1
-            # Only a writer waiting for "no reader starting" cares (acquire_writer).
-            if self._starting_readers == 0:
+            # Only a writer waiting for "no reader starting" cares (acquire_writer), and
+            # it waits holding the gate.
+            if self._starting_readers == 0 and self._gate_holder is not None:
                 self._changed.notify_all()
 
     # ------------------------------------------------------------ the writer

@@ -174,6 +174,16 @@ class NodeContext(Protocol):
         ran (a read transaction has begun: a writer may commit after that).
         """
 
+    def begin_read(
+        self, owner: object, database: str, session: Session, info: StatementInfo, timeout: float
+    ) -> Callable[[], None] | None:
+        """:meth:`execution` of a plain read that returns rows, as a call.
+
+        Admits the read as :meth:`execution` would (same checks, same failures)
+        and returns ``begun``, to call exactly once after the first step ran (or
+        once it will not); None, having run nothing, if ``info`` is no such read.
+        """
+
     def close_session(self, database: str, session: Session) -> None:
         """Close a session the gateway no longer needs."""
 
@@ -281,11 +291,95 @@ class Gateway:
         except NotAuthorized as exc:
             yield FailureResponse(NOT_AUTHORIZED, str(exc))
         except EngineError as exc:
-            if exc.code & 0xFF in (ErrorCode.SQLITE_IOERR, ErrorCode.SQLITE_FULL):
-                # Opening, preparing or reading fails too when the disk is full (the
-                # WAL index cannot grow): the node must find out, not only the client.
-                self._node.storage_failed()
-            yield FailureResponse(exc.code, exc.message)
+            yield self._engine_failure(exc)
+
+    def read_fast(
+        self, request: QueryRequest | QuerySqlRequest
+    ) -> bytes | Iterator[Response | RowsChunk] | None:
+        """The read fast path: QUERY or QUERY_SQL of a plain read, in as few calls as it takes.
+
+        Returns the whole ROWS response when the result fits one batch; the
+        responses still to send (as :meth:`handle` yields them) for a longer result
+        or a failure; None, having run nothing, for anything else, which the
+        caller then serves through :meth:`handle` (``docs/server.md``, "The read
+        fast path").  Call it between requests, outside a transaction.
+        """
+        session = self._session
+        if session is None or request.db_id != 0 or session.closed:
+            return None
+        if type(request) is QuerySqlRequest:
+            info = session.cached(request.sql)
+            if info is None or (info.tail and not is_blank(info.tail)):
+                return None
+        else:
+            info = self._statements.get(request.stmt_id)  # type: ignore[union-attr]
+            if info is None:
+                return None
+        params = request.params
+        if (
+            len(params.values) != info.param_count
+            or _BOOLEAN in params.types
+            or not (info.column_count and info.readonly)
+        ):
+            return None
+        try:
+            return self._read(session, info, params.values)
+        except GatewayFailure as exc:
+            return iter((exc.response(),))
+        except SessionClosed:
+            return iter((GatewayFailure.not_leader().response(),))
+        except EngineError as exc:
+            return iter((self._engine_failure(exc),))
+
+    def _read(
+        self, session: Session, info: StatementInfo, values: Sequence[Any]
+    ) -> bytes | Iterator[Response | RowsChunk] | None:
+        assert self._database is not None
+        begun = self._node.begin_read(self, self._database, session, info, self._busy_timeout)
+        if begun is None:
+            return None
+        try:
+            result = session.query(info, values)
+        finally:
+            begun()
+        try:
+            encoder = RowsBatchEncoder(result.columns, decltypes=result.decltypes)
+            done = result.fill_first(encoder.fill)
+        except BaseException:
+            result.close()
+            raise
+        if done:
+            return encoder.finish(done=True)
+        self._running = result
+        return self._more_rows(result, encoder, encoder.finish(done=False))
+
+    def _more_rows(
+        self, result: QueryResult, encoder: RowsBatchEncoder, first: bytes
+    ) -> Iterator[Response | RowsChunk]:
+        """The rest of a result the fast path began, as :meth:`_rows` streams it."""
+        try:
+            yield RowsChunk(first, False)
+            try:
+                while not result.feed(encoder.fill):
+                    yield RowsChunk(encoder.finish(done=False), False)
+                final = encoder.finish(done=True)
+            finally:
+                self._running = None
+                result.close()
+        except SessionClosed:
+            yield GatewayFailure.not_leader().response()
+            return
+        except EngineError as exc:
+            yield self._engine_failure(exc)
+            return
+        yield RowsChunk(final, True)
+
+    def _engine_failure(self, exc: EngineError) -> FailureResponse:
+        if exc.code & 0xFF in (ErrorCode.SQLITE_IOERR, ErrorCode.SQLITE_FULL):
+            # Opening, preparing or reading fails too when the disk is full (the
+            # WAL index cannot grow): the node must find out, not only the client.
+            self._node.storage_failed()
+        return FailureResponse(exc.code, exc.message)
 
     # -------------------------------------------------------------- helpers
 

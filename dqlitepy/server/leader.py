@@ -277,6 +277,34 @@ class Leader:
         finally:
             begun()
 
+    def begin_read(
+        self, owner: object, name: str, session: Session, info: StatementInfo, timeout: float
+    ) -> Callable[[], None] | None:
+        """:meth:`execution` of a plain read that returns rows, without a context manager.
+
+        The read fast path (``docs/server.md``, "The read fast path"): the same checks
+        as :meth:`execution`, in the same order, with the same failures, for a
+        statement that returns rows and cannot write, outside a write transaction.
+        Returns ``begun``, which the caller must call exactly once, after the
+        statement's first step ran (or once it will not run); None, having done
+        nothing but wait for a caught-up leader, for any other execution (the caller
+        then goes through :meth:`execution`).
+        """
+        if not (info.column_count and info.readonly and info.reads_database):
+            return None
+        self._wait_caught_up(min(timeout, _BARRIER_WAIT))
+        db = self._databases.get(name)
+        if session.in_write_transaction or _begins_write(info.sql) or db.is_writer(owner):
+            return None
+        self._confirm_leadership(min(timeout, _BARRIER_WAIT))
+        try:
+            db.admit_reader(session, timeout)
+        except NotServing:
+            raise _not_leader() from None
+        except Locked:
+            raise _locked() from None
+        return db.reader_began
+
     def _confirm_leadership(self, timeout: float) -> None:
         """Serve a read only once this node's leadership is confirmed: lease or ReadIndex.
 

@@ -254,6 +254,12 @@ class NodeServer:
         """
         return self._cluster.execution(owner, name, session, info, timeout)
 
+    def begin_read(
+        self, owner: object, name: str, session: Session, info: StatementInfo, timeout: float
+    ) -> Callable[[], None] | None:
+        """:meth:`execution` of a plain read that returns rows, as a call (the read fast path)."""
+        return self._cluster.begin_read(owner, name, session, info, timeout)
+
     def dump(self, name: str) -> list[tuple[str, bytes]]:
         """Return the files of database ``name``."""
         return self._cluster.dump(name)

@@ -244,6 +244,12 @@ class Replicated:
         """Run one execution of ``owner``'s prepared statement (see :meth:`Leader.execution`)."""
         return self.leader.execution(owner, name, session, info, timeout)
 
+    def begin_read(
+        self, owner: object, name: str, session: Session, info: StatementInfo, timeout: float
+    ) -> Callable[[], None] | None:
+        """Admit a plain read without a context manager (see :meth:`Leader.begin_read`)."""
+        return self.leader.begin_read(owner, name, session, info, timeout)
+
     def dump(self, name: str) -> list[tuple[str, bytes]]:
         """The database file and WAL of ``name``, copied while no rebuild runs."""
         return self.leader.dump(name)

@@ -98,6 +98,29 @@ class Sender:
             else:
                 self._wait()
 
+    def send_response(self, data: bytes) -> None:
+        """:meth:`start` a response and :meth:`send` it whole: one system call when the
+        socket takes it at once (the usual small response)."""
+        self._allowance.start()
+        if not self._tls:
+            try:
+                sent = self._sock.send(data, socket.MSG_DONTWAIT)
+            except BlockingIOError:
+                sent = 0
+            if sent == len(data):
+                # Nothing was waited for, so the allowance has nothing to count (the
+                # next response starts it afresh); _unshed counts it, as send() would.
+                self._unshed += sent
+                if self._unshed >= _SHED_EVERY:
+                    self._shed()
+                    self._unshed = 0
+                return
+            if sent:
+                self._allowance.sent(sent)
+                self._unshed += sent
+                data = data[sent:]
+        self.send(data)
+
     def _wait(self) -> None:
         """Wait for socket space; raise Stalled once the allowance is spent."""
         left = self._allowance.left

@@ -69,7 +69,7 @@ def slot_of(request_type: RequestType) -> int:
 class ConnectionStats:
     """One connection's requests: written by its thread only, read by anyone."""
 
-    __slots__ = ("buckets", "counts", "seconds")
+    __slots__ = ("buckets", "counts", "fast_reads", "seconds")
 
     def __init__(self) -> None:
         #: [type * len(OUTCOMES) + outcome] -> requests
@@ -78,6 +78,8 @@ class ConnectionStats:
         self.buckets = [0] * (len(REQUEST_TYPES) * _BUCKETS)
         #: [type] -> seconds spent serving them
         self.seconds = [0.0] * len(REQUEST_TYPES)
+        #: Reads the read fast path served whole (also counted in ``counts``).
+        self.fast_reads = 0
 
     def record(self, slot: int, outcome: int, seconds: float) -> None:
         """A request of type ``slot`` ended with ``outcome`` after ``seconds``."""
@@ -91,6 +93,7 @@ class ConnectionStats:
         self.counts = [a + b for a, b in zip(self.counts, list(other.counts), strict=True)]
         self.buckets = [a + b for a, b in zip(self.buckets, list(other.buckets), strict=True)]
         self.seconds = [a + b for a, b in zip(self.seconds, list(other.seconds), strict=True)]
+        self.fast_reads += other.fast_reads
 
 
 class RequestStats:

@@ -185,7 +185,11 @@ class QueryResult:
 
         The read fast path's call for a result that usually fits one batch.
         """
-        with self._session._using():
+        session = self._session
+        lock = session._lock
+        with lock:  # what _using() does, without its object
+            if session._closed:
+                raise SessionClosed()
             try:
                 done = fill(self._rows)
             except apsw.Error as exc:
@@ -485,6 +489,13 @@ class Session:
         columns = tuple(map(_first, description))
         decltypes = tuple(map(_second, description))
         return QueryResult(self, cursor, columns, decltypes, rows)
+
+    def start_query(self, info: StatementInfo, bindings: Sequence[Any]) -> QueryResult:
+        """:meth:`query` with exactly ``info.param_count`` values (the read fast path's)."""
+        with self._lock:  # what _using() does, without its object
+            if self._closed:
+                raise SessionClosed()
+            return self._query(info, bindings)
 
     def interrupt(self) -> None:
         """Make the running statement fail with SQLITE_INTERRUPT (any thread, no lock)."""

@@ -72,6 +72,8 @@ _HANDLERS: dict[type, str] = {}
 
 _MAX_BUSY_TIMEOUT_MS = 3_600_000
 _DEFAULT_BUSY_TIMEOUT = 5.0
+# Result shapes whose encoder a connection keeps (a client repeats a few queries).
+_ENCODERS = 16
 
 
 class GatewayFailure(Exception):
@@ -226,6 +228,8 @@ class Gateway:
         self._session: Session | None = None
         self._statements: dict[int, StatementInfo] = {}
         self._running: QueryResult | None = None
+        # The read fast path's ROWS encoders, by result columns and declared types.
+        self._encoders: dict[tuple[tuple[str, ...], tuple[str | None, ...]], RowsBatchEncoder] = {}
         self._interrupt_check: Callable[[], bool] | None = None
         # How long a write waits for another writer (the client's timeout).
         self._busy_timeout = _DEFAULT_BUSY_TIMEOUT
@@ -339,16 +343,24 @@ class Gateway:
         if begun is None:
             return None
         try:
-            result = session.query(info, values)
+            result = session.start_query(info, values)
         finally:
             begun()
+        shape = (result.columns, result.decltypes)
+        # An encoder per result shape, kept between reads: it starts a new message
+        # itself (finish()); one that failed mid-batch is dropped.
+        encoder = self._encoders.pop(shape, None)
         try:
-            encoder = RowsBatchEncoder(result.columns, decltypes=result.decltypes)
+            if encoder is None:
+                encoder = RowsBatchEncoder(result.columns, decltypes=result.decltypes)
             done = result.fill_first(encoder.fill)
         except BaseException:
             result.close()
             raise
         if done:
+            if len(self._encoders) >= _ENCODERS:
+                self._encoders.clear()
+            self._encoders[shape] = encoder
             return encoder.finish(done=True)
         self._running = result
         return self._more_rows(result, encoder, encoder.finish(done=False))

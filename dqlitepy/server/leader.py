@@ -292,11 +292,13 @@ class Leader:
         """
         if not (info.column_count and info.readonly and info.reads_database):
             return None
-        self._wait_caught_up(min(timeout, _BARRIER_WAIT))
+        wait = min(timeout, _BARRIER_WAIT)
+        if not self._fsm.wait_caught_up_leader(wait):
+            raise _not_leader()
         db = self._databases.get(name)
         if session.in_write_transaction or _begins_write(info.sql) or db.is_writer(owner):
             return None
-        self._confirm_leadership(min(timeout, _BARRIER_WAIT))
+        self._confirm_leadership(wait)
         try:
             db.admit_reader(session, timeout)
         except NotServing:

@@ -77,8 +77,8 @@ _LOG_EVERY = 60.0
 _RESET = struct.pack("ii", 1, 0)
 # A connection waiting for request memory looks this often whether it should stop waiting.
 _RESERVE_SLICE = 0.25
-# The requests the read fast path takes first (Gateway.read_fast).
-_READS = frozenset({QueryRequest, QuerySqlRequest})
+# The requests the read fast path takes (Gateway.read_fast), and their stats slots.
+_READS = {cls: slot_of(cls.TYPE) for cls in (QueryRequest, QuerySqlRequest)}
 
 
 class ConnectionHandler(Protocol):
@@ -414,8 +414,9 @@ class _Connection:
         if self._watch.gone:
             raise _Closed
         started = time.perf_counter()
-        # Lost its slot while the request arrived: it did not run.
-        self._enter(Phase.HANDLING)
+        # Lost its slot while the request arrived: it did not run (_enter, inline).
+        if not self._listener.table.enter(self._slot, Phase.HANDLING):
+            raise _Closed
         served = self._gateway.read_fast(request)
         if not isinstance(served, bytes):
             self._sender.start()
@@ -424,9 +425,10 @@ class _Connection:
         # Counted before it is sent: a test reads it as soon as the answer arrives.
         self._stats.fast_reads += 1
         self._sender.send_response(self._conn.send_encoded_rows(served, done=True))
-        self._release()
+        if self._reserved:
+            self._release()
         # A read outside a transaction leaves none open: _in_transaction stays False.
-        self._stats.record(slot_of(request.TYPE), OK, time.perf_counter() - started)
+        self._stats.record(_READS[type(request)], OK, time.perf_counter() - started)
 
     def _handle(self, request: Request) -> None:
         started = time.perf_counter()

@@ -175,9 +175,13 @@ def test_strangers_and_garbage_harm_nothing(node: dqlitepy.Node) -> None:
     ]
     for payload in garbage:
         with socket.create_connection((host, port), timeout=10) as sock:
-            sock.sendall(payload)
-            sock.shutdown(socket.SHUT_WR)
-            answer = sock.recv(65536)
+            try:
+                sock.sendall(payload)
+                sock.shutdown(socket.SHUT_WR)
+                answer = sock.recv(65536)
+            except ConnectionResetError:
+                # Closed with our bytes unread: the kernel resets instead of a FIN.
+                answer = b""
             # Closed, or an error status: never a figure, never a crash.
             assert answer == b"" or answer.startswith((b"HTTP/1.0 4", b"HTTP/1.0 5")), answer
     # Past MAX_CONNECTIONS idle connections, a newcomer is closed at once.

@@ -17,16 +17,30 @@ import pytest
 REPO = Path(__file__).resolve().parent.parent
 
 
+def _run(args: list[str], timeout: float) -> subprocess.CompletedProcess[str]:
+    """Run ``python ARGS`` in the checkout with it first on the path; it must exit 0."""
+    env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    run = subprocess.run(
+        [sys.executable, *args],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    return run
+
+
 @pytest.mark.dqlite
 @pytest.mark.skipif(
     os.environ.get("DQLITEPY_NO_DQLITE") == "1", reason="DQLITEPY_NO_DQLITE=1: no dqlite-demo"
 )
 def test_quick_run_prints_both_systems_and_a_ratio() -> None:
     # Without dqlite-demo the suite exits with status 2 and says what to install: a failure.
-    env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    run = subprocess.run(
+    run = _run(
         [
-            sys.executable,
             "-m",
             "benchmarks",
             "--quick",
@@ -43,14 +57,8 @@ def test_quick_run_prints_both_systems_and_a_ratio() -> None:
             "--async-levels",
             "1",
         ],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
         timeout=120,
-        check=False,
     )
-    assert run.returncode == 0, run.stderr[-3000:]
     lines = run.stdout.splitlines()
     assert any("ratio" in line and "ops/s" in line for line in lines), run.stdout
     rows = [line.split() for line in lines]
@@ -88,10 +96,8 @@ def test_the_async_driver_rows_survive_results_json(monkeypatch: pytest.MonkeyPa
 
 def test_driver_async_benchmark_runs() -> None:
     """``benchmarks/driver_async.py`` at its smallest: both drivers, two levels, one round."""
-    env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    run = subprocess.run(
+    run = _run(
         [
-            sys.executable,
             str(REPO / "benchmarks" / "driver_async.py"),
             "--seconds",
             "0.3",
@@ -100,14 +106,8 @@ def test_driver_async_benchmark_runs() -> None:
             "--rounds",
             "1",
         ],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
         timeout=120,
-        check=False,
     )
-    assert run.returncode == 0, run.stderr[-3000:]
     rows = [line.split() for line in run.stdout.splitlines()]
     assert [r[:2] for r in rows] == [["read", "1"], ["read", "2"], ["write", "1"], ["write", "2"]]
     assert all("sync" in r and "async" in r for r in rows), run.stdout
@@ -123,23 +123,15 @@ def test_read_floor_serves_real_rows_next_to_both_systems() -> None:
     The script checks every answer (one ROWS message with the row), so a floor server that
     cut a corner the protocol needs would fail here instead of looking fast.
     """
-    env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    run = subprocess.run(
+    run = _run(
         [
-            sys.executable,
             str(REPO / "benchmarks" / "read_floor.py"),
             "--reads",
             "200",
             "--rounds",
             "1",
         ],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
         timeout=180,
-        check=False,
     )
-    assert run.returncode == 0, run.stderr[-3000:]
     systems = [line.split()[0] for line in run.stdout.splitlines()[2:]]
     assert systems == ["dqlite", "dqlitepy", "python"], run.stdout

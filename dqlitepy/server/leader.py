@@ -96,6 +96,17 @@ def _locked() -> GatewayFailure:
     return GatewayFailure(ErrorCode.SQLITE_BUSY, "database is locked")
 
 
+def _admit_reader(db: Database, session: Session, timeout: float) -> None:
+    """:meth:`Database.admit_reader`, its refusals answered as :func:`_refusals` does
+    (without a generator context manager: every read comes through here)."""
+    try:
+        db.admit_reader(session, timeout)
+    except NotServing:
+        raise _not_leader() from None
+    except Locked:
+        raise _locked() from None
+
+
 class _ReaderStart:
     """The ``begun`` callback of a read: tells the database once that the reader began."""
 
@@ -265,12 +276,7 @@ class Leader:
             # leader; one that returns none (BEGIN, a read's COMMIT) cannot.
             self._confirm_leadership(min(timeout, _BARRIER_WAIT))
         # What _read() does, inline: one generator fewer on every read.
-        try:
-            db.admit_reader(session, timeout)
-        except NotServing:
-            raise _not_leader() from None
-        except Locked:
-            raise _locked() from None
+        _admit_reader(db, session, timeout)
         begun = _ReaderStart(db)
         try:
             yield begun
@@ -299,12 +305,7 @@ class Leader:
         if session.in_write_transaction or _begins_write(info.sql) or db.is_writer(owner):
             return None
         self._confirm_leadership(wait)
-        try:
-            db.admit_reader(session, timeout)
-        except NotServing:
-            raise _not_leader() from None
-        except Locked:
-            raise _locked() from None
+        _admit_reader(db, session, timeout)
         return db.reader_began
 
     def _confirm_leadership(self, timeout: float) -> None:

@@ -103,16 +103,10 @@ class Engine:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.busy_timeout_ms = busy_timeout_ms
         self.synchronous = synchronous
-        # name -> file; the directory's path never changes (set_aside renames the
-        # directory's contents away and makes a new one at the same path).
-        self._paths: dict[str, Path] = {}
 
     def path(self, name: str) -> Path:
         """The file of database ``name``; always inside the data directory."""
-        path = self._paths.get(name)
-        if path is None:
-            path = self._paths[name] = self.data_dir / database_filename(name)
-        return path
+        return self.data_dir / database_filename(name)
 
     def exists(self, name: str) -> bool:
         """True if database ``name`` has been created."""

@@ -173,43 +173,39 @@ class QueryResult:
         stepping are translated as ``__next__`` translates them.
         """
         with self._session._using():
-            try:
-                return consume(self._rows)
-            except apsw.Error as exc:
-                raise translate(exc, self._session._db) from exc
-            except UnicodeDecodeError as exc:
-                raise EngineError(SQLITE_ERROR, _NOT_UTF8) from exc
+            return self._consume(consume)
 
     def fill_first(self, fill: Callable[[Iterator[tuple[Any, ...]]], bool]) -> bool:
         """:meth:`feed` ``fill``; if it says the rows ran out, :meth:`close` too (one lock).
 
         The read fast path's call for a result that usually fits one batch.
         """
-        session = self._session
-        lock = session._lock
-        with lock:  # what _using() does, without its object
-            if session._closed:
-                raise SessionClosed()
-            try:
-                done = fill(self._rows)
-            except apsw.Error as exc:
-                raise translate(exc, self._session._db) from exc
-            except UnicodeDecodeError as exc:
-                raise EngineError(SQLITE_ERROR, _NOT_UTF8) from exc
+        with self._session._using():
+            done = self._consume(fill)
             if done:
-                try:  # noqa: SIM105 - as in close()
-                    self._cursor.close(True)
-                except apsw.Error:
-                    pass
+                self._reset()
             return done
 
     def close(self) -> None:
         """Stop the statement (resetting it) before all rows were read."""
         with self._session._lock:
-            try:  # noqa: SIM105 - suppress() would cost an object per query
-                self._cursor.close(True)
-            except apsw.Error:
-                pass  # the statement's error was reported when it was stepped
+            self._reset()
+
+    def _consume(self, consume: Callable[[Iterator[tuple[Any, ...]]], _T]) -> _T:
+        # Holding the session.
+        try:
+            return consume(self._rows)
+        except apsw.Error as exc:
+            raise translate(exc, self._session._db) from exc
+        except UnicodeDecodeError as exc:
+            raise EngineError(SQLITE_ERROR, _NOT_UTF8) from exc
+
+    def _reset(self) -> None:
+        # Holding the session's lock.
+        try:  # noqa: SIM105 - suppress() would cost an object per query
+            self._cursor.close(True)
+        except apsw.Error:
+            pass  # the statement's error was reported when it was stepped
 
 
 def _authorizer(
@@ -492,9 +488,7 @@ class Session:
 
     def start_query(self, info: StatementInfo, bindings: Sequence[Any]) -> QueryResult:
         """:meth:`query` with exactly ``info.param_count`` values (the read fast path's)."""
-        with self._lock:  # what _using() does, without its object
-            if self._closed:
-                raise SessionClosed()
+        with self._using():
             return self._query(info, bindings)
 
     def interrupt(self) -> None:

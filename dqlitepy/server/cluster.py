@@ -326,8 +326,7 @@ class Replicating:
     def begin_read(
         self, owner: object, name: str, session: Session, info: StatementInfo, timeout: float
     ) -> Callable[[], None] | None:
-        # Straight to the leader's side: one call fewer on every read.
-        return self._replicated.leader.begin_read(owner, name, session, info, timeout)
+        return self._replicated.begin_read(owner, name, session, info, timeout)
 
     def dump(self, name: str) -> list[tuple[str, bytes]]:
         return self._replicated.dump(name)

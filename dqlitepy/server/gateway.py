@@ -365,19 +365,34 @@ class Gateway:
         self._running = result
         return self._more_rows(result, encoder, encoder.finish(done=False))
 
+    def _batches(
+        self,
+        result: QueryResult,
+        encoder: RowsBatchEncoder | None = None,
+        first: bytes | None = None,
+    ) -> Generator[RowsChunk, None, bytes]:
+        """The PART batches of the running ``result`` (after ``first``, a batch already
+        encoded), returning the final batch's bytes; the result is closed however this ends.
+        """
+        try:
+            if encoder is None:
+                encoder = RowsBatchEncoder(result.columns, decltypes=result.decltypes)
+            if first is not None:
+                yield RowsChunk(first, False)
+            # The session is held for one batch of steps, not for each row.
+            while not result.feed(encoder.fill):
+                yield RowsChunk(encoder.finish(done=False), False)
+            return encoder.finish(done=True)
+        finally:
+            self._running = None
+            result.close()
+
     def _more_rows(
         self, result: QueryResult, encoder: RowsBatchEncoder, first: bytes
     ) -> Iterator[Response | RowsChunk]:
         """The rest of a result the fast path began, as :meth:`_rows` streams it."""
         try:
-            yield RowsChunk(first, False)
-            try:
-                while not result.feed(encoder.fill):
-                    yield RowsChunk(encoder.finish(done=False), False)
-                final = encoder.finish(done=True)
-            finally:
-                self._running = None
-                result.close()
+            final = yield from self._batches(result, encoder, first)
         except SessionClosed:
             yield GatewayFailure.not_leader().response()
             return
@@ -430,15 +445,7 @@ class Gateway:
             result = session.query(info, params)
             begun()
             self._running = result
-            try:
-                encoder = RowsBatchEncoder(result.columns, decltypes=result.decltypes)
-                # The session is held for one batch of steps, not for each row.
-                while not result.feed(encoder.fill):
-                    yield RowsChunk(encoder.finish(done=False), False)
-                final = encoder.finish(done=True)
-            finally:
-                self._running = None
-                result.close()
+            final = yield from self._batches(result)
         yield RowsChunk(final, True)
 
     def _check_tail(self, info: StatementInfo) -> None:

@@ -96,6 +96,16 @@ def _locked() -> GatewayFailure:
     return GatewayFailure(ErrorCode.SQLITE_BUSY, "database is locked")
 
 
+def _writes(owner: object, session: Session, info: StatementInfo, db: Database) -> bool:
+    """Whether an execution goes the write path (it may write, or a write is under way)."""
+    return (
+        not info.readonly
+        or session.in_write_transaction
+        or _begins_write(info.sql)
+        or db.is_writer(owner)
+    )
+
+
 def _admit_reader(db: Database, session: Session, timeout: float) -> None:
     """:meth:`Database.admit_reader`, its refusals answered as :func:`_refusals` does
     (without a generator context manager: every read comes through here)."""
@@ -255,13 +265,7 @@ class Leader:
         """
         self._wait_caught_up(min(timeout, _BARRIER_WAIT))
         db = self._databases.get(name)
-        writes = (
-            not info.readonly
-            or session.in_write_transaction
-            or _begins_write(info.sql)
-            or db.is_writer(owner)
-        )
-        if writes:
+        if _writes(owner, session, info, db):
             with self._write(db, owner, session, timeout):
                 yield _no_op
             return
@@ -271,12 +275,7 @@ class Leader:
             # the commits in flight, which keeps sqlite3's default mode pipelined.
             yield _no_op
             return
-        if info.column_count:
-            # A statement that returns rows may return stale ones on a deposed
-            # leader; one that returns none (BEGIN, a read's COMMIT) cannot.
-            self._confirm_leadership(min(timeout, _BARRIER_WAIT))
-        # What _read() does, inline: one generator fewer on every read.
-        _admit_reader(db, session, timeout)
+        self._admit_read(db, session, info, timeout)
         begun = _ReaderStart(db)
         try:
             yield begun
@@ -298,15 +297,22 @@ class Leader:
         """
         if not (info.column_count and info.readonly and info.reads_database):
             return None
-        wait = min(timeout, _BARRIER_WAIT)
-        if not self._fsm.wait_caught_up_leader(wait):
-            raise _not_leader()
+        self._wait_caught_up(min(timeout, _BARRIER_WAIT))
         db = self._databases.get(name)
-        if session.in_write_transaction or _begins_write(info.sql) or db.is_writer(owner):
+        if _writes(owner, session, info, db):
             return None
-        self._confirm_leadership(wait)
-        _admit_reader(db, session, timeout)
+        self._admit_read(db, session, info, timeout)
         return db.reader_began
+
+    def _admit_read(
+        self, db: Database, session: Session, info: StatementInfo, timeout: float
+    ) -> None:
+        """Let a read that reads the database begin: confirmed leadership, then the gate."""
+        if info.column_count:
+            # A statement that returns rows may return stale ones on a deposed
+            # leader; one that returns none (BEGIN, a read's COMMIT) cannot.
+            self._confirm_leadership(min(timeout, _BARRIER_WAIT))
+        _admit_reader(db, session, timeout)
 
     def _confirm_leadership(self, timeout: float) -> None:
         """Serve a read only once this node's leadership is confirmed: lease or ReadIndex.

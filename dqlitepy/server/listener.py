@@ -414,9 +414,8 @@ class _Connection:
         if self._watch.gone:
             raise _Closed
         started = time.perf_counter()
-        # Lost its slot while the request arrived: it did not run (_enter, inline).
-        if not self._listener.table.enter(self._slot, Phase.HANDLING):
-            raise _Closed
+        # Lost its slot while the request arrived: it did not run.
+        self._enter(Phase.HANDLING)
         served = self._gateway.read_fast(request)
         if not isinstance(served, bytes):
             self._sender.start()

@@ -131,3 +131,4 @@ class RaftBase:
         def _lease_read_index(self) -> int | None: ...  # lease
         def _count_lease_read(self) -> None: ...  # lease
         def _tick_wait(self, period: float) -> float: ...  # tick
+        def _commands_queued(self) -> bool: ...  # commands

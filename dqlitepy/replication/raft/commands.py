@@ -152,6 +152,13 @@ class CommandsMixin(RaftBase):
         for callback in waiters:
             callback(None, FAIL_REASON.LEADER_CHANGED)
 
+    def _commands_queued(self) -> bool:
+        """Whether commands wait in PySyncObj's queue (any thread; True if it cannot tell).
+
+        Its FastQueue has no ``empty()``: its deque is read instead.
+        """
+        return bool(getattr(self._SyncObj__commandsQueue, "_FastQueue__queue", True))
+
     def _checkCommandsToApply(self) -> None:
         # PySyncObj's loop, on the tick thread (the state cannot change under
         # us but by this loop): a node that does not lead fails its queued
@@ -161,9 +168,9 @@ class CommandsMixin(RaftBase):
         # (see "Group commit" in the module docstring).
         if self._transfer is not None and self.raft_state == LEADER:
             return  # held until the transfer ends (a new entry would delay the target)
+        if not self._commands_queued():
+            return  # most ticks (an answer, a heartbeat)
         commands = self._SyncObj__commandsQueue
-        if not getattr(commands, "_FastQueue__queue", True):
-            return  # most ticks (an answer, a heartbeat): no command queued
         started = time.monotonic()
         batch: list[tuple[bytes, Any]] = []
         size = 0

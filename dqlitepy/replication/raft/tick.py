@@ -106,8 +106,7 @@ class TickMixin(RaftBase):
             return True
         if self._storage_down or self._probe_requested:
             return True
-        # PySyncObj's FastQueue has no empty(); commands left by a batch cut short.
-        if getattr(self._SyncObj__commandsQueue, "_FastQueue__queue", None):
+        if self._commands_queued():  # commands left by a batch cut short
             return True
         transport = self._SyncObj__transport
         return not getattr(transport, "ready", False) or not hasattr(transport, "next_dial")

@@ -87,7 +87,6 @@ _HEAD = struct.Struct("<IB")  # length prefix and kind byte, sent as one small b
 _SEQ = struct.Struct("<Q")
 
 
-
 def _c_mac(mac: hmac.HMAC) -> Any:
     """The OpenSSL HMAC object inside ``mac`` when there is one, else ``mac`` itself.
 
@@ -98,6 +97,7 @@ def _c_mac(mac: hmac.HMAC) -> Any:
     """
     inner = getattr(mac, "_hmac", None)
     return mac if inner is None else inner
+
 
 class SessionError(Exception):
     """Base of the session protocol's errors."""

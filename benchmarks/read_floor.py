@@ -1,6 +1,6 @@
 """The least CPU a Python server can spend on one point read, next to dqlite and dqlitepy.
 
-A point read over the dqlite protocol costs C dqlite 60-140 µs of server CPU. This script
+A point read over the dqlite protocol costs C dqlite 40-140 µs of server CPU. This script
 asks how close any CPython server could come, by measuring a *floor server*: the smallest
 Python program that serves the same request correctly enough for a real client. It has
 one thread per connection, a blocking ``recv``, ``struct`` to parse QUERY_SQL's header and
@@ -12,7 +12,8 @@ timeouts, stats, the read lease, transactions, interrupts) can only add to the f
 The three servers are driven in turn (A B C, for ``--rounds``) by the same raw client
 (``tests/raw_client.py``: the dqlitepy wire codec on a blocking socket, in this process)
 with the benchmark suite's ``read`` workload: ``SELECT value FROM model WHERE key = ?``
-in a 1,000-row table of 1 KiB text values. It prints each server's ops/s and CPU µs per
+in a 1,000-row table of 1 KiB text values, which the workload's own setup fills on every
+server (on the floor's file through APSW). It prints each server's ops/s and CPU µs per
 read, from ``/proc``; the floor's figure is what no Python server beats, so the ratio of
 dqlite's CPU to it bounds what the suite's ``read`` ratio can reach on a CPU-bound
 machine.
@@ -132,19 +133,19 @@ def serve(port: int, path: str) -> None:
 
 
 @contextlib.contextmanager
-def floor_server(rows: list[tuple[str, str]]) -> Iterator[tuple[str, int]]:
-    """The floor server in a process of its own, on a database holding ``rows``."""
+def floor_server() -> Iterator[tuple[str, int]]:
+    """The floor server in a process of its own, on the ``read`` workload's table."""
     import apsw
 
     from benchmarks.systems import free_port
+    from benchmarks.workloads import WORKLOADS
 
     with tempfile.TemporaryDirectory(prefix="dqlitepy-floor-") as root:
         path = str(Path(root) / "read.db")
         db = apsw.Connection(path)
         db.execute("PRAGMA journal_mode=WAL")
-        db.execute("CREATE TABLE model (key TEXT PRIMARY KEY, value TEXT)")
-        with db:
-            db.executemany("INSERT INTO model VALUES (?, ?)", rows)
+        # The suite's own setup (its statements run on APSW as on the driver).
+        WORKLOADS["read"].setup(db)  # type: ignore[arg-type]
         db.close()
         port = free_port()
         process = subprocess.Popen(
@@ -160,13 +161,6 @@ def floor_server(rows: list[tuple[str, str]]) -> Iterator[tuple[str, int]]:
         finally:
             process.kill()
             process.wait(timeout=_FLOOR_PROCESS_TIMEOUT)
-
-
-def _dataset() -> list[tuple[str, str]]:
-    from benchmarks.workloads import READ_ROWS, _kv_value, _read_key
-
-    rng = random.Random(0)
-    return [(_read_key(i), _kv_value(rng)) for i in range(READ_ROWS)]
 
 
 def measure(address: str, pids: list[int], reads: int) -> tuple[float, float]:
@@ -197,15 +191,13 @@ def measure(address: str, pids: list[int], reads: int) -> tuple[float, float]:
         raw.close()
 
 
-def _load(address: str, rows: list[tuple[str, str]]) -> None:
+def _load(address: str) -> None:
     import dqlitepy
+    from benchmarks.workloads import WORKLOADS
 
     conn = dqlitepy.connect("read", servers=[address], isolation_level=None)
     try:
-        conn.execute("CREATE TABLE model (key TEXT PRIMARY KEY, value TEXT)")
-        conn.execute("BEGIN")
-        conn.executemany("INSERT INTO model VALUES (?, ?)", rows)
-        conn.execute("COMMIT")
+        WORKLOADS["read"].setup(conn)
     finally:
         conn.close()
 
@@ -213,16 +205,15 @@ def _load(address: str, rows: list[tuple[str, str]]) -> None:
 def run(reads: int, rounds: int) -> None:
     from benchmarks.systems import SYSTEMS
 
-    rows = _dataset()
     results: dict[str, list[tuple[float, float]]] = {}
     for _ in range(rounds):
         for system in ("dqlite", "dqlitepy"):
             with SYSTEMS[system](1) as cluster:
-                _load(cluster.addresses[0], rows)
+                _load(cluster.addresses[0])
                 results.setdefault(system, []).append(
                     measure(cluster.addresses[0], cluster.pids, reads)
                 )
-        with floor_server(rows) as (address, pid):
+        with floor_server() as (address, pid):
             results.setdefault("python floor", []).append(measure(address, [pid], reads))
     print(f"point reads, 1 node, 1 raw client, {reads} reads x {rounds} rounds (medians)")
     print(f"{'server':<14} {'reads/s':>9} {'CPU us/read':>12}")

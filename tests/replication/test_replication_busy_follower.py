@@ -14,25 +14,19 @@ journal is slowed through its instance, past the longest election timeout.
 
 from __future__ import annotations
 
-import contextlib
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from dqlitepy_server import free_port
+from durable_raft import durable_cluster
 from pysyncobj.config import FAIL_REASON
 from waiting import wait_until
 
-from dqlitepy.replication.journal import DurableJournal, durable_journal_for_syncobj
-from dqlitepy.replication.raft import HardenedSyncObj, raft_config
+from dqlitepy.replication.journal import DurableJournal
+from dqlitepy.replication.raft import HardenedSyncObj
 
 # Longer than raftMaxTimeout (1.2 s): the follower is busy past any election deadline.
 _BUSY = 1.8
-
-
-def _apply(index: int, command: bytes) -> int:
-    return index
 
 
 def _term(node: HardenedSyncObj) -> int:
@@ -40,26 +34,8 @@ def _term(node: HardenedSyncObj) -> int:
     return term
 
 
-@contextlib.contextmanager
-def _cluster(tmp_path: Path) -> Iterator[list[HardenedSyncObj]]:
-    addresses = [f"127.0.0.1:{free_port()}" for _ in range(3)]
-    nodes: list[HardenedSyncObj] = []
-    with durable_journal_for_syncobj():
-        for i, address in enumerate(addresses):
-            (tmp_path / f"n{i}").mkdir()
-            conf = raft_config(journalFile=str(tmp_path / f"n{i}" / "journal"))
-            peers = [p for p in addresses if p != address]
-            nodes.append(HardenedSyncObj(address, peers, conf, _apply))
-    try:
-        wait_until(lambda: any(n.barrier_done for n in nodes), "a leader elected", 10)
-        yield nodes
-    finally:
-        for node in nodes:
-            node.destroy_synchronous()
-
-
 def test_a_follower_slow_to_store_entries_does_not_depose_its_leader(tmp_path: Path) -> None:
-    with _cluster(tmp_path) as nodes:
+    with durable_cluster(tmp_path) as nodes:
         leader = next(n for n in nodes if n.barrier_done)
         assert leader.submit_and_wait(b"warm-up", 5)[1] == FAIL_REASON.SUCCESS
         follower = next(n for n in nodes if n is not leader)

@@ -24,17 +24,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from dqlitepy_server import free_port
+from durable_raft import durable_cluster
 from pysyncobj.config import FAIL_REASON
 from waiting import wait_until
 
-from dqlitepy.replication.journal import DurableJournal, durable_journal_for_syncobj
+from dqlitepy.replication.journal import DurableJournal
 from dqlitepy.replication.journal import appends as appends_module
-from dqlitepy.replication.raft import LEADER, STORAGE_FAILED, HardenedSyncObj, raft_config
-
-
-def _apply(index: int, command: bytes) -> int:
-    return index
+from dqlitepy.replication.raft import LEADER, STORAGE_FAILED, HardenedSyncObj
 
 
 def _journal(node: HardenedSyncObj) -> DurableJournal:
@@ -57,24 +53,12 @@ class Cluster:
 @contextlib.contextmanager
 def _cluster(tmp_path: Path) -> Iterator[Cluster]:
     """Three nodes, a leader past its barrier, every node caught up."""
-    addresses = [f"127.0.0.1:{free_port()}" for _ in range(3)]
-    with durable_journal_for_syncobj():
-        nodes = []
-        for i, address in enumerate(addresses):
-            (tmp_path / f"n{i}").mkdir()
-            conf = raft_config(journalFile=str(tmp_path / f"n{i}" / "journal"))
-            peers = [p for p in addresses if p != address]
-            nodes.append(HardenedSyncObj(address, peers, conf, _apply))
-    try:
-        wait_until(lambda: any(n.barrier_done for n in nodes), "a leader elected", 10)
+    with durable_cluster(tmp_path) as nodes:
         cluster = Cluster(nodes)
         assert cluster.leader.submit_and_wait(b"warm-up", 5)[1] == FAIL_REASON.SUCCESS
         last = cluster.leader.last_applied
         wait_until(lambda: all(n.last_applied >= last for n in nodes), "all caught up", 10)
         yield cluster
-    finally:
-        for node in nodes:
-            node.destroy_synchronous()
 
 
 def test_the_leader_sends_new_entries_before_its_own_fsync(tmp_path: Path) -> None:
@@ -202,4 +186,3 @@ def test_a_failed_sync_after_the_send_is_an_unknown_outcome_and_the_leader_steps
         )
         new = next(n for n in cluster.followers if n.barrier_done)
         assert _holds(new, b"x")  # committed by the new leader's no-op
-

@@ -153,17 +153,7 @@ class QueryResult:
 
     def __next__(self) -> tuple[Any, ...]:
         with self._session._using():
-            return self._step()
-
-    def _step(self) -> tuple[Any, ...]:
-        try:
-            return next(self._rows)
-        except apsw.Error as exc:
-            raise translate(exc, self._session._db) from exc
-        except UnicodeDecodeError as exc:
-            # Fail the query rather than the connection (CPython's sqlite3 raises
-            # OperationalError too).
-            raise EngineError(SQLITE_ERROR, _NOT_UTF8) from exc
+            return self._consume(next)
 
     def feed(self, consume: Callable[[Iterator[tuple[Any, ...]]], _T]) -> _T:
         """Call ``consume`` with the rows as SQLite steps them, holding the session.
@@ -198,6 +188,8 @@ class QueryResult:
         except apsw.Error as exc:
             raise translate(exc, self._session._db) from exc
         except UnicodeDecodeError as exc:
+            # Fail the query rather than the connection (CPython's sqlite3 raises
+            # OperationalError too).
             raise EngineError(SQLITE_ERROR, _NOT_UTF8) from exc
 
     def _reset(self) -> None:

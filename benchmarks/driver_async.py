@@ -128,9 +128,7 @@ async def _async_round(url: str, kind: str, tasks: int, seconds: float) -> float
     return sum(done) / elapsed
 
 
-def run(
-    url: str, levels: list[int], seconds: float, rounds: int, nodes: int = 1
-) -> list[Row]:
+def run(url: str, levels: list[int], seconds: float, rounds: int, nodes: int = 1) -> list[Row]:
     """Measure each (workload, level): the best sync and async ops/s over ``rounds``."""
     results = []
     for kind in ("read", "write"):

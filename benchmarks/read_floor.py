@@ -36,6 +36,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
@@ -88,10 +89,87 @@ def _rows(names: list[str], rows: list[tuple[object, ...]]) -> bytes:
     return _HEADER.pack(len(body) // 8, _ROWS, 0, 0) + body
 
 
-def _serve_connection(sock: socket.socket, path: str) -> None:
+def _general(
+    db: Any, statements: dict[int, str], kind: int, schema: int, body: bytes, address: str
+) -> bytes:
+    """Any other request the driver sends, through dqlitepy's codec: only at connect time
+    and in the workloads' setup, so it does not weigh on the floor of a read."""
+    from dqlitepy.wire import REQUESTS, encode_message
+    from dqlitepy.wire import responses as r
+
+    request: Any = REQUESTS[kind].decode_body(body, schema)
+    name = type(request).__name__
+    try:
+        response = _answer(db, statements, request, name, address)
+    except Exception as exc:  # apsw's errors, a statement id the client never prepared
+        response = r.FailureResponse(getattr(exc, "extendedresult", 1), str(exc))
+    return encode_message(response)
+
+
+def _answer(db: Any, statements: dict[int, str], request: Any, name: str, address: str) -> Any:
+    from dqlitepy.wire import responses as r
+
+    response: Any
+    if name == "LeaderRequest":
+        response = r.ServerResponse(1, address)
+    elif name == "ClientRequest":
+        response = r.WelcomeResponse()
+    elif name == "PrepareRequest":
+        stmt_id = len(statements)
+        statements[stmt_id] = request.sql
+        # The workloads' statements use "?" placeholders only.
+        response = r.StmtResponse(0, stmt_id, request.sql.count("?"))
+    elif name == "FinalizeRequest":
+        statements.pop(request.stmt_id, None)
+        response = r.EmptyResponse()
+    elif name in ("ExecSqlRequest", "ExecRequest"):
+        sql = request.sql if name == "ExecSqlRequest" else statements[request.stmt_id]
+        db.cursor().execute(sql, request.params.values)
+        response = r.ResultResponse(db.last_insert_rowid(), db.changes())
+    elif name in ("QuerySqlRequest", "QueryRequest"):
+        sql = request.sql if name == "QuerySqlRequest" else statements[request.stmt_id]
+        cursor = db.cursor().execute(sql, request.params.values)
+        try:
+            names = tuple(d[0] for d in cursor.getdescription())
+        except Exception:  # no result columns
+            names = ()
+        rows = tuple(tuple(row) for row in cursor)
+        types = tuple(tuple(_wire_type(v) for v in row) for row in rows)
+        response = r.RowsResponse(names, rows, types)
+    else:
+        response = r.FailureResponse(1, f"the floor server does not serve {name}")
+    return response
+
+
+def _wire_type(value: object) -> int:
+    from dqlitepy.wire import ValueType
+
+    if value is None:
+        return ValueType.NULL
+    if isinstance(value, int):
+        return ValueType.INTEGER
+    if isinstance(value, float):
+        return ValueType.FLOAT
+    if isinstance(value, bytes):
+        return ValueType.BLOB
+    return ValueType.TEXT
+
+
+def _text_only(body: bytes) -> bool:
+    """Whether QUERY_SQL's parameters (if any) are all text: the floor's own case."""
+    end = body.find(b"\0", 8)
+    at = 8 + ((end - 8) // 8 + 1) * 8
+    if at >= len(body):
+        return True
+    count = body[at]
+    return all(t == _TEXT for t in body[at + 1 : at + 1 + count])
+
+
+def _serve_connection(sock: socket.socket, root: str, address: str) -> None:
     import apsw
 
-    db = apsw.Connection(path)
+    db: Any = None
+    statements: dict[int, str] = {}
     buffer = b""
 
     def need(size: int) -> bool:
@@ -108,12 +186,17 @@ def _serve_connection(sock: socket.socket, path: str) -> None:
             return
         buffer = buffer[8:]  # the protocol version
         while need(8):
-            words, kind, _schema, _extra = _HEADER.unpack_from(buffer)
+            words, kind, schema, _extra = _HEADER.unpack_from(buffer)
             if not need(8 + words * 8):
                 return
             body, buffer = buffer[8 : 8 + words * 8], buffer[8 + words * 8 :]
             if kind == _OPEN:
+                db = apsw.Connection(str(Path(root) / _read_text(body, 0)[0]))
+                db.setbusytimeout(5000)
                 sock.sendall(_HEADER.pack(1, _DB, 0, 0) + _DB_BODY)
+                continue
+            if kind != _QUERY_SQL or schema != 0 or not _text_only(body):
+                sock.sendall(_general(db, statements, kind, schema, body, address))
                 continue
             sql, params = _query(body)
             cursor = db.cursor().execute(sql, params)
@@ -122,34 +205,38 @@ def _serve_connection(sock: socket.socket, path: str) -> None:
             sock.sendall(_rows(names, rows))
 
 
-def serve(port: int, path: str) -> None:
-    """The floor server: accept on 127.0.0.1:``port``, one thread per connection."""
+def serve(port: int, root: str) -> None:
+    """The floor server: accept on 127.0.0.1:``port``, one thread per connection; the
+    database a client opens is the file of that name in the directory ``root``."""
     listener = socket.create_server(("127.0.0.1", port))
     print("ready", flush=True)
     while True:
         sock, _ = listener.accept()
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        threading.Thread(target=_serve_connection, args=(sock, path), daemon=True).start()
+        threading.Thread(
+            target=_serve_connection, args=(sock, root, f"127.0.0.1:{port}"), daemon=True
+        ).start()
 
 
 @contextlib.contextmanager
-def floor_server() -> Iterator[tuple[str, int]]:
-    """The floor server in a process of its own, on the ``read`` workload's table."""
+def floor_server(*, filled: bool = True) -> Iterator[tuple[str, int]]:
+    """The floor server in a process of its own; ``filled``: on the ``read`` workload's
+    table already (else the client's own setup fills it, as the suite's does)."""
     import apsw
 
     from benchmarks.systems import free_port
     from benchmarks.workloads import WORKLOADS
 
     with tempfile.TemporaryDirectory(prefix="dqlitepy-floor-") as root:
-        path = str(Path(root) / "read.db")
-        db = apsw.Connection(path)
-        db.execute("PRAGMA journal_mode=WAL")
-        # The suite's own setup (its statements run on APSW as on the driver).
-        WORKLOADS["read"].setup(db)  # type: ignore[arg-type]
-        db.close()
+        if filled:
+            db = apsw.Connection(str(Path(root) / "read"))
+            db.execute("PRAGMA journal_mode=WAL")
+            # The suite's own setup (its statements run on APSW as on the driver).
+            WORKLOADS["read"].setup(db)  # type: ignore[arg-type]
+            db.close()
         port = free_port()
         process = subprocess.Popen(
-            [sys.executable, __file__, "--serve", str(port), path],
+            [sys.executable, __file__, "--serve", str(port), root],
             stdout=subprocess.PIPE,
             text=True,
         )
@@ -227,7 +314,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--reads", type=int, default=5000)
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--serve", nargs=2, metavar=("PORT", "DB"), help=argparse.SUPPRESS)
+    parser.add_argument("--serve", nargs=2, metavar=("PORT", "DIR"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve:
         serve(int(args.serve[0]), args.serve[1])

@@ -304,8 +304,7 @@ def driver_async_text(results: Results) -> str:
     if not results.driver_async:
         return ""
     out = [
-        "\ndqlitepy.aio (tasks) and the blocking driver (threads), one connection each; "
-        "best round",
+        "\ndqlitepy.aio (tasks) and the blocking driver (threads), one connection each; best round",
         f"{'nodes':>5} {'workload':<8} {'level':>5} {'sync ops/s':>10} {'async ops/s':>11} "
         f"{'async/sync':>10}",
     ]

@@ -32,7 +32,7 @@ from typing import Any
 from . import driver_async, go_client, report
 from .measure import Sample, measure
 from .report import Results
-from .systems import REPO, SINGLE_NODE, SYSTEMS, missing_programs
+from .systems import ONLY_WORKLOADS, REPO, SINGLE_NODE, SYSTEMS, missing_programs
 from .workloads import WORKLOADS
 
 __all__ = ["main"]
@@ -236,7 +236,11 @@ def _run_system(
     round_: int,
     pairs: list[tuple[str, int]],
 ) -> None:
-    """One cluster of ``system``: every (workload, clients) pair on it."""
+    """One cluster of ``system``: every (workload, clients) pair it serves."""
+    served = ONLY_WORKLOADS.get(system)
+    pairs = [(w, c) for w, c in pairs if served is None or w in served]
+    if not pairs:
+        return
     started = time.monotonic()
     with SYSTEMS[system](nodes) as cluster:
         print(

@@ -29,7 +29,15 @@ if _TESTS not in sys.path:
 from dqlite_cluster import DQLITE_DEMO, DqliteDemoCluster  # noqa: E402
 from dqlitepy_server import DqlitepyCluster, DqlitepyServer, free_port  # noqa: E402
 
-__all__ = ["SINGLE_NODE", "SYSTEMS", "Cluster", "cpu_seconds", "free_port", "missing_programs"]
+__all__ = [
+    "ONLY_WORKLOADS",
+    "SINGLE_NODE",
+    "SYSTEMS",
+    "Cluster",
+    "cpu_seconds",
+    "free_port",
+    "missing_programs",
+]
 
 _CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
@@ -86,13 +94,29 @@ def dqlitepy_standalone(nodes: int) -> Iterator[Cluster]:
         yield Cluster("dqlitepy-standalone", [server.address], [server.process.pid])
 
 
+@contextmanager
+def python_floor(nodes: int) -> Iterator[Cluster]:
+    """``benchmarks/read_floor.py``'s floor server: the least a Python server can do per
+    point read (no Raft, no limits, no metrics). A bound, not a system: it serves the
+    ``read`` workload; its other requests go through dqlitepy's codec, unmeasured."""
+    if nodes != 1:
+        raise ValueError("python-floor is a single node (--nodes 1)")
+    from .read_floor import floor_server
+
+    with floor_server(filled=False) as (address, pid):
+        yield Cluster("python-floor", [address], [pid])
+
+
 # Systems that exist only as one node: the suite skips them for larger clusters.
-SINGLE_NODE = frozenset({"dqlitepy-standalone"})
+SINGLE_NODE = frozenset({"dqlitepy-standalone", "python-floor"})
+# Systems that serve only some workloads: the suite skips the others on them.
+ONLY_WORKLOADS = {"python-floor": frozenset({"read"})}
 
 SYSTEMS: dict[str, Callable[[int], AbstractContextManager[Cluster]]] = {
     "dqlite": dqlite_cluster,
     "dqlitepy": dqlitepy_cluster,
     "dqlitepy-standalone": dqlitepy_standalone,
+    "python-floor": python_floor,
 }
 
 

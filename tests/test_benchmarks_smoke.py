@@ -135,3 +135,37 @@ def test_read_floor_serves_real_rows_next_to_both_systems() -> None:
     )
     systems = [line.split()[0] for line in run.stdout.splitlines()[2:]]
     assert systems == ["dqlite", "dqlitepy", "python"], run.stdout
+
+
+def test_the_python_floor_serves_the_suites_read_workload_only() -> None:
+    """``--systems python-floor``: the floor server answers the suite's own driver clients.
+
+    Every read checks that its key came back, so a floor that answered wrongly would count
+    errors instead of reads. The floor serves ``read`` alone and a single node, so the
+    ``kvwrite`` measurement and the 3-node cluster are skipped for it.
+    """
+    run = _run(
+        [
+            "-m",
+            "benchmarks",
+            "--workloads",
+            "read,kvwrite",
+            "--clients",
+            "1",
+            "--seconds",
+            "1",
+            "--rounds",
+            "1",
+            "--nodes",
+            "1,3",
+            "--systems",
+            "python-floor",
+            "--no-async-driver",
+        ],
+        timeout=120,
+    )
+    rows = [line.split() for line in run.stdout.splitlines()]
+    measured = [r for r in rows if "python-floor" in r]
+    assert len(measured) == 1 and measured[0][:3] == ["read", "1", "python-floor"], run.stdout
+    assert float(measured[0][3]) > 0, run.stdout
+    assert "python-floor read" in run.stderr and " 0 errors" in run.stderr, run.stderr

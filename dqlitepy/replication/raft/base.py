@@ -132,3 +132,4 @@ class RaftBase:
         def _count_lease_read(self) -> None: ...  # lease
         def _tick_wait(self, period: float) -> float: ...  # tick
         def _commands_queued(self) -> bool: ...  # commands
+        def _commit_alone(self) -> None: ...  # commit

@@ -305,7 +305,8 @@ class CommandsMixin(RaftBase):
     def _wake_single_voter(self) -> None:
         if not self._SyncObj__otherNodes:
             # A single voter commits the entries by itself, but PySyncObj counts
-            # them only at the start of a tick: without a wake-up they would wait
-            # out the tick's poll (about 16 ms per commit).  Peers' answers wake a
-            # larger cluster.
-            self._wake()
+            # them only at the start of a tick: without this they would wait out
+            # the tick's poll (about 16 ms per commit), or, woken, a second tick
+            # (:meth:`~.commit.CommitMixin._commit_alone`).  Peers' answers wake
+            # a larger cluster.
+            self._commit_alone()

@@ -336,7 +336,8 @@ class Database:
             # Only now is the committed state in the database file alone.
             with self._position_lock:
                 self._committed = (None, 0)
-            self.tracker = WalTracker(self.tracker.path)
+            old, self.tracker = self.tracker, WalTracker(self.tracker.path)
+            old.close()
         with self._mutex:
             self._set_phase(Phase.SERVING)
 

@@ -49,6 +49,10 @@ from .config import LEADER, REGULAR, STORAGE_FAILED
 __all__ = ["CommandsMixin", "Submission"]
 
 
+#: Makes a submission's first outcome the one that counts (a leaf lock, held for O(1)).
+_FINISHING = threading.Lock()
+
+
 class Submission:
     """One submitted command's outcome, once known; any number of threads may wait for it.
 
@@ -59,7 +63,11 @@ class Submission:
 
     def __init__(self, forget: Callable[[Callable[[Any, int], None]], None]) -> None:
         self._forget = forget
-        self._done = threading.Event()
+        # Held until the outcome is known (a bare lock, not an Event: this is on
+        # every write's path, and an Event's Condition costs a dozen Python calls).
+        self._pending = threading.Lock()
+        self._pending.acquire()
+        self._known = False
         self._outcome: tuple[Any, int] = (None, FAIL_REASON.UNKNOWN_OUTCOME)
 
     def finish(self, result: Any, reason: int) -> None:
@@ -68,17 +76,23 @@ class Submission:
         :meth:`CommandsMixin.abandon_waiters` may follow the real outcome (a
         failed append steps the leader down) before the waiters wake up.
         """
-        if not self._done.is_set():
+        with _FINISHING:  # a refusal on the submitter's thread may race abandon_waiters
+            if self._known:
+                return
             self._outcome = (result, reason)
-            self._done.set()
-            self._forget(self.finish)
+            self._known = True
+        self._pending.release()
+        self._forget(self.finish)
 
     def wait(self, timeout: float) -> tuple[Any, int]:
         """``(result, reason)``; ``(None, UNKNOWN_OUTCOME)`` if none came within ``timeout``."""
-        if not self._done.wait(timeout):
-            self._forget(self.finish)
-            return None, FAIL_REASON.UNKNOWN_OUTCOME
+        if not self._known:
+            if not self._pending.acquire(timeout=max(timeout, 0.0)):
+                self._forget(self.finish)
+                return None, FAIL_REASON.UNKNOWN_OUTCOME
+            self._pending.release()  # for the next waiter
         return self._outcome
+
 
 # A batch is appended once the queue is drained, or once it is this large: the
 # first command of a batch must not wait behind a queue that keeps filling, and

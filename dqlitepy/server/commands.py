@@ -133,6 +133,9 @@ def decode(command: bytes) -> Frames | Member | ClusterId | None:
 
 def split_pages(pages: tuple[Page, ...]) -> list[list[Page]]:
     """Cut a commit's pages into runs of at most PART_BYTES (at least one page each)."""
+    if pages and len(pages) * len(pages[0][1]) <= PART_BYTES:
+        # The usual commit, in one part (a database's pages are all of one size).
+        return [list(pages)]
     parts: list[list[Page]] = [[]]
     size = 0
     for pgno, page in pages:
@@ -163,7 +166,8 @@ def encode_frames(
         "origin": list(origin),
         "ps": transaction.page_size,
         "size": transaction.db_size,
-        "pages": [[pgno, page] for pgno, page in pages],
+        # (page number, image) pairs: cbor2 writes a tuple as the same array as a list.
+        "pages": pages,
     }
     if parts > 1:
         command.update(part=part, parts=parts)

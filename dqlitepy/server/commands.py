@@ -41,6 +41,7 @@ __all__ = [
     "decode",
     "encode_cluster_id",
     "encode_frames",
+    "frames_command",
     "encode_member",
     "split_pages",
 ]
@@ -174,6 +175,27 @@ def encode_frames(
     if after is not None:
         command["after"] = list(after)
     return cbor2.dumps(command)
+
+
+def frames_command(
+    db: str,
+    base: int,
+    after: tuple[int, int] | None,
+    origin: tuple[int, int],
+    transaction: Transaction,
+    pages: list[Page],
+    part: int = 0,
+    parts: int = 1,
+) -> tuple[bytes, Frames]:
+    """:func:`encode_frames`, and the :class:`Frames` that decoding it gives back.
+
+    The leader applies its own commands from the second (without decoding them).
+    """
+    command = encode_frames(db, base, after, origin, transaction, pages, part, parts)
+    frames = Frames(
+        db, base, origin, transaction.page_size, transaction.db_size, pages, part, parts, after
+    )
+    return command, frames
 
 
 def encode_member(node_id: int, address: str, *, removed: bool = False) -> bytes:

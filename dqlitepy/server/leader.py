@@ -37,7 +37,7 @@ from ..replication.replicator import (
     StorageError,
 )
 from ..wire import ErrorCode
-from .commands import encode_cluster_id, encode_frames, encode_member, split_pages
+from .commands import encode_cluster_id, encode_member, frames_command, split_pages
 from .database import Database, Databases, Locked, NotServing, Origin, Position
 from .fsm import StateMachine, is_storage_error
 from .gateway import GatewayFailure
@@ -501,7 +501,10 @@ class Leader:
         self._fsm.expect_own(origin, position)
         pending: list[PendingCommand | ReplicationError] = []
         for number, pages in enumerate(parts):
-            command = encode_frames(db.name, base, after, origin, txn, pages, number, len(parts))
+            command, frames = frames_command(
+                db.name, base, after, origin, txn, pages, number, len(parts)
+            )
+            self._fsm.expect_frames(command, frames)
             try:
                 part = self._replicator.submit_async(command)
                 pending.append(part)

@@ -126,6 +126,12 @@ def test_the_frames_encoding_is_the_logs_format() -> None:
     assert encoded == cbor2.dumps(expected)
     decoded = commands.decode(encoded)
     assert isinstance(decoded, commands.Frames) and decoded.pages == list(pages)
+    # What the leader applies its own commands from is what decoding them gives.
+    for after, part, parts in (((1, 8), 0, 1), (None, 0, 1), (None, 1, 3), ((2, 5), 2, 3)):
+        command, frames = commands.frames_command(
+            "app", 4, after, (1, 9), txn, [pages[1]], part, parts
+        )
+        assert commands.decode(command) == frames
 
 
 def test_parts_are_applied_together_when_the_last_one_commits(

@@ -76,6 +76,9 @@ class RaftBase:
     _remote_waiting: dict[int, Any]
     _storage_down: bool
     _probe_requested: bool
+    #: Leader side: index -> (the log's entry, the command as submitted) for the
+    #: commands of submit_tracked not applied yet.  Owner: commands (read by entries).
+    _submitted: dict[int, tuple[bytes, bytes]]
 
     if TYPE_CHECKING:
         # -- PySyncObj's methods --

@@ -61,8 +61,12 @@ class Submission:
             wait for it was given up), to drop it from the submitter set.
     """
 
-    def __init__(self, forget: Callable[[Callable[[Any, int], None]], None]) -> None:
+    def __init__(
+        self, forget: Callable[[Callable[[Any, int], None]], None], command: bytes = b""
+    ) -> None:
         self._forget = forget
+        #: The command as submitted: applied as this very object (see ``_wait_for_commit``).
+        self.command = command
         # Held until the outcome is known (a bare lock, not an Event: this is on
         # every write's path, and an Event's Condition costs a dozen Python calls).
         self._pending = threading.Lock()
@@ -110,6 +114,7 @@ class CommandsMixin(RaftBase):
     def _init_commands(self) -> None:
         self._waiters = set()
         self._waiters_lock = threading.Lock()
+        self._submitted = {}
 
     def submit(self, command: bytes, callback: Callable[[Any, int], None]) -> None:
         """Queue a command; ``callback(result, fail_reason)`` runs on the tick thread.
@@ -129,7 +134,7 @@ class CommandsMixin(RaftBase):
         Until it has one, :meth:`abandon_waiters` may release it with
         LEADER_CHANGED, so that no submitter waits on a deposed leader.
         """
-        submission = Submission(self._forget_waiter)
+        submission = Submission(self._forget_waiter, command)
         with self._waiters_lock:
             self._waiters.add(submission.finish)
         self.submit(command, submission.finish)
@@ -165,6 +170,7 @@ class CommandsMixin(RaftBase):
             waiters = list(self._waiters)
         for callback in waiters:
             callback(None, FAIL_REASON.LEADER_CHANGED)
+        self._submitted.clear()  # whatever is applied later is decoded from the log
 
     def _commands_queued(self) -> bool:
         """Whether commands wait in PySyncObj's queue (any thread; True if it cannot tell).
@@ -300,11 +306,20 @@ class CommandsMixin(RaftBase):
         self._appended()
 
     def _wait_for_commit(self, batch: list[tuple[bytes, Any]], first: int, term: int) -> None:
-        """Register the callbacks of ``batch``, appended from index ``first`` on."""
+        """Register the callbacks of ``batch``, appended from index ``first`` on.
+
+        A command of :meth:`submit_tracked` is also noted with its index, so that
+        applying it hands the application the very object it submitted instead of
+        a copy cut from the log's entry (:mod:`.entries`), which lets it recognise
+        its own commands without decoding them.
+        """
         waiting = self._SyncObj__commandsWaitingCommit
-        for offset, (_, callback) in enumerate(batch):
+        for offset, (entry, callback) in enumerate(batch):
             if callable(callback):
                 waiting[first + offset].append((term, callback))
+                submission = getattr(callback, "__self__", None)
+                if type(submission) is Submission:
+                    self._submitted[first + offset] = (entry, submission.command)
 
     def _appended(self) -> None:
         """New entries are durable in the leader's log: send them, once per append."""

@@ -349,6 +349,28 @@ def test_own_commits_are_applied_without_decoding_and_failed_ones_are_forgotten(
     assert _ids(state) == [1, 2, 7]
 
 
+def test_the_wal_is_kept_open_while_sessions_are(table: tuple[Replicated, _HeldRaft]) -> None:
+    # The leader reads each commit's frames from a WAL it keeps open, but a database
+    # without sessions holds no descriptor (a client may name endless databases).
+    state, raft = table
+    tracker = state.databases.get("app").tracker
+    assert tracker._fd == -1  # the CREATE TABLE's session is closed
+    session = state.open_session("app")
+    try:
+        writer = _Client(state, "INSERT INTO t VALUES (1)")
+        writer.start()
+        wait_until(lambda: raft.queued() == 1, "the INSERT's commit", 5)
+        raft.commit(1)
+        assert writer.outcome() == "ok"
+        assert state.databases.get("app").tracker._fd >= 0  # one session still open
+    finally:
+        state.close_session("app", session)
+    assert state.databases.get("app").tracker._fd == -1
+    [again] = _start_writers(state, raft, range(2, 3))
+    raft.commit(1)
+    assert again.outcome() == "ok" and _ids(state) == [1, 2]
+
+
 def _copying(submit_async: Callable[[bytes], Any]) -> Callable[[bytes], Any]:
     return lambda command: submit_async(bytes(bytearray(command)))
 

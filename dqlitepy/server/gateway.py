@@ -526,6 +526,8 @@ class Gateway:
             else:
                 taken, remaining = remaining[: info.param_count], remaining[info.param_count :]
             result = self._exec(session, info, taken)
+            if last:
+                break  # (without matching the blank tail once more)
             sql = info.tail
         yield result
 

@@ -416,6 +416,15 @@ class Leader:
         self._settle(db, submitted)
         if error is None and not submitted and not session.in_transaction:
             self._await_predecessors(db)
+        if (
+            isinstance(error, EngineError)
+            and error.code == ErrorCode.SQLITE_INTERRUPT
+            and not db.serving
+        ):
+            # Not the client's interrupt: the files were fenced under the statement
+            # (commits of a deposed leader, a disk error) and it died with its session.
+            # The client hears what it hears of a write cut off by a lost leadership.
+            raise _leadership_lost() from error
 
     def _storage_trouble(self, db: Database) -> None:
         """SQLite could not write ``db``: rebuild its files, have the log's storage probed."""

@@ -475,3 +475,27 @@ def test_a_follower_writes_a_stream_of_commits_in_batches(
         assert _ids(leader) == rows
     finally:
         follower.close()
+
+
+def test_a_write_the_fence_interrupts_reports_leadership_lost(
+    table: tuple[Replicated, _HeldRaft],
+) -> None:
+    # The files are fenced (a deposed leader's commits, a disk error) while a write
+    # statement runs: the statement is interrupted with its session. The client did not
+    # ask for that, so "interrupted" would mislead it; it hears "leadership lost", as for
+    # any write cut off by the end of a leadership, and nothing of it stays.
+    state, raft = table
+    db = state.databases.get("app")
+    writer = _Client(
+        state,
+        "WITH RECURSIVE c(i) AS (SELECT 100 UNION ALL SELECT i + 1 FROM c WHERE i < 50000000) "
+        "INSERT INTO t SELECT i FROM c",
+        timeout=30,
+    )
+    writer.start()
+    wait_until(lambda: db._gate_holder is not None, "the write statement to run", 5)
+    state.fsm.fence(db)
+    assert writer.outcome() == "leadership lost"
+    assert writer.failure is not None and writer.failure.code == ErrorCode.LEADERSHIP_LOST
+    assert raft.queued() == 0
+    assert _ids(state) == []

@@ -38,7 +38,7 @@ from ..wire import ErrorCode
 from .commands import encode_cluster_id, encode_frames, encode_member, split_pages
 from .database import Database, Databases, Locked, NotServing, Origin, Position
 from .fsm import StateMachine, is_storage_error
-from .gateway import GatewayFailure
+from .gateway import BeginRead, GatewayFailure
 
 __all__ = ["Leader"]
 
@@ -282,8 +282,13 @@ class Leader:
         finally:
             begun()
 
+    def read_starter(self, name: str) -> BeginRead:
+        """:meth:`begin_read` on database ``name``, which a gateway keeps for its session
+        (the database's state is looked up once, not for every read)."""
+        return functools.partial(self.begin_read, self._databases.get(name))
+
     def begin_read(
-        self, owner: object, name: str, session: Session, info: StatementInfo, timeout: float
+        self, db: Database, owner: object, session: Session, info: StatementInfo, timeout: float
     ) -> Callable[[], None] | None:
         """:meth:`execution` of a plain read that returns rows, without a context manager.
 
@@ -297,8 +302,16 @@ class Leader:
         """
         if not (info.column_count and info.readonly and info.reads_database):
             return None
+        # The usual read makes every check as one test each, none of which waits: a
+        # caught-up leader whose leadership needs no round, its applier idle
+        # (StateMachine.read_ready), then the gate and the writer slot in one step.
+        # A statement returning rows is never BEGIN, and a connection with a write
+        # transaction open holds the writer slot, so _writes needs no test of its own
+        # here.  Anything else takes the waiting way below, which makes the same
+        # checks, in execution's order, and fails as execution does.
+        if self._fsm.read_ready() and db.admit_reader_now(owner, session):
+            return db.reader_began
         self._wait_caught_up(min(timeout, _BARRIER_WAIT))
-        db = self._databases.get(name)
         if _writes(owner, session, info, db):
             return None
         self._admit_read(db, session, info, timeout)

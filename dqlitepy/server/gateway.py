@@ -314,7 +314,9 @@ class Gateway:
         fast path").  Call it between requests, outside a transaction.
         """
         session = self._session
-        if session is None or request.db_id != 0 or session.closed:
+        # A session closed under the connection (by a rebuild) is refused on the way,
+        # with the general path's answer (not leader).
+        if session is None or request.db_id != 0:
             return None
         if type(request) is QuerySqlRequest:
             info = session.cached(request.sql)

@@ -353,25 +353,30 @@ class Gateway:
             # The first batch is filled before begun(): it holds off a writer at the
             # gate for one batch more, and spares the read a second hold of the session.
             result, encoder, done = session.query_first(info, values, self._encoder_for)
+        except BaseException:
+            self._encoders.clear()  # an encoder may be left mid-batch
+            raise
         finally:
             begun()
         if done:
-            shape = (result.columns, result.decltypes)
-            if len(self._encoders) >= _ENCODERS:
-                self._encoders.clear()
-            self._encoders[shape] = encoder
             return encoder.finish(done=True)
+        # The rest of the result streams through this encoder, which no other read
+        # may use meanwhile, nor after a failure.
+        self._encoders.pop((result.columns, result.decltypes), None)
         self._running = result
         return self._more_rows(result, encoder, encoder.finish(done=False))
 
     def _encoder_for(
         self, columns: tuple[str, ...], decltypes: tuple[str | None, ...]
     ) -> RowsBatchEncoder:
-        """An encoder for a result of this shape, kept between reads: it starts a new
-        message itself (finish()); one that failed mid-batch is not given back."""
-        encoder = self._encoders.pop((columns, decltypes), None)
+        """The encoder of results of this shape, kept between reads (it starts a new
+        message itself, in finish())."""
+        shape = (columns, decltypes)
+        encoder = self._encoders.get(shape)
         if encoder is None:
-            encoder = RowsBatchEncoder(columns, decltypes=decltypes)
+            if len(self._encoders) >= _ENCODERS:
+                self._encoders.clear()
+            encoder = self._encoders[shape] = RowsBatchEncoder(columns, decltypes=decltypes)
         return encoder
 
     def _batches(

@@ -293,6 +293,7 @@ class RowsBatchEncoder:
     __slots__ = (
         "_batch_size",
         "_columns",
+        "_empty_size",
         "_encode",
         "_encoders",
         "_kinds",
@@ -314,6 +315,8 @@ class RowsBatchEncoder:
             self._columns,
             tuple(decltypes) if decltypes is not None else (None,) * len(self._columns),
         )
+        # The size of a batch without rows.
+        self._empty_size = HEADER_SIZE + len(self._names)
         # This result's encoder per row shape, and the one of the last row.
         self._encoders: dict[tuple[type, ...], _Encode] = {}
         self._encode: _Encode | None = None
@@ -324,7 +327,7 @@ class RowsBatchEncoder:
 
     def _start(self) -> None:
         self._parts = [self._names]
-        self._size = HEADER_SIZE + len(self._names)
+        self._size = self._empty_size
         self._rows = 0
 
     @property
@@ -351,12 +354,6 @@ class RowsBatchEncoder:
         A row is taken only while the batch is below its size, as dqlite checks
         before each step; a batch holds at least one row, unless ``rows`` ran out.
         """
-        try:
-            return self._fill(rows)
-        except (struct.error, UnicodeEncodeError) as exc:
-            raise LocalProtocolError(f"row does not fit the wire protocol: {exc}") from exc
-
-    def _fill(self, rows: Iterator[tuple[Any, ...]]) -> bool:
         # Rows of the shape last seen go through that shape's compiled encoder,
         # which runs the loop itself; a row of another shape comes back here, and
         # its shape's encoder goes on from it.  A row comes back only when taken
@@ -389,6 +386,8 @@ class RowsBatchEncoder:
                 else:
                     source = chain((row,), rows)
             return False
+        except (struct.error, UnicodeEncodeError) as exc:
+            raise LocalProtocolError(f"row does not fit the wire protocol: {exc}") from exc
         finally:
             self._size = size
             self._rows = count
@@ -424,5 +423,8 @@ class RowsBatchEncoder:
         self._parts.append(_MARKERS[done])
         header = encode_header(ResponseType.ROWS, 0, self._size + 8 - HEADER_SIZE)
         body = b"".join([header, *self._parts])
-        self._start()
+        # A new batch (_start, without the call: every result ends here).
+        self._parts = [self._names]
+        self._size = self._empty_size
+        self._rows = 0
         return body

@@ -154,13 +154,16 @@ class ReadsMixin(RaftBase):
         waits, confirms with a round, or says why not.  Reads served under the
         lease are counted (``lease_reads``).
         """
-        index = self._lease_read_index()
-        if index is not None:
-            if self._SyncObj__raftLastApplied < index:
-                return None  # a lease needs other voters: not the only voter either
+        if self._SyncObj__otherNodes:
+            # Only a lease can spare a round.  (Voters may come or go meanwhile: each
+            # way reads the state in its own safe order, and a stale choice of way
+            # only errs towards None.)
+            index = self._lease_read_index()
+            if index is None or self._SyncObj__raftLastApplied < index:
+                return None
             self._count_lease_read()
             return index
-        index = self._alone_read_index()
+        index = self._alone_read_index()  # a single voter never holds a lease
         if index is None or self._SyncObj__raftLastApplied < index:
             return None
         return index

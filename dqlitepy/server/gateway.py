@@ -314,8 +314,7 @@ class Gateway:
         fast path").  Call it between requests, outside a transaction.
         """
         session = self._session
-        # A session closed under the connection (by a rebuild) is refused on the way,
-        # with the general path's answer (not leader).
+        # A session closed by a rebuild is refused on the way, as the general path does.
         if session is None or request.db_id != 0:
             return None
         if type(request) is QuerySqlRequest:
@@ -360,8 +359,7 @@ class Gateway:
             begun()
         if done:
             return encoder.finish(done=True)
-        # The rest of the result streams through this encoder, which no other read
-        # may use meanwhile, nor after a failure.
+        # The rest streams through this encoder: no other read may use it, nor a failure's.
         self._encoders.pop((result.columns, result.decltypes), None)
         self._running = result
         return self._more_rows(result, encoder, encoder.finish(done=False))
@@ -369,8 +367,7 @@ class Gateway:
     def _encoder_for(
         self, columns: tuple[str, ...], decltypes: tuple[str | None, ...]
     ) -> RowsBatchEncoder:
-        """The encoder of results of this shape, kept between reads (it starts a new
-        message itself, in finish())."""
+        """The encoder of this result shape, kept between reads (finish() starts anew)."""
         shape = (columns, decltypes)
         encoder = self._encoders.get(shape)
         if encoder is None:

@@ -53,6 +53,9 @@ _TEXT_PAD = tuple(bytes(8 - k) for k in range(8))
 # Blob data is padded to a word: (8 - n % 8) % 8 zeros.
 _BLOB_PAD = tuple(bytes((8 - k) & 7) for k in range(8))
 _MARKERS = {True: _pack_u64(MARKER_DONE), False: _pack_u64(MARKER_PART)}
+# A message header (framing.encode_header), and the largest body it can announce.
+_HEADER_PACK = struct.Struct("<IBBH").pack
+_MAX_BODY = 0xFFFF_FFFF * 8
 
 # A row shape's header, its values' operations, and its size without text and blobs.
 _Plan = tuple[bytes, tuple[int, ...], int]
@@ -421,7 +424,11 @@ class RowsBatchEncoder:
     def finish(self, *, done: bool) -> bytes:
         """Return the whole message for the current batch and start a new one."""
         self._parts.append(_MARKERS[done])
-        header = encode_header(ResponseType.ROWS, 0, self._size + 8 - HEADER_SIZE)
+        body_size = self._size + 8 - HEADER_SIZE
+        if body_size & 7 or body_size > _MAX_BODY:
+            encode_header(ResponseType.ROWS, 0, body_size)  # raises the error it names
+        # encode_header's header, without the call: every result ends here.
+        header = _HEADER_PACK(body_size >> 3, ResponseType.ROWS, 0, 0)
         body = b"".join([header, *self._parts])
         # A new batch (_start, without the call: every result ends here).
         self._parts = [self._names]

@@ -60,6 +60,9 @@ class RaftBase:
     #: The commit index behind PySyncObj's ``__raftCommitIndex`` property (readers on
     #: other threads read it directly).  Owner: commit.
     _commit_index: int
+    #: Reads served under the lease, and the lock of that count.  Owner: lease.
+    _lease_reads: int
+    _lease_reads_lock: Any
     #: Whether this node votes.  Owner: roles.
     _voting: bool
     #: Every member's role, this node's included (tick thread).  Owner: roles.

@@ -161,7 +161,8 @@ class ReadsMixin(RaftBase):
             index = self._lease_read_index()
             if index is None or self._SyncObj__raftLastApplied < index:
                 return None
-            self._count_lease_read()
+            with self._lease_reads_lock:  # _count_lease_read, without the call
+                self._lease_reads += 1
             return index
         index = self._alone_read_index()  # a single voter never holds a lease
         if index is None or self._SyncObj__raftLastApplied < index:

@@ -348,6 +348,7 @@ _STYLE = {
     "dqlitepy": "tab:orange",
     "dqlitepy-standalone": "tab:green",
     "dqlite, Go client": "tab:gray",
+    "python-floor": "tab:purple",
 }
 
 

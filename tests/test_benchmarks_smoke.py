@@ -137,11 +137,12 @@ def test_read_floor_serves_real_rows_next_to_both_systems() -> None:
     assert systems == ["dqlite", "dqlitepy", "python"], run.stdout
 
 
-def test_the_python_floor_serves_the_suites_read_workload_only() -> None:
+def test_the_python_floor_serves_the_suites_read_and_scan_workloads_only() -> None:
     """``--systems python-floor``: the floor server answers the suite's own driver clients.
 
-    Every read checks that its key came back, so a floor that answered wrongly would count
-    errors instead of reads. The floor serves ``read`` alone and a single node, so the
+    Every read checks that its key came back and every scan that all its rows did (the
+    replayed ones too), so a floor that answered wrongly would count errors instead of
+    operations. The floor serves ``read`` and ``scan`` and a single node, so the
     ``kvwrite`` measurement and the 3-node cluster are skipped for it.
     """
     run = _run(
@@ -149,7 +150,7 @@ def test_the_python_floor_serves_the_suites_read_workload_only() -> None:
             "-m",
             "benchmarks",
             "--workloads",
-            "read,kvwrite",
+            "read,kvwrite,scan",
             "--clients",
             "1",
             "--seconds",
@@ -166,6 +167,10 @@ def test_the_python_floor_serves_the_suites_read_workload_only() -> None:
     )
     rows = [line.split() for line in run.stdout.splitlines()]
     measured = [r for r in rows if "python-floor" in r]
-    assert len(measured) == 1 and measured[0][:3] == ["read", "1", "python-floor"], run.stdout
-    assert float(measured[0][3]) > 0, run.stdout
-    assert "python-floor read" in run.stderr and " 0 errors" in run.stderr, run.stderr
+    assert [r[:3] for r in measured] == [
+        ["read", "1", "python-floor"],
+        ["scan", "1", "python-floor"],
+    ], run.stdout
+    assert all(float(r[3]) > 0 for r in measured), run.stdout
+    progress = [line for line in run.stderr.splitlines() if "python-floor " in line]
+    assert len(progress) == 2 and all(" 0 errors" in line for line in progress), run.stderr

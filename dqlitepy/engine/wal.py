@@ -21,6 +21,7 @@ pages for a commit frame else 0, salt-1, salt-2, two checksums) and one page.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import struct
 from dataclasses import dataclass, field
@@ -69,12 +70,19 @@ class WalTracker:
     ``frames`` is how many frames of the current WAL generation have been read;
     a new generation (SQLite restarted the WAL after a checkpoint, with new
     salts) resets it.
+
+    The file stays open between reads (opening it cost every commit a path
+    lookup): SQLite restarts a WAL in place, and every other change of the
+    file at ``path`` (a rebuild, a snapshot swapped in) unlinks the old one
+    first, which :meth:`read` notices (its open file has no link left) and
+    reopens ``path``.  :meth:`close` closes it.
     """
 
     path: Path
     frames: int = 0
     salts: tuple[int, int] | None = None
     _pending: list[tuple[int, bytes]] = field(default_factory=list)
+    _fd: int = -1
 
     def read(self, total_frames: int) -> list[Transaction]:
         """Read frames up to ``total_frames`` (what the WAL hook reported).
@@ -85,7 +93,7 @@ class WalTracker:
         Raises:
             WalError: the header or a frame is not valid.
         """
-        fd = os.open(self.path, os.O_RDONLY)
+        fd = self._open()
         try:
             header = os.pread(fd, _WAL_HEADER_SIZE, 0)
             if len(header) < _WAL_HEADER_SIZE:
@@ -106,8 +114,9 @@ class WalTracker:
             start = _WAL_HEADER_SIZE + self.frames * frame_size
             count = total_frames - self.frames
             data = os.pread(fd, count * frame_size, start)
-        finally:
-            os.close(fd)
+        except BaseException:
+            self.close()  # the next read starts from a fresh open
+            raise
         if len(data) < count * frame_size:
             raise WalError(f"{self.path}: WAL ends before frame {total_frames}")
         transactions: list[Transaction] = []
@@ -124,6 +133,27 @@ class WalTracker:
                 self._pending.clear()
         self.frames = total_frames
         return transactions
+
+    def _open(self) -> int:
+        """The WAL's descriptor: the one kept open while the file is still linked."""
+        fd = self._fd
+        if fd >= 0:
+            if os.fstat(fd).st_nlink:
+                return fd
+            self.close()  # unlinked: SQLite writes to a new file at ``path`` now
+        self._fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
+        return self._fd
+
+    def close(self) -> None:
+        """Close the WAL file kept open (the next :meth:`read` opens it again)."""
+        fd, self._fd = self._fd, -1
+        if fd >= 0:
+            os.close(fd)
+
+    def __del__(self) -> None:
+        # A tracker dropped without close() (a database forgotten) must not leak its file.
+        with contextlib.suppress(OSError):
+            self.close()
 
 
 def committed_prefix(wal: Path, salts: tuple[int, int] | None, frames: int) -> int:

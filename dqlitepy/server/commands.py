@@ -41,6 +41,7 @@ __all__ = [
     "decode",
     "encode_cluster_id",
     "encode_frames",
+    "frames_command",
     "encode_member",
     "split_pages",
 ]
@@ -133,6 +134,9 @@ def decode(command: bytes) -> Frames | Member | ClusterId | None:
 
 def split_pages(pages: tuple[Page, ...]) -> list[list[Page]]:
     """Cut a commit's pages into runs of at most PART_BYTES (at least one page each)."""
+    if pages and len(pages) * len(pages[0][1]) <= PART_BYTES:
+        # The usual commit, in one part (a database's pages are all of one size).
+        return [list(pages)]
     parts: list[list[Page]] = [[]]
     size = 0
     for pgno, page in pages:
@@ -163,13 +167,35 @@ def encode_frames(
         "origin": list(origin),
         "ps": transaction.page_size,
         "size": transaction.db_size,
-        "pages": [[pgno, page] for pgno, page in pages],
+        # (page number, image) pairs: cbor2 writes a tuple as the same array as a list.
+        "pages": pages,
     }
     if parts > 1:
         command.update(part=part, parts=parts)
     if after is not None:
         command["after"] = list(after)
     return cbor2.dumps(command)
+
+
+def frames_command(
+    db: str,
+    base: int,
+    after: tuple[int, int] | None,
+    origin: tuple[int, int],
+    transaction: Transaction,
+    pages: list[Page],
+    part: int = 0,
+    parts: int = 1,
+) -> tuple[bytes, Frames]:
+    """:func:`encode_frames`, and the :class:`Frames` that decoding it gives back.
+
+    The leader applies its own commands from the second (without decoding them).
+    """
+    command = encode_frames(db, base, after, origin, transaction, pages, part, parts)
+    frames = Frames(
+        db, base, origin, transaction.page_size, transaction.db_size, pages, part, parts, after
+    )
+    return command, frames
 
 
 def encode_member(node_id: int, address: str, *, removed: bool = False) -> bytes:

@@ -152,6 +152,11 @@ class Database:
             self._sessions.discard(session)
             if self._writer_session is session:
                 self._release_writer()
+            if not self._sessions and not self._opening and self._phase is Phase.SERVING:
+                # No session can write (each closed after its last SQLite call; a new
+                # one announces itself under this lock): the WAL the tracker keeps
+                # open is closed, so that databases nobody uses hold no descriptor.
+                self.tracker.close()
             self._changed.notify_all()
 
     def is_writer(self, owner: object) -> bool:
@@ -357,7 +362,8 @@ class Database:
             # Only now is the committed state in the database file alone.
             with self._position_lock:
                 self._committed = (None, 0)
-            self.tracker = WalTracker(self.tracker.path)
+            old, self.tracker = self.tracker, WalTracker(self.tracker.path)
+            old.close()
         with self._mutex:
             self._set_phase(Phase.SERVING)
 

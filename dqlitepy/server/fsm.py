@@ -157,6 +157,10 @@ class StateMachine:
         # Commands this node submitted, by origin, with the WAL position after them:
         # their pages are in the WAL already (if its epoch did not change).
         self._own: dict[Origin, Position] = {}
+        # The FRAMES commands this node submitted, by the id of the command object
+        # submitted (kept here, so the id stays its own): Raft applies an entry of
+        # this node's log as that very object, which then needs no decoding.
+        self._frames: dict[int, tuple[bytes, Frames]] = {}
         self._stage_sequence = itertools.count(1)
         #: Transactions applied (every part received), for monitoring; others only read it.
         self.commits = 0
@@ -251,9 +255,16 @@ class StateMachine:
         """This node submits ``origin``, whose pages end at ``position`` in its WAL."""
         self._own[origin] = position
 
+    def expect_frames(self, command: bytes, frames: Frames) -> None:
+        """This node submits ``command``, which decodes to ``frames``."""
+        self._frames[id(command)] = (command, frames)
+
     def forget_own(self, origin: Origin) -> None:
         """The submission of ``origin`` failed."""
         self._own.pop(origin, None)
+        for key, (_, frames) in list(self._frames.items()):
+            if frames.origin == origin:
+                self._frames.pop(key, None)
 
     def fence(self, db: Database) -> None:
         """The files may hold a commit Raft did not accept: stop serving, queue a rebuild."""
@@ -271,6 +282,9 @@ class StateMachine:
         if not command:
             self._apply_barrier(index)
             return None
+        submitted = self._frames.pop(id(command), None)
+        if submitted is not None and submitted[0] is command:
+            return self._apply_frames(index, submitted[1])  # ours: it decodes to that
         try:
             decoded = decode(command)
         except InvalidCommand as exc:
@@ -357,6 +371,8 @@ class StateMachine:
             self._barrier_applied = False
             self._progress.notify_all()
         if not leading:
+            # Its writers hear their outcome and forget their commits; these go at once.
+            self._frames.clear()
             # Sessions of a deposed leader must not read what Raft may drop.
             self._enqueue(_Deposed())
 

@@ -229,8 +229,7 @@ class Gateway:
         self._admin = AdminSession.refusing() if admin is None else admin
         self._database: str | None = None
         self._session: Session | None = None
-        # The node's read admission on the session's database (read_starter).
-        self._begin_read: BeginRead | None = None
+        self._begin_read: BeginRead | None = None  # NodeContext.read_starter's, from OPEN
         self._statements: dict[int, StatementInfo] = {}
         self._running: QueryResult | None = None
         # The read fast path's ROWS encoders, by result columns and declared types.
@@ -538,6 +537,8 @@ class Gateway:
             else:
                 taken, remaining = remaining[: info.param_count], remaining[info.param_count :]
             result = self._exec(session, info, taken)
+            if last:
+                break  # (without matching the blank tail once more)
             sql = info.tail
         yield result
 

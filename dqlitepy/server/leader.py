@@ -23,7 +23,9 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
+from types import TracebackType
 
 from ..engine import Engine, EngineError, Session, StatementInfo
 from ..engine.wal import Transaction, WalError
@@ -35,7 +37,7 @@ from ..replication.replicator import (
     StorageError,
 )
 from ..wire import ErrorCode
-from .commands import encode_cluster_id, encode_frames, encode_member, split_pages
+from .commands import encode_cluster_id, encode_member, frames_command, split_pages
 from .database import Database, Databases, Locked, NotServing, Origin, Position
 from .fsm import StateMachine, is_storage_error
 from .gateway import BeginRead, GatewayFailure
@@ -106,17 +108,6 @@ def _writes(owner: object, session: Session, info: StatementInfo, db: Database) 
     )
 
 
-def _admit_reader(db: Database, session: Session, timeout: float) -> None:
-    """:meth:`Database.admit_reader`, its refusals answered as :func:`_refusals` does
-    (without a generator context manager: every read comes through here)."""
-    try:
-        db.admit_reader(session, timeout)
-    except NotServing:
-        raise _not_leader() from None
-    except Locked:
-        raise _locked() from None
-
-
 class _ReaderStart:
     """The ``begun`` callback of a read: tells the database once that the reader began."""
 
@@ -163,6 +154,36 @@ class _Capture:
         commits, error = self._commits, self._error
         self.start()
         return commits, error
+
+
+class _Write:
+    """:meth:`Leader.execution` of a write (a class, not a generator: every write's path)."""
+
+    __slots__ = ("_capture", "_db", "_leader", "_owner", "_session", "_timeout")
+
+    def __init__(
+        self, leader: Leader, db: Database, owner: object, session: Session, timeout: float
+    ) -> None:
+        self._leader = leader
+        self._db = db
+        self._owner = owner
+        self._session = session
+        self._timeout = timeout
+
+    def __enter__(self) -> Callable[[], None]:
+        self._capture = self._leader._begin_write(
+            self._db, self._owner, self._session, self._timeout
+        )
+        return _no_op
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        # Never suppresses: the statement's error, or the one ending the write, goes on.
+        self._leader._end_write(self._db, self._owner, self._session, self._capture, exc)
 
 
 @dataclass(frozen=True)
@@ -253,22 +274,26 @@ class Leader:
 
     # --------------------------------------------------------- executions
 
-    @contextlib.contextmanager
     def execution(
         self, owner: object, name: str, session: Session, info: StatementInfo, timeout: float
-    ) -> Iterator[Callable[[], None]]:
+    ) -> AbstractContextManager[Callable[[], None]]:
         """Run one execution of ``owner``'s prepared statement under the write-path rules.
 
-        Yields ``begun``, which the caller calls once the statement's first
-        step ran (its read transaction, if any, has begun).  A write execution
-        returns once Raft committed what it committed.
+        Enter the context manager returned at once: it yields ``begun``, which
+        the caller calls once the statement's first step ran (its read
+        transaction, if any, has begun).  A write execution returns once Raft
+        committed what it committed.
         """
         self._wait_caught_up(min(timeout, _BARRIER_WAIT))
         db = self._databases.get(name)
         if _writes(owner, session, info, db):
-            with self._write(db, owner, session, timeout):
-                yield _no_op
-            return
+            return _Write(self, db, owner, session, timeout)
+        return self._read(db, session, info, timeout)
+
+    @contextlib.contextmanager
+    def _read(
+        self, db: Database, session: Session, info: StatementInfo, timeout: float
+    ) -> Iterator[Callable[[], None]]:
         if not info.reads_database:
             # BEGIN, SELECT last_insert_rowid(): no page is read, so nothing can
             # be stale or uncommitted.  A deferred BEGIN thus does not wait for
@@ -302,13 +327,10 @@ class Leader:
         """
         if not (info.column_count and info.readonly and info.reads_database):
             return None
-        # The usual read makes every check as one test each, none of which waits: a
-        # caught-up leader whose leadership needs no round, its applier idle
-        # (StateMachine.read_ready), then the gate and the writer slot in one step.
-        # A statement returning rows is never BEGIN, and a connection with a write
-        # transaction open holds the writer slot, so _writes needs no test of its own
-        # here.  Anything else takes the waiting way below, which makes the same
-        # checks, in execution's order, and fails as execution does.
+        # The usual read: every check one test, none waiting (StateMachine.read_ready,
+        # then gate and writer slot at once; a statement returning rows is never BEGIN,
+        # and an open write transaction holds the writer slot, so _writes is covered).
+        # Else the waiting way below: the same checks in execution's order and failures.
         if self._fsm.read_ready() and db.admit_reader_now(owner, session):
             return db.reader_began
         self._wait_caught_up(min(timeout, _BARRIER_WAIT))
@@ -325,7 +347,9 @@ class Leader:
             # A statement that returns rows may return stale ones on a deposed
             # leader; one that returns none (BEGIN, a read's COMMIT) cannot.
             self._confirm_leadership(min(timeout, _BARRIER_WAIT))
-        _admit_reader(db, session, timeout)
+        # A generator context manager is fine here: the usual read takes begin_read's test.
+        with _refusals():
+            db.admit_reader(session, timeout)
 
     def _confirm_leadership(self, timeout: float) -> None:
         """Serve a read only once this node's leadership is confirmed: lease or ReadIndex.
@@ -346,37 +370,53 @@ class Leader:
         if not self._fsm.wait_idle(max(0.0, deadline - time.monotonic())):
             raise _not_leader()
 
-    @contextlib.contextmanager
-    def _write(
+    def _begin_write(
         self, db: Database, owner: object, session: Session, timeout: float
-    ) -> Iterator[None]:
-        with _refusals():
+    ) -> _Capture:
+        """Take the writer slot (and the gate) for a write; :meth:`_end_write` ends it
+        (also when this raises once the slot was taken)."""
+        try:
             db.acquire_writer(owner, session, timeout)
+        except NotServing:
+            # Nothing ran: the client may ask another node for the leader.
+            raise _not_leader() from None
+        except Locked:
+            raise _locked() from None
         capture = self._capture_of(db)
         capture.start()
-        storage_failed = False
-        ran = False
-        submitted: list[_Submitted] = []
         try:
             self._checkpoint_if_due(db, session, timeout)
-            yield
-            ran = True
-        except EngineError as exc:
-            storage_failed = is_storage_error(exc)
+        except BaseException as exc:
+            self._end_write(db, owner, session, capture, exc)
             raise
+        return capture
+
+    def _end_write(
+        self,
+        db: Database,
+        owner: object,
+        session: Session,
+        capture: _Capture,
+        error: BaseException | None,
+    ) -> None:
+        """Submit what the execution committed, pass the writer slot on, wait for Raft.
+
+        ``error``: what the statement raised (None: it ran).
+        """
+        storage_failed = isinstance(error, EngineError) and is_storage_error(error)
+        submitted: list[_Submitted] = []
+        try:
+            if storage_failed:
+                # SQLite's error goes back as it is: nothing was submitted.
+                self._storage_trouble(db)
+            if not session.in_transaction:
+                submitted = self._submit_captured(db, session, capture)
         finally:
-            try:
-                if storage_failed:
-                    # SQLite's error goes back as it is: nothing was submitted.
-                    self._storage_trouble(db)
-                if not session.in_transaction:
-                    submitted = self._submit_captured(db, session, capture)
-            finally:
-                # The next writer runs while these commits are in flight: group commit.
-                db.end_write(owner, session)
-            self._settle(db, submitted)
-            if ran and not submitted and not session.in_transaction:
-                self._await_predecessors(db)
+            # The next writer runs while these commits are in flight: group commit.
+            db.end_write(owner, session)
+        self._settle(db, submitted)
+        if error is None and not submitted and not session.in_transaction:
+            self._await_predecessors(db)
 
     def _storage_trouble(self, db: Database) -> None:
         """SQLite could not write ``db``: rebuild its files, have the log's storage probed."""
@@ -462,7 +502,10 @@ class Leader:
         self._fsm.expect_own(origin, position)
         pending: list[PendingCommand | ReplicationError] = []
         for number, pages in enumerate(parts):
-            command = encode_frames(db.name, base, after, origin, txn, pages, number, len(parts))
+            command, frames = frames_command(
+                db.name, base, after, origin, txn, pages, number, len(parts)
+            )
+            self._fsm.expect_frames(command, frames)
             try:
                 part = self._replicator.submit_async(command)
                 pending.append(part)

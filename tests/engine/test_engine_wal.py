@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import random
 from pathlib import Path
 
@@ -87,3 +88,37 @@ def test_bad_wal_is_an_error(tmp_path: Path) -> None:
     wal.write_bytes(bytes(32))
     with pytest.raises(WalError):
         WalTracker(wal).read(1)
+
+
+def test_the_wal_stays_open_and_a_new_file_is_followed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # One open for a stream of commits (not one per commit); once SQLite has
+    # deleted its WAL and writes a new file at the same path, the tracker reads
+    # that one (the old descriptor would show the deleted file: "WAL shrank").
+    opened: list[str] = []
+    real_open = os.open
+
+    def counting(path: str | Path, *args: int) -> int:
+        opened.append(os.fspath(path))
+        return real_open(path, *args)
+
+    monkeypatch.setattr(os, "open", counting)
+    path = tmp_path / "leader.db"
+    wal = str(path) + "-wal"
+    leader = Leader(path)
+    leader.db.execute("CREATE TABLE t (id INTEGER PRIMARY KEY, v BLOB)")
+    for i in range(20):
+        leader.db.execute("INSERT INTO t (v) VALUES (?)", (bytes([i]) * 3000,))
+    assert opened.count(wal) == 1
+    leader.db.close()  # the last connection: SQLite checkpoints and deletes the WAL
+    assert not os.path.exists(wal)
+    leader.db = apsw.Connection(str(path))
+    leader.db.set_wal_hook(leader._hook)
+    for i in range(5):
+        leader.db.execute("INSERT INTO t (v) VALUES (?)", (bytes([i]) * 5000,))
+    assert opened.count(wal) == 2
+    replica = _replica(tmp_path, leader.transactions)
+    assert _dump(replica) == _dump(leader.db)
+    leader.tracker.close()
+    leader.tracker.close()  # closing twice is harmless

@@ -142,11 +142,35 @@ def test_queued_commands_are_appended_with_one_sync_and_one_send(
         node._checkCommandsToApply()  # this test is the tick thread
         assert [c[1:] for c in _entries(node, first)] == commands  # type byte, then the command
         assert syncs(journal) - before == 1
-        assert sends[0] == 1 and wakes[0] == 1
-        assert sorted(node._SyncObj__commandsWaitingCommit) == list(range(first, first + 10))
-        for _ in range(5):
-            node.doTick(0.01)
+        assert sends[0] == 1
+        # A single voter's own sync is the quorum: the batch is committed and
+        # applied in the same tick, with no second tick (and no wake-up for one).
+        assert wakes[0] == 0
         assert outcomes.reasons == dict.fromkeys(commands, FAIL_REASON.SUCCESS)
+        assert not node._SyncObj__commandsWaitingCommit
+        assert node._SyncObj__raftLastApplied == first + 9
+
+
+def test_a_tracked_command_is_applied_as_the_object_submitted(tmp_path: Path) -> None:
+    # The application recognises its own commands by identity (no decoding); any
+    # other entry is handed over as a copy of the log's bytes, as before.
+    with _single_voter(tmp_path / "journal") as node:
+        applied: list[bytes] = []
+
+        def apply(index: int, command: bytes) -> int:
+            applied.append(command)
+            return index
+
+        node._dqlitepy_apply = apply
+        tracked, plain = b"tracked" + bytes(1000), b"plain" + bytes(1000)
+        submission = node.submit_tracked(tracked)
+        node.submit(plain, lambda result, reason: None)
+        node._checkCommandsToApply()
+        assert submission.wait(1.0)[1] == FAIL_REASON.SUCCESS
+        assert len(applied) == 2
+        assert applied[0] is tracked
+        assert applied[1] == plain and applied[1] is not plain
+        assert node._submitted == {}  # nothing kept once applied
 
 
 def test_a_batch_is_appended_once_it_is_large(

@@ -17,6 +17,7 @@ import cbor2
 import pytest
 
 from dqlitepy.engine import Engine
+from dqlitepy.engine.wal import Transaction
 from dqlitepy.replication.replicator import Replicator
 from dqlitepy.server import commands
 from dqlitepy.server.replicated import Replicated
@@ -101,6 +102,36 @@ def test_a_big_transaction_is_cut_into_parts_of_at_most_part_bytes(
     assert [len(p) for p in parts] == [3, 3, 3, 1]
     assert [page for part in parts for page in part] == list(pages)
     assert commands.split_pages(((1, bytes(5 * PAGE)),)) == [[(1, bytes(5 * PAGE))]]
+    assert commands.split_pages(pages[:3]) == [list(pages[:3])]  # fits: one part
+    assert commands.split_pages(()) == [[]]
+
+
+def test_the_frames_encoding_is_the_logs_format() -> None:
+    # Entries in existing logs were written with pages as [number, image] arrays:
+    # the encoder (which passes the pages' tuples) writes the same bytes.
+    pages = ((3, b"\x01" * PAGE), (1, b"\x02" * PAGE))
+    txn = Transaction(pages, 7, PAGE)
+    expected = {
+        "v": 2,
+        "t": "frames",
+        "db": "app",
+        "base": 0,
+        "origin": [1, 9],
+        "ps": PAGE,
+        "size": 7,
+        "pages": [[3, b"\x01" * PAGE], [1, b"\x02" * PAGE]],
+        "after": [1, 8],
+    }
+    encoded = commands.encode_frames("app", 0, (1, 8), (1, 9), txn, list(pages))
+    assert encoded == cbor2.dumps(expected)
+    decoded = commands.decode(encoded)
+    assert isinstance(decoded, commands.Frames) and decoded.pages == list(pages)
+    # What the leader applies its own commands from is what decoding them gives.
+    for after, part, parts in (((1, 8), 0, 1), (None, 0, 1), (None, 1, 3), ((2, 5), 2, 3)):
+        command, frames = commands.frames_command(
+            "app", 4, after, (1, 9), txn, [pages[1]], part, parts
+        )
+        assert commands.decode(command) == frames
 
 
 def test_parts_are_applied_together_when_the_last_one_commits(

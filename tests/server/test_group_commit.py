@@ -25,6 +25,7 @@ from waiting import wait_until
 
 from dqlitepy.engine import Engine
 from dqlitepy.replication.replicator import LeadershipLost, NotLeader
+from dqlitepy.server import fsm as fsm_module
 from dqlitepy.server.gateway import GatewayFailure
 from dqlitepy.server.replicated import Replicated
 from dqlitepy.wire import ErrorCode
@@ -315,6 +316,63 @@ def test_a_failed_commit_fails_every_commit_built_on_it(
     _start_writers(state, raft, range(6, 7))
     raft.commit(1)
     assert _ids(state) == [1, 2, 6]
+
+
+def test_own_commits_are_applied_without_decoding_and_failed_ones_are_forgotten(
+    table: tuple[Replicated, _HeldRaft], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Raft applies this node's own entries as the objects it submitted (HardenedSyncObj
+    # does, as _HeldRaft does): the state machine knows what they decode to.
+    state, raft = table
+    decoded: list[bytes] = []
+    real_decode = fsm_module.decode
+
+    def counting(command: bytes) -> Any:
+        decoded.append(command)
+        return real_decode(command)
+
+    monkeypatch.setattr(fsm_module, "decode", counting)
+    writers = _start_writers(state, raft, range(1, 6))
+    raft.commit(2)
+    raft.drop(1, LeadershipLost("leadership lost"))
+    raft.commit(2)  # built on the dropped one: skipped
+    assert [w.outcome() for w in writers] == ["ok", "ok"] + ["leadership lost"] * 3
+    assert decoded == []
+    assert state.fsm._frames == {}  # nothing kept for the failed commits
+    assert _ids(state) == [1, 2]
+    # Entries that are not the submitted objects (another node's, or read back
+    # from the log) are decoded, as before.
+    monkeypatch.setattr(raft, "submit_async", _copying(raft.submit_async))
+    [copied] = _start_writers(state, raft, range(7, 8))
+    raft.commit(1)
+    assert copied.outcome() == "ok" and len(decoded) == 1
+    assert _ids(state) == [1, 2, 7]
+
+
+def test_the_wal_is_kept_open_while_sessions_are(table: tuple[Replicated, _HeldRaft]) -> None:
+    # The leader reads each commit's frames from a WAL it keeps open, but a database
+    # without sessions holds no descriptor (a client may name endless databases).
+    state, raft = table
+    tracker = state.databases.get("app").tracker
+    assert tracker._fd == -1  # the CREATE TABLE's session is closed
+    session = state.open_session("app")
+    try:
+        writer = _Client(state, "INSERT INTO t VALUES (1)")
+        writer.start()
+        wait_until(lambda: raft.queued() == 1, "the INSERT's commit", 5)
+        raft.commit(1)
+        assert writer.outcome() == "ok"
+        assert state.databases.get("app").tracker._fd >= 0  # one session still open
+    finally:
+        state.close_session("app", session)
+    assert state.databases.get("app").tracker._fd == -1
+    [again] = _start_writers(state, raft, range(2, 3))
+    raft.commit(1)
+    assert again.outcome() == "ok" and _ids(state) == [1, 2]
+
+
+def _copying(submit_async: Callable[[bytes], Any]) -> Callable[[bytes], Any]:
+    return lambda command: submit_async(bytes(bytearray(command)))
 
 
 def test_leadership_lost_with_a_full_queue_answers_every_writer(

@@ -82,6 +82,9 @@ class RaftBase:
     _remote_waiting: dict[int, Any]
     _storage_down: bool
     _probe_requested: bool
+    #: Leader side: index -> (the log's entry, the command as submitted) for the
+    #: commands of submit_tracked not applied yet.  Owner: commands (read by entries).
+    _submitted: dict[int, tuple[bytes, bytes]]
 
     if TYPE_CHECKING:
         # -- PySyncObj's methods --
@@ -138,3 +141,4 @@ class RaftBase:
         def _count_lease_read(self) -> None: ...  # lease
         def _tick_wait(self, period: float) -> float: ...  # tick
         def _commands_queued(self) -> bool: ...  # commands
+        def _commit_alone(self) -> None: ...  # commit

@@ -49,6 +49,10 @@ from .config import LEADER, REGULAR, STORAGE_FAILED
 __all__ = ["CommandsMixin", "Submission"]
 
 
+#: Makes a submission's first outcome the one that counts (a leaf lock, held for O(1)).
+_FINISHING = threading.Lock()
+
+
 class Submission:
     """One submitted command's outcome, once known; any number of threads may wait for it.
 
@@ -57,9 +61,17 @@ class Submission:
             wait for it was given up), to drop it from the submitter set.
     """
 
-    def __init__(self, forget: Callable[[Callable[[Any, int], None]], None]) -> None:
+    def __init__(
+        self, forget: Callable[[Callable[[Any, int], None]], None], command: bytes = b""
+    ) -> None:
         self._forget = forget
-        self._done = threading.Event()
+        #: The command as submitted: applied as this very object (see ``_wait_for_commit``).
+        self.command = command
+        # Held until the outcome is known (a bare lock, not an Event: this is on
+        # every write's path, and an Event's Condition costs a dozen Python calls).
+        self._pending = threading.Lock()
+        self._pending.acquire()
+        self._known = False
         self._outcome: tuple[Any, int] = (None, FAIL_REASON.UNKNOWN_OUTCOME)
 
     def finish(self, result: Any, reason: int) -> None:
@@ -68,17 +80,23 @@ class Submission:
         :meth:`CommandsMixin.abandon_waiters` may follow the real outcome (a
         failed append steps the leader down) before the waiters wake up.
         """
-        if not self._done.is_set():
+        with _FINISHING:  # a refusal on the submitter's thread may race abandon_waiters
+            if self._known:
+                return
             self._outcome = (result, reason)
-            self._done.set()
-            self._forget(self.finish)
+            self._known = True
+        self._pending.release()
+        self._forget(self.finish)
 
     def wait(self, timeout: float) -> tuple[Any, int]:
         """``(result, reason)``; ``(None, UNKNOWN_OUTCOME)`` if none came within ``timeout``."""
-        if not self._done.wait(timeout):
-            self._forget(self.finish)
-            return None, FAIL_REASON.UNKNOWN_OUTCOME
+        if not self._known:
+            if not self._pending.acquire(timeout=max(timeout, 0.0)):
+                self._forget(self.finish)
+                return None, FAIL_REASON.UNKNOWN_OUTCOME
+            self._pending.release()  # for the next waiter
         return self._outcome
+
 
 # A batch is appended once the queue is drained, or once it is this large: the
 # first command of a batch must not wait behind a queue that keeps filling, and
@@ -96,6 +114,7 @@ class CommandsMixin(RaftBase):
     def _init_commands(self) -> None:
         self._waiters = set()
         self._waiters_lock = threading.Lock()
+        self._submitted = {}
 
     def submit(self, command: bytes, callback: Callable[[Any, int], None]) -> None:
         """Queue a command; ``callback(result, fail_reason)`` runs on the tick thread.
@@ -115,7 +134,7 @@ class CommandsMixin(RaftBase):
         Until it has one, :meth:`abandon_waiters` may release it with
         LEADER_CHANGED, so that no submitter waits on a deposed leader.
         """
-        submission = Submission(self._forget_waiter)
+        submission = Submission(self._forget_waiter, command)
         with self._waiters_lock:
             self._waiters.add(submission.finish)
         self.submit(command, submission.finish)
@@ -151,6 +170,7 @@ class CommandsMixin(RaftBase):
             waiters = list(self._waiters)
         for callback in waiters:
             callback(None, FAIL_REASON.LEADER_CHANGED)
+        self._submitted.clear()  # whatever is applied later is decoded from the log
 
     def _commands_queued(self) -> bool:
         """Whether commands wait in PySyncObj's queue (any thread; True if it cannot tell).
@@ -286,11 +306,20 @@ class CommandsMixin(RaftBase):
         self._appended()
 
     def _wait_for_commit(self, batch: list[tuple[bytes, Any]], first: int, term: int) -> None:
-        """Register the callbacks of ``batch``, appended from index ``first`` on."""
+        """Register the callbacks of ``batch``, appended from index ``first`` on.
+
+        A command of :meth:`submit_tracked` is also noted with its index, so that
+        applying it hands the application the very object it submitted instead of
+        a copy cut from the log's entry (:mod:`.entries`), which lets it recognise
+        its own commands without decoding them.
+        """
         waiting = self._SyncObj__commandsWaitingCommit
-        for offset, (_, callback) in enumerate(batch):
+        for offset, (entry, callback) in enumerate(batch):
             if callable(callback):
                 waiting[first + offset].append((term, callback))
+                submission = getattr(callback, "__self__", None)
+                if type(submission) is Submission:
+                    self._submitted[first + offset] = (entry, submission.command)
 
     def _appended(self) -> None:
         """New entries are durable in the leader's log: send them, once per append."""
@@ -305,7 +334,8 @@ class CommandsMixin(RaftBase):
     def _wake_single_voter(self) -> None:
         if not self._SyncObj__otherNodes:
             # A single voter commits the entries by itself, but PySyncObj counts
-            # them only at the start of a tick: without a wake-up they would wait
-            # out the tick's poll (about 16 ms per commit).  Peers' answers wake a
-            # larger cluster.
-            self._wake()
+            # them only at the start of a tick: without this they would wait out
+            # the tick's poll (about 16 ms per commit), or, woken, a second tick
+            # (:meth:`~.commit.CommitMixin._commit_alone`).  Peers' answers wake
+            # a larger cluster.
+            self._commit_alone()

@@ -82,6 +82,33 @@ class CommitMixin(RaftBase):
             return False
         return announce
 
+    def _commit_alone(self) -> None:
+        """A single voter: commit and apply its durable entries now, in this tick.
+
+        Its own copy is the majority, so the entries the leader just synced are
+        committed (Raft's rule: the last of them is of its term).  PySyncObj
+        would only see that at the start of the next tick, which costs every
+        write of a one-voter cluster a second tick (a wake-up through the
+        notifier pipe, a ``poll``, the tick's timers and callbacks) before its
+        submitter hears the outcome.  The commit index goes through the same
+        rule as PySyncObj's (:meth:`_countable_commit`: never past what the
+        journal holds durably), and the entries are applied as the tick would
+        apply them.
+        """
+        if self._SyncObj__otherNodes or self._SyncObj__raftState != LEADER:
+            return
+        previous = self._commit_index
+        _command, last, term = self._SyncObj__raftLog[-1]
+        if last <= previous or term != self._SyncObj__raftCurrentTerm:
+            return  # nothing new, or (Figure 8) not of this term: the tick's rule decides
+        self._SyncObj__raftCommitIndex = last
+        committed = self._commit_index
+        if committed == previous:
+            return  # not durable yet: the tick commits it once it is
+        self._SyncObj__raftLog.setRaftCommitIndex(committed)
+        self._SyncObj__leaderCommitIndex = committed
+        self._SyncObj__applyLogEntries()
+
     def _countable_commit(self, current: int, proposed: int) -> int:
         """The highest index up to ``proposed`` that a majority holds durably, else ``current``.
 

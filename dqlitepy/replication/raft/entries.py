@@ -78,6 +78,11 @@ class EntriesMixin(RaftBase):
         kind = command[0] if command else NO_OP
         if kind == REGULAR:
             index = self._SyncObj__raftLastApplied + 1
+            submitted = self._submitted.pop(index, None)
+            if submitted is not None and submitted[0] is command:
+                # This node's log entry of a command it submitted (the same object,
+                # so the same bytes): the command as the submitter passed it.
+                return self._dqlitepy_apply(index, submitted[1])
             return self._dqlitepy_apply(index, bytes(command[1:]))
         if kind == NO_OP:
             # Each leader's first entry: the application learns a term began.

@@ -23,7 +23,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from operator import itemgetter
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import apsw
 import apsw.ext
@@ -51,6 +51,16 @@ SQLITE_VERSION: str = apsw.sqlite_lib_version()
 # The wire layer keeps text that is not UTF-8 as surrogate escapes; dqlite would pass
 # such bytes to SQLite as they are, but APSW takes and gives only valid UTF-8.
 _T = TypeVar("_T")
+
+
+class RowsFiller(Protocol):
+    """What takes a result's rows batch by batch (the server's ROWS encoder)."""
+
+    def fill(self, rows: Iterator[tuple[Any, ...]]) -> bool:
+        """Take rows up to a batch; True if they ran out."""
+
+
+_F = TypeVar("_F", bound=RowsFiller)
 
 _NOT_UTF8 = "text value is not valid UTF-8"
 _SQL_NOT_UTF8 = "SQL text is not valid UTF-8"
@@ -164,17 +174,6 @@ class QueryResult:
         """
         with self._session._using():
             return self._consume(consume)
-
-    def fill_first(self, fill: Callable[[Iterator[tuple[Any, ...]]], bool]) -> bool:
-        """:meth:`feed` ``fill``; if it says the rows ran out, :meth:`close` too (one lock).
-
-        The read fast path's call for a result that usually fits one batch.
-        """
-        with self._session._using():
-            done = self._consume(fill)
-            if done:
-                self._reset()
-            return done
 
     def close(self) -> None:
         """Stop the statement (resetting it) before all rows were read."""
@@ -478,10 +477,35 @@ class Session:
         decltypes = tuple(map(_second, description))
         return QueryResult(self, cursor, columns, decltypes, rows)
 
-    def start_query(self, info: StatementInfo, bindings: Sequence[Any]) -> QueryResult:
-        """:meth:`query` with exactly ``info.param_count`` values (the read fast path's)."""
-        with self._using():
-            return self._query(info, bindings)
+    def query_first(
+        self,
+        info: StatementInfo,
+        bindings: Sequence[Any],
+        filler: Callable[[tuple[str, ...], tuple[str | None, ...]], _F],
+    ) -> tuple[QueryResult, _F, bool]:
+        """Start ``info`` and step its first batch, in one hold of the session.
+
+        The read fast path's call: ``bindings`` are exactly ``info.param_count``
+        values; ``filler(columns, decltypes)`` gives what takes the rows, whose
+        ``fill(rows)`` steps as many as one batch holds and says whether they ran
+        out, in which case the statement is reset too.  Returns the result (for
+        :meth:`QueryResult.feed`, unless done), the filler and whether done.
+        Errors are translated as :meth:`QueryResult.feed` translates them, and
+        the statement is reset after one.
+        """
+        with self._lock:
+            if self._closed:
+                raise SessionClosed()
+            result = self._query(info, bindings)
+            try:
+                taker = filler(result.columns, result.decltypes)
+                done = result._consume(taker.fill)
+            except BaseException:
+                result._reset()
+                raise
+            if done:
+                result._reset()
+            return result, taker, done
 
     def interrupt(self) -> None:
         """Make the running statement fail with SQLITE_INTERRUPT (any thread, no lock)."""

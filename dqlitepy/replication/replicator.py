@@ -358,6 +358,18 @@ class Replicator:
         """
         return PendingCommand(self.core.submit_tracked(command))
 
+    def read_now(self) -> bool:
+        """Whether a read arriving now may be served at once, with no wait (any thread).
+
+        True while this node leads, holds its lease (or is the only voter) and
+        has applied everything up to the read index: what :meth:`read_barrier`
+        answers on the caller's thread, as one check.  False says nothing more:
+        call :meth:`read_barrier`, which waits, confirms leadership with a round
+        or raises.
+        """
+        core = self._core
+        return core is not None and core.read_index_now() is not None
+
     def read_barrier(self, timeout: float) -> int:
         """Wait until a read served by this node now would be linearizable.
 

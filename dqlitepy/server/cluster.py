@@ -33,7 +33,7 @@ from ..engine import Engine, Session, StatementInfo
 from ..replication.replicator import DEFAULT_SNAPSHOT_ENTRIES, ReplicationError, Replicator
 from ..replication.stats import RaftStats
 from ..wire import NodeInfo, NodeRole, Request
-from .gateway import GatewayFailure
+from .gateway import BeginRead, GatewayFailure
 from .identity import InitialConfiguration
 from .membership import MembershipChanges, keep_voters
 from .replicated import Replicated
@@ -51,6 +51,13 @@ __all__ = [
 
 def _nothing() -> None:
     """A statement that needs no ``begun`` signal."""
+
+
+def _plain_read(
+    owner: object, session: Session, info: StatementInfo, timeout: float
+) -> Callable[[], None]:
+    """A node without Raft admits every read at once (``gateway.BeginRead``)."""
+    return _nothing
 
 
 class Cluster(Protocol):
@@ -76,10 +83,8 @@ class Cluster(Protocol):
     ) -> AbstractContextManager[Callable[[], None]]:
         """Run one statement under the write path (see ``gateway.NodeContext``)."""
 
-    def begin_read(
-        self, owner: object, name: str, session: Session, info: StatementInfo, timeout: float
-    ) -> Callable[[], None] | None:
-        """Admit a plain read without a context manager (see ``gateway.NodeContext``)."""
+    def read_starter(self, name: str) -> BeginRead:
+        """The read fast path's admission on database ``name`` (see ``gateway.NodeContext``)."""
 
     def dump(self, name: str) -> list[tuple[str, bytes]]:
         """The files of database ``name``."""
@@ -126,10 +131,8 @@ class _Local:
     ) -> AbstractContextManager[Callable[[], None]]:
         return contextlib.nullcontext(_nothing)
 
-    def begin_read(
-        self, owner: object, name: str, session: Session, info: StatementInfo, timeout: float
-    ) -> Callable[[], None] | None:
-        return _nothing  # no Raft: every read is plain
+    def read_starter(self, name: str) -> BeginRead:
+        return _plain_read  # no Raft: every read is plain
 
     def dump(self, name: str) -> list[tuple[str, bytes]]:
         return self._engine.dump(name)
@@ -323,10 +326,8 @@ class Replicating:
     ) -> AbstractContextManager[Callable[[], None]]:
         return self._replicated.execution(owner, name, session, info, timeout)
 
-    def begin_read(
-        self, owner: object, name: str, session: Session, info: StatementInfo, timeout: float
-    ) -> Callable[[], None] | None:
-        return self._replicated.begin_read(owner, name, session, info, timeout)
+    def read_starter(self, name: str) -> BeginRead:
+        return self._replicated.read_starter(name)
 
     def dump(self, name: str) -> list[tuple[str, bytes]]:
         return self._replicated.dump(name)

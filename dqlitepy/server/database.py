@@ -175,6 +175,27 @@ class Database:
 
     # ------------------------------------------------------------ readers
 
+    def admit_reader_now(self, owner: object, session: Session) -> bool:
+        """:meth:`admit_reader`'s usual case, for a reader that is not the writer: one step.
+
+        Admits the reader if nothing is to be waited for (the database serves
+        ``session``, no writer's statement runs, no commit is in flight) and
+        ``owner`` does not hold the writer slot (its statements go the write
+        path); False, having changed nothing, otherwise.  The caller calls
+        :meth:`reader_began` once an admitted reader began (or will not).
+        """
+        with self._mutex:
+            if (
+                self._phase is Phase.SERVING
+                and self._gate_holder is None
+                and not self._in_flight
+                and self._writer is not owner
+                and session in self._sessions
+            ):
+                self._starting_readers += 1
+                return True
+            return False
+
     def admit_reader(self, session: Session, timeout: float) -> None:
         """Wait until no writer's statement runs and no commit is in flight; admit a reader.
 

@@ -223,6 +223,20 @@ class StateMachine:
                 self._progress.wait(remaining)
         return True
 
+    def read_ready(self) -> bool:
+        """Whether a read arriving now may begin at once (any thread; no lock, no wait).
+
+        The checks of :meth:`wait_caught_up_leader` and of a confirmed read
+        (``Leader._confirm_leadership``) as one test, in their order: this
+        term's barrier applied; leadership confirmed with no wait (the lease, or
+        the only voter) and the read index applied (``Replicator.read_now``,
+        which also makes sure this node is elected); then, read after that
+        index, no task queued for the applier, so it has written everything up
+        to it.  False says nothing more: the caller takes the waiting way, which
+        makes the same checks and gives the reason.
+        """
+        return self._barrier_applied and self.replicator.read_now() and self._backlog == 0
+
     def wait_idle(self, timeout: float) -> bool:
         """Wait until the applier has done every queued task."""
         if self._backlog == 0:

@@ -65,7 +65,7 @@ from ..wire import (
 from ..wire.rows import RowsBatchEncoder
 from .auth import AdminSession, NotAuthorized
 
-__all__ = ["Gateway", "NodeContext", "RowsChunk"]
+__all__ = ["BeginRead", "Gateway", "NodeContext", "RowsChunk"]
 
 # The handler's name for each request class, worked out once per class.
 _HANDLERS: dict[type, str] = {}
@@ -131,6 +131,10 @@ class RowsChunk:
     done: bool
 
 
+#: ``begin(owner, session, info, timeout)``: see :meth:`NodeContext.read_starter`.
+BeginRead = Callable[[object, Session, StatementInfo, float], "Callable[[], None] | None"]
+
+
 class NodeContext(Protocol):
     """What a gateway needs from its node."""
 
@@ -176,12 +180,11 @@ class NodeContext(Protocol):
         ran (a read transaction has begun: a writer may commit after that).
         """
 
-    def begin_read(
-        self, owner: object, database: str, session: Session, info: StatementInfo, timeout: float
-    ) -> Callable[[], None] | None:
-        """:meth:`execution` of a plain read that returns rows, as a call.
+    def read_starter(self, database: str) -> BeginRead:
+        """The read fast path's admission on ``database``, kept for a session's life.
 
-        Admits the read as :meth:`execution` would (same checks, same failures)
+        ``starter(owner, session, info, timeout)`` admits a plain read that
+        returns rows as :meth:`execution` would (same checks, same failures)
         and returns ``begun``, to call exactly once after the first step ran (or
         once it will not); None, having run nothing, if ``info`` is no such read.
         """
@@ -226,6 +229,7 @@ class Gateway:
         self._admin = AdminSession.refusing() if admin is None else admin
         self._database: str | None = None
         self._session: Session | None = None
+        self._begin_read: BeginRead | None = None  # NodeContext.read_starter's, from OPEN
         self._statements: dict[int, StatementInfo] = {}
         self._running: QueryResult | None = None
         # The read fast path's ROWS encoders, by result columns and declared types.
@@ -309,7 +313,8 @@ class Gateway:
         fast path").  Call it between requests, outside a transaction.
         """
         session = self._session
-        if session is None or request.db_id != 0 or session.closed:
+        # A session closed by a rebuild is refused on the way, as the general path does.
+        if session is None or request.db_id != 0:
             return None
         if type(request) is QuerySqlRequest:
             info = session.cached(request.sql)
@@ -338,32 +343,37 @@ class Gateway:
     def _read(
         self, session: Session, info: StatementInfo, values: Sequence[Any]
     ) -> bytes | Iterator[Response | RowsChunk] | None:
-        assert self._database is not None
-        begun = self._node.begin_read(self, self._database, session, info, self._busy_timeout)
+        assert self._begin_read is not None
+        begun = self._begin_read(self, session, info, self._busy_timeout)
         if begun is None:
             return None
         try:
-            result = session.start_query(info, values)
+            # The first batch is filled before begun(): it holds off a writer at the
+            # gate for one batch more, and spares the read a second hold of the session.
+            result, encoder, done = session.query_first(info, values, self._encoder_for)
+        except BaseException:
+            self._encoders.clear()  # an encoder may be left mid-batch
+            raise
         finally:
             begun()
-        shape = (result.columns, result.decltypes)
-        # An encoder per result shape, kept between reads: it starts a new message
-        # itself (finish()); one that failed mid-batch is dropped.
-        encoder = self._encoders.pop(shape, None)
-        try:
-            if encoder is None:
-                encoder = RowsBatchEncoder(result.columns, decltypes=result.decltypes)
-            done = result.fill_first(encoder.fill)
-        except BaseException:
-            result.close()
-            raise
         if done:
-            if len(self._encoders) >= _ENCODERS:
-                self._encoders.clear()
-            self._encoders[shape] = encoder
             return encoder.finish(done=True)
+        # The rest streams through this encoder: no other read may use it, nor a failure's.
+        self._encoders.pop((result.columns, result.decltypes), None)
         self._running = result
         return self._more_rows(result, encoder, encoder.finish(done=False))
+
+    def _encoder_for(
+        self, columns: tuple[str, ...], decltypes: tuple[str | None, ...]
+    ) -> RowsBatchEncoder:
+        """The encoder of this result shape, kept between reads (finish() starts anew)."""
+        shape = (columns, decltypes)
+        encoder = self._encoders.get(shape)
+        if encoder is None:
+            if len(self._encoders) >= _ENCODERS:
+                self._encoders.clear()
+            encoder = self._encoders[shape] = RowsBatchEncoder(columns, decltypes=decltypes)
+        return encoder
 
     def _batches(
         self,
@@ -469,6 +479,7 @@ class Gateway:
         if self._session is not None:
             raise GatewayFailure.busy("a database for this connection is already open")
         self._session = self._node.open_session(request.name)
+        self._begin_read = self._node.read_starter(request.name)
         if self._interrupt_check is not None:
             self._session.set_interrupt_check(self._interrupt_check)
         requested = request.flags >> OPEN_BUSY_TIMEOUT_SHIFT

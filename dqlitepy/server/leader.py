@@ -40,7 +40,7 @@ from ..wire import ErrorCode
 from .commands import encode_cluster_id, encode_member, frames_command, split_pages
 from .database import Database, Databases, Locked, NotServing, Origin, Position
 from .fsm import StateMachine, is_storage_error
-from .gateway import GatewayFailure
+from .gateway import BeginRead, GatewayFailure
 
 __all__ = ["Leader"]
 
@@ -106,17 +106,6 @@ def _writes(owner: object, session: Session, info: StatementInfo, db: Database) 
         or _begins_write(info.sql)
         or db.is_writer(owner)
     )
-
-
-def _admit_reader(db: Database, session: Session, timeout: float) -> None:
-    """:meth:`Database.admit_reader`, its refusals answered as :func:`_refusals` does
-    (without a generator context manager: every read comes through here)."""
-    try:
-        db.admit_reader(session, timeout)
-    except NotServing:
-        raise _not_leader() from None
-    except Locked:
-        raise _locked() from None
 
 
 class _ReaderStart:
@@ -318,8 +307,13 @@ class Leader:
         finally:
             begun()
 
+    def read_starter(self, name: str) -> BeginRead:
+        """:meth:`begin_read` on database ``name``, which a gateway keeps for its session
+        (the database's state is looked up once, not for every read)."""
+        return functools.partial(self.begin_read, self._databases.get(name))
+
     def begin_read(
-        self, owner: object, name: str, session: Session, info: StatementInfo, timeout: float
+        self, db: Database, owner: object, session: Session, info: StatementInfo, timeout: float
     ) -> Callable[[], None] | None:
         """:meth:`execution` of a plain read that returns rows, without a context manager.
 
@@ -333,8 +327,13 @@ class Leader:
         """
         if not (info.column_count and info.readonly and info.reads_database):
             return None
+        # The usual read: every check one test, none waiting (StateMachine.read_ready,
+        # then gate and writer slot at once; a statement returning rows is never BEGIN,
+        # and an open write transaction holds the writer slot, so _writes is covered).
+        # Else the waiting way below: the same checks in execution's order and failures.
+        if self._fsm.read_ready() and db.admit_reader_now(owner, session):
+            return db.reader_began
         self._wait_caught_up(min(timeout, _BARRIER_WAIT))
-        db = self._databases.get(name)
         if _writes(owner, session, info, db):
             return None
         self._admit_read(db, session, info, timeout)
@@ -348,7 +347,9 @@ class Leader:
             # A statement that returns rows may return stale ones on a deposed
             # leader; one that returns none (BEGIN, a read's COMMIT) cannot.
             self._confirm_leadership(min(timeout, _BARRIER_WAIT))
-        _admit_reader(db, session, timeout)
+        # A generator context manager is fine here: the usual read takes begin_read's test.
+        with _refusals():
+            db.admit_reader(session, timeout)
 
     def _confirm_leadership(self, timeout: float) -> None:
         """Serve a read only once this node's leadership is confirmed: lease or ReadIndex.

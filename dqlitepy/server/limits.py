@@ -394,7 +394,10 @@ class ConnectionTable(Generic[H]):
                 return False
             if slot.phase is not phase:
                 slot.phase = phase
-                slot.since = self._clock()
+                if phase is not Phase.HANDLING:
+                    # When a phase began decides whom to evict, and how long a message
+                    # may take; a connection serving a request is never evicted.
+                    slot.since = self._clock()
             slot.in_transaction = in_transaction
             return True
 

@@ -77,6 +77,8 @@ _LOG_EVERY = 60.0
 _RESET = struct.pack("ii", 1, 0)
 # A connection waiting for request memory looks this often whether it should stop waiting.
 _RESERVE_SLICE = 0.25
+# _Connection._receive's default: the caller did not look at what is buffered.
+_UNKNOWN: Incoming | None = Incoming(-1, None)
 # The requests the read fast path takes (Gateway.read_fast), and their stats slots.
 _READS = {cls: slot_of(cls.TYPE) for cls in (QueryRequest, QuerySqlRequest)}
 
@@ -351,11 +353,18 @@ class _Connection:
             # Lost its slot to a newcomer: whatever it was receiving did not run.
             raise _Closed
 
-    def _receive(self) -> None:
-        self._watch.served()
-        incoming = self._conn.incoming()
+    def _receive(self, incoming: Incoming | None = _UNKNOWN) -> None:
+        """Receive more of the next message (``incoming``: the caller's ``conn.incoming()``)."""
+        watch = self._watch
+        if watch.read_ahead:
+            watch.read_ahead = 0  # what was read ahead has been served
+        if incoming is _UNKNOWN:
+            incoming = self._conn.incoming()
         if incoming is None:
-            self._enter(Phase.IDLE)
+            if not self._listener.table.enter(
+                self._slot, Phase.IDLE, in_transaction=self._in_transaction
+            ):
+                raise _Closed  # lost its slot to a newcomer while it served
             timeout = self._limits.idle_timeout
         else:
             timeout = self._receiving(incoming)
@@ -410,24 +419,30 @@ class _Connection:
         raise _Closed
 
     def _read(self, request: QueryRequest | QuerySqlRequest) -> None:
-        """Serve a QUERY or QUERY_SQL, through the gateway's read fast path if it can."""
+        """Serve a QUERY or QUERY_SQL, through the gateway's read fast path if it can;
+        then, if nothing more is buffered, wait for the next request right here (the
+        loop would only find out so, at the cost of a look for an event)."""
         if self._watch.gone:
             raise _Closed
         started = time.perf_counter()
-        # Lost its slot while the request arrived: it did not run.
-        self._enter(Phase.HANDLING)
+        if not self._listener.table.enter(self._slot, Phase.HANDLING):
+            raise _Closed  # lost its slot while the request arrived: it did not run
         served = self._gateway.read_fast(request)
         if not isinstance(served, bytes):
             self._sender.start()
             self._respond(request, started, served)
             return
         # Counted before it is sent: a test reads it as soon as the answer arrives.
-        self._stats.fast_reads += 1
+        stats = self._stats
+        stats.fast_reads += 1
         self._sender.send_response(self._conn.send_encoded_rows(served, done=True))
         if self._reserved:
             self._release()
         # A read outside a transaction leaves none open: _in_transaction stays False.
-        self._stats.record(_READS[type(request)], OK, time.perf_counter() - started)
+        stats.record_ok(_READS[type(request)], time.perf_counter() - started)
+        incoming = self._conn.incoming()
+        if incoming is None and not self._listener.closing.is_set():
+            self._receive(None)
 
     def _handle(self, request: Request) -> None:
         started = time.perf_counter()
@@ -487,24 +502,21 @@ class _InterruptWatch:
         self._conn = conn
         #: The client went away.
         self.gone = False
-        # Bytes taken in ahead of the requests being served.
-        self._read_ahead = 0
-
-    def served(self) -> None:
-        """What was read ahead has been served."""
-        self._read_ahead = 0
+        #: Bytes taken in ahead of the requests being served (the connection sets it
+        #: back to 0 once they were served).
+        self.read_ahead = 0
 
     def requested(self) -> bool:
         """True if the running statement should stop (runs on the connection's thread)."""
         if self.gone:
             return True
-        if self._read_ahead >= _RECV_SIZE:
+        if self.read_ahead >= _RECV_SIZE:
             # Read no further ahead; a reset connection still shows in SO_ERROR.
             self.gone = self._sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR) != 0
             return self.gone or self._conn.interrupt_pending()
         try:
             # Not select(): it fails on descriptors past FD_SETSIZE (1024).
-            data = self._sock.recv(_RECV_SIZE - self._read_ahead, socket.MSG_DONTWAIT)
+            data = self._sock.recv(_RECV_SIZE - self.read_ahead, socket.MSG_DONTWAIT)
         except BlockingIOError:
             return self._conn.interrupt_pending()  # nothing new from the client
         except OSError:
@@ -512,7 +524,7 @@ class _InterruptWatch:
         if not data:
             self.gone = True
             return True
-        self._read_ahead += len(data)
+        self.read_ahead += len(data)
         self._conn.receive_data(data)
         return self._conn.interrupt_pending()
 

@@ -32,7 +32,7 @@ from .advertise import check_addresses, is_wildcard
 from .auth import AdminPolicy, Peer, listens_locally
 from .cluster import Cluster, Replicating, Standalone, Starting
 from .datadir import ClusterIdentityError, ClusterIdMismatch, DataDirectory, new_cluster_id
-from .gateway import Gateway, GatewayFailure
+from .gateway import BeginRead, Gateway, GatewayFailure
 from .identity import BOOTSTRAP_ID, InitialConfiguration, load_node_id
 from .join import Joiner
 from .limits import (
@@ -254,11 +254,9 @@ class NodeServer:
         """
         return self._cluster.execution(owner, name, session, info, timeout)
 
-    def begin_read(
-        self, owner: object, name: str, session: Session, info: StatementInfo, timeout: float
-    ) -> Callable[[], None] | None:
-        """:meth:`execution` of a plain read that returns rows, as a call (the read fast path)."""
-        return self._cluster.begin_read(owner, name, session, info, timeout)
+    def read_starter(self, name: str) -> BeginRead:
+        """The read fast path's admission on database ``name`` (see ``gateway.NodeContext``)."""
+        return self._cluster.read_starter(name)
 
     def dump(self, name: str) -> list[tuple[str, bytes]]:
         """Return the files of database ``name``."""

@@ -177,7 +177,7 @@ from ..engine import Engine, Session, StatementInfo
 from .commands import PART_BYTES
 from .database import Databases, Phase
 from .fsm import ReplicatorFactory, StateMachine
-from .gateway import GatewayFailure
+from .gateway import BeginRead, GatewayFailure
 from .leader import Leader
 
 __all__ = ["PART_BYTES", "Phase", "Replicated"]
@@ -244,11 +244,9 @@ class Replicated:
         """Run one execution of ``owner``'s prepared statement (see :meth:`Leader.execution`)."""
         return self.leader.execution(owner, name, session, info, timeout)
 
-    def begin_read(
-        self, owner: object, name: str, session: Session, info: StatementInfo, timeout: float
-    ) -> Callable[[], None] | None:
-        """Admit a plain read without a context manager (see :meth:`Leader.begin_read`)."""
-        return self.leader.begin_read(owner, name, session, info, timeout)
+    def read_starter(self, name: str) -> BeginRead:
+        """The read fast path's admission on ``name`` (see :meth:`Leader.read_starter`)."""
+        return self.leader.read_starter(name)
 
     def dump(self, name: str) -> list[tuple[str, bytes]]:
         """The database file and WAL of ``name``, copied while no rebuild runs."""

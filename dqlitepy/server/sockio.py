@@ -101,24 +101,27 @@ class Sender:
     def send_response(self, data: bytes) -> None:
         """:meth:`start` a response and :meth:`send` it whole: one system call when the
         socket takes it at once (the usual small response)."""
-        self._allowance.start()
         if not self._tls:
             try:
                 sent = self._sock.send(data, socket.MSG_DONTWAIT)
             except BlockingIOError:
                 sent = 0
             if sent == len(data):
-                # Nothing was waited for, so the allowance has nothing to count (the
-                # next response starts it afresh); _unshed counts it, as send() would.
+                # Nothing was waited for, so the allowance has nothing to count (it
+                # is started afresh only for a response that waits); _unshed counts
+                # it, as send() would.
                 self._unshed += sent
                 if self._unshed >= _SHED_EVERY:
                     self._shed()
                     self._unshed = 0
                 return
+            self._allowance.start()
             if sent:
                 self._allowance.sent(sent)
                 self._unshed += sent
                 data = data[sent:]
+        else:
+            self._allowance.start()
         self.send(data)
 
     def _wait(self) -> None:
@@ -198,6 +201,7 @@ class SocketTimeouts:
 
     def __init__(self, sock: socket.socket) -> None:
         self._sock = sock
+        self._tls = sock if isinstance(sock, ssl.SSLSocket) else None
         self._receive: float | None = None
 
     def _set(self, option: int, seconds: float | None) -> None:
@@ -215,8 +219,8 @@ class SocketTimeouts:
         if seconds != self._receive:
             self._set(socket.SO_RCVTIMEO, seconds)
             self._receive = seconds
-        if isinstance(self._sock, ssl.SSLSocket):
-            return _recv_tls(self._sock, size, seconds)
+        if self._tls is not None:
+            return _recv_tls(self._tls, size, seconds)
         try:
             return self._sock.recv(size)
         except BlockingIOError:

@@ -51,6 +51,7 @@ _BY_CODE: Final[dict[int, int]] = {
 _BUSY: Final = frozenset({int(ErrorCode.SQLITE_BUSY), 6})  # 6: SQLITE_LOCKED
 _ERROR: Final = OUTCOMES.index("error")
 _BUCKETS: Final = len(LATENCY_BUCKETS) + 1
+_OUTCOMES: Final = len(OUTCOMES)
 
 
 def outcome_of(code: int) -> int:
@@ -83,7 +84,13 @@ class ConnectionStats:
 
     def record(self, slot: int, outcome: int, seconds: float) -> None:
         """A request of type ``slot`` ended with ``outcome`` after ``seconds``."""
-        self.counts[slot * len(OUTCOMES) + outcome] += 1
+        self.counts[slot * _OUTCOMES + outcome] += 1
+        self.buckets[slot * _BUCKETS + bisect.bisect_left(LATENCY_BUCKETS, seconds)] += 1
+        self.seconds[slot] += seconds
+
+    def record_ok(self, slot: int, seconds: float) -> None:
+        """:meth:`record` of a request that succeeded (the read fast path's call)."""
+        self.counts[slot * _OUTCOMES + OK] += 1
         self.buckets[slot * _BUCKETS + bisect.bisect_left(LATENCY_BUCKETS, seconds)] += 1
         self.seconds[slot] += seconds
 

@@ -445,7 +445,7 @@ class ServerConnection:
             self._set_state(ServerState.RESPONDING)
             return BadRequest(frame.type, frame.schema, _DQLITE_PARSE, str(exc))
         assert isinstance(request, Request)
-        if isinstance(request, ConnectRequest):
+        if cls is ConnectRequest:
             self._set_state(ServerState.HANDED_OVER)
         else:
             self._set_state(ServerState.RESPONDING)

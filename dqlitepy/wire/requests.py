@@ -180,7 +180,9 @@ def _fast_params(body: bytes, pos: int, end: int) -> ValueTuple | None:
             if nul < 0:
                 return None
             values.append(body[pos:nul].decode("utf-8", "surrogateescape"))
-            pos = min(end, pos + ((nul - pos) | 7) + 1)
+            pos += ((nul - pos) | 7) + 1
+            if pos > end:  # the last value's padding may be cut short
+                pos = end
         elif pos + 8 > end:
             return None
         elif t == 1 or t == 9:  # INTEGER, UNIXTIME
@@ -295,7 +297,8 @@ class _SqlRequest(Request):
             end = len(body)
             nul = body.find(b"\x00", 8, end)
             if nul >= 0:
-                params = _fast_params(body, min(end, ((nul - 8) | 7) + 9), end)
+                start = ((nul - 8) | 7) + 9
+                params = _fast_params(body, start if start < end else end, end)
                 if params is not None:
                     sql = body[8:nul].decode("utf-8", "surrogateescape")
                     return cls(_U64_AT(body, 0)[0], sql, params, False)

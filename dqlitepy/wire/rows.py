@@ -53,6 +53,9 @@ _TEXT_PAD = tuple(bytes(8 - k) for k in range(8))
 # Blob data is padded to a word: (8 - n % 8) % 8 zeros.
 _BLOB_PAD = tuple(bytes((8 - k) & 7) for k in range(8))
 _MARKERS = {True: _pack_u64(MARKER_DONE), False: _pack_u64(MARKER_PART)}
+# A message header (framing.encode_header), and the largest body it can announce.
+_HEADER_PACK = struct.Struct("<IBBH").pack
+_MAX_BODY = 0xFFFF_FFFF * 8
 
 # A row shape's header, its values' operations, and its size without text and blobs.
 _Plan = tuple[bytes, tuple[int, ...], int]
@@ -293,6 +296,7 @@ class RowsBatchEncoder:
     __slots__ = (
         "_batch_size",
         "_columns",
+        "_empty_size",
         "_encode",
         "_encoders",
         "_kinds",
@@ -314,6 +318,8 @@ class RowsBatchEncoder:
             self._columns,
             tuple(decltypes) if decltypes is not None else (None,) * len(self._columns),
         )
+        # The size of a batch without rows.
+        self._empty_size = HEADER_SIZE + len(self._names)
         # This result's encoder per row shape, and the one of the last row.
         self._encoders: dict[tuple[type, ...], _Encode] = {}
         self._encode: _Encode | None = None
@@ -324,7 +330,7 @@ class RowsBatchEncoder:
 
     def _start(self) -> None:
         self._parts = [self._names]
-        self._size = HEADER_SIZE + len(self._names)
+        self._size = self._empty_size
         self._rows = 0
 
     @property
@@ -351,12 +357,6 @@ class RowsBatchEncoder:
         A row is taken only while the batch is below its size, as dqlite checks
         before each step; a batch holds at least one row, unless ``rows`` ran out.
         """
-        try:
-            return self._fill(rows)
-        except (struct.error, UnicodeEncodeError) as exc:
-            raise LocalProtocolError(f"row does not fit the wire protocol: {exc}") from exc
-
-    def _fill(self, rows: Iterator[tuple[Any, ...]]) -> bool:
         # Rows of the shape last seen go through that shape's compiled encoder,
         # which runs the loop itself; a row of another shape comes back here, and
         # its shape's encoder goes on from it.  A row comes back only when taken
@@ -389,6 +389,8 @@ class RowsBatchEncoder:
                 else:
                     source = chain((row,), rows)
             return False
+        except (struct.error, UnicodeEncodeError) as exc:
+            raise LocalProtocolError(f"row does not fit the wire protocol: {exc}") from exc
         finally:
             self._size = size
             self._rows = count
@@ -422,7 +424,14 @@ class RowsBatchEncoder:
     def finish(self, *, done: bool) -> bytes:
         """Return the whole message for the current batch and start a new one."""
         self._parts.append(_MARKERS[done])
-        header = encode_header(ResponseType.ROWS, 0, self._size + 8 - HEADER_SIZE)
+        body_size = self._size + 8 - HEADER_SIZE
+        if body_size & 7 or body_size > _MAX_BODY:
+            encode_header(ResponseType.ROWS, 0, body_size)  # raises the error it names
+        # encode_header's header, without the call: every result ends here.
+        header = _HEADER_PACK(body_size >> 3, ResponseType.ROWS, 0, 0)
         body = b"".join([header, *self._parts])
-        self._start()
+        # A new batch (_start, without the call: every result ends here).
+        self._parts = [self._names]
+        self._size = self._empty_size
+        self._rows = 0
         return body

@@ -400,3 +400,39 @@ def test_the_secure_transport_carries_the_lease_fields() -> None:
     ):
         with pytest.raises(RaftMessageError):
             encode_raft_message(bad)
+
+
+def test_read_index_now_answers_only_a_read_that_needs_no_wait(played: Played) -> None:
+    """The server's one check per read (``read_index_now``): leading, under a lease, and
+    applied up to the read index; anything else is None (read_barrier then waits)."""
+    node = played.node
+    assert node.read_index_now() is None, "no lease yet, and two other voters"
+    for follower in (played.a, played.b):
+        answer = {
+            "type": "next_node_idx",
+            "next_node_idx": 7,
+            "reset": False,
+            "success": True,
+            "term": 2,
+            "read_round": 0,
+            "sent_at": time.monotonic(),
+        }
+        node._SyncObj__onMessageReceived(follower, answer)
+    assert node.lease_valid
+    served = node.lease_reads
+    assert node.read_index_now() == 6
+    assert node.lease_reads == served + 1, "counted as a lease read"
+    # Committed but not applied yet: a read now would have to wait for it.
+    node._commit_index = 7
+    assert node.read_index_now() is None
+    node._SyncObj__raftLastApplied = 7
+    assert node.read_index_now() == 7
+    lease = node._lease
+    assert lease is not None
+    node._lease = lease._replace(until=time.monotonic() - 0.001)  # the lease ran out
+    assert node.read_index_now() is None
+    node._lease = lease
+    assert node.read_index_now() == 7
+    node._SyncObj__setState(FOLLOWER)  # deposed, the lease not tended yet
+    assert node.read_index_now() is None
+    assert node.lease_reads == served + 3, "only the reads it answered"

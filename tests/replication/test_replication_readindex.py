@@ -665,6 +665,37 @@ def test_read_barrier_times_out_without_followers_then_raises_not_leader(
     assert time.monotonic() - start < 0.1
 
 
+def test_read_now_only_while_a_read_needs_no_round(tmp_path: Path) -> None:
+    """``Replicator.read_now``: True on a leader under its lease, never on a follower, and
+    False once the lease ran out on a leader cut off from its followers (still elected)."""
+    r = Replicators(tmp_path, 3)
+    try:
+        leader = r.leader()
+        wait_until(leader.read_now, "the leader to read under its lease", WAIT)
+        follower = next(n for n in r.live() if n is not leader)
+        assert not follower.read_now()
+        for node in [n for n in r.live() if n is not leader]:
+            r.stop(node)
+        wait_until(lambda: not leader.read_now(), "the lease to run out", WAIT)
+        with pytest.raises((LeadershipUnconfirmed, NotLeader)):
+            leader.read_barrier(0.2)
+    finally:
+        r.close()
+
+
+def test_read_now_without_the_lease(replicators: Replicators, tmp_path: Path) -> None:
+    """Without the lease every read of three voters takes a round; one voter needs none."""
+    leader = replicators.leader()
+    leader.read_barrier(5)
+    assert not leader.read_now()
+    single = Replicators(tmp_path / "single", 1, read_lease=False)
+    try:
+        node = single.leader()
+        wait_until(node.read_now, "the single voter to read at once", WAIT)
+    finally:
+        single.close()
+
+
 def test_read_barrier_on_a_single_node(tmp_path: Path) -> None:
     r = Replicators(tmp_path, 1)
     try:

@@ -57,6 +57,12 @@ class RaftBase:
     #: Leader side: the term in which each peer last acknowledged entries (a peer
     #: unheard of is not "caught up", however short the log).  Owner: messages.
     _acknowledged: dict[Any, int]
+    #: The commit index behind PySyncObj's ``__raftCommitIndex`` property (readers on
+    #: other threads read it directly).  Owner: commit.
+    _commit_index: int
+    #: Reads served under the lease, and the lock of that count.  Owner: lease.
+    _lease_reads: int
+    _lease_reads_lock: Any
     #: Whether this node votes.  Owner: roles.
     _voting: bool
     #: Every member's role, this node's included (tick thread).  Owner: roles.

@@ -239,16 +239,19 @@ class LeaseMixin(RaftBase):
             return None
         now = time.monotonic()
         lease = self._lease
-        if lease is None or now >= lease.until:
+        if (
+            lease is None
+            or now >= lease.until
+            or self._SyncObj__raftCurrentTerm != lease.term
+            or self._SyncObj__raftState != LEADER
+            or not self._voting  # the majority counted this node's own vote
+            or self._SyncObj__otherNodes != lease.voters
+        ):
             return None
-        if self._SyncObj__raftCurrentTerm != lease.term or self.raft_state != LEADER:
-            return None
-        if not self._voting:  # the majority counted this node's own vote
-            return None
-        if self._SyncObj__otherNodes != lease.voters:
-            return None
+        # Plain attributes and comparisons, no property or max(): every read asks this.
+        commit = self._commit_index
         noop = self._SyncObj__noopIDx or 0
-        return max(int(self._SyncObj__raftCommitIndex), int(noop))
+        return commit if commit >= noop else noop
 
     def _count_lease_read(self) -> None:
         with self._lease_reads_lock:  # readers on many threads

@@ -123,17 +123,14 @@ class ReadsMixin(RaftBase):
         """:meth:`read_index`, waiting up to ``timeout``: ``(result, read_index)``.
 
         Under a valid lease (:mod:`.lease`) with the read index applied
-        already, it answers on the caller's thread without waking Raft's.
+        already, it answers on the caller's thread without waking Raft's
+        (:meth:`read_index_now`).
         """
-        if self.raft_state != LEADER:
+        index = self.read_index_now()
+        if index is not None:
+            return ReadResult.CONFIRMED, index
+        if self._SyncObj__raftState != LEADER:
             return ReadResult.NOT_LEADER, 0
-        index = self._lease_read_index()
-        if index is not None and self._SyncObj__raftLastApplied >= index:
-            self._count_lease_read()
-            return ReadResult.CONFIRMED, index
-        index = self._alone_read_index()
-        if index is not None and self._SyncObj__raftLastApplied >= index:
-            return ReadResult.CONFIRMED, index
         done = threading.Event()
         outcome: list[Any] = [ReadResult.TIMEOUT, 0]
 
@@ -147,6 +144,31 @@ class ReadsMixin(RaftBase):
             return ReadResult.TIMEOUT, 0
         return ReadResult(outcome[0]), int(outcome[1])
 
+    def read_index_now(self) -> int | None:
+        """The read index of a read arriving now, if it may be served at once; any thread.
+
+        One check for what lets a read skip Raft's thread: this node leads and
+        either holds a valid lease (:mod:`.lease`) or is the only voter, and it
+        has applied everything up to the read index.  None otherwise (not
+        leading, no lease, entries still to apply): :meth:`read_barrier` then
+        waits, confirms with a round, or says why not.  Reads served under the
+        lease are counted (``lease_reads``).
+        """
+        if self._SyncObj__otherNodes:
+            # Only a lease can spare a round.  (Voters may come or go meanwhile: each
+            # way reads the state in its own safe order, and a stale choice of way
+            # only errs towards None.)
+            index = self._lease_read_index()
+            if index is None or self._SyncObj__raftLastApplied < index:
+                return None
+            with self._lease_reads_lock:  # _count_lease_read, without the call
+                self._lease_reads += 1
+            return index
+        index = self._alone_read_index()  # a single voter never holds a lease
+        if index is None or self._SyncObj__raftLastApplied < index:
+            return None
+        return index
+
     def _alone_read_index(self) -> int | None:
         """The read index of a leader that is the only voter, or None; any thread.
 
@@ -156,12 +178,13 @@ class ReadsMixin(RaftBase):
         that makes a stale view err towards None: leading first, then the
         voters, then the term's no-op and the commit index.
         """
-        if self.raft_state != LEADER or self._SyncObj__otherNodes:
+        if self._SyncObj__raftState != LEADER or self._SyncObj__otherNodes:
             return None
         noop = self._SyncObj__noopIDx
         if noop is None:
             return None
-        return max(int(self._SyncObj__raftCommitIndex), int(noop))
+        commit = self._commit_index
+        return commit if commit >= noop else noop
 
     @property
     def read_stats(self) -> tuple[int, int]:

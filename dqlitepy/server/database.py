@@ -159,15 +159,6 @@ class Database:
                 self.tracker.close()
             self._changed.notify_all()
 
-    @property
-    def serving(self) -> bool:
-        """Whether the database serves sessions (not fenced, not being rebuilt).
-
-        A fence or a rebuild leaves SERVING before it interrupts the sessions, so a
-        statement interrupted while this is False was interrupted by them.
-        """
-        return self._phase is Phase.SERVING
-
     def is_writer(self, owner: object) -> bool:
         """Whether ``owner`` holds the writer slot (its write transaction is open)."""
         with self._mutex:

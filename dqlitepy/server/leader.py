@@ -1,17 +1,15 @@
 """The leader's side of the write path: sessions, executions, commits captured and submitted.
 
-A gateway opens its sessions here and runs each execution of a prepared
-statement inside :meth:`Leader.execution`: it waits until this node is a
-*caught-up* leader, admits the execution as a reader (behind the gate, after
-confirming leadership — under the leader lease, or by a ReadIndex round — if
-it returns rows) or as the writer (the writer slot and the
-gate), and after a write execution hands every commit the WAL hook captured to
-Raft, one FRAMES command (or its parts) each, chained on the commit before it;
-it then passes the writer slot on (group commit: the next writer runs while
-these commits are in flight) and returns once Raft committed them.  A commit
-Raft did not accept fences the database (:meth:`StateMachine.fence`), and every
-commit built on it is skipped.  The rules, the words and the lock hierarchy are
-in :mod:`dqlitepy.server.replicated`'s docstring.
+A gateway opens its sessions here and runs each execution of a prepared statement inside
+:meth:`Leader.execution`: it waits until this node is a *caught-up* leader, admits the
+execution as a reader (behind the gate, after confirming leadership — under the leader
+lease, or by a ReadIndex round — if it returns rows) or as the writer (the writer slot and
+the gate), and after a write execution hands every commit the WAL hook captured to Raft, one
+FRAMES command (or its parts) each, chained on the commit before it; it then passes the
+writer slot on (group commit: the next writer runs while these commits are in flight) and
+returns once Raft committed them. A commit Raft did not accept fences the database
+(:meth:`StateMachine.fence`), and every commit built on it is skipped. The rules, the words
+and the lock hierarchy are in :mod:`dqlitepy.server.replicated`'s docstring.
 """
 
 from __future__ import annotations
@@ -27,7 +25,7 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from types import TracebackType
 
-from ..engine import Engine, EngineError, Session, StatementInfo
+from ..engine import Engine, EngineError, Session, SessionClosed, StatementInfo
 from ..engine.wal import Transaction, WalError
 from ..replication.replicator import (
     LeadershipLost,
@@ -65,6 +63,9 @@ def _begins_write(sql: str) -> bool:
         and words[0].upper() == "BEGIN"
         and words[1].upper().rstrip(";") in ("IMMEDIATE", "EXCLUSIVE")
     )
+
+
+_INTERRUPT = ErrorCode.SQLITE_INTERRUPT
 
 
 def _not_leader() -> GatewayFailure:
@@ -134,6 +135,7 @@ class _Capture:
         self._db = db
         self._commits: list[tuple[Transaction, Position]] = []
         self._error: Exception | None = None
+        self.epoch = 0  # the database's when the execution began (a fence starts another)
 
     def start(self) -> None:
         self._commits = []
@@ -375,15 +377,11 @@ class Leader:
     ) -> _Capture:
         """Take the writer slot (and the gate) for a write; :meth:`_end_write` ends it
         (also when this raises once the slot was taken)."""
-        try:
+        with _refusals():
             db.acquire_writer(owner, session, timeout)
-        except NotServing:
-            # Nothing ran: the client may ask another node for the leader.
-            raise _not_leader() from None
-        except Locked:
-            raise _locked() from None
         capture = self._capture_of(db)
         capture.start()
+        capture.epoch = db.position()[0]
         try:
             self._checkpoint_if_due(db, session, timeout)
         except BaseException as exc:
@@ -399,10 +397,8 @@ class Leader:
         capture: _Capture,
         error: BaseException | None,
     ) -> None:
-        """Submit what the execution committed, pass the writer slot on, wait for Raft.
-
-        ``error``: what the statement raised (None: it ran).
-        """
+        """Submit what the execution committed, pass the writer slot on, wait for Raft
+        (``error``: what the statement raised; None: it ran)."""
         storage_failed = isinstance(error, EngineError) and is_storage_error(error)
         submitted: list[_Submitted] = []
         try:
@@ -417,14 +413,9 @@ class Leader:
         self._settle(db, submitted)
         if error is None and not submitted and not session.in_transaction:
             self._await_predecessors(db)
-        if (
-            isinstance(error, EngineError)
-            and error.code == ErrorCode.SQLITE_INTERRUPT
-            and not db.serving
-        ):
-            # Not the client's interrupt: the files were fenced under the statement
-            # (commits of a deposed leader, a disk error) and it died with its session.
-            # The client hears what it hears of a write cut off by a lost leadership.
+        # Interrupted (or its session closed) by a fence, not by the client: cut off.
+        cut = isinstance(error, SessionClosed) or getattr(error, "code", 0) == _INTERRUPT
+        if cut and db.position()[0] != capture.epoch:
             raise _leadership_lost() from error
 
     def _storage_trouble(self, db: Database) -> None:

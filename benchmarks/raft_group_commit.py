@@ -76,7 +76,7 @@ def _node_process(
     ready.wait(30)  # every node has published its port
     addresses = [f"127.0.0.1:{ports[i]}" for i in range(NODES)]
 
-    def apply(log_index: int, command: bytes) -> int:
+    def apply(log_index: int, command: bytes, decoded: object = None) -> int:
         counters[2 * index + 1] += 1
         return log_index
 

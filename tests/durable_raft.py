@@ -19,7 +19,7 @@ from dqlitepy.replication.raft import HardenedSyncObj, raft_config
 __all__ = ["durable_cluster"]
 
 
-def _apply(index: int, command: bytes) -> int:
+def _apply(index: int, command: bytes, decoded: object = None) -> int:
     return index
 
 

@@ -34,6 +34,7 @@ from .raft import (
     FAILURES,
     LEADER,
     STORAGE_FAILED,
+    ApplyHandler,
     HardenedSyncObj,
     PeerHealth,
     PeerNode,
@@ -47,6 +48,7 @@ from .transport import SecureTransport, secure_transport_class
 
 __all__ = [
     "DEFAULT_SNAPSHOT_ENTRIES",
+    "ApplyHandler",
     "LeadershipLost",
     "LeadershipUnconfirmed",
     "NotLeader",
@@ -129,7 +131,7 @@ class Replicator:
         voting: bool = True,
         node_id: int,
         cluster_key: bytes,
-        apply: Callable[[int, bytes], Any],
+        apply: ApplyHandler,
         on_leadership: Callable[[bool], None] | None = None,
         snapshot: Callable[[], Callable[[BinaryIO], None]] | None = None,
         restore: Callable[[BinaryIO], None] | None = None,
@@ -350,13 +352,15 @@ class Replicator:
         """
         return self.submit_async(command).result(timeout)
 
-    def submit_async(self, command: bytes) -> PendingCommand:
+    def submit_async(self, command: bytes, decoded: object = None) -> PendingCommand:
         """Queue ``command`` for this leader's log and return at once.
 
         Commands submitted one after the other enter the log in that order
         (or not at all): a later one can build on an earlier one still in flight.
+        ``decoded``, what the command decodes to, is handed to this node's apply
+        handler with the command, if this node applies the entry it appended for it.
         """
-        return PendingCommand(self.core.submit_tracked(command))
+        return PendingCommand(self.core.submit_tracked(command, decoded))
 
     def read_now(self) -> bool:
         """Whether a read arriving now may be served at once, with no wait (any thread).

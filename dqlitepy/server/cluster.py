@@ -27,10 +27,15 @@ import time
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
 from pathlib import Path
-from typing import Any, BinaryIO, Protocol
+from typing import BinaryIO, Protocol
 
 from ..engine import Engine, Session, StatementInfo
-from ..replication.replicator import DEFAULT_SNAPSHOT_ENTRIES, ReplicationError, Replicator
+from ..replication.replicator import (
+    DEFAULT_SNAPSHOT_ENTRIES,
+    ApplyHandler,
+    ReplicationError,
+    Replicator,
+)
 from ..replication.stats import RaftStats
 from ..wire import NodeInfo, NodeRole, Request
 from .gateway import BeginRead, GatewayFailure
@@ -265,9 +270,7 @@ class Replicating:
             assert replicated is not None
             replicated.install_snapshot(source)
 
-        def factory(
-            apply: Callable[[int, bytes], Any], on_leadership: Callable[[bool], None]
-        ) -> Replicator:
+        def factory(apply: ApplyHandler, on_leadership: Callable[[bool], None]) -> Replicator:
             return Replicator(
                 address,
                 data_dir,
@@ -359,9 +362,7 @@ class Replicating:
             return str(exc)
         while (applied := self._raft.applied_index()) < index:
             if time.monotonic() >= deadline:
-                return (
-                    f"applied up to entry {applied}; the leader had committed up to {index}"
-                )
+                return f"applied up to entry {applied}; the leader had committed up to {index}"
             time.sleep(0.01)
         return None
 

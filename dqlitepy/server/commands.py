@@ -28,8 +28,6 @@ from typing import Any
 
 import cbor2
 
-from ..engine.wal import Transaction
-
 __all__ = [
     "COMMAND_VERSION",
     "ClusterId",
@@ -41,7 +39,6 @@ __all__ = [
     "decode",
     "encode_cluster_id",
     "encode_frames",
-    "frames_command",
     "encode_member",
     "split_pages",
 ]
@@ -148,54 +145,24 @@ def split_pages(pages: tuple[Page, ...]) -> list[list[Page]]:
     return parts
 
 
-def encode_frames(
-    db: str,
-    base: int,
-    after: tuple[int, int] | None,
-    origin: tuple[int, int],
-    transaction: Transaction,
-    pages: list[Page],
-    part: int = 0,
-    parts: int = 1,
-) -> bytes:
-    """A ``frames`` entry: ``pages``, part ``part`` of ``parts`` of ``transaction``."""
+def encode_frames(frames: Frames) -> bytes:
+    """The ``frames`` entry that :func:`decode` turns back into ``frames``."""
     command: dict[str, Any] = {
-        "v": COMMAND_VERSION if after is None else CHAINED_VERSION,
+        "v": COMMAND_VERSION if frames.after is None else CHAINED_VERSION,
         "t": "frames",
-        "db": db,
-        "base": base,
-        "origin": list(origin),
-        "ps": transaction.page_size,
-        "size": transaction.db_size,
+        "db": frames.db,
+        "base": frames.base,
+        "origin": list(frames.origin),
+        "ps": frames.page_size,
+        "size": frames.db_size,
         # (page number, image) pairs: cbor2 writes a tuple as the same array as a list.
-        "pages": pages,
+        "pages": frames.pages,
     }
-    if parts > 1:
-        command.update(part=part, parts=parts)
-    if after is not None:
-        command["after"] = list(after)
+    if frames.parts > 1:
+        command.update(part=frames.part, parts=frames.parts)
+    if frames.after is not None:
+        command["after"] = list(frames.after)
     return cbor2.dumps(command)
-
-
-def frames_command(
-    db: str,
-    base: int,
-    after: tuple[int, int] | None,
-    origin: tuple[int, int],
-    transaction: Transaction,
-    pages: list[Page],
-    part: int = 0,
-    parts: int = 1,
-) -> tuple[bytes, Frames]:
-    """:func:`encode_frames`, and the :class:`Frames` that decoding it gives back.
-
-    The leader applies its own commands from the second (without decoding them).
-    """
-    command = encode_frames(db, base, after, origin, transaction, pages, part, parts)
-    frames = Frames(
-        db, base, origin, transaction.page_size, transaction.db_size, pages, part, parts, after
-    )
-    return command, frames
 
 
 def encode_member(node_id: int, address: str, *, removed: bool = False) -> bytes:

@@ -30,7 +30,7 @@ import cbor2
 
 from ..engine import Engine, EngineError
 from ..engine.wal import Transaction
-from ..replication.replicator import Replicator
+from ..replication.replicator import ApplyHandler, Replicator
 from ..wire import ErrorCode
 from .commands import ClusterId, Frames, InvalidCommand, Member, Page, decode
 from .database import Database, Databases, Origin, Position
@@ -40,7 +40,7 @@ __all__ = ["ReplicatorFactory", "StateMachine", "is_storage_error"]
 log = logging.getLogger("dqlitepy.server")
 
 #: Builds the node's Raft participation from the apply and leadership callbacks.
-ReplicatorFactory = Callable[[Callable[[int, bytes], Any], Callable[[bool], None]], Replicator]
+ReplicatorFactory = Callable[[ApplyHandler, Callable[[bool], None]], Replicator]
 
 # How often the applier checks whether the files of the last run can go.
 _PREVIOUS_CHECK = 0.5
@@ -157,10 +157,6 @@ class StateMachine:
         # Commands this node submitted, by origin, with the WAL position after them:
         # their pages are in the WAL already (if its epoch did not change).
         self._own: dict[Origin, Position] = {}
-        # The FRAMES commands this node submitted, by the id of the command object
-        # submitted (kept here, so the id stays its own): Raft applies an entry of
-        # this node's log as that very object, which then needs no decoding.
-        self._frames: dict[int, tuple[bytes, Frames]] = {}
         self._stage_sequence = itertools.count(1)
         #: Transactions applied (every part received), for monitoring; others only read it.
         self.commits = 0
@@ -255,16 +251,9 @@ class StateMachine:
         """This node submits ``origin``, whose pages end at ``position`` in its WAL."""
         self._own[origin] = position
 
-    def expect_frames(self, command: bytes, frames: Frames) -> None:
-        """This node submits ``command``, which decodes to ``frames``."""
-        self._frames[id(command)] = (command, frames)
-
     def forget_own(self, origin: Origin) -> None:
         """The submission of ``origin`` failed."""
         self._own.pop(origin, None)
-        for key, (_, frames) in list(self._frames.items()):
-            if frames.origin == origin:
-                self._frames.pop(key, None)
 
     def fence(self, db: Database) -> None:
         """The files may hold a commit Raft did not accept: stop serving, queue a rebuild."""
@@ -277,14 +266,18 @@ class StateMachine:
 
     # ------------------------------------------------------------- applying
 
-    def apply(self, index: int, command: bytes) -> Any:
-        """Apply one committed command (Raft's thread, log order, every node)."""
+    def apply(self, index: int, command: bytes, decoded: object = None) -> Any:
+        """Apply one committed command (Raft's thread, log order, every node).
+
+        ``decoded`` is what ``command`` decodes to when this node submitted it
+        (:meth:`Replicator.submit_async`), so that the leader never decodes its own
+        commits; None for any other entry.
+        """
         if not command:
             self._apply_barrier(index)
             return None
-        submitted = self._frames.pop(id(command), None)
-        if submitted is not None and submitted[0] is command:
-            return self._apply_frames(index, submitted[1])  # ours: it decodes to that
+        if type(decoded) is Frames:
+            return self._apply_frames(index, decoded)
         try:
             decoded = decode(command)
         except InvalidCommand as exc:
@@ -371,8 +364,6 @@ class StateMachine:
             self._barrier_applied = False
             self._progress.notify_all()
         if not leading:
-            # Its writers hear their outcome and forget their commits; these go at once.
-            self._frames.clear()
             # Sessions of a deposed leader must not read what Raft may drop.
             self._enqueue(_Deposed())
 

@@ -35,7 +35,7 @@ from ..replication.replicator import (
     StorageError,
 )
 from ..wire import ErrorCode
-from .commands import encode_cluster_id, encode_member, frames_command, split_pages
+from .commands import Frames, encode_cluster_id, encode_frames, encode_member, split_pages
 from .database import Database, Databases, Locked, NotServing, Origin, Position
 from .fsm import StateMachine, is_storage_error
 from .gateway import BeginRead, GatewayFailure
@@ -502,12 +502,12 @@ class Leader:
         self._fsm.expect_own(origin, position)
         pending: list[PendingCommand | ReplicationError] = []
         for number, pages in enumerate(parts):
-            command, frames = frames_command(
-                db.name, base, after, origin, txn, pages, number, len(parts)
+            # The leader applies its own command from ``frames`` (never decoding it).
+            frames = Frames(
+                db.name, base, origin, txn.page_size, txn.db_size, pages, number, len(parts), after
             )
-            self._fsm.expect_frames(command, frames)
             try:
-                part = self._replicator.submit_async(command)
+                part = self._replicator.submit_async(encode_frames(frames), frames)
                 pending.append(part)
                 if number < len(parts) - 1 and part.result(_SUBMIT_TIMEOUT) != "applied":
                     break

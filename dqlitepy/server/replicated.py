@@ -287,9 +287,9 @@ class Replicated:
 
     # ------------------------------------------------------------- every node's side
 
-    def apply(self, index: int, command: bytes) -> Any:
+    def apply(self, index: int, command: bytes, decoded: object = None) -> Any:
         """Apply one committed command (Raft's thread, log order, every node)."""
-        return self.fsm.apply(index, command)
+        return self.fsm.apply(index, command, decoded)
 
     def capture_snapshot(self) -> Callable[[BinaryIO], None]:
         """Capture the state at the last applied entry (Raft's thread); return its writer."""

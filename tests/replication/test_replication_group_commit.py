@@ -42,7 +42,7 @@ from dqlitepy.replication.raft.config import MEMBERSHIP
 from dqlitepy.wire import NodeRole
 
 
-def _apply(index: int, command: bytes) -> int:
+def _apply(index: int, command: bytes, decoded: object = None) -> int:
     return index
 
 
@@ -152,24 +152,27 @@ def test_queued_commands_are_appended_with_one_sync_and_one_send(
 
 
 def test_a_tracked_command_is_applied_as_the_object_submitted(tmp_path: Path) -> None:
-    # The application recognises its own commands by identity (no decoding); any
-    # other entry is handed over as a copy of the log's bytes, as before.
+    # The application gets its own commands as submitted, with what the submitter
+    # said they decode to (so it need not decode them); any other entry is handed
+    # over as a copy of the log's bytes, with nothing decoded.
     with _single_voter(tmp_path / "journal") as node:
-        applied: list[bytes] = []
+        applied: list[tuple[bytes, object]] = []
 
-        def apply(index: int, command: bytes) -> int:
-            applied.append(command)
+        def apply(index: int, command: bytes, decoded: object = None) -> int:
+            applied.append((command, decoded))
             return index
 
         node._dqlitepy_apply = apply
         tracked, plain = b"tracked" + bytes(1000), b"plain" + bytes(1000)
-        submission = node.submit_tracked(tracked)
+        meaning = object()
+        submission = node.submit_tracked(tracked, meaning)
         node.submit(plain, lambda result, reason: None)
         node._checkCommandsToApply()
         assert submission.wait(1.0)[1] == FAIL_REASON.SUCCESS
         assert len(applied) == 2
-        assert applied[0] is tracked
-        assert applied[1] == plain and applied[1] is not plain
+        assert applied[0][0] is tracked and applied[0][1] is meaning
+        assert applied[1][0] == plain and applied[1][0] is not plain
+        assert applied[1][1] is None
         assert node._submitted == {}  # nothing kept once applied
 
 

@@ -17,7 +17,6 @@ import cbor2
 import pytest
 
 from dqlitepy.engine import Engine
-from dqlitepy.engine.wal import Transaction
 from dqlitepy.replication.replicator import Replicator
 from dqlitepy.server import commands
 from dqlitepy.server.replicated import Replicated
@@ -110,7 +109,6 @@ def test_the_frames_encoding_is_the_logs_format() -> None:
     # Entries in existing logs were written with pages as [number, image] arrays:
     # the encoder (which passes the pages' tuples) writes the same bytes.
     pages = ((3, b"\x01" * PAGE), (1, b"\x02" * PAGE))
-    txn = Transaction(pages, 7, PAGE)
     expected = {
         "v": 2,
         "t": "frames",
@@ -122,16 +120,15 @@ def test_the_frames_encoding_is_the_logs_format() -> None:
         "pages": [[3, b"\x01" * PAGE], [1, b"\x02" * PAGE]],
         "after": [1, 8],
     }
-    encoded = commands.encode_frames("app", 0, (1, 8), (1, 9), txn, list(pages))
+    frames = commands.Frames("app", 0, (1, 9), PAGE, 7, list(pages), after=(1, 8))
+    encoded = commands.encode_frames(frames)
     assert encoded == cbor2.dumps(expected)
-    decoded = commands.decode(encoded)
-    assert isinstance(decoded, commands.Frames) and decoded.pages == list(pages)
-    # What the leader applies its own commands from is what decoding them gives.
+    assert commands.decode(encoded) == frames
+    # The leader applies its own commands from the Frames it encoded: decoding
+    # gives the same, whichever fields are set.
     for after, part, parts in (((1, 8), 0, 1), (None, 0, 1), (None, 1, 3), ((2, 5), 2, 3)):
-        command, frames = commands.frames_command(
-            "app", 4, after, (1, 9), txn, [pages[1]], part, parts
-        )
-        assert commands.decode(command) == frames
+        frames = commands.Frames("app", 4, (1, 9), PAGE, 7, [pages[1]], part, parts, after)
+        assert commands.decode(commands.encode_frames(frames)) == frames
 
 
 def test_parts_are_applied_together_when_the_last_one_commits(

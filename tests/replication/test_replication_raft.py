@@ -48,7 +48,7 @@ class _Stock(SyncObj):  # type: ignore[misc]
         )
 
 
-def _apply(index: int, command: bytes) -> int:
+def _apply(index: int, command: bytes, decoded: object = None) -> int:
     return index
 
 
@@ -232,7 +232,7 @@ def test_three_nodes_replicate_in_order() -> None:
     applied: dict[str, list[bytes]] = {a: [] for a in addresses}
 
     def recorder(address: str) -> Any:
-        def apply(index: int, command: bytes) -> int:
+        def apply(index: int, command: bytes, decoded: object = None) -> int:
             if command:  # not a leader's no-op
                 applied[address].append(command)
             return index
@@ -320,7 +320,7 @@ def test_a_standby_replicates_without_counting_toward_the_quorum() -> None:
     standby_address = f"127.0.0.1:{free_port()}"
     applied: list[bytes] = []
 
-    def record(index: int, command: bytes) -> int:
+    def record(index: int, command: bytes, decoded: object = None) -> int:
         if command:  # not a leader's no-op
             applied.append(command)
         return index

@@ -42,7 +42,7 @@ KEY = b"cluster key for the read index tests"
 WAIT = 15.0  # upper bound of every wait
 
 
-def _apply(index: int, command: bytes) -> int:
+def _apply(index: int, command: bytes, decoded: object = None) -> int:
     return index
 
 
@@ -313,7 +313,7 @@ class Cluster:
         self.nodes = [self._start(a, conf) for a in self.addresses]
 
     def _start(self, address: str, conf: dict[str, Any]) -> HardenedSyncObj:
-        def apply(index: int, command: bytes) -> int:
+        def apply(index: int, command: bytes, decoded: object = None) -> int:
             if command:
                 self.applied[address].append(command)
                 self.on_apply(address, command)

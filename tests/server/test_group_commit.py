@@ -34,8 +34,9 @@ from dqlitepy.wire import ErrorCode
 class _Pending:
     """A submitted command's outcome, set when the test releases or fails it."""
 
-    def __init__(self, command: bytes) -> None:
+    def __init__(self, command: bytes, decoded: object = None) -> None:
         self.command = command
+        self.decoded = decoded
         self._done = threading.Event()
         self._result: Any = None
         self._failure: Exception | None = None
@@ -55,7 +56,9 @@ class _Pending:
 class _HeldRaft:
     """Leads alone; appends submitted commands to a queue the test commits or fails."""
 
-    def __init__(self, apply: Callable[[int, bytes], Any], leadership: Callable[[bool], None]):
+    def __init__(
+        self, apply: Callable[[int, bytes, object], Any], leadership: Callable[[bool], None]
+    ):
         self._apply = apply
         self._leadership = leadership
         self._lock = threading.Lock()
@@ -66,7 +69,7 @@ class _HeldRaft:
         self.log: list[bytes] = []
 
     def start(self) -> None:
-        self._apply(1, b"")  # this leader's no-op: its barrier
+        self._apply(1, b"", None)  # this leader's no-op: its barrier
 
     def close(self) -> None:
         pass
@@ -88,8 +91,8 @@ class _HeldRaft:
     def check_storage(self) -> None:
         pass
 
-    def submit_async(self, command: bytes) -> _Pending:
-        pending = _Pending(command)
+    def submit_async(self, command: bytes, decoded: object = None) -> _Pending:
+        pending = _Pending(command, decoded)
         with self._lock:
             if not self.elected:
                 pending.finish(None, NotLeader("not leader"))
@@ -113,7 +116,7 @@ class _HeldRaft:
         for pending in taken:
             self.index += 1
             self.log.append(pending.command)
-            pending.finish(self._apply(self.index, pending.command))
+            pending.finish(self._apply(self.index, pending.command, pending.decoded))
 
     def drop(self, count: int, failure: Exception) -> None:
         """The first ``count`` queued commands never make it into a committed log."""
@@ -134,7 +137,7 @@ class _HeldRaft:
         self._leadership(True)
         self.index += 1
         self.barrier = self.index
-        self._apply(self.index, b"")
+        self._apply(self.index, b"", None)
 
 
 @pytest.fixture
@@ -338,7 +341,7 @@ def test_own_commits_are_applied_without_decoding_and_failed_ones_are_forgotten(
     raft.commit(2)  # built on the dropped one: skipped
     assert [w.outcome() for w in writers] == ["ok", "ok"] + ["leadership lost"] * 3
     assert decoded == []
-    assert state.fsm._frames == {}  # nothing kept for the failed commits
+    assert state.fsm._own == {}  # nothing kept for the failed commits
     assert _ids(state) == [1, 2]
     # Entries that are not the submitted objects (another node's, or read back
     # from the log) are decoded, as before.
@@ -371,8 +374,9 @@ def test_the_wal_is_kept_open_while_sessions_are(table: tuple[Replicated, _HeldR
     assert again.outcome() == "ok" and _ids(state) == [1, 2]
 
 
-def _copying(submit_async: Callable[[bytes], Any]) -> Callable[[bytes], Any]:
-    return lambda command: submit_async(bytes(bytearray(command)))
+def _copying(submit_async: Callable[[bytes], Any]) -> Callable[[bytes, object], Any]:
+    # What another node (or a log read back) holds: the bytes, not what they decode to.
+    return lambda command, decoded: submit_async(bytes(bytearray(command)))
 
 
 def test_leadership_lost_with_a_full_queue_answers_every_writer(

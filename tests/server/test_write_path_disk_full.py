@@ -30,14 +30,14 @@ from dqlitepy.server.replicated import Replicated
 class _Raft:
     """Leads alone, commits what is submitted at once (unless told to fail), counts probes."""
 
-    def __init__(self, apply: Callable[[int, bytes], Any]) -> None:
+    def __init__(self, apply: Callable[[int, bytes, object], Any]) -> None:
         self._apply = apply
         self.index = 1
         self.fail: Exception | None = None
         self.probes = 0
 
     def start(self) -> None:
-        self._apply(1, b"")  # this leader's no-op: its barrier
+        self._apply(1, b"", None)  # this leader's no-op: its barrier
 
     def close(self) -> None:
         pass
@@ -58,9 +58,9 @@ class _Raft:
         if self.fail is not None:
             raise self.fail
         self.index += 1
-        return self._apply(self.index, command)
+        return self._apply(self.index, command, None)
 
-    def submit_async(self, command: bytes) -> _Done:
+    def submit_async(self, command: bytes, decoded: object = None) -> _Done:
         try:
             return _Done(self.submit(command, 0.0), None)
         except Exception as exc:
@@ -193,11 +193,13 @@ def test_the_replicator_says_whether_the_log_stored_the_entry(
     tmp_path: Path, reason: int, stored: bool | None, raised: type[Exception]
 ) -> None:
     replicator = Replicator(
-        "127.0.0.1:1", tmp_path, [], node_id=1, cluster_key=b"k" * 32, apply=lambda i, c: None
+        "127.0.0.1:1", tmp_path, [], node_id=1, cluster_key=b"k" * 32, apply=lambda i, c, d: None
     )
     failure = JournalWriteError("no room", OSError(errno.ENOSPC, "full"), stored=stored)
     replicator._core = SimpleNamespace(  # type: ignore[assignment]
-        submit_tracked=lambda command: SimpleNamespace(wait=lambda timeout: (failure, reason))
+        submit_tracked=lambda command, decoded: SimpleNamespace(
+            wait=lambda timeout: (failure, reason)
+        )
     )
     with pytest.raises(raised) as failed:
         replicator.submit(b"x", 1.0)

@@ -82,9 +82,10 @@ class RaftBase:
     _remote_waiting: dict[int, Any]
     _storage_down: bool
     _probe_requested: bool
-    #: Leader side: index -> (the log's entry, the command as submitted) for the
-    #: commands of submit_tracked not applied yet.  Owner: commands (read by entries).
-    _submitted: dict[int, tuple[bytes, bytes]]
+    #: Leader side: index -> (the log's entry, the command as submitted, what its
+    #: submitter said it decodes to) for the commands of submit_tracked not applied
+    #: yet.  Owner: commands (read by entries).
+    _submitted: dict[int, tuple[bytes, bytes, object]]
 
     if TYPE_CHECKING:
         # -- PySyncObj's methods --

@@ -62,11 +62,16 @@ class Submission:
     """
 
     def __init__(
-        self, forget: Callable[[Callable[[Any, int], None]], None], command: bytes = b""
+        self,
+        forget: Callable[[Callable[[Any, int], None]], None],
+        command: bytes = b"",
+        decoded: object = None,
     ) -> None:
         self._forget = forget
-        #: The command as submitted: applied as this very object (see ``_wait_for_commit``).
+        #: The command as submitted, and what the submitter said it decodes to: the
+        #: apply handler gets both with this node's own entry (see ``_wait_for_commit``).
         self.command = command
+        self.decoded = decoded
         # Held until the outcome is known (a bare lock, not an Event: this is on
         # every write's path, and an Event's Condition costs a dozen Python calls).
         self._pending = threading.Lock()
@@ -128,13 +133,16 @@ class CommandsMixin(RaftBase):
             return
         self._applyCommand(command, callback, REGULAR)
 
-    def submit_tracked(self, command: bytes) -> Submission:
+    def submit_tracked(self, command: bytes, decoded: object = None) -> Submission:
         """Submit without waiting; the :class:`Submission` learns the outcome.
 
         Until it has one, :meth:`abandon_waiters` may release it with
-        LEADER_CHANGED, so that no submitter waits on a deposed leader.
+        LEADER_CHANGED, so that no submitter waits on a deposed leader.  When this
+        node applies the entry it appended for ``command``, the apply handler gets
+        ``decoded`` with it (a submitter that built the command from an object
+        need not decode it again).
         """
-        submission = Submission(self._forget_waiter, command)
+        submission = Submission(self._forget_waiter, command, decoded)
         with self._waiters_lock:
             self._waiters.add(submission.finish)
         self.submit(command, submission.finish)
@@ -308,10 +316,11 @@ class CommandsMixin(RaftBase):
     def _wait_for_commit(self, batch: list[tuple[bytes, Any]], first: int, term: int) -> None:
         """Register the callbacks of ``batch``, appended from index ``first`` on.
 
-        A command of :meth:`submit_tracked` is also noted with its index, so that
-        applying it hands the application the very object it submitted instead of
-        a copy cut from the log's entry (:mod:`.entries`), which lets it recognise
-        its own commands without decoding them.
+        A command of :meth:`submit_tracked` is also noted with its index and its
+        log entry, so that applying that very entry (checked by identity in
+        :mod:`.entries`: a new leader's entry at the same index is another object)
+        hands the application the command as submitted, not a copy cut from the
+        entry, and what the submitter said it decodes to.
         """
         waiting = self._SyncObj__commandsWaitingCommit
         for offset, (entry, callback) in enumerate(batch):
@@ -319,7 +328,11 @@ class CommandsMixin(RaftBase):
                 waiting[first + offset].append((term, callback))
                 submission = getattr(callback, "__self__", None)
                 if type(submission) is Submission:
-                    self._submitted[first + offset] = (entry, submission.command)
+                    self._submitted[first + offset] = (
+                        entry,
+                        submission.command,
+                        submission.decoded,
+                    )
 
     def _appended(self) -> None:
         """New entries are durable in the leader's log: send them, once per append."""

@@ -82,8 +82,10 @@ def _one_clock() -> None:
 
 _one_clock()
 
-#: What :class:`~.node.HardenedSyncObj` calls with ``(index, command)`` for each committed entry.
-ApplyHandler = Callable[[int, bytes], Any]
+#: What :class:`~.node.HardenedSyncObj` calls with ``(index, command, decoded)`` for each
+#: committed entry: ``decoded`` is what the submitter of :meth:`submit_tracked` said the
+#: command decodes to, when this node submitted that very entry, and None otherwise.
+ApplyHandler = Callable[[int, bytes, object], Any]
 
 
 class PeerNode(TCPNode):  # type: ignore[misc]

@@ -81,12 +81,13 @@ class EntriesMixin(RaftBase):
             submitted = self._submitted.pop(index, None)
             if submitted is not None and submitted[0] is command:
                 # This node's log entry of a command it submitted (the same object,
-                # so the same bytes): the command as the submitter passed it.
-                return self._dqlitepy_apply(index, submitted[1])
-            return self._dqlitepy_apply(index, bytes(command[1:]))
+                # so the same bytes): the command as submitted, with what the
+                # submitter said it decodes to.
+                return self._dqlitepy_apply(index, submitted[1], submitted[2])
+            return self._dqlitepy_apply(index, bytes(command[1:]), None)
         if kind == NO_OP:
             # Each leader's first entry: the application learns a term began.
-            return self._dqlitepy_apply(self._SyncObj__raftLastApplied + 1, b"")
+            return self._dqlitepy_apply(self._SyncObj__raftLastApplied + 1, b"", None)
         # MEMBERSHIP entries took effect when appended; VERSION entries (we never
         # change the code version) do nothing.
         return None

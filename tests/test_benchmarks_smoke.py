@@ -33,32 +33,19 @@ def _run(args: list[str], timeout: float) -> subprocess.CompletedProcess[str]:
     return run
 
 
+def _suite(options: str) -> subprocess.CompletedProcess[str]:
+    """``python -m benchmarks`` at its smallest (1 client, 1 s, 1 round) with ``options``."""
+    smallest = ["--clients", "1", "--seconds", "1", "--rounds", "1"]
+    return _run(["-m", "benchmarks", *smallest, *options.split()], timeout=120)
+
+
 @pytest.mark.dqlite
 @pytest.mark.skipif(
     os.environ.get("DQLITEPY_NO_DQLITE") == "1", reason="DQLITEPY_NO_DQLITE=1: no dqlite-demo"
 )
 def test_quick_run_prints_both_systems_and_a_ratio() -> None:
     # Without dqlite-demo the suite exits with status 2 and says what to install: a failure.
-    run = _run(
-        [
-            "-m",
-            "benchmarks",
-            "--quick",
-            "--workloads",
-            "kvwrite",
-            "--clients",
-            "1",
-            "--seconds",
-            "1",
-            "--rounds",
-            "1",
-            "--nodes",
-            "1",
-            "--async-levels",
-            "1",
-        ],
-        timeout=120,
-    )
+    run = _suite("--quick --workloads kvwrite --nodes 1 --async-levels 1")
     lines = run.stdout.splitlines()
     assert any("ratio" in line and "ops/s" in line for line in lines), run.stdout
     rows = [line.split() for line in lines]
@@ -145,25 +132,8 @@ def test_the_python_floor_serves_the_suites_read_and_scan_workloads_only() -> No
     operations. The floor serves ``read`` and ``scan`` and a single node, so the
     ``kvwrite`` measurement and the 3-node cluster are skipped for it.
     """
-    run = _run(
-        [
-            "-m",
-            "benchmarks",
-            "--workloads",
-            "read,kvwrite,scan",
-            "--clients",
-            "1",
-            "--seconds",
-            "1",
-            "--rounds",
-            "1",
-            "--nodes",
-            "1,3",
-            "--systems",
-            "python-floor",
-            "--no-async-driver",
-        ],
-        timeout=120,
+    run = _suite(
+        "--workloads read,kvwrite,scan --nodes 1,3 --systems python-floor --no-async-driver"
     )
     rows = [line.split() for line in run.stdout.splitlines()]
     measured = [r for r in rows if "python-floor" in r]

@@ -58,6 +58,21 @@ def played() -> Iterator[Played]:
     yield from played_leader()
 
 
+def _acknowledged_by_both(played: Played) -> None:
+    """Both followers answer the leader's last AppendEntries (index 6) now: a lease's quorum."""
+    for follower in (played.a, played.b):
+        answer = {
+            "type": "next_node_idx",
+            "next_node_idx": 7,
+            "reset": False,
+            "success": True,
+            "term": 2,
+            "read_round": 0,
+            "sent_at": time.monotonic(),
+        }
+        played.node._SyncObj__onMessageReceived(follower, answer)
+
+
 def _leased(c: Cluster) -> HardenedSyncObj:
     leader = c.leader()
     wait_until(lambda: leader.lease_valid, "the leader to hold a lease", WAIT)
@@ -254,17 +269,7 @@ def test_a_new_leader_holds_no_lease_before_its_noop_commits(played: Played) -> 
 def test_a_leader_that_stops_voting_or_leading_loses_its_lease(played: Played) -> None:
     """The majority behind a lease counted the leader's own vote."""
     node = played.node
-    for follower in (played.a, played.b):
-        answer = {
-            "type": "next_node_idx",
-            "next_node_idx": 7,
-            "reset": False,
-            "success": True,
-            "term": 2,
-            "read_round": 0,
-            "sent_at": time.monotonic(),
-        }
-        node._SyncObj__onMessageReceived(follower, answer)
+    _acknowledged_by_both(played)
     assert node.lease_valid
     node._voting = False
     assert not node.lease_valid
@@ -407,17 +412,7 @@ def test_read_index_now_answers_only_a_read_that_needs_no_wait(played: Played) -
     applied up to the read index; anything else is None (read_barrier then waits)."""
     node = played.node
     assert node.read_index_now() is None, "no lease yet, and two other voters"
-    for follower in (played.a, played.b):
-        answer = {
-            "type": "next_node_idx",
-            "next_node_idx": 7,
-            "reset": False,
-            "success": True,
-            "term": 2,
-            "read_round": 0,
-            "sent_at": time.monotonic(),
-        }
-        node._SyncObj__onMessageReceived(follower, answer)
+    _acknowledged_by_both(played)
     assert node.lease_valid
     served = node.lease_reads
     assert node.read_index_now() == 6

@@ -28,6 +28,10 @@ _SAFE_NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWX
 _MAX_FILENAME = 200
 
 
+#: Database file paths an :class:`Engine` keeps at most (see ``Engine.path``).
+_PATHS_CACHED = 1024
+
+
 @functools.lru_cache(maxsize=1024)  # a follower asks for every commit it applies
 def database_filename(name: str) -> str:
     """Return the file name a database name is stored under.
@@ -103,10 +107,19 @@ class Engine:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.busy_timeout_ms = busy_timeout_ms
         self.synchronous = synchronous
+        # Each name's file: a follower looks it up several times per commit it applies,
+        # and joining a Path costs a dozen Python calls.  Names come from clients, so
+        # the cache is emptied rather than let grow without bound.
+        self._paths: dict[str, Path] = {}
 
     def path(self, name: str) -> Path:
         """The file of database ``name``; always inside the data directory."""
-        return self.data_dir / database_filename(name)
+        path = self._paths.get(name)
+        if path is None:
+            if len(self._paths) >= _PATHS_CACHED:
+                self._paths.clear()
+            path = self._paths[name] = self.data_dir / database_filename(name)
+        return path
 
     def exists(self, name: str) -> bool:
         """True if database ``name`` has been created."""

@@ -212,6 +212,15 @@ def test_a_directory_without_a_cluster_id_takes_its_clusters(tmp_path: Path) -> 
         _write(node.address, "t")
         cluster_id = _cluster_id(node.data_dir)
         assert isinstance(cluster_id, str)
+        # The directory records the id at bootstrap; the log names it once the node
+        # leads (a moment later): stopped before that, the log holds no id to take,
+        # and the node would rightly start a cluster id of its own.
+        journal = node.data_dir / "raft" / "journal"
+        wait_until(
+            lambda: cluster_id.encode() in journal.read_bytes(),
+            "the Raft log to name the cluster id",
+            timeout=10,
+        )
         assert node.stop() == 0
         record = _record(node.data_dir)
         del record["cluster_id"]

@@ -58,19 +58,23 @@ def played() -> Iterator[Played]:
     yield from played_leader()
 
 
-def _acknowledged_by_both(played: Played) -> None:
-    """Both followers answer the leader's last AppendEntries (index 6) now: a lease's quorum."""
+def _both_followers_answer(
+    played: Played, next_node_idx: int = 7, success: bool = True
+) -> dict[str, Any]:
+    """Both followers answer the leader's AppendEntries now (by default, up to its last
+    entry, 6: a lease's quorum); returns the answer."""
+    answer = {
+        "type": "next_node_idx",
+        "next_node_idx": next_node_idx,
+        "reset": not success,
+        "success": success,
+        "term": 2,
+        "read_round": 0,
+        "sent_at": time.monotonic(),
+    }
     for follower in (played.a, played.b):
-        answer = {
-            "type": "next_node_idx",
-            "next_node_idx": 7,
-            "reset": False,
-            "success": True,
-            "term": 2,
-            "read_round": 0,
-            "sent_at": time.monotonic(),
-        }
-        played.node._SyncObj__onMessageReceived(follower, answer)
+        played.node._SyncObj__onMessageReceived(follower, dict(answer))
+    return answer
 
 
 def _leased(c: Cluster) -> HardenedSyncObj:
@@ -241,17 +245,7 @@ def test_a_new_leader_holds_no_lease_before_its_noop_commits(played: Played) -> 
     """Answers may come in before the no-op commits (a follower whose log lacks entries)."""
     leader, node = played, played.node
     node._SyncObj__raftCommitIndex = node._SyncObj__raftLastApplied = 4  # the no-op is 6
-    for follower in (leader.a, leader.b):
-        answer = {
-            "type": "next_node_idx",
-            "next_node_idx": 5,
-            "reset": True,
-            "success": False,
-            "term": 2,
-            "read_round": 0,
-            "sent_at": time.monotonic(),
-        }
-        node._SyncObj__onMessageReceived(follower, answer)
+    answer = _both_followers_answer(leader, next_node_idx=5, success=False)
     node._tend_lease()
     assert not node.lease_valid
     node._SyncObj__raftCommitIndex = 6
@@ -269,7 +263,7 @@ def test_a_new_leader_holds_no_lease_before_its_noop_commits(played: Played) -> 
 def test_a_leader_that_stops_voting_or_leading_loses_its_lease(played: Played) -> None:
     """The majority behind a lease counted the leader's own vote."""
     node = played.node
-    _acknowledged_by_both(played)
+    _both_followers_answer(played)
     assert node.lease_valid
     node._voting = False
     assert not node.lease_valid
@@ -412,7 +406,7 @@ def test_read_index_now_answers_only_a_read_that_needs_no_wait(played: Played) -
     applied up to the read index; anything else is None (read_barrier then waits)."""
     node = played.node
     assert node.read_index_now() is None, "no lease yet, and two other voters"
-    _acknowledged_by_both(played)
+    _both_followers_answer(played)
     assert node.lease_valid
     served = node.lease_reads
     assert node.read_index_now() == 6

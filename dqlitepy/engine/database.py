@@ -9,7 +9,6 @@ setting the files aside while a node rebuilds them from the Raft log.
 
 from __future__ import annotations
 
-import functools
 import os
 import shutil
 from pathlib import Path
@@ -32,7 +31,6 @@ _MAX_FILENAME = 200
 _PATHS_CACHED = 1024
 
 
-@functools.lru_cache(maxsize=1024)  # a follower asks for every commit it applies
 def database_filename(name: str) -> str:
     """Return the file name a database name is stored under.
 
